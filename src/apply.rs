@@ -1,0 +1,1 @@
+//! Executing a plan (placeholder: the apply work fills this in).

@@ -1,0 +1,155 @@
+//! Microsoft Graph: the tenant half of an external administrator.
+//!
+//! Owns the token flow, reading guests (and looking up members), and invitations
+//! (`docs/specs/microsoft-graph.md`). Decides nothing: the plan does.
+//!
+//! [`Tenant`] is the seam: [`client::GraphClient`] talks HTTP, [`fake::FakeTenant`] is an
+//! in-memory stand-in for unit tests.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub mod client;
+pub mod fake;
+pub mod token;
+
+pub use client::{GraphClient, GraphError};
+
+/// The `$select` list used for every user read.
+pub const USER_SELECT: &str = "id,displayName,mail,otherMails,userPrincipalName,userType,externalUserState,externalUserStateChangeDateTime,creationType,identities,accountEnabled,createdDateTime";
+
+/// A sign-in identity of a user (`objectIdentity`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectIdentity {
+    /// e.g. `federated`, `emailAddress`, `userPrincipalName`.
+    #[serde(default)]
+    pub sign_in_type: Option<String>,
+    /// The identity provider.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The identifier at that provider (often the email).
+    #[serde(default)]
+    pub issuer_assigned_id: Option<String>,
+}
+
+/// A user of the tenant, as read with [`USER_SELECT`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryUser {
+    /// Object id.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// SMTP address.
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// Extra addresses.
+    #[serde(default)]
+    pub other_mails: Vec<String>,
+    /// UPN; guests have `local_domain#EXT#@tenant.onmicrosoft.com`.
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    /// `Guest` or `Member`.
+    #[serde(default)]
+    pub user_type: Option<String>,
+    /// `PendingAcceptance`, `Accepted` or null.
+    #[serde(default)]
+    pub external_user_state: Option<String>,
+    /// When `external_user_state` last changed.
+    #[serde(default)]
+    pub external_user_state_change_date_time: Option<DateTime<Utc>>,
+    /// `Invitation` for B2B guests.
+    #[serde(default)]
+    pub creation_type: Option<String>,
+    /// Sign-in identities.
+    #[serde(default)]
+    pub identities: Vec<ObjectIdentity>,
+    /// Whether the account can sign in.
+    #[serde(default)]
+    pub account_enabled: Option<bool>,
+    /// Creation time.
+    #[serde(default)]
+    pub created_date_time: Option<DateTime<Utc>>,
+}
+
+impl DirectoryUser {
+    /// Whether this is a B2B guest (`userType eq 'Guest'`).
+    pub fn is_guest(&self) -> bool {
+        self.user_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("Guest"))
+    }
+
+    /// Whether the guest has not redeemed its invitation yet.
+    pub fn is_pending(&self) -> bool {
+        self.external_user_state
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("PendingAcceptance"))
+    }
+}
+
+/// What `POST /invitations` is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Invitation {
+    /// `invitedUserEmailAddress`, as written in `users.yaml`.
+    pub email: String,
+    /// `invitedUserDisplayName`.
+    pub display_name: String,
+    /// `sendInvitationMessage`.
+    pub send_email: bool,
+    /// `invitedUserMessageInfo.customizedMessageBody`.
+    pub message: Option<String>,
+}
+
+/// What `POST /invitations` answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invited {
+    /// `invitedUser.id`: the guest's object id; use it for every later call.
+    pub user_id: String,
+    /// `invitedUser.userPrincipalName`, when returned.
+    pub user_principal_name: Option<String>,
+    /// `status`, e.g. `PendingAcceptance`.
+    pub status: Option<String>,
+    /// `request-id` response header, for the audit log.
+    pub request_id: Option<String>,
+}
+
+/// The tenant operations guestops needs. Implemented over HTTP by [`GraphClient`].
+pub trait Tenant: Send + Sync {
+    /// Every guest of the tenant (`userType eq 'Guest'`), read completely or not at all.
+    fn list_guests(&self) -> impl Future<Output = Result<Vec<DirectoryUser>, GraphError>> + Send;
+
+    /// Every user, guest or member, whose `mail`, `otherMails` or UPN matches `email`
+    /// (the guest UPN form included). Used for members and for re-observation before an invite.
+    fn find_by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Vec<DirectoryUser>, GraphError>> + Send;
+
+    /// One user by object id; `None` on 404 (which can also mean "not replicated yet").
+    fn get_user(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<DirectoryUser>, GraphError>> + Send;
+
+    /// `POST /invitations`. Not retried blindly: after an ambiguous failure the caller looks
+    /// the address up first.
+    fn invite(
+        &self,
+        invitation: &Invitation,
+    ) -> impl Future<Output = Result<Invited, GraphError>> + Send;
+
+    /// `PATCH /users/{id}` with `accountEnabled`.
+    fn set_account_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<(), GraphError>> + Send;
+
+    /// `DELETE /users/{id}` (soft delete). `Ok(false)` when it was already gone.
+    fn delete_user(&self, id: &str) -> impl Future<Output = Result<bool, GraphError>> + Send;
+}

@@ -1,0 +1,1 @@
+//! Access tokens for Graph (placeholder: the graph work fills this in).

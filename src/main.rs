@@ -1,0 +1,3 @@
+//! The `guestops` command line (placeholder).
+
+fn main() {}

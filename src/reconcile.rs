@@ -1,0 +1,1 @@
+//! observe → plan → apply, once (placeholder).

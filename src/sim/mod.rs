@@ -1,0 +1,278 @@
+//! In-process emulators of Microsoft Graph (token endpoint, users, invitations) and of the
+//! Power Embedded API, with fault injection.
+//!
+//! One listener serves all three: the token authority at `/{tenant}/oauth2/v2.0/token`, Graph at
+//! `/v1.0/...` and the portal at `/api/...`, so a single base URL configures `authorityHost`,
+//! `graphEndpoint` and `portal.baseUrl`.
+//!
+//! The emulators follow `docs/specs/` including the quirks (opaque `$skiptoken` paging, default
+//! property set without `$select`, `#EXT#` UPNs, replication delay, the portal's contains-match
+//! email filter, `PUT` that clears missing fields). Where the real behaviour is unknown they are
+//! strict: they reject what the real service might reject.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod graph;
+pub mod portal;
+pub mod seed;
+
+/// Fault injection for one emulated system.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Added to every response.
+    pub latency: Duration,
+    /// Every Nth request (1-based count of this system's requests) is answered `429`.
+    pub throttle_every: Option<u64>,
+    /// `Retry-After` value sent with injected `429`/`503` (`None`: no header).
+    pub retry_after: Option<String>,
+    /// Requests answered with an injected failure, by rule.
+    pub fail: Vec<FailRule>,
+}
+
+/// Answer matching requests with `status` (a `503` carries `retry_after` when set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailRule {
+    /// HTTP method to match, e.g. `GET`; `None` = any.
+    pub method: Option<String>,
+    /// The request path (without query) must start with this.
+    pub path_prefix: String,
+    /// The query string must contain this (e.g. `$skiptoken` to fail only later pages).
+    pub query_contains: Option<String>,
+    /// Status to answer.
+    pub status: u16,
+    /// How many matching requests to fail; `None` = all of them.
+    pub times: Option<u32>,
+    /// Let the request be processed first, then answer the failure (a write that happened
+    /// although the client saw an error, like a gateway timeout after the backend committed).
+    pub after_processing: bool,
+}
+
+/// Which emulated system a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemKind {
+    /// Token endpoint and Graph.
+    Graph,
+    /// Power Embedded API.
+    Portal,
+}
+
+/// Counters of what the emulators served, for tests and the demo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Graph requests (token requests excluded).
+    pub graph_requests: u64,
+    /// Portal requests.
+    pub portal_requests: u64,
+    /// Token requests.
+    pub token_requests: u64,
+    /// Injected 429s.
+    pub throttled: u64,
+    /// Injected failures.
+    pub injected_failures: u64,
+    /// Successful writes (invitations, portal POST/PUT/DELETE, Graph PATCH/DELETE).
+    pub writes: u64,
+}
+
+/// Everything the emulators hold, behind one lock.
+#[derive(Debug, Default)]
+pub struct SimState {
+    /// The tenant.
+    pub graph: graph::Directory,
+    /// The portal organization.
+    pub portal: portal::PortalDb,
+    /// Graph faults (token endpoint included).
+    pub graph_faults: Faults,
+    /// Portal faults.
+    pub portal_faults: Faults,
+    /// What was served.
+    pub counters: Counters,
+}
+
+/// A handle on the emulators; cheap to clone, shared by the HTTP handlers and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Sim {
+    inner: Arc<Mutex<SimState>>,
+}
+
+impl Sim {
+    /// An empty tenant and portal with the default credentials of [`graph::SimCredentials`]
+    /// and [`portal::SIM_API_KEY`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks the state for inspection or seeding. Never held across an `.await`.
+    pub fn state(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock only happens in a failing test; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The router serving token endpoint, Graph and portal.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .merge(graph::routes())
+            .merge(portal::routes())
+            .layer(middleware::from_fn_with_state(self.clone(), inject_faults))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+
+    /// Binds `addr` (use port 0 for any), spawns the server and returns its base URL.
+    pub async fn spawn(
+        &self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<url::Url> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = sim.serve(listener, shutdown).await {
+                tracing::error!(error = %err, "simulator stopped");
+            }
+        });
+        Ok(url::Url::parse(&format!("http://{local}/"))
+            .expect("a socket address forms a valid URL"))
+    }
+}
+
+fn system_of(path: &str) -> SystemKind {
+    if path.starts_with("/api/") || path == "/api" {
+        SystemKind::Portal
+    } else {
+        SystemKind::Graph
+    }
+}
+
+/// The fault-injection layer: latency, periodic 429, rule-based failures.
+async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let system = system_of(request.uri().path());
+    let is_token = request.uri().path().ends_with("/oauth2/v2.0/token");
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+
+    let (latency, injected) = {
+        let mut state = sim.state();
+        let count = match (system, is_token) {
+            (SystemKind::Graph, true) => {
+                state.counters.token_requests += 1;
+                state.counters.token_requests
+            }
+            (SystemKind::Graph, false) => {
+                state.counters.graph_requests += 1;
+                state.counters.graph_requests
+            }
+            (SystemKind::Portal, _) => {
+                state.counters.portal_requests += 1;
+                state.counters.portal_requests
+            }
+        };
+        let faults = match system {
+            SystemKind::Graph => &mut state.graph_faults,
+            SystemKind::Portal => &mut state.portal_faults,
+        };
+        let latency = faults.latency;
+        let retry_after = faults.retry_after.clone();
+        let mut injected: Option<(u16, bool)> = None;
+        if !is_token
+            && faults
+                .throttle_every
+                .is_some_and(|n| n > 0 && count % n == 0)
+        {
+            injected = Some((429, false));
+        } else if let Some(rule) = faults.fail.iter_mut().find(|r| {
+            r.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(&method))
+                && path.starts_with(&r.path_prefix)
+                && r.query_contains
+                    .as_deref()
+                    .is_none_or(|q| query.contains(q))
+                && r.times.is_none_or(|t| t > 0)
+        }) {
+            if let Some(times) = rule.times.as_mut() {
+                *times -= 1;
+            }
+            injected = Some((rule.status, rule.after_processing));
+        }
+        match injected {
+            Some((429, _)) => state.counters.throttled += 1,
+            Some(_) => state.counters.injected_failures += 1,
+            None => {}
+        }
+        (
+            latency,
+            injected.map(|(status, after)| (status, after, retry_after)),
+        )
+    };
+
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match injected {
+        None => next.run(request).await,
+        Some((status, after_processing, retry_after)) => {
+            if after_processing {
+                let _ = next.run(request).await;
+            }
+            fault_response(system, status, retry_after)
+        }
+    }
+}
+
+/// An injected failure in the shape of the system's own errors.
+fn fault_response(system: SystemKind, status: u16, retry_after: Option<String>) -> Response {
+    let status = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match system {
+        SystemKind::Graph => graph::error_response(
+            status,
+            if status.as_u16() == 429 {
+                "TooManyRequests"
+            } else {
+                "serviceNotAvailable"
+            },
+            if status.as_u16() == 429 {
+                "Please retry again later."
+            } else {
+                "The service is temporarily unavailable."
+            },
+        ),
+        SystemKind::Portal => (
+            status,
+            axum::Json(serde_json::json!({ "message": "injected failure" })),
+        )
+            .into_response(),
+    };
+    if let Some(value) = retry_after
+        && matches!(status.as_u16(), 429 | 503)
+        && let Ok(value) = axum::http::HeaderValue::from_str(&value)
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}

@@ -1,0 +1,1 @@
+//! Seeding the emulators with a realistic tenant and portal (placeholder).
