@@ -466,10 +466,11 @@ impl PortalClient {
             };
             let reply = self.send(Method::GET, url, None, Idempotency::Idempotent, &op);
             let reply = self.check(reply.await?, &op)?;
-            let parsed = parse_page(&reply.body, page).map_err(|detail| PortalError::Malformed {
-                operation: op.operation.clone(),
-                detail,
-            })?;
+            let parsed =
+                parse_page(&reply.body, page).map_err(|detail| PortalError::Malformed {
+                    operation: op.operation.clone(),
+                    detail,
+                })?;
             for item in parsed.items {
                 match item.get("id").and_then(Value::as_str) {
                     Some(id) if !seen.insert(id.to_owned()) => {
@@ -524,7 +525,12 @@ impl PortalClient {
     fn to_user(&self, item: &Map<String, Value>, origin: &str) -> Result<PortalUser, String> {
         let id = match item.get("id") {
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
-            other => return Err(format!("{origin} has no string `id` (found {})", shown(other))),
+            other => {
+                return Err(format!(
+                    "{origin} has no string `id` (found {})",
+                    shown(other)
+                ));
+            }
         };
         let email = match item.get("email") {
             Some(Value::String(email)) if !email.trim().is_empty() => email.clone(),
@@ -738,7 +744,12 @@ fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
             });
         }
         Value::Object(map) => map,
-        other => return Err(format!("page {page} is {}, not a page object", shown(Some(&other)))),
+        other => {
+            return Err(format!(
+                "page {page} is {}, not a page object",
+                shown(Some(&other))
+            ));
+        }
     };
     let items = match envelope.get("data") {
         Some(Value::Array(items)) => items.clone(),
@@ -803,10 +814,7 @@ fn error_body(body: &[u8]) -> (String, Option<String>) {
             .filter(|e| !e.is_null())
             .map(|e| truncate(&e.to_string(), MAX_ERROR_BODY));
         if message.is_some() || errors.is_some() {
-            return (
-                message.unwrap_or_else(|| "(no message)".to_owned()),
-                errors,
-            );
+            return (message.unwrap_or_else(|| "(no message)".to_owned()), errors);
         }
     }
     let raw = String::from_utf8_lossy(body);
@@ -830,8 +838,11 @@ mod tests {
         )
         .expect("valid page");
         assert!(!page.has_more, "pageIndex >= totalPages stops the loop");
-        let page = parse_page(br#"{"pageIndex":1,"totalPages":3,"hasNextPage":true,"data":[]}"#, 1)
-            .expect("valid page");
+        let page = parse_page(
+            br#"{"pageIndex":1,"totalPages":3,"hasNextPage":true,"data":[]}"#,
+            1,
+        )
+        .expect("valid page");
         assert!(page.has_more);
         let page = parse_page(br#"{"pageIndex":1,"totalPages":3,"data":[]}"#, 1)
             .expect("indexes suffice without hasNextPage");

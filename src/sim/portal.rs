@@ -139,7 +139,10 @@ fn normalize(email: &str) -> String {
 /// A user with every field of §1.5 at its default, and a fresh GUID.
 pub fn default_user(email: &str, name: &str, role: i64) -> Map<String, Value> {
     let mut user = Map::new();
-    user.insert("id".to_owned(), Value::String(uuid::Uuid::new_v4().to_string()));
+    user.insert(
+        "id".to_owned(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
     user.insert("email".to_owned(), Value::String(email.to_owned()));
     user.insert("name".to_owned(), Value::String(name.to_owned()));
     user.insert("role".to_owned(), Value::from(role));
@@ -150,7 +153,8 @@ pub fn default_user(email: &str, name: &str, role: i64) -> Map<String, Value> {
 /// Adds every known field missing from `user` at its default value.
 fn fill_defaults(user: &mut Map<String, Value>) {
     for field in ARRAY_FIELDS {
-        user.entry(field).or_insert_with(|| Value::Array(Vec::new()));
+        user.entry(field)
+            .or_insert_with(|| Value::Array(Vec::new()));
     }
     for field in NULLABLE_FIELDS {
         user.entry(field).or_insert(Value::Null);
@@ -182,7 +186,10 @@ impl PortalDb {
             other => return Err(SeedError::NotAnObject(other.to_string())),
         };
         if !matches!(user.get("id"), Some(Value::String(_))) {
-            user.insert("id".to_owned(), Value::String(uuid::Uuid::new_v4().to_string()));
+            user.insert(
+                "id".to_owned(),
+                Value::String(uuid::Uuid::new_v4().to_string()),
+            );
         }
         fill_defaults(&mut user);
         let id = id_of(&user).to_owned();
@@ -206,7 +213,9 @@ impl PortalDb {
 
     /// The user with this id.
     pub fn find_by_id(&self, id: &str) -> Option<&Map<String, Value>> {
-        self.users.iter().find(|u| id_of(u).eq_ignore_ascii_case(id))
+        self.users
+            .iter()
+            .find(|u| id_of(u).eq_ignore_ascii_case(id))
     }
 
     /// Every user, in the listing order (name, then email, case-insensitively).
@@ -284,7 +293,7 @@ impl PortalDb {
     }
 
     /// 401/403 unless the request carries a key allowed on `endpoint`.
-    fn authorize(&self, headers: &HeaderMap, endpoint: &str) -> Result<(), Response> {
+    fn authorize(&self, headers: &HeaderMap, endpoint: &str) -> Result<(), Refusal> {
         let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
             return Err(message(StatusCode::UNAUTHORIZED, "API key is missing."));
         };
@@ -302,27 +311,44 @@ impl PortalDb {
     }
 }
 
+/// An error answer: a status and a JSON body.
+struct Refusal {
+    status: StatusCode,
+    body: Value,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
 /// `{"message": …}` with `status`.
-fn message(status: StatusCode, text: &str) -> Response {
-    (status, axum::Json(json!({ "message": text }))).into_response()
+fn message(status: StatusCode, text: &str) -> Refusal {
+    Refusal {
+        status,
+        body: json!({ "message": text }),
+    }
 }
 
 /// A 400 in the ASP.NET ModelState-like shape `{"message", "errors": {field: [..]}}`.
-fn validation(errors: &BTreeMap<String, Vec<String>>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({
+fn validation(errors: &BTreeMap<String, Vec<String>>) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({
             "message": "One or more validation errors occurred.",
             "errors": errors,
-        })),
-    )
-        .into_response()
+        }),
+    }
 }
 
 /// Routes of the portal API.
 pub fn routes() -> Router<Sim> {
     Router::new()
-        .route("/api/user", get(list_users).post(create_user).put(update_user))
+        .route(
+            "/api/user",
+            get(list_users).post(create_user).put(update_user),
+        )
         .route("/api/user/{email}", delete(delete_user))
 }
 
@@ -339,8 +365,8 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
     let mut state = sim.state();
     let db = &mut state.portal;
     log(db, &Method::GET, &uri);
-    if let Err(response) = db.authorize(&headers, "GET /api/user") {
-        return response;
+    if let Err(refusal) = db.authorize(&headers, "GET /api/user") {
+        return refusal.into_response();
     }
     let mut page_number: u64 = 1;
     let mut email_filter: Option<String> = None;
@@ -363,7 +389,7 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
         }
     }
     if !errors.is_empty() {
-        return validation(&errors);
+        return validation(&errors).into_response();
     }
     let page_size = db.page_size.max(1);
     let matching: Vec<Value> = db
@@ -380,8 +406,8 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
         .map(|u| Value::Object(u.clone()))
         .collect();
     let total_pages = matching.len().div_ceil(page_size) as u64;
-    let start = usize::try_from((page_number - 1).saturating_mul(page_size as u64))
-        .unwrap_or(usize::MAX);
+    let start =
+        usize::try_from((page_number - 1).saturating_mul(page_size as u64)).unwrap_or(usize::MAX);
     let data: Vec<Value> = matching.into_iter().skip(start).take(page_size).collect();
     let body = json!({
         "pageIndex": page_number,
@@ -403,7 +429,7 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
 }
 
 /// Parses a JSON object body, or the 400/415 to answer.
-fn json_object(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn json_object(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Refusal> {
     let is_json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -437,16 +463,25 @@ fn validate_common(body: &Map<String, Value>, errors: &mut BTreeMap<String, Vec<
     match body.get("name") {
         Some(Value::String(name)) if !name.trim().is_empty() => {}
         _ => {
-            errors.insert("Name".to_owned(), vec!["The Name field is required.".to_owned()]);
+            errors.insert(
+                "Name".to_owned(),
+                vec!["The Name field is required.".to_owned()],
+            );
         }
     }
     match body.get("role").and_then(Value::as_i64) {
         Some(code) if ROLE_CODES.contains(&code) => {}
         Some(code) => {
-            errors.insert("Role".to_owned(), vec![format!("The role {code} is not valid.")]);
+            errors.insert(
+                "Role".to_owned(),
+                vec![format!("The role {code} is not valid.")],
+            );
         }
         None => {
-            errors.insert("Role".to_owned(), vec!["The Role field is required.".to_owned()]);
+            errors.insert(
+                "Role".to_owned(),
+                vec!["The Role field is required.".to_owned()],
+            );
         }
     }
     for field in ARRAY_FIELDS {
@@ -465,7 +500,10 @@ fn validate_common(body: &Map<String, Value>, errors: &mut BTreeMap<String, Vec<
         match body.get(field) {
             None | Some(Value::Null) | Some(Value::String(_)) => {}
             Some(_) => {
-                errors.insert(field.to_owned(), vec![format!("{field} must be a string or null.")]);
+                errors.insert(
+                    field.to_owned(),
+                    vec![format!("{field} must be a string or null.")],
+                );
             }
         }
     }
@@ -473,7 +511,10 @@ fn validate_common(body: &Map<String, Value>, errors: &mut BTreeMap<String, Vec<
         match body.get(*field) {
             None | Some(Value::Bool(_)) => {}
             Some(_) => {
-                errors.insert((*field).to_owned(), vec![format!("{field} must be a boolean.")]);
+                errors.insert(
+                    (*field).to_owned(),
+                    vec![format!("{field} must be a boolean.")],
+                );
             }
         }
     }
@@ -489,12 +530,12 @@ async fn create_user(
     let mut state = sim.state();
     let db = &mut state.portal;
     log(db, &Method::POST, &uri);
-    if let Err(response) = db.authorize(&headers, "POST /api/user") {
-        return response;
+    if let Err(refusal) = db.authorize(&headers, "POST /api/user") {
+        return refusal.into_response();
     }
     let body = match json_object(&headers, &body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut errors = BTreeMap::new();
     let email = match body.get("email") {
@@ -507,13 +548,16 @@ async fn create_user(
             String::new()
         }
         _ => {
-            errors.insert("Email".to_owned(), vec!["The Email field is required.".to_owned()]);
+            errors.insert(
+                "Email".to_owned(),
+                vec!["The Email field is required.".to_owned()],
+            );
             String::new()
         }
     };
     validate_common(&body, &mut errors);
     if !errors.is_empty() {
-        return validation(&errors);
+        return validation(&errors).into_response();
     }
     if db.find(&email).is_some() {
         return (
@@ -528,7 +572,11 @@ async fn create_user(
     let name = name_of(&body).to_owned();
     let role = body.get("role").and_then(Value::as_i64).unwrap_or(0);
     let mut user = default_user(&email, &name, role);
-    for field in ARRAY_FIELDS.iter().chain(NULLABLE_FIELDS.iter()).chain(FLAG_FIELDS.iter()) {
+    for field in ARRAY_FIELDS
+        .iter()
+        .chain(NULLABLE_FIELDS.iter())
+        .chain(FLAG_FIELDS.iter())
+    {
         if let Some(value) = body.get(*field) {
             user.insert((*field).to_owned(), value.clone());
         }
@@ -551,34 +599,40 @@ async fn update_user(
     let mut state = sim.state();
     let db = &mut state.portal;
     log(db, &Method::PUT, &uri);
-    if let Err(response) = db.authorize(&headers, "PUT /api/user") {
-        return response;
+    if let Err(refusal) = db.authorize(&headers, "PUT /api/user") {
+        return refusal.into_response();
     }
     let body = match json_object(&headers, &body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut errors = BTreeMap::new();
     let id = match body.get("id") {
         Some(Value::String(id)) if uuid::Uuid::parse_str(id).is_ok() => id.clone(),
         _ => {
-            errors.insert("Id".to_owned(), vec!["The Id field is required (a GUID).".to_owned()]);
+            errors.insert(
+                "Id".to_owned(),
+                vec!["The Id field is required (a GUID).".to_owned()],
+            );
             String::new()
         }
     };
     if !matches!(body.get("email"), Some(Value::String(e)) if !e.is_empty()) {
-        errors.insert("Email".to_owned(), vec!["The Email field is required.".to_owned()]);
+        errors.insert(
+            "Email".to_owned(),
+            vec!["The Email field is required.".to_owned()],
+        );
     }
     validate_common(&body, &mut errors);
     if !errors.is_empty() {
-        return validation(&errors);
+        return validation(&errors).into_response();
     }
     let Some(index) = db
         .users
         .iter()
         .position(|u| id_of(u).eq_ignore_ascii_case(&id))
     else {
-        return message(StatusCode::NOT_FOUND, "User not found");
+        return message(StatusCode::NOT_FOUND, "User not found").into_response();
     };
     let stored = &db.users[index];
     if body.get("email").and_then(Value::as_str) != Some(email_of(stored)) {
@@ -619,14 +673,15 @@ async fn delete_user(
     let mut state = sim.state();
     let db = &mut state.portal;
     log(db, &Method::DELETE, &uri);
-    if let Err(response) = db.authorize(&headers, "DELETE /api/user/{email}") {
-        return response;
+    if let Err(refusal) = db.authorize(&headers, "DELETE /api/user/{email}") {
+        return refusal.into_response();
     }
     if !email_address::EmailAddress::is_valid(&email) {
         return validation(&BTreeMap::from([(
             "userEmail".to_owned(),
             vec![format!("'{email}' is not a valid e-mail address.")],
-        )]));
+        )]))
+        .into_response();
     }
     let wanted = email.to_lowercase();
     let Some(index) = db
@@ -634,7 +689,7 @@ async fn delete_user(
         .iter()
         .position(|u| email_of(u).to_lowercase() == wanted)
     else {
-        return message(StatusCode::NOT_FOUND, "User not found");
+        return message(StatusCode::NOT_FOUND, "User not found").into_response();
     };
     db.users.remove(index);
     db.writes.deletes += 1;

@@ -1,0 +1,615 @@
+//! The portal HTTP client against the emulated Power Embedded API on loopback.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use guestops::config::{PortalConfig, SecretSource};
+use guestops::http::RetryPolicy;
+use guestops::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
+use guestops::sim::portal::SIM_API_KEY;
+use guestops::sim::{FailRule, Sim};
+use guestops::spec::Role;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Short waits so that retries do not slow the suite down.
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 4,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(10),
+        max_total_wait: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+struct Harness {
+    sim: Sim,
+    base: url::Url,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let sim = Sim::new();
+        let shutdown = CancellationToken::new();
+        let base = sim
+            .spawn("127.0.0.1:0".parse().expect("addr"), shutdown.clone())
+            .await
+            .expect("the simulator binds a loopback port");
+        Harness {
+            sim,
+            base,
+            _shutdown: shutdown.drop_guard(),
+        }
+    }
+
+    fn config(&self) -> PortalConfig {
+        PortalConfig {
+            base_url: self.base.clone(),
+            api_key: SecretSource::Env("UNUSED".to_owned()),
+            concurrency: 2,
+            role_codes: RoleCodes::default(),
+        }
+    }
+
+    fn client_with_key(&self, key: &str) -> PortalClient {
+        PortalClient::new(&self.config(), SecretString::from(key), fast_retry())
+            .expect("a loopback client")
+    }
+
+    fn client(&self) -> PortalClient {
+        self.client_with_key(SIM_API_KEY)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.sim.state().portal.requests().to_vec()
+    }
+}
+
+fn new_user(email: &str, name: &str, role: Role) -> NewPortalUser {
+    NewPortalUser {
+        email: email.to_owned(),
+        name: name.to_owned(),
+        role,
+    }
+}
+
+#[tokio::test]
+async fn lists_hundreds_of_users_over_many_pages() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        for i in 0..260 {
+            state.portal.add_user(
+                &format!("user{i:03}@partner.example"),
+                &format!("User {i:03}"),
+                if i % 2 == 0 { 1 } else { 3 },
+            );
+        }
+    }
+    let users = h.client().list_users().await.expect("a complete listing");
+    assert_eq!(users.len(), 260);
+    let emails: BTreeSet<&str> = users.iter().map(|u| u.email.as_str()).collect();
+    assert_eq!(emails.len(), 260, "every user once");
+    let admin = users
+        .iter()
+        .find(|u| u.email == "user000@partner.example")
+        .expect("listed");
+    assert_eq!(admin.role, Some(Role::Administrator));
+    assert_eq!(admin.role_code, Some(1));
+    let viewer = users
+        .iter()
+        .find(|u| u.email == "user001@partner.example")
+        .expect("listed");
+    assert_eq!(viewer.role, Some(Role::Viewer));
+    let requests = h.requests();
+    assert_eq!(
+        requests.len(),
+        11,
+        "25 per page: 11 pages, got {requests:?}"
+    );
+    assert_eq!(requests[0], "GET /api/user?pageNumber=1");
+    assert_eq!(requests[10], "GET /api/user?pageNumber=11");
+}
+
+#[tokio::test]
+async fn a_user_shifting_between_pages_is_listed_once() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(10);
+        for i in 10..40 {
+            state
+                .portal
+                .add_user(&format!("u{i}@partner.example"), &format!("User {i}"), 1);
+        }
+        // Someone adds a user sorted first while we read: everything shifts by one.
+        state
+            .portal
+            .insert_during_scan(
+                1,
+                json!({"email": "aaa@partner.example", "name": "Aaa", "role": 3}),
+            )
+            .expect("an object");
+    }
+    let users = h.client().list_users().await.expect("a complete listing");
+    let ids: BTreeSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids.len(), users.len(), "no id twice: {users:?}");
+    for i in 10..40 {
+        let email = format!("u{i}@partner.example");
+        assert!(
+            users.iter().any(|u| u.email == email),
+            "{email} missing from the listing"
+        );
+    }
+    // The shift really happened: a fourth page was served and page 2 repeated a user.
+    assert!(
+        h.requests()
+            .iter()
+            .any(|r| r == "GET /api/user?pageNumber=4"),
+        "the insertion added a page"
+    );
+}
+
+#[tokio::test]
+async fn find_user_matches_exactly_despite_the_contains_filter() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(1);
+        state.portal.add_user("banana@x.example", "Banana", 3);
+        state.portal.add_user("ANA@X.example", "Zed Ana", 1);
+        state.portal.add_user("ana@x.example.org", "Ana Org", 1);
+    }
+    let client = h.client();
+    let found = client
+        .find_user(" Ana@x.Example ")
+        .await
+        .expect("a lookup")
+        .expect("ANA@X.example matches case-insensitively");
+    assert_eq!(found.email, "ANA@X.example");
+    assert_eq!(found.name, "Zed Ana");
+    assert_eq!(found.role, Some(Role::Administrator));
+    // The server returned all three, one per page: the match was on the last page.
+    let requests = h.requests();
+    assert!(
+        requests.contains(&"GET /api/user?email=Ana%40x.Example&pageNumber=3".to_owned()),
+        "{requests:?}"
+    );
+    assert_eq!(
+        client.find_user("na@x.example").await.expect("a lookup"),
+        None,
+        "a contains match is not a match"
+    );
+    assert_eq!(
+        client
+            .find_user("nobody@x.example")
+            .await
+            .expect("a lookup"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn created_user_is_listed_with_its_role_and_created_once() {
+    let h = Harness::start().await;
+    let client = h.client();
+    client
+        .create_user(&new_user(
+            "Ana.Silva@partner.example",
+            "Ana Silva",
+            Role::Contributor,
+        ))
+        .await
+        .expect("created");
+    let users = client.list_users().await.expect("a listing");
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].email, "Ana.Silva@partner.example");
+    assert_eq!(users[0].name, "Ana Silva");
+    assert_eq!(users[0].role, Some(Role::Contributor));
+    assert_eq!(users[0].role_code, Some(2));
+    let state = h.sim.state();
+    assert_eq!(state.portal.creates_for("ana.silva@partner.example"), 1);
+    let stored = state
+        .portal
+        .find("ana.silva@partner.example")
+        .expect("stored");
+    assert_eq!(stored["groups"], json!([]));
+}
+
+#[tokio::test]
+async fn duplicate_create_is_an_error_and_creates_nothing() {
+    let h = Harness::start().await;
+    let client = h.client();
+    client
+        .create_user(&new_user("bob@vendor.example", "Bob", Role::Administrator))
+        .await
+        .expect("created");
+    let err = client
+        .create_user(&new_user("BOB@vendor.example", "Bob", Role::Administrator))
+        .await
+        .expect_err("a duplicate is refused");
+    assert_eq!(err.status(), Some(400));
+    assert!(!err.is_ambiguous());
+    let text = err.to_string();
+    assert!(text.contains("BOB@vendor.example"), "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    let state = h.sim.state();
+    assert_eq!(state.portal.len(), 1);
+    assert_eq!(state.portal.creates_for("bob@vendor.example"), 1);
+}
+
+#[tokio::test]
+async fn create_with_an_invalid_address_reports_the_field_errors() {
+    let h = Harness::start().await;
+    let err = h
+        .client()
+        .create_user(&new_user("not-an-address", "Nobody", Role::Viewer))
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("400"), "{text}");
+    assert!(text.contains("Email"), "the field errors are kept: {text}");
+    assert!(h.sim.state().portal.is_empty());
+}
+
+fn rich_user(email: &str) -> Value {
+    json!({
+        "id": "3f2c7a10-1111-4c1e-9d2a-0123456789ab",
+        "email": email,
+        "name": "Carla Dias",
+        "role": 3,
+        "reports": ["9b1d7e52-0000-4000-8000-000000000001"],
+        "groups": ["6a0e2f11-0000-4000-8000-000000000002", "6a0e2f11-0000-4000-8000-000000000003"],
+        "companies": ["c0c0c0c0-0000-4000-8000-000000000004"],
+        "reportNames": ["Sales"],
+        "reportLandingPage": "9b1d7e52-0000-4000-8000-000000000001",
+        "department": "BI ",
+        "expirationDate": "2027-03-31T00:00:00Z",
+        "windowsAdUser": "CONTOSO\\carla",
+        "canEditReport": true,
+        "canDownloadPbix": true,
+        "hideFolders": true,
+        "canCreateNewUsers": true,
+        "accessReportAnyTime": true,
+        "someFutureField": {"nested": [1, 2]},
+        "phone": "+55 11 5555-0000",
+    })
+}
+
+#[tokio::test]
+async fn update_changes_only_name_and_role_and_keeps_everything_else() {
+    let h = Harness::start().await;
+    let email = "carla@partner.example";
+    let before = rich_user(email);
+    h.sim
+        .state()
+        .portal
+        .insert_user(before.clone())
+        .expect("an object");
+    h.client()
+        .update_user(email, "Carla M. Dias", Role::Administrator)
+        .await
+        .expect("updated");
+
+    let state = h.sim.state();
+    let after = Value::Object(state.portal.find(email).expect("still there").clone());
+    let mut expected = before;
+    // The emulator completed the seeded object with the defaults of the fields it lacked.
+    for (key, value) in after.as_object().expect("object") {
+        if expected.get(key).is_none() {
+            expected[key] = value.clone();
+        }
+    }
+    expected["name"] = json!("Carla M. Dias");
+    expected["role"] = json!(1);
+    assert_eq!(after, expected);
+    assert_eq!(state.portal.writes().updates, 1);
+    assert_eq!(
+        state.portal.writes().creates,
+        0,
+        "no churn: never re-created"
+    );
+}
+
+/// The emulator's PUT is the worst case of the spec (§4): this is why the client sends back
+/// every field. If this ever stops clearing, the test above proves nothing.
+#[tokio::test]
+async fn a_partial_put_clears_what_it_leaves_out() {
+    let h = Harness::start().await;
+    let email = "carla@partner.example";
+    h.sim
+        .state()
+        .portal
+        .insert_user(rich_user(email))
+        .expect("an object");
+    let response = reqwest::Client::new()
+        .put(h.base.join("api/user").expect("url"))
+        .header("X-API-Key", SIM_API_KEY)
+        .json(&json!({
+            "id": "3f2c7a10-1111-4c1e-9d2a-0123456789ab",
+            "email": email,
+            "name": "Carla",
+            "role": 1,
+        }))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let state = h.sim.state();
+    let stored = state.portal.find(email).expect("still there");
+    assert_eq!(stored["groups"], json!([]));
+    assert_eq!(stored["canCreateNewUsers"], json!(false));
+    assert_eq!(stored["department"], Value::Null);
+    assert_eq!(stored["someFutureField"], Value::Null);
+}
+
+#[tokio::test]
+async fn update_without_change_writes_nothing_and_missing_user_is_typed() {
+    let h = Harness::start().await;
+    h.sim
+        .state()
+        .portal
+        .add_user("dan@partner.example", "Dan", 1);
+    let client = h.client();
+    client
+        .update_user("DAN@partner.example", "Dan", Role::Administrator)
+        .await
+        .expect("nothing to do");
+    assert_eq!(h.sim.state().portal.writes().updates, 0);
+
+    let err = client
+        .update_user("gone@partner.example", "Gone", Role::Administrator)
+        .await
+        .expect_err("no such user");
+    assert!(
+        matches!(&err, PortalError::UserNotFound { email, .. } if email == "gone@partner.example"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn delete_twice_reports_deleted_then_already_gone() {
+    let h = Harness::start().await;
+    h.sim
+        .state()
+        .portal
+        .add_user("Eve@partner.example", "Eve", 1);
+    let client = h.client();
+    assert!(
+        client
+            .delete_user("eve@partner.example")
+            .await
+            .expect("deleted")
+    );
+    assert!(
+        !client
+            .delete_user("eve@partner.example")
+            .await
+            .expect("already gone")
+    );
+    assert!(h.sim.state().portal.is_empty());
+    assert!(
+        h.requests()
+            .contains(&"DELETE /api/user/eve%40partner.example".to_owned()),
+        "the address is one percent-encoded path segment: {:?}",
+        h.requests()
+    );
+}
+
+#[tokio::test]
+async fn an_apostrophe_address_goes_through_every_operation() {
+    let h = Harness::start().await;
+    let client = h.client();
+    let email = "o'brien@partner.example";
+    client
+        .create_user(&new_user(email, "Pat O'Brien", Role::WorkspaceContributor))
+        .await
+        .expect("created");
+    let found = client
+        .find_user("O'Brien@partner.example")
+        .await
+        .expect("a lookup")
+        .expect("found");
+    assert_eq!(found.email, email);
+    assert_eq!(found.role, Some(Role::WorkspaceContributor));
+    client
+        .update_user(email, "Pat O'Brien", Role::Contributor)
+        .await
+        .expect("updated");
+    assert_eq!(
+        h.sim.state().portal.find(email).expect("stored")["role"],
+        json!(2)
+    );
+    assert!(client.delete_user(email).await.expect("deleted"));
+    assert!(
+        h.requests()
+            .contains(&"DELETE /api/user/o%27brien%40partner.example".to_owned()),
+        "{:?}",
+        h.requests()
+    );
+    assert!(h.sim.state().portal.is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_key_gets_the_helpful_message() {
+    let h = Harness::start().await;
+    let err = h
+        .client_with_key("not-the-key")
+        .list_users()
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, PortalError::Unauthorized { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("check portal.apiKeyFile / regenerate the key"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-the-key"),
+        "the key is never shown: {text}"
+    );
+    assert!(!format!("{:?}", h.client_with_key("not-the-key")).contains("not-the-key"));
+}
+
+#[tokio::test]
+async fn a_key_without_the_endpoint_gets_the_permission_message() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state
+            .portal
+            .add_limited_key("read-only-key", &["GET /api/user"]);
+        state.portal.add_user("fay@partner.example", "Fay", 1);
+    }
+    let client = h.client_with_key("read-only-key");
+    assert_eq!(client.list_users().await.expect("may read").len(), 1);
+    let err = client
+        .delete_user("fay@partner.example")
+        .await
+        .expect_err("may not delete");
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "the API key lacks permission for DELETE /api/user/{email} (403): grant the user endpoints to the key"
+        ),
+        "{text}"
+    );
+    assert_eq!(h.sim.state().portal.len(), 1);
+}
+
+#[tokio::test]
+async fn throttling_storms_are_ridden_out() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(10);
+        for i in 0..60 {
+            state
+                .portal
+                .add_user(&format!("t{i:02}@partner.example"), &format!("T {i:02}"), 1);
+        }
+        state.portal_faults.throttle_every = Some(2);
+        state.portal_faults.retry_after = Some("0".to_owned());
+    }
+    let client = h.client();
+    assert_eq!(client.list_users().await.expect("complete").len(), 60);
+    client
+        .create_user(&new_user("new@partner.example", "New", Role::Administrator))
+        .await
+        .expect("a throttled POST is retried");
+    client
+        .update_user("new@partner.example", "Newer", Role::Viewer)
+        .await
+        .expect("updated");
+    assert!(
+        client
+            .delete_user("new@partner.example")
+            .await
+            .expect("deleted")
+    );
+    let state = h.sim.state();
+    assert!(state.counters.throttled >= 5, "{:?}", state.counters);
+    assert_eq!(state.portal.creates_for("new@partner.example"), 1);
+}
+
+#[tokio::test]
+async fn a_page_that_keeps_failing_fails_the_whole_listing() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(5);
+        for i in 0..20 {
+            state
+                .portal
+                .add_user(&format!("f{i:02}@partner.example"), &format!("F {i:02}"), 1);
+        }
+        state.portal_faults.fail.push(FailRule {
+            method: Some("GET".to_owned()),
+            path_prefix: "/api/user".to_owned(),
+            query_contains: Some("pageNumber=3".to_owned()),
+            status: 500,
+            times: None,
+            after_processing: false,
+        });
+    }
+    let err = h.client().list_users().await.expect_err("incomplete");
+    assert_eq!(err.status(), Some(500));
+    assert!(err.to_string().contains("page 3"), "{err}");
+    // GET is idempotent: retried (4 retries) before giving up.
+    assert_eq!(h.sim.state().counters.injected_failures, 5);
+}
+
+#[tokio::test]
+async fn a_listing_that_never_ends_hits_the_page_cap() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(1);
+        for i in 0..5 {
+            state
+                .portal
+                .add_user(&format!("c{i}@partner.example"), &format!("C {i}"), 1);
+        }
+    }
+    let err = h
+        .client()
+        .with_max_pages(3)
+        .list_users()
+        .await
+        .expect_err("refused as incomplete");
+    assert!(
+        matches!(err, PortalError::PageCapExceeded { max_pages: 3, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_create_that_may_have_happened_is_not_repeated() {
+    let h = Harness::start().await;
+    h.sim.state().portal_faults.fail.push(FailRule {
+        method: Some("POST".to_owned()),
+        path_prefix: "/api/user".to_owned(),
+        query_contains: None,
+        status: 503,
+        times: Some(1),
+        after_processing: true,
+    });
+    let err = h
+        .client()
+        .create_user(&new_user("gil@partner.example", "Gil", Role::Administrator))
+        .await
+        .expect_err("the answer was a 503");
+    assert!(err.is_ambiguous(), "{err:?}");
+    assert_eq!(h.sim.state().portal.creates_for("gil@partner.example"), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_user_fails_the_listing() {
+    let h = Harness::start().await;
+    h.sim
+        .state()
+        .portal
+        .insert_user(json!({"email": "odd@partner.example", "name": "Odd", "role": "admin"}))
+        .expect("an object");
+    let err = h.client().list_users().await.expect_err("fail closed");
+    let text = err.to_string();
+    assert!(matches!(err, PortalError::Malformed { .. }), "{err:?}");
+    assert!(text.contains("odd@partner.example"), "{text}");
+    assert!(text.contains("role"), "{text}");
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let config = PortalConfig {
+        base_url: url::Url::parse("http://api.powerembedded.com.br").expect("url"),
+        api_key: SecretSource::Env("UNUSED".to_owned()),
+        concurrency: 2,
+        role_codes: RoleCodes::default(),
+    };
+    let err = PortalClient::new(&config, SecretString::from("k"), RetryPolicy::default())
+        .expect_err("refused");
+    assert!(err.to_string().contains("https://"), "{err}");
+}
