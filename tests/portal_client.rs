@@ -613,3 +613,218 @@ fn plain_http_is_refused_off_loopback() {
         .expect_err("refused");
     assert!(err.to_string().contains("https://"), "{err}");
 }
+
+#[tokio::test]
+async fn no_answer_is_a_transport_error_that_names_the_operation() {
+    // A port that was listening and is now closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let config = PortalConfig {
+        base_url: url::Url::parse(&format!("http://{addr}/")).expect("url"),
+        api_key: SecretSource::Env("UNUSED".to_owned()),
+        concurrency: 1,
+        role_codes: RoleCodes::default(),
+    };
+    let client = PortalClient::new(&config, SecretString::from("k"), fast_retry()).expect("client");
+    let err = client
+        .delete_user("hal@partner.example")
+        .await
+        .expect_err("nobody listens");
+    assert!(
+        matches!(
+            &err,
+            PortalError::Transport {
+                maybe_sent: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_ambiguous(), "a refused connection sent nothing");
+    let text = err.to_string();
+    assert!(text.contains("DELETE /api/user/{email}"), "{text}");
+    assert!(text.contains("hal@partner.example"), "{text}");
+}
+
+// The emulator itself: other implementations will be checked against it, so its strictness
+// is part of the contract.
+
+async fn raw(
+    h: &Harness,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String) {
+    let mut request = reqwest::Client::new().request(method, h.base.join(path).expect("url"));
+    if let Some(key) = key {
+        request = request.header("X-API-Key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+#[tokio::test]
+async fn emulator_requires_the_key() {
+    let h = Harness::start().await;
+    let (status, body) = raw(&h, reqwest::Method::GET, "api/user", None, None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("\"message\""), "{body}");
+    let (status, _) = raw(&h, reqwest::Method::GET, "api/user", Some("wrong"), None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn emulator_pages_and_filters_like_the_spec() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(2);
+        state.portal.add_user("banana@x.example", "Banana Split", 3);
+        state.portal.add_user("ana@x.example", "Ana", 1);
+        state.portal.add_user("zoe@y.example", "Zoe", 1);
+    }
+    let key = Some(SIM_API_KEY);
+    let (status, body) = raw(
+        &h,
+        reqwest::Method::GET,
+        "api/user?EMAIL=ANA%40X&pageSize=100",
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["pageIndex"], json!(1));
+    assert_eq!(page["totalPages"], json!(1));
+    assert_eq!(page["hasNextPage"], json!(false));
+    assert_eq!(page["hasPreviousPage"], json!(false));
+    let emails: Vec<&str> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|u| u["email"].as_str())
+        .collect();
+    assert_eq!(
+        emails,
+        ["ana@x.example", "banana@x.example"],
+        "contains match, pageSize ignored"
+    );
+    assert!(page["data"][0]["canDisplayVisualHeaders"].is_boolean());
+    assert!(page["data"][0]["reportNames"].is_array());
+
+    let (_, body) = raw(&h, reqwest::Method::GET, "api/user?pageNumber=2", key, None).await;
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["pageIndex"], json!(2));
+    assert_eq!(page["totalPages"], json!(2));
+    assert_eq!(page["hasNextPage"], json!(false));
+    assert_eq!(page["hasPreviousPage"], json!(true));
+    assert_eq!(page["data"][0]["email"], json!("zoe@y.example"));
+
+    let (_, body) = raw(&h, reqwest::Method::GET, "api/user?name=split", key, None).await;
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
+
+    let (status, _) = raw(&h, reqwest::Method::GET, "api/user?pageNumber=0", key, None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn emulator_validates_creates_and_answers_an_empty_body() {
+    let h = Harness::start().await;
+    let key = Some(SIM_API_KEY);
+    let post = |body: Value| raw(&h, reqwest::Method::POST, "api/user", key, Some(body));
+    let (status, body) = post(json!({"email": "ivy@partner.example", "name": "Ivy"})).await;
+    assert_eq!(status, 400, "role is required");
+    assert!(
+        body.contains("\"errors\"") && body.contains("Role"),
+        "{body}"
+    );
+    let (status, _) = post(json!({"email": "ivy@partner.example", "name": "Ivy", "role": 5})).await;
+    assert_eq!(status, 400, "unknown role code");
+    let (status, _) = post(json!({"email": "ivy@partner.example", "name": " ", "role": 1})).await;
+    assert_eq!(status, 400, "name is required");
+    let (status, body) = post(json!({
+        "email": "ivy@partner.example", "name": "Ivy", "role": 1,
+        "sendWelcomeEmail": false, "groups": ["g1"]
+    }))
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let state = h.sim.state();
+    let stored = state.portal.find("ivy@partner.example").expect("created");
+    assert_eq!(stored["groups"], json!(["g1"]));
+    assert!(stored.get("sendWelcomeEmail").is_none(), "write-only");
+    assert!(
+        uuid::Uuid::parse_str(stored["id"].as_str().expect("id")).is_ok(),
+        "a GUID id"
+    );
+    assert_eq!(state.portal.writes().creates, 1);
+}
+
+#[tokio::test]
+async fn emulator_put_refuses_unknown_ids_and_email_changes() {
+    let h = Harness::start().await;
+    let id = h.sim.state().portal.add_user("jo@partner.example", "Jo", 1);
+    let key = Some(SIM_API_KEY);
+    let put = |body: Value| raw(&h, reqwest::Method::PUT, "api/user", key, Some(body));
+    let (status, _) = put(json!({
+        "id": uuid::Uuid::new_v4().to_string(), "email": "jo@partner.example", "name": "Jo", "role": 1
+    }))
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) =
+        put(json!({"id": id, "email": "joe@partner.example", "name": "Jo", "role": 1})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = put(json!({"email": "jo@partner.example", "name": "Jo", "role": 1})).await;
+    assert_eq!(status, 400, "id is required");
+    let state = h.sim.state();
+    assert_eq!(state.portal.writes().updates, 0);
+    assert_eq!(
+        state.portal.find("jo@partner.example").expect("kept")["email"],
+        json!("jo@partner.example")
+    );
+}
+
+#[tokio::test]
+async fn emulator_delete_matches_the_whole_address() {
+    let h = Harness::start().await;
+    h.sim
+        .state()
+        .portal
+        .add_user("banana@x.example", "Banana", 3);
+    let key = Some(SIM_API_KEY);
+    let (status, body) = raw(
+        &h,
+        reqwest::Method::DELETE,
+        "api/user/ana%40x.example",
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body, r#"{"message":"User not found"}"#);
+    let (status, _) = raw(
+        &h,
+        reqwest::Method::DELETE,
+        "api/user/not-an-address",
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = raw(
+        &h,
+        reqwest::Method::DELETE,
+        "api/user/BANANA%40x.example",
+        key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(h.sim.state().portal.is_empty());
+}

@@ -761,6 +761,13 @@ fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
         }
     };
     let index = envelope.get("pageIndex").and_then(Value::as_u64);
+    if let Some(index) = index
+        && index != u64::from(page)
+    {
+        return Err(format!(
+            "pageNumber={page} was answered with pageIndex {index}: the portal does not page as documented (1-based pageNumber)"
+        ));
+    }
     let total = envelope.get("totalPages").and_then(Value::as_u64);
     let within = match (index, total) {
         (Some(index), Some(total)) => Some(index < total),
@@ -848,6 +855,11 @@ mod tests {
             .expect("indexes suffice without hasNextPage");
         assert!(page.has_more);
         assert!(parse_page(br#"{"hasNextPage":false}"#, 1).is_err());
+        let ignored = parse_page(
+            br#"{"pageIndex":1,"totalPages":3,"hasNextPage":true,"data":[]}"#,
+            2,
+        );
+        assert!(ignored.is_err(), "a server ignoring pageNumber is caught");
         assert!(parse_page(br#"{"data":[]}"#, 1).is_err());
         assert!(parse_page(b"<html>", 1).is_err());
         let bare = parse_page(br#"[{"id":"a"}]"#, 1).expect("bare array");

@@ -36,6 +36,9 @@ pub const SIM_API_KEY: &str = "sim-portal-api-key";
 /// Users per page unless changed ([`PortalDb::page_size`]).
 pub const DEFAULT_PAGE_SIZE: usize = 25;
 
+/// The request log keeps at most this many entries (the oldest half is dropped).
+const MAX_LOGGED_REQUESTS: usize = 10_000;
+
 /// Array fields of a user (GUID or name strings); cleared to `[]`.
 pub const ARRAY_FIELDS: [&str; 4] = ["reports", "groups", "companies", "reportNames"];
 
@@ -279,7 +282,8 @@ impl PortalDb {
         }
     }
 
-    /// Every request that reached the portal handlers, as `METHOD path?query` (raw, as sent).
+    /// The requests that reached the portal handlers (the most recent ones), as
+    /// `METHOD path?query` (raw, as sent). Requests answered by injected faults are not here.
     pub fn requests(&self) -> &[String] {
         &self.requests
     }
@@ -357,6 +361,9 @@ fn log(db: &mut PortalDb, method: &Method, uri: &Uri) {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| uri.path().to_owned());
+    if db.requests.len() >= MAX_LOGGED_REQUESTS {
+        db.requests.drain(..MAX_LOGGED_REQUESTS / 2);
+    }
     db.requests.push(format!("{method} {target}"));
 }
 
