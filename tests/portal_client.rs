@@ -828,3 +828,26 @@ async fn emulator_delete_matches_the_whole_address() {
     assert_eq!(status, 200);
     assert!(h.sim.state().portal.is_empty());
 }
+
+#[tokio::test]
+async fn a_plus_address_is_not_mangled_into_a_space() {
+    let h = Harness::start().await;
+    h.sim
+        .state()
+        .portal
+        .add_user("kim+admin@partner.example", "Kim", 1);
+    let client = h.client();
+    let found = client
+        .find_user("kim+admin@partner.example")
+        .await
+        .expect("a lookup")
+        .expect("found");
+    assert_eq!(found.email, "kim+admin@partner.example");
+    assert!(
+        client
+            .delete_user("kim+admin@partner.example")
+            .await
+            .expect("deleted")
+    );
+    assert!(h.sim.state().portal.is_empty());
+}
