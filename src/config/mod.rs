@@ -385,9 +385,10 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
-        let mut values = tree::flatten(text, &mut problems);
-        build::apply_env_overrides(&mut values, env);
-        let config = build::build(&values, &mut problems);
+        let config = tree::flatten(text, &mut problems).and_then(|mut values| {
+            build::apply_env_overrides(&mut values, env);
+            build::build(&values, &mut problems)
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {

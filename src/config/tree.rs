@@ -219,9 +219,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
-/// Parses `text` and flattens it against [`SCHEMA`]. Syntax errors, unknown keys and wrong
-/// shapes become problems; the keys that could be read are returned either way.
-pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> BTreeMap<String, Leaf> {
+/// Parses `text` and flattens it against [`SCHEMA`]. Unknown keys and wrong shapes become
+/// problems and the keys that could be read are returned; a YAML syntax error is the only
+/// problem reported and gives `None` (nothing after it can be trusted).
+pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> Option<BTreeMap<String, Leaf>> {
     let mut out = BTreeMap::new();
     let root: Spanned<Node> = match serde_saphyr::from_str(text) {
         Ok(root) => root,
@@ -231,11 +232,20 @@ pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> BTreeMap<Strin
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
             let message = err.without_snippet().to_string();
-            problems.push(
-                At::File { line, column }
-                    .problem("(file)", format!("is not valid YAML: {message}")),
-            );
-            return out;
+            // The position is part of the problem already.
+            let message = match message.rfind(" at line ") {
+                Some(i) if line > 0 => message[..i].to_owned(),
+                _ => message,
+            };
+            let message = match message.strip_prefix("duplicate mapping key: ") {
+                Some(rest) => {
+                    let key = rest.split(',').next().unwrap_or(rest).trim();
+                    format!("the key `{key}` appears twice in the same mapping; keep only one")
+                }
+                None => format!("is not valid YAML: {message}"),
+            };
+            problems.push(At::File { line, column }.problem("(file)", message));
+            return None;
         }
     };
     match &root.value {
@@ -246,7 +256,7 @@ pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> BTreeMap<Strin
             "must be a mapping with the sections source, tenant, portal, policy, state, server",
         )),
     }
-    out
+    Some(out)
 }
 
 fn walk_map(
@@ -427,7 +437,7 @@ mod tests {
     #[test]
     fn unknown_key_gets_a_suggestion_and_its_line() {
         let mut problems = Vec::new();
-        flatten("tenant:\n  clientID: x\n", &mut problems);
+        let _ = flatten("tenant:\n  clientID: x\n", &mut problems);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "tenant.clientID");
         assert_eq!(problems[0].line, Some(2));
@@ -440,7 +450,8 @@ mod tests {
         let out = flatten(
             "tenant:\n  credential: { kind: clientSecret, secretFile: /s }\npolicy:\n  allowedDomains: [a.example, b.example]\n",
             &mut problems,
-        );
+        )
+        .expect("valid YAML");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             out["tenant.credential.secretFile"].raw,
