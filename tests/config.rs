@@ -811,3 +811,30 @@ fn simulator_config_renders() {
         &Config::for_simulator(&base, Path::new("/tmp/guestops-sim")).to_yaml(),
     );
 }
+
+#[test]
+fn mistyped_variables_are_spotted() {
+    let names = [
+        "GUESTOPS_TENANT_CLIENTID",
+        "GUESTOPS_TENANT_CLIENT_ID",
+        "GUESTOPS_PORTAL_API_KEY",
+        "GUESTOPS_POLICY_MAX_DELETIONS",
+        "PATH",
+    ];
+    assert_eq!(
+        guestops::config::unrecognized_variables(names),
+        vec!["GUESTOPS_TENANT_CLIENTID"]
+    );
+}
+
+#[test]
+fn an_oversized_config_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.yaml");
+    let mut text = String::from(MINIMAL);
+    text.push_str(&format!("# {}\n", "x".repeat(1024 * 1024)));
+    std::fs::write(&path, text).expect("write");
+    let err = Config::load(&path).expect_err("too large");
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("big.yaml"), "{err}");
+}

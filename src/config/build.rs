@@ -239,6 +239,7 @@ pub(crate) fn build(
         p.api_key = SecretSource::File(path);
     }
     r.set(&mut p.concurrency, "portal.concurrency", parse_concurrency);
+    let problems_before_codes = r.problems.len();
     let codes = &mut p.role_codes;
     r.set(
         &mut codes.administrator,
@@ -257,7 +258,11 @@ pub(crate) fn build(
         parse_code,
     );
     let codes = p.role_codes;
-    check_role_codes(&mut r, &codes);
+    // A code that did not parse is already reported; comparing the default in its place
+    // would report a duplicate that is not in the file.
+    if r.problems.len() == problems_before_codes {
+        check_role_codes(&mut r, &codes);
+    }
 
     // policy.*
     let pol = &mut config.policy;

@@ -282,7 +282,7 @@ pub enum ConfigError {
     },
     /// The config file is larger than [`MAX_CONFIG_SIZE`].
     #[error(
-        "the host configuration {path} is {size} bytes, more than the limit of {MAX_CONFIG_SIZE}; is --config pointing at the right file?"
+        "the host configuration {path} is {size} bytes or more, over the limit of {MAX_CONFIG_SIZE}; is --config pointing at the right file?"
     )]
     TooLarge {
         /// The file.
@@ -389,6 +389,8 @@ impl Config {
             build::apply_env_overrides(&mut values, env);
             build::build(&values, &mut problems)
         });
+        // File order; problems without a line (overrides, missing keys) last.
+        problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
@@ -495,19 +497,43 @@ pub fn override_variables() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `GUESTOPS_*` names among `names` that guestops does not know (neither a key override
+/// nor a secret variable), e.g. a mistyped `GUESTOPS_TENANT_CLIENTID`. The command line can
+/// warn about them; names it uses itself (such as a variable for `--config`) should be
+/// filtered by the caller.
+pub fn unrecognized_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let known = override_variables();
+    let secrets = [
+        secret::GRAPH_SECRET.env,
+        secret::PORTAL_API_KEY.env,
+        secret::WEBHOOK_SECRET.env,
+    ];
+    names
+        .into_iter()
+        .filter(|name| name.starts_with("GUESTOPS_"))
+        .filter(|name| !secrets.contains(name) && !known.iter().any(|(_, var)| var == name))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn read_limited(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let metadata = std::fs::metadata(path).map_err(read_error)?;
-    if metadata.len() > MAX_CONFIG_SIZE {
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
         return Err(ConfigError::TooLarge {
             path: path.to_path_buf(),
-            size: metadata.len(),
+            size: std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len()),
         });
     }
-    let bytes = std::fs::read(path).map_err(read_error)?;
     String::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
         origin: path.display().to_string(),
         problems: vec![Problem {
