@@ -1,0 +1,637 @@
+//! Stage two of loading: environment overrides, then every key interpreted and validated.
+//!
+//! Each key is parsed on its own so that every problem is reported; cross-key checks
+//! (distinct role codes, required keys) follow. A [`Config`] is produced only when every key
+//! could be interpreted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use super::secret::{GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET};
+use super::tree::{At, Kind, Leaf, Raw, env_var_name, leaf_keys};
+use super::{
+    Cloud, Config, PolicyConfig, PortalConfig, Problem, SecretSource, ServerConfig, SourceConfig,
+    StateConfig, TenantConfig,
+};
+use crate::plan::GuestOnRemoval;
+use crate::portal::RoleCodes;
+use crate::spec::Role;
+
+/// Default of `portal.baseUrl`.
+pub(crate) const DEFAULT_PORTAL_BASE_URL: &str = "https://api.powerembedded.com.br";
+/// Default of `tenant.inviteRedirectUrl`: the Administration Portal.
+pub(crate) const DEFAULT_INVITE_REDIRECT_URL: &str = "https://admin.powerembedded.com.br";
+/// Default of `server.listen`.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Default of `state.dir`.
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/guestops";
+/// Upper bound of `tenant.concurrency` and `portal.concurrency`.
+pub(crate) const MAX_CONCURRENCY: usize = 256;
+
+/// Replaces values by their `GUESTOPS_*` override. An empty variable resets the key to its
+/// default.
+pub(crate) fn apply_env_overrides(
+    values: &mut BTreeMap<String, Leaf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    for (key, kind) in leaf_keys() {
+        let var = env_var_name(&key);
+        let Some(text) = env(&var) else { continue };
+        if text.trim().is_empty() {
+            values.remove(&key);
+            continue;
+        }
+        let at = At::Env(var);
+        let raw = match kind {
+            Kind::List => Raw::List(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| (s.to_owned(), at.clone()))
+                    .collect(),
+            ),
+            _ => Raw::Text(text),
+        };
+        values.insert(key, Leaf { raw, at });
+    }
+}
+
+/// The configuration with every default and no tenant (`tenant_id`/`client_id` empty).
+pub(crate) fn defaults() -> Config {
+    let cloud = Cloud::Global;
+    Config {
+        source: SourceConfig {
+            repo: None,
+            branch: "main".to_owned(),
+            path: "users.yaml".to_owned(),
+            poll_interval: Duration::from_secs(5 * 60),
+            resync_interval: Duration::from_secs(10 * 60),
+            credential_file: None,
+        },
+        tenant: TenantConfig {
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: GRAPH_SECRET.source(),
+            cloud,
+            authority_host: cloud.authority_host(),
+            graph_endpoint: cloud.graph_endpoint(),
+            invite_redirect_url: DEFAULT_INVITE_REDIRECT_URL.to_owned(),
+            concurrency: 8,
+        },
+        portal: PortalConfig {
+            // A constant that parses.
+            base_url: Url::parse(DEFAULT_PORTAL_BASE_URL).expect("constant portal URL"),
+            api_key: PORTAL_API_KEY.source(),
+            concurrency: 2,
+            role_codes: RoleCodes::default(),
+        },
+        policy: PolicyConfig {
+            allowed_domains: Vec::new(),
+            prune: false,
+            guest_on_removal: GuestOnRemoval::Keep,
+            max_deletions: 5,
+            resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
+        },
+        state: StateConfig {
+            dir: PathBuf::from(DEFAULT_STATE_DIR),
+        },
+        server: ServerConfig {
+            // A constant that parses.
+            listen: DEFAULT_LISTEN.parse().expect("constant listen address"),
+            webhook_secret: Some(WEBHOOK_SECRET.source()),
+        },
+    }
+}
+
+/// Reads typed values out of the flat map, recording problems.
+struct Reader<'a> {
+    values: &'a BTreeMap<String, Leaf>,
+    problems: &'a mut Vec<Problem>,
+    failed: bool,
+}
+
+impl Reader<'_> {
+    /// The scalar at `key`, parsed; `None` when absent or invalid (a problem is recorded).
+    fn get<T>(&mut self, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let leaf = self.values.get(key)?;
+        match &leaf.raw {
+            Raw::Text(text) => match parse(text.trim()) {
+                Ok(value) => Some(value),
+                Err(message) => {
+                    self.problems.push(leaf.at.problem(key, message));
+                    self.failed = true;
+                    None
+                }
+            },
+            Raw::List(_) => {
+                self.problems
+                    .push(leaf.at.problem(key, "expected a single value, not a list"));
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    /// Like [`Reader::get`], writing into `slot` when present and valid.
+    fn set<T>(&mut self, slot: &mut T, key: &str, parse: impl FnOnce(&str) -> Result<T, String>) {
+        if let Some(value) = self.get(key, parse) {
+            *slot = value;
+        }
+    }
+
+    fn at(&self, key: &str) -> Option<&At> {
+        self.values.get(key).map(|leaf| &leaf.at)
+    }
+
+    fn problem(&mut self, at: Option<&At>, key: &str, message: impl Into<String>) {
+        let at = at.cloned().unwrap_or(At::File { line: 0, column: 0 });
+        self.problems.push(at.problem(key, message));
+        self.failed = true;
+    }
+}
+
+/// Interprets every key; `None` when any key is invalid (problems say why).
+pub(crate) fn build(
+    values: &BTreeMap<String, Leaf>,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let mut config = defaults();
+    let mut r = Reader {
+        values,
+        problems,
+        failed: false,
+    };
+
+    // source.*
+    let s = &mut config.source;
+    s.repo = r.get("source.repo", parse_repo);
+    r.set(&mut s.branch, "source.branch", parse_branch);
+    r.set(&mut s.path, "source.path", parse_repo_path);
+    r.set(&mut s.poll_interval, "source.pollInterval", parse_interval);
+    r.set(
+        &mut s.resync_interval,
+        "source.resyncInterval",
+        parse_interval,
+    );
+    s.credential_file = r.get("source.credentialFile", parse_file);
+
+    // tenant.*
+    let t = &mut config.tenant;
+    match r.get("tenant.tenantId", parse_tenant_id) {
+        Some(id) => t.tenant_id = id,
+        None if r.at("tenant.tenantId").is_none() => r.problem(
+            None,
+            "tenant.tenantId",
+            "is required: the tenant's GUID or domain, e.g. contoso.onmicrosoft.com",
+        ),
+        None => {}
+    }
+    match r.get("tenant.clientId", parse_guid) {
+        Some(id) => t.client_id = id,
+        None if r.at("tenant.clientId").is_none() => r.problem(
+            None,
+            "tenant.clientId",
+            "is required: the application (client) id of the app registration, a GUID",
+        ),
+        None => {}
+    }
+    r.get("tenant.credential.kind", |text| match text {
+        "clientSecret" => Ok(()),
+        other => Err(format!(
+            "unsupported credential kind `{other}`; the only kind is clientSecret"
+        )),
+    });
+    if let Some(path) = r.get("tenant.credential.secretFile", parse_file) {
+        t.client_secret = SecretSource::File(path);
+    }
+    r.set(&mut t.cloud, "tenant.cloud", |text| {
+        Cloud::from_name(text).ok_or_else(|| {
+            format!("unknown cloud `{text}`; expected one of global, usgov, usgov-dod, china")
+        })
+    });
+    t.authority_host = t.cloud.authority_host();
+    t.graph_endpoint = t.cloud.graph_endpoint();
+    r.set(
+        &mut t.authority_host,
+        "tenant.authorityHost",
+        parse_endpoint,
+    );
+    r.set(
+        &mut t.graph_endpoint,
+        "tenant.graphEndpoint",
+        parse_endpoint,
+    );
+    r.set(
+        &mut t.invite_redirect_url,
+        "tenant.inviteRedirectUrl",
+        parse_redirect_url,
+    );
+    r.set(&mut t.concurrency, "tenant.concurrency", parse_concurrency);
+
+    // portal.*
+    let p = &mut config.portal;
+    r.set(&mut p.base_url, "portal.baseUrl", parse_endpoint);
+    if let Some(path) = r.get("portal.apiKeyFile", parse_file) {
+        p.api_key = SecretSource::File(path);
+    }
+    r.set(&mut p.concurrency, "portal.concurrency", parse_concurrency);
+    let problems_before_codes = r.problems.len();
+    let codes = &mut p.role_codes;
+    r.set(
+        &mut codes.administrator,
+        "portal.roleCodes.administrator",
+        parse_code,
+    );
+    r.set(
+        &mut codes.contributor,
+        "portal.roleCodes.contributor",
+        parse_code,
+    );
+    r.set(&mut codes.viewer, "portal.roleCodes.viewer", parse_code);
+    r.set(
+        &mut codes.workspace_contributor,
+        "portal.roleCodes.workspace-contributor",
+        parse_code,
+    );
+    let codes = p.role_codes;
+    // A code that did not parse is already reported; comparing the default in its place
+    // would report a duplicate that is not in the file.
+    if r.problems.len() == problems_before_codes {
+        check_role_codes(&mut r, &codes);
+    }
+
+    // policy.*
+    let pol = &mut config.policy;
+    if let Some(leaf) = values.get("policy.allowedDomains") {
+        match &leaf.raw {
+            Raw::List(items) => {
+                let mut domains = Vec::new();
+                for (text, at) in items {
+                    match parse_domain(text) {
+                        Ok(domain) if !domains.contains(&domain) => domains.push(domain),
+                        Ok(_) => {}
+                        Err(message) => {
+                            r.problem(Some(at), "policy.allowedDomains", message);
+                        }
+                    }
+                }
+                pol.allowed_domains = domains;
+            }
+            Raw::Text(_) => r.problem(
+                Some(&leaf.at),
+                "policy.allowedDomains",
+                "expected a list, e.g. [partner.example, vendor.example]",
+            ),
+        }
+    }
+    r.set(&mut pol.prune, "policy.prune", parse_bool);
+    r.set(
+        &mut pol.guest_on_removal,
+        "policy.guestOnRemoval",
+        |text| match text {
+            "keep" => Ok(GuestOnRemoval::Keep),
+            "disable" => Ok(GuestOnRemoval::Disable),
+            "delete" => Ok(GuestOnRemoval::Delete),
+            other => Err(format!(
+                "unknown value `{other}`; expected keep, disable or delete"
+            )),
+        },
+    );
+    r.set(&mut pol.max_deletions, "policy.maxDeletions", |text| {
+        text.parse::<usize>()
+            .map_err(|_| format!("expected a whole number ≥ 0, got `{text}`"))
+    });
+    r.set(&mut pol.resend_after, "policy.resendAfter", |text| {
+        parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
+    });
+
+    // state.*, server.*
+    r.set(&mut config.state.dir, "state.dir", parse_file);
+    r.set(&mut config.server.listen, "server.listen", |text| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "`{text}` is not a socket address; write IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"
+            )
+        })
+    });
+    if let Some(path) = r.get("server.webhookSecretFile", parse_file) {
+        config.server.webhook_secret = Some(SecretSource::File(path));
+    }
+
+    (!r.failed).then_some(config)
+}
+
+fn check_role_codes(r: &mut Reader<'_>, codes: &RoleCodes) {
+    let mut seen: Vec<(i64, Role)> = Vec::new();
+    for role in Role::ALL {
+        let code = codes.code(role);
+        if let Some((_, first)) = seen.iter().find(|(c, _)| *c == code) {
+            let key = format!("portal.roleCodes.{}", role.as_str());
+            let at = r.at(&key).cloned();
+            r.problem(
+                at.as_ref(),
+                &key,
+                format!(
+                    "code {code} is also the code of {first}; the four role codes must be distinct"
+                ),
+            );
+        } else {
+            seen.push((code, role));
+        }
+    }
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected true or false, got `{other}`")),
+    }
+}
+
+fn parse_concurrency(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to {MAX_CONCURRENCY}, got `{text}`"
+        )),
+    }
+}
+
+fn parse_code(text: &str) -> Result<i64, String> {
+    text.parse::<i64>()
+        .map_err(|_| format!("expected the portal's numeric role code, got `{text}`"))
+}
+
+/// A duration: `0`, or a whole number followed by `s`, `m`, `h` or `d`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let help = "write a whole number and a unit, e.g. 30s, 5m, 2h, 7d (or 0)";
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let Some(unit) = text.chars().last() else {
+        return Err(format!("empty duration; {help}"));
+    };
+    let seconds_per_unit: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("`{text}` is not a duration; {help}")),
+    };
+    let number = &text[..text.len() - 1];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{text}` is not a duration; {help}"));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per_unit))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+/// A duration that must be positive.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0, e.g. 5m".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn parse_file(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        Err("expected a file path".to_owned())
+    } else {
+        Ok(PathBuf::from(text))
+    }
+}
+
+fn parse_branch(text: &str) -> Result<String, String> {
+    let bad = text.is_empty()
+        || text.starts_with('-')
+        || text.contains("..")
+        || text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if bad {
+        Err(format!("`{text}` is not a valid git branch name"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_repo_path(text: &str) -> Result<String, String> {
+    let bad = text.is_empty()
+        || text.starts_with('/')
+        || text.split('/').any(|part| part == ".." || part.is_empty());
+    if bad {
+        Err(format!(
+            "`{text}` is not a path inside the repository; write a relative path such as users.yaml or admins/users.yaml"
+        ))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_repo(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("expected a git URL or a local path".to_owned());
+    }
+    if let Ok(url) = Url::parse(text) {
+        if url.password().is_some() {
+            return Err(
+                "the URL holds a password or token; remove it and put it in source.credentialFile"
+                    .to_owned(),
+            );
+        }
+        match url.scheme() {
+            "https" | "ssh" | "file" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => {
+                return Err(
+                    "plain http:// is refused except on loopback addresses; use https://"
+                        .to_owned(),
+                );
+            }
+            // `C:\repo` or `git@host:path` may parse as URLs with odd schemes.
+            _ if text.contains('@') || text.len() < 3 || text.as_bytes()[1] == b':' => {}
+            other => {
+                return Err(format!(
+                    "unsupported URL scheme `{other}`; use https://, ssh://, an scp-like address (git@host:org/repo.git) or a local path"
+                ));
+            }
+        }
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_guid(text: &str) -> Result<String, String> {
+    uuid::Uuid::try_parse(text)
+        .map(|_| text.to_ascii_lowercase())
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a GUID; copy the Application (client) ID from the app registration's overview"
+            )
+        })
+}
+
+fn parse_tenant_id(text: &str) -> Result<String, String> {
+    if uuid::Uuid::try_parse(text).is_ok() {
+        return Ok(text.to_ascii_lowercase());
+    }
+    parse_domain(text).map_err(|_| {
+        format!(
+            "`{text}` is neither a GUID nor a domain; use the Directory (tenant) ID or a verified domain such as contoso.onmicrosoft.com"
+        )
+    })
+}
+
+/// A domain name, lower-cased: dot-separated labels of letters, digits and hyphens.
+pub(crate) fn parse_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    if let Some(rest) = domain.strip_prefix('@') {
+        return Err(format!(
+            "`{text}` is not a domain; write it without the @, as `{rest}`"
+        ));
+    }
+    if domain.contains('@') {
+        return Err(format!(
+            "`{text}` is an address, not a domain; write only the part after the @"
+        ));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if domain.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "`{text}` is not a domain name; write e.g. partner.example"
+        ));
+    }
+    Ok(domain)
+}
+
+/// Whether the URL's host is a loopback address (127.0.0.0/8, ::1) or `localhost`.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// An https URL (http on loopback) with a host, no credentials, no query or fragment.
+fn parse_endpoint(text: &str) -> Result<Url, String> {
+    let url = parse_web_url(text)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "`{text}` has a query or fragment; write only scheme, host and path"
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_redirect_url(text: &str) -> Result<String, String> {
+    parse_web_url(text).map(|_| text.to_owned())
+}
+
+fn parse_web_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| {
+        format!("`{text}` is not an absolute URL ({e}); write e.g. https://host.example")
+    })?;
+    if url.host().is_none() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "`{text}` holds credentials; remove them (secrets are read from files)"
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "plain http:// is refused except on loopback addresses (127.0.0.1, ::1, localhost); use https://{}",
+            &text["http://".len()..]
+        )),
+        other => Err(format!(
+            "unsupported scheme `{other}`; use https:// (http:// only on loopback)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5 m",
+            "-5m",
+            "1.5h",
+            "5w",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn loopback_http_only() {
+        assert!(parse_endpoint("http://127.0.0.1:8080").is_ok());
+        assert!(parse_endpoint("http://127.1.2.3").is_ok());
+        assert!(parse_endpoint("http://[::1]:9").is_ok());
+        assert!(parse_endpoint("http://localhost:9").is_ok());
+        assert!(parse_endpoint("http://10.0.0.1").is_err());
+        assert!(parse_endpoint("http://localhost.evil.example").is_err());
+        assert!(parse_endpoint("ftp://127.0.0.1").is_err());
+        assert!(parse_endpoint("https://user:pw@graph.microsoft.com").is_err());
+        assert!(parse_endpoint("graph.microsoft.com").is_err());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            parse_domain("Partner.Example"),
+            Ok("partner.example".into())
+        );
+        assert!(
+            parse_domain("@partner.example")
+                .unwrap_err()
+                .contains("without the @")
+        );
+        assert!(parse_domain("localhost").is_err());
+        assert!(parse_domain("a..b").is_err());
+        assert!(parse_domain("-a.b").is_err());
+        assert!(parse_domain("a b.c").is_err());
+    }
+
+    #[test]
+    fn repos() {
+        assert!(parse_repo("https://github.com/contoso/admins.git").is_ok());
+        assert!(parse_repo("git@github.com:contoso/admins.git").is_ok());
+        assert!(parse_repo("/srv/admins").is_ok());
+        assert!(parse_repo("https://x:token@github.com/c/a.git").is_err());
+        assert!(parse_repo("http://github.com/c/a.git").is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! Secret loading (design §5, §12): explicit file key, else the systemd credential
+//! `$CREDENTIALS_DIRECTORY/<name>`, else an environment variable. Values are
+//! [`SecretString`]s: never in argv, never logged, redacted in `Debug`.
+
+use std::io::Read;
+use std::path::Path;
+
+use secrecy::SecretString;
+
+use super::{ConfigError, SecretSource};
+
+/// The environment variable systemd sets to the directory of `LoadCredential=` files.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// A secret file larger than this is refused (a secret is a line, not a document).
+const MAX_SECRET_SIZE: u64 = 64 * 1024;
+
+/// The three secrets guestops reads, with their credential names and variables.
+pub(crate) struct KnownSecret {
+    /// Human name for messages.
+    pub what: &'static str,
+    /// The systemd credential name.
+    pub credential: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The config key naming a file.
+    pub file_key: &'static str,
+}
+
+impl KnownSecret {
+    /// The source used when the file key is not set.
+    pub(crate) fn source(&self) -> SecretSource {
+        SecretSource::CredentialOrEnv {
+            credential: self.credential.to_owned(),
+            env: self.env.to_owned(),
+            file_key: self.file_key.to_owned(),
+        }
+    }
+}
+
+/// The Graph client secret.
+pub(crate) const GRAPH_SECRET: KnownSecret = KnownSecret {
+    what: "Graph client secret",
+    credential: "graph-secret",
+    env: "GUESTOPS_TENANT_CLIENT_SECRET",
+    file_key: "tenant.credential.secretFile",
+};
+/// The portal API key.
+pub(crate) const PORTAL_API_KEY: KnownSecret = KnownSecret {
+    what: "portal API key",
+    credential: "portal-api-key",
+    env: "GUESTOPS_PORTAL_API_KEY",
+    file_key: "portal.apiKeyFile",
+};
+/// The GitHub webhook secret.
+pub(crate) const WEBHOOK_SECRET: KnownSecret = KnownSecret {
+    what: "webhook secret",
+    credential: "webhook-secret",
+    env: "GUESTOPS_SERVER_WEBHOOK_SECRET",
+    file_key: "server.webhookSecretFile",
+};
+
+fn what_of(credential: &str) -> String {
+    [GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET]
+        .into_iter()
+        .find(|s| s.credential == credential)
+        .map(|s| s.what.to_owned())
+        .unwrap_or_else(|| format!("secret `{credential}`"))
+}
+
+/// The secrets a command needs, loaded by [`super::Config::load_secrets`].
+/// `Debug` shows `[REDACTED]` for every value.
+#[derive(Debug)]
+pub struct Secrets {
+    /// The Graph client secret (client-credentials grant).
+    pub graph_client_secret: SecretString,
+    /// The portal `X-API-Key`.
+    pub portal_api_key: SecretString,
+    /// The GitHub webhook HMAC secret; `None` when none is provided (webhook off).
+    pub webhook_secret: Option<SecretString>,
+}
+
+impl SecretSource {
+    /// Reads the secret, looking up `CREDENTIALS_DIRECTORY` and variables in the process
+    /// environment.
+    pub fn load(&self) -> Result<SecretString, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        self.load_with_env(&env)
+    }
+
+    /// Reads the secret with an injected environment. Missing everywhere is an error.
+    pub fn load_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SecretString, ConfigError> {
+        self.load_required(env, "secret file")
+    }
+
+    /// [`SecretSource::load_with_env`]; `file_key` names an explicit file in errors.
+    pub(crate) fn load_required(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        file_key: &str,
+    ) -> Result<SecretString, ConfigError> {
+        match self.load_labelled(env, file_key)? {
+            Some(secret) => Ok(secret),
+            None => Err(self.missing()),
+        }
+    }
+
+    /// Reads the secret when one is provided: `Ok(None)` when a [`SecretSource::Env`] variable
+    /// is unset or, for [`SecretSource::CredentialOrEnv`], when neither the credential file nor
+    /// the variable exists. An explicit file that cannot be read is always an error.
+    pub fn load_optional_with_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        self.load_labelled(env, "secret file")
+    }
+
+    /// [`SecretSource::load_optional_with_env`]; `file_key` names an explicit file in errors.
+    pub(crate) fn load_labelled(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        file_key: &str,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        match self {
+            SecretSource::File(path) => read_secret_file(path, file_key).map(Some),
+            SecretSource::Env(var) => from_env(var, var, env),
+            SecretSource::CredentialOrEnv {
+                credential,
+                env: var,
+                file_key: _,
+            } => {
+                if let Some(dir) = env(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty()) {
+                    let path = Path::new(&dir).join(credential);
+                    if path.exists() {
+                        return read_secret_file(&path, &format!("credential {credential}"))
+                            .map(Some);
+                    }
+                }
+                from_env(var, credential, env)
+            }
+        }
+    }
+
+    fn missing(&self) -> ConfigError {
+        match self {
+            SecretSource::CredentialOrEnv {
+                credential,
+                env,
+                file_key,
+            } => ConfigError::SecretMissing {
+                what: what_of(credential),
+                file_key: file_key.clone(),
+                credential: credential.clone(),
+                env: env.clone(),
+            },
+            SecretSource::Env(var) => ConfigError::SecretEnvUnset { env: var.clone() },
+            // An unreadable file is reported by `read_secret_file`, never as missing.
+            SecretSource::File(path) => ConfigError::SecretEmpty {
+                key: path.display().to_string(),
+                place: format!("file {}", path.display()),
+            },
+        }
+    }
+}
+
+/// The secret in variable `var`; `None` when unset, an error when set but empty.
+fn from_env(
+    var: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match env(var) {
+        None => Ok(None),
+        Some(value) => {
+            let value = trim_one_newline(value);
+            if value.is_empty() {
+                Err(ConfigError::SecretEmpty {
+                    key: key.to_owned(),
+                    place: format!("environment variable {var}"),
+                })
+            } else {
+                Ok(Some(SecretString::from(value)))
+            }
+        }
+    }
+}
+
+/// Reads a secret file: at most [`MAX_SECRET_SIZE`], UTF-8, one trailing newline trimmed,
+/// not empty. `key` names what the secret is for in errors.
+fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError> {
+    let unreadable = |source| ConfigError::SecretUnreadable {
+        key: key.to_owned(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SECRET_SIZE {
+        return Err(ConfigError::SecretMalformed {
+            key: key.to_owned(),
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_SECRET_SIZE} bytes"),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::SecretMalformed {
+        key: key.to_owned(),
+        path: path.to_path_buf(),
+        reason: "not UTF-8".to_owned(),
+    })?;
+    let text = trim_one_newline(text);
+    if text.is_empty() {
+        return Err(ConfigError::SecretEmpty {
+            key: key.to_owned(),
+            place: format!("file {}", path.display()),
+        });
+    }
+    Ok(SecretString::from(text))
+}
+
+/// Removes one trailing `\n` (or `\r\n`), as written by `echo` or an editor.
+fn trim_one_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}

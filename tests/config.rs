@@ -1,0 +1,840 @@
+//! Host configuration: loading, defaults, environment overrides, validation, secrets.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use guestops::config::{Cloud, Config, ConfigError, Problem, SecretSource, override_variables};
+use guestops::plan::GuestOnRemoval;
+use guestops::portal::RoleCodes;
+use secrecy::ExposeSecret;
+
+fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(name)
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(fixture_path(name)).expect("fixture exists")
+}
+
+/// An injected environment made of `pairs`.
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name: &str| map.get(name).cloned()
+}
+
+fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_yaml_with_env(text, "config.yaml", &env_of(pairs))
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
+    match result {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(other) => panic!("expected Invalid, got {other}"),
+        Ok(config) => panic!("expected problems, got {config:?}"),
+    }
+}
+
+fn problem_for<'a>(problems: &'a [Problem], key: &str) -> &'a Problem {
+    problems
+        .iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("no problem for {key} in {problems:#?}"))
+}
+
+const MINIMAL: &str = "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 11111111-2222-3333-4444-555555555555\n";
+
+#[test]
+fn the_design_example_loads() {
+    let config = load(&fixture("full.yaml"), &[]).expect("design §5 example is valid");
+    assert_eq!(
+        config.source.repo.as_deref(),
+        Some("https://github.com/contoso/portal-admins.git")
+    );
+    assert_eq!(config.source.poll_interval, Duration::from_secs(300));
+    assert_eq!(config.source.resync_interval, Duration::from_secs(600));
+    assert_eq!(config.tenant.tenant_id, "contoso.onmicrosoft.com");
+    assert_eq!(
+        config.tenant.client_secret,
+        SecretSource::File("/run/credentials/guestops.service/graph-secret".into())
+    );
+    assert_eq!(
+        config.portal.api_key,
+        SecretSource::File("/run/credentials/guestops.service/portal-api-key".into())
+    );
+    assert_eq!(
+        config.server.webhook_secret,
+        Some(SecretSource::File(
+            "/run/credentials/guestops.service/webhook-secret".into()
+        ))
+    );
+    assert_eq!(
+        config.policy.allowed_domains,
+        vec!["partner.example", "vendor.example"]
+    );
+    assert_eq!(config.portal.role_codes, RoleCodes::default());
+    assert_eq!(
+        config.policy.resend_after,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(
+        config.tenant.scope(),
+        "https://graph.microsoft.com/.default"
+    );
+}
+
+#[test]
+fn every_default() {
+    let config = load(MINIMAL, &[]).expect("minimal config is valid");
+    assert_eq!(config.source.repo, None);
+    assert_eq!(config.source.branch, "main");
+    assert_eq!(config.source.path, "users.yaml");
+    assert_eq!(config.source.poll_interval, Duration::from_secs(5 * 60));
+    assert_eq!(config.source.resync_interval, Duration::from_secs(10 * 60));
+    assert_eq!(config.source.credential_file, None);
+    assert_eq!(config.tenant.cloud, Cloud::Global);
+    assert_eq!(
+        config.tenant.authority_host.as_str(),
+        "https://login.microsoftonline.com/"
+    );
+    assert_eq!(
+        config.tenant.graph_endpoint.as_str(),
+        "https://graph.microsoft.com/"
+    );
+    assert_eq!(
+        config.tenant.invite_redirect_url,
+        "https://admin.powerembedded.com.br"
+    );
+    assert_eq!(config.tenant.concurrency, 8);
+    assert!(matches!(
+        &config.tenant.client_secret,
+        SecretSource::CredentialOrEnv { credential, env, .. }
+            if credential == "graph-secret" && env == "GUESTOPS_TENANT_CLIENT_SECRET"
+    ));
+    assert_eq!(
+        config.portal.base_url.as_str(),
+        "https://api.powerembedded.com.br/"
+    );
+    assert_eq!(config.portal.concurrency, 2);
+    assert_eq!(config.portal.role_codes, RoleCodes::default());
+    assert!(matches!(
+        &config.portal.api_key,
+        SecretSource::CredentialOrEnv { credential, env, .. }
+            if credential == "portal-api-key" && env == "GUESTOPS_PORTAL_API_KEY"
+    ));
+    assert!(config.policy.allowed_domains.is_empty());
+    assert!(!config.policy.prune);
+    assert_eq!(config.policy.guest_on_removal, GuestOnRemoval::Keep);
+    assert_eq!(config.policy.max_deletions, 5);
+    assert_eq!(
+        config.policy.resend_after,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(config.state.dir, PathBuf::from("/var/lib/guestops"));
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:9464");
+    assert!(matches!(
+        &config.server.webhook_secret,
+        Some(SecretSource::CredentialOrEnv { credential, env, .. })
+            if credential == "webhook-secret" && env == "GUESTOPS_SERVER_WEBHOOK_SECRET"
+    ));
+}
+
+#[test]
+fn cloud_selects_endpoints_and_explicit_values_win() {
+    let config = load(&fixture("usgov-dod.yaml"), &[]).expect("valid");
+    assert_eq!(config.tenant.cloud, Cloud::UsGovDod);
+    assert_eq!(
+        config.tenant.authority_host.as_str(),
+        "https://login.microsoftonline.us/"
+    );
+    assert_eq!(
+        config.tenant.graph_endpoint.as_str(),
+        "https://dod-graph.microsoft.us/"
+    );
+    assert_eq!(
+        config.tenant.scope(),
+        "https://dod-graph.microsoft.us/.default"
+    );
+
+    let china = format!("{MINIMAL}  cloud: china\n  graphEndpoint: https://graph.proxy.example\n");
+    let config = load(&china, &[]).expect("valid");
+    assert_eq!(
+        config.tenant.authority_host.as_str(),
+        "https://login.chinacloudapi.cn/"
+    );
+    assert_eq!(
+        config.tenant.graph_endpoint.as_str(),
+        "https://graph.proxy.example/"
+    );
+
+    let usgov = load(MINIMAL, &[("GUESTOPS_TENANT_CLOUD", "usgov")]).expect("valid");
+    assert_eq!(
+        usgov.tenant.graph_endpoint.as_str(),
+        "https://graph.microsoft.us/"
+    );
+}
+
+#[test]
+fn loopback_http_endpoints_are_accepted() {
+    let config = load(&fixture("loopback.yaml"), &[]).expect("loopback http is allowed");
+    assert_eq!(
+        config.tenant.authority_host.as_str(),
+        "http://127.0.0.1:8080/"
+    );
+    assert_eq!(config.tenant.graph_endpoint.as_str(), "http://[::1]:8080/");
+    assert_eq!(config.portal.base_url.as_str(), "http://localhost:8080/");
+}
+
+#[test]
+fn environment_overrides_each_form() {
+    let env = [
+        (
+            "GUESTOPS_TENANT_CLIENT_ID",
+            "99999999-8888-7777-6666-555555555555",
+        ),
+        ("GUESTOPS_POLICY_MAX_DELETIONS", "12"),
+        ("GUESTOPS_POLICY_ALLOWED_DOMAINS", "A.example, b.example,,"),
+        (
+            "GUESTOPS_TENANT_CREDENTIAL_SECRET_FILE",
+            "/etc/guestops/graph",
+        ),
+        ("GUESTOPS_PORTAL_ROLE_CODES_ADMINISTRATOR", "10"),
+        ("GUESTOPS_PORTAL_ROLE_CODES_WORKSPACE_CONTRIBUTOR", "40"),
+        ("GUESTOPS_SOURCE_POLL_INTERVAL", "30s"),
+        ("GUESTOPS_POLICY_PRUNE", "true"),
+        ("GUESTOPS_POLICY_RESEND_AFTER", "0"),
+        ("GUESTOPS_SERVER_LISTEN", "[::1]:9999"),
+    ];
+    let config = load(&fixture("full.yaml"), &env).expect("overrides are valid");
+    assert_eq!(
+        config.tenant.client_id,
+        "99999999-8888-7777-6666-555555555555"
+    );
+    assert_eq!(config.policy.max_deletions, 12);
+    assert_eq!(
+        config.policy.allowed_domains,
+        vec!["a.example", "b.example"]
+    );
+    assert_eq!(
+        config.tenant.client_secret,
+        SecretSource::File("/etc/guestops/graph".into())
+    );
+    assert_eq!(config.portal.role_codes.administrator, 10);
+    assert_eq!(config.portal.role_codes.workspace_contributor, 40);
+    assert_eq!(config.portal.role_codes.contributor, 2);
+    assert_eq!(config.source.poll_interval, Duration::from_secs(30));
+    assert!(config.policy.prune);
+    assert_eq!(config.policy.resend_after, None);
+    assert_eq!(config.server.listen.to_string(), "[::1]:9999");
+}
+
+#[test]
+fn an_empty_variable_resets_the_key_to_its_default() {
+    let config = load(
+        &fixture("full.yaml"),
+        &[
+            ("GUESTOPS_POLICY_ALLOWED_DOMAINS", ""),
+            ("GUESTOPS_SOURCE_REPO", ""),
+            ("GUESTOPS_PORTAL_API_KEY_FILE", ""),
+        ],
+    )
+    .expect("valid");
+    assert!(config.policy.allowed_domains.is_empty());
+    assert_eq!(config.source.repo, None);
+    assert!(matches!(
+        config.portal.api_key,
+        SecretSource::CredentialOrEnv { .. }
+    ));
+}
+
+/// Every key listed by `override_variables` is really overridden by its variable.
+#[test]
+fn every_key_has_a_working_override() {
+    let values: &[(&str, &str)] = &[
+        ("source.repo", "/srv/admins"),
+        ("source.branch", "release"),
+        ("source.path", "admins/users.yaml"),
+        ("source.pollInterval", "1m"),
+        ("source.resyncInterval", "1h"),
+        ("source.credentialFile", "/etc/guestops/git-token"),
+        ("tenant.tenantId", "fabrikam.onmicrosoft.com"),
+        ("tenant.clientId", "99999999-8888-7777-6666-555555555555"),
+        ("tenant.credential.kind", "clientSecret"),
+        ("tenant.credential.secretFile", "/etc/guestops/graph"),
+        ("tenant.cloud", "china"),
+        ("tenant.authorityHost", "https://login.example"),
+        ("tenant.graphEndpoint", "https://graph.example"),
+        ("tenant.inviteRedirectUrl", "https://portal.example"),
+        ("tenant.concurrency", "3"),
+        ("portal.baseUrl", "https://pe.example"),
+        ("portal.apiKeyFile", "/etc/guestops/pe"),
+        ("portal.concurrency", "1"),
+        ("portal.roleCodes.administrator", "11"),
+        ("portal.roleCodes.contributor", "12"),
+        ("portal.roleCodes.viewer", "13"),
+        ("portal.roleCodes.workspace-contributor", "14"),
+        ("policy.allowedDomains", "only.example"),
+        ("policy.prune", "true"),
+        ("policy.guestOnRemoval", "delete"),
+        ("policy.maxDeletions", "0"),
+        ("policy.resendAfter", "2d"),
+        ("state.dir", "/tmp/guestops"),
+        ("server.listen", "0.0.0.0:80"),
+        ("server.webhookSecretFile", "/etc/guestops/hook"),
+    ];
+    let base = load(MINIMAL, &[]).expect("valid");
+    let vars = override_variables();
+    for (key, var) in &vars {
+        let Some((_, value)) = values.iter().find(|(k, _)| k == key) else {
+            panic!("no test value for {key} ({var})");
+        };
+        let overridden = load(MINIMAL, &[(var.as_str(), value)])
+            .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+        // `tenant.credential.kind` has a single allowed value: accepted, no visible change.
+        if *key != "tenant.credential.kind" {
+            assert_ne!(overridden, base, "{var}={value} changed nothing");
+        }
+    }
+    assert_eq!(
+        vars.len(),
+        values.len(),
+        "a test value for a key that does not exist"
+    );
+}
+
+#[test]
+fn a_bad_override_names_the_variable() {
+    let problems = problems(load(
+        MINIMAL,
+        &[
+            ("GUESTOPS_POLICY_MAX_DELETIONS", "lots"),
+            ("GUESTOPS_PORTAL_BASE_URL", "http://pe.example"),
+        ],
+    ));
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    let p = problem_for(&problems, "policy.maxDeletions");
+    assert_eq!(p.env_var.as_deref(), Some("GUESTOPS_POLICY_MAX_DELETIONS"));
+    assert!(
+        p.to_string().starts_with("GUESTOPS_POLICY_MAX_DELETIONS"),
+        "{p}"
+    );
+    assert!(p.message.contains("lots"));
+    let p = problem_for(&problems, "portal.baseUrl");
+    assert_eq!(p.env_var.as_deref(), Some("GUESTOPS_PORTAL_BASE_URL"));
+}
+
+#[test]
+fn unknown_keys_are_reported_with_their_position() {
+    let problems = problems(load(&fixture("unknown-keys.yaml"), &[]));
+    let p = problem_for(&problems, "tenant.clientID");
+    assert_eq!((p.line, p.column), (Some(3), Some(3)));
+    assert!(p.message.contains("did you mean `clientId`"), "{p}");
+    let p = problem_for(&problems, "polcy");
+    assert_eq!(p.line, Some(4));
+    assert!(p.message.contains("did you mean `policy`"), "{p}");
+    // clientId is then missing: reported too, all at once.
+    problem_for(&problems, "tenant.clientId");
+}
+
+#[test]
+fn all_problems_are_reported_at_once_with_keys_and_lines() {
+    let err = load(&fixture("many-problems.yaml"), &[]).expect_err("invalid");
+    let text = err.to_string();
+    let problems = problems(Err(err));
+
+    let p = problem_for(&problems, "source.pollInterval");
+    assert_eq!(p.line, Some(2));
+    assert!(p.message.contains("e.g. 30s, 5m, 2h, 7d"), "{p}");
+
+    let p = problem_for(&problems, "tenant.graphEndpoint");
+    assert_eq!(p.line, Some(6));
+    assert!(p.message.contains("http://"), "{p}");
+    assert!(p.message.contains("loopback"), "{p}");
+
+    let p = problem_for(&problems, "tenant.inviteRedirectUrl");
+    assert!(p.message.contains("ftp"), "{p}");
+
+    let p = problem_for(&problems, "portal.baseUrl");
+    assert_eq!(p.line, Some(9));
+
+    let p = problem_for(&problems, "portal.roleCodes.viewer");
+    assert_eq!(p.line, Some(10));
+    assert!(p.message.contains("administrator"), "{p}");
+    assert!(p.message.contains("distinct"), "{p}");
+
+    let p = problem_for(&problems, "policy.allowedDomains");
+    assert_eq!(p.line, Some(12));
+    assert!(p.message.contains("without the @"), "{p}");
+
+    let p = problem_for(&problems, "policy.maxDeletions");
+    assert_eq!(p.line, Some(13));
+
+    let p = problem_for(&problems, "server.listen");
+    assert_eq!(p.line, Some(17));
+    assert!(p.message.contains("IP:PORT"), "{p}");
+
+    assert_eq!(problems.len(), 8, "{problems:#?}");
+    assert!(
+        text.starts_with("the host configuration config.yaml has 8 problems:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 17, column 11: server.listen:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn required_keys_are_named() {
+    let problems = problems(load("", &[]));
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problem_for(&problems, "tenant.tenantId")
+            .message
+            .contains("required")
+    );
+    assert!(
+        problem_for(&problems, "tenant.clientId")
+            .message
+            .contains("GUID")
+    );
+
+    let problems = problems_of_section(
+        "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: not-a-guid\n",
+    );
+    let p = problem_for(&problems, "tenant.clientId");
+    assert_eq!(p.line, Some(3));
+}
+
+fn problems_of_section(text: &str) -> Vec<Problem> {
+    problems(load(text, &[]))
+}
+
+#[test]
+fn wrong_shapes_and_syntax_errors_have_positions() {
+    let problems = problems_of_section(&format!(
+        "{MINIMAL}policy:\n  allowedDomains: partner.example\n"
+    ));
+    let p = problem_for(&problems, "policy.allowedDomains");
+    assert_eq!(p.line, Some(5));
+    assert!(p.message.contains("expected a list"), "{p}");
+
+    let problems = problems_of_section(&format!("{MINIMAL}portal: https://pe.example\n"));
+    assert!(problem_for(&problems, "portal").message.contains("mapping"));
+
+    let problems = problems_of_section(&fixture("not-yaml.yaml"));
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].message.contains("not valid YAML"),
+        "{}",
+        problems[0]
+    );
+    assert!(problems[0].line.is_some());
+
+    let problems = problems_of_section(&format!("{MINIMAL}  tenantId: again.example\n"));
+    assert!(!problems.is_empty(), "duplicate keys must be refused");
+}
+
+#[test]
+fn unsupported_values_are_refused() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("GUESTOPS_TENANT_CLOUD", "azure", "tenant.cloud"),
+        (
+            "GUESTOPS_TENANT_CREDENTIAL_KIND",
+            "certificate",
+            "tenant.credential.kind",
+        ),
+        ("GUESTOPS_TENANT_CONCURRENCY", "0", "tenant.concurrency"),
+        (
+            "GUESTOPS_POLICY_GUEST_ON_REMOVAL",
+            "purge",
+            "policy.guestOnRemoval",
+        ),
+        ("GUESTOPS_POLICY_PRUNE", "yes please", "policy.prune"),
+        (
+            "GUESTOPS_SOURCE_RESYNC_INTERVAL",
+            "0",
+            "source.resyncInterval",
+        ),
+        (
+            "GUESTOPS_SOURCE_REPO",
+            "https://x:ghp_token@github.com/c/a.git",
+            "source.repo",
+        ),
+        ("GUESTOPS_SOURCE_PATH", "../etc/passwd", "source.path"),
+        (
+            "GUESTOPS_TENANT_AUTHORITY_HOST",
+            "ftp://127.0.0.1",
+            "tenant.authorityHost",
+        ),
+        (
+            "GUESTOPS_TENANT_INVITE_REDIRECT_URL",
+            "/relative",
+            "tenant.inviteRedirectUrl",
+        ),
+    ];
+    for (var, value, key) in cases {
+        let problems = problems(load(MINIMAL, &[(var, value)]));
+        assert_eq!(problems.len(), 1, "{var}={value}: {problems:#?}");
+        assert_eq!(problems[0].key, *key);
+        assert_eq!(problems[0].env_var.as_deref(), Some(*var));
+    }
+}
+
+#[test]
+fn load_reads_a_file_and_names_a_missing_one() {
+    let config = Config::load(&fixture_path("full.yaml")).expect("valid file");
+    assert_eq!(config.tenant.tenant_id, "contoso.onmicrosoft.com");
+
+    let missing = fixture_path("does-not-exist.yaml");
+    let err = Config::load(&missing).expect_err("missing file");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("does-not-exist.yaml"), "{err}");
+
+    let err = Config::load(&fixture_path("unknown-keys.yaml")).expect_err("invalid");
+    assert!(err.to_string().contains("unknown-keys.yaml"), "{err}");
+}
+
+// ---- secrets ----------------------------------------------------------------------------
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write temp file");
+    path
+}
+
+#[test]
+fn secret_resolution_order_file_then_credential_then_env() {
+    let creds = tempfile::tempdir().expect("tempdir");
+    let creds_dir = creds.path().to_str().expect("utf-8 temp path");
+    let explicit = write(creds.path(), "explicit", "from-file\n");
+    write(creds.path(), "graph-secret", "from-credential\n");
+    write(creds.path(), "webhook-secret", "hook-from-credential");
+
+    // Explicit file key wins over the credential and the variable.
+    let text = format!(
+        "{MINIMAL}  credential: {{ kind: clientSecret, secretFile: {} }}\n",
+        explicit.display()
+    );
+    let config = load(&text, &[]).expect("valid");
+    let env = env_of(&[
+        ("CREDENTIALS_DIRECTORY", creds_dir),
+        ("GUESTOPS_TENANT_CLIENT_SECRET", "from-env"),
+        ("GUESTOPS_PORTAL_API_KEY", "key-from-env\n"),
+    ]);
+    let secrets = config.load_secrets_with_env(&env).expect("secrets load");
+    assert_eq!(secrets.graph_client_secret.expose_secret(), "from-file");
+    // No portal-api-key credential file: the variable, one newline trimmed.
+    assert_eq!(secrets.portal_api_key.expose_secret(), "key-from-env");
+    assert_eq!(
+        secrets.webhook_secret.as_ref().map(|s| s.expose_secret()),
+        Some("hook-from-credential")
+    );
+
+    // Without the file key, the credential wins over the variable.
+    let config = load(MINIMAL, &[]).expect("valid");
+    let secrets = config.load_secrets_with_env(&env).expect("secrets load");
+    assert_eq!(
+        secrets.graph_client_secret.expose_secret(),
+        "from-credential"
+    );
+
+    // Without CREDENTIALS_DIRECTORY, the variable.
+    let env = env_of(&[
+        ("GUESTOPS_TENANT_CLIENT_SECRET", "from-env"),
+        ("GUESTOPS_PORTAL_API_KEY", "key"),
+    ]);
+    let secrets = config.load_secrets_with_env(&env).expect("secrets load");
+    assert_eq!(secrets.graph_client_secret.expose_secret(), "from-env");
+    assert!(
+        secrets.webhook_secret.is_none(),
+        "no webhook secret anywhere: webhook off"
+    );
+}
+
+#[test]
+fn only_one_trailing_newline_is_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "s", "line\n\n");
+    let secret = SecretSource::File(path)
+        .load_with_env(&env_of(&[]))
+        .expect("loads");
+    assert_eq!(secret.expose_secret(), "line\n");
+    let path = write(dir.path(), "crlf", "windows\r\n");
+    let secret = SecretSource::File(path)
+        .load_with_env(&env_of(&[]))
+        .expect("loads");
+    assert_eq!(secret.expose_secret(), "windows");
+}
+
+#[test]
+fn secret_errors_name_the_file_and_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = write(dir.path(), "empty", "\n");
+    let text = format!("{MINIMAL}portal:\n  apiKeyFile: {}\n", empty.display());
+    let config = load(&text, &[]).expect("valid");
+    let env = env_of(&[("GUESTOPS_TENANT_CLIENT_SECRET", "s")]);
+    let err = config
+        .load_secrets_with_env(&env)
+        .expect_err("empty secret");
+    assert!(matches!(err, ConfigError::SecretEmpty { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&empty.display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("portal.apiKeyFile"), "{err}");
+
+    let missing = dir.path().join("missing");
+    let text = format!("{MINIMAL}portal:\n  apiKeyFile: {}\n", missing.display());
+    let config = load(&text, &[]).expect("config loads without reading secrets");
+    let env = env_of(&[
+        ("GUESTOPS_TENANT_CLIENT_SECRET", "s"),
+        ("GUESTOPS_PORTAL_API_KEY", "would-be-ignored"),
+    ]);
+    let err = config
+        .load_secrets_with_env(&env)
+        .expect_err("missing file");
+    assert!(matches!(err, ConfigError::SecretUnreadable { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let config = load(MINIMAL, &[]).expect("valid");
+    let err = config
+        .load_secrets_with_env(&env_of(&[]))
+        .expect_err("no secret");
+    let text = err.to_string();
+    assert!(text.contains("Graph client secret"), "{text}");
+    assert!(text.contains("tenant.credential.secretFile"), "{text}");
+    assert!(text.contains("graph-secret"), "{text}");
+    assert!(text.contains("GUESTOPS_TENANT_CLIENT_SECRET"), "{text}");
+
+    let err = config
+        .load_secrets_with_env(&env_of(&[
+            ("GUESTOPS_TENANT_CLIENT_SECRET", "s"),
+            ("GUESTOPS_PORTAL_API_KEY", ""),
+        ]))
+        .expect_err("empty variable");
+    assert!(err.to_string().contains("GUESTOPS_PORTAL_API_KEY"), "{err}");
+}
+
+#[test]
+fn debug_output_never_contains_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "graph", "s3cr3t-graph-value\n");
+    let text = format!(
+        "{MINIMAL}  credential: {{ kind: clientSecret, secretFile: {} }}\n",
+        file.display()
+    );
+    let env = env_of(&[
+        ("GUESTOPS_PORTAL_API_KEY", "s3cr3t-portal-value"),
+        ("GUESTOPS_SERVER_WEBHOOK_SECRET", "s3cr3t-hook-value"),
+    ]);
+    let config = Config::from_yaml_with_env(&text, "config.yaml", &env).expect("valid");
+    let secrets = config.load_secrets_with_env(&env).expect("secrets load");
+    assert_eq!(
+        secrets.portal_api_key.expose_secret(),
+        "s3cr3t-portal-value"
+    );
+    let debug = format!("{config:?} {secrets:?} {:?}", secrets.graph_client_secret);
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+    assert!(!config.to_yaml().contains("s3cr3t"));
+}
+
+// ---- conversions ------------------------------------------------------------------------
+
+#[test]
+fn policy_conversions_carry_the_policy() {
+    let config = load(
+        &fixture("full.yaml"),
+        &[("GUESTOPS_POLICY_GUEST_ON_REMOVAL", "disable")],
+    )
+    .expect("valid");
+    let policy = config.policy(true);
+    assert_eq!(
+        policy.allowed_domains,
+        vec!["partner.example", "vendor.example"]
+    );
+    assert_eq!(policy.guest_on_removal, GuestOnRemoval::Disable);
+    assert_eq!(policy.max_deletions, 5);
+    assert!(policy.force);
+    assert!(!config.policy(false).force);
+    assert_eq!(
+        config.spec_policy().allowed_domains,
+        vec!["partner.example", "vendor.example"]
+    );
+}
+
+#[test]
+fn to_yaml_loads_back_to_the_same_config() {
+    for name in [
+        "full.yaml",
+        "minimal.yaml",
+        "loopback.yaml",
+        "usgov-dod.yaml",
+    ] {
+        let config = load(&fixture(name), &[]).expect("valid");
+        let yaml = config.to_yaml();
+        let again = load(&yaml, &[]).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
+        assert_eq!(again, config, "{name}:\n{yaml}");
+    }
+    let odd = load(
+        MINIMAL,
+        &[
+            ("GUESTOPS_SOURCE_BRANCH", "true"),
+            ("GUESTOPS_STATE_DIR", "/var/lib/guest ops #1"),
+            ("GUESTOPS_SOURCE_POLL_INTERVAL", "90s"),
+            ("GUESTOPS_POLICY_RESEND_AFTER", "0"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(load(&odd.to_yaml(), &[]).expect("valid"), odd);
+}
+
+#[test]
+fn simulator_config_points_everything_at_the_simulator() {
+    let base = url::Url::parse("http://127.0.0.1:38123/").expect("url");
+    let config = Config::for_simulator(&base, Path::new("/tmp/guestops-sim"));
+    assert_eq!(config.tenant.tenant_id, "sim.onmicrosoft.com");
+    assert_eq!(
+        config.tenant.client_id,
+        "00000000-0000-0000-0000-00000000c11e"
+    );
+    assert_eq!(config.tenant.authority_host, base);
+    assert_eq!(config.tenant.graph_endpoint, base);
+    assert_eq!(config.portal.base_url, base);
+    assert_eq!(config.state.dir, PathBuf::from("/tmp/guestops-sim"));
+    assert_eq!(
+        config.tenant.client_secret,
+        SecretSource::Env("GUESTOPS_TENANT_CLIENT_SECRET".into())
+    );
+    assert_eq!(
+        config.portal.api_key,
+        SecretSource::Env("GUESTOPS_PORTAL_API_KEY".into())
+    );
+
+    // The printed config is valid and says where secrets come from.
+    let yaml = config.to_yaml();
+    assert!(yaml.contains("GUESTOPS_TENANT_CLIENT_SECRET"), "{yaml}");
+    let loaded = load(&yaml, &[]).expect("printed sim config loads");
+    assert_eq!(loaded.tenant.graph_endpoint, base);
+    assert_eq!(loaded.state.dir, config.state.dir);
+    let secrets = loaded
+        .load_secrets_with_env(&env_of(&[
+            ("GUESTOPS_TENANT_CLIENT_SECRET", "sim-secret"),
+            ("GUESTOPS_PORTAL_API_KEY", "sim-portal-api-key"),
+        ]))
+        .expect("secrets from env");
+    assert_eq!(secrets.portal_api_key.expose_secret(), "sim-portal-api-key");
+}
+
+// ---- documentation ----------------------------------------------------------------------
+
+#[test]
+fn the_commented_example_is_valid() {
+    Config::from_yaml_with_env(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.yaml"),
+        )
+        .expect("examples/config.yaml exists"),
+        "examples/config.yaml",
+        &env_of(&[]),
+    )
+    .expect("examples/config.yaml is valid");
+}
+
+#[test]
+fn the_reference_documents_every_key_and_variable() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+        .expect("docs/config.md exists");
+    for (key, var) in override_variables() {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/config.md lacks `{key}`"
+        );
+        assert!(
+            doc.contains(&format!("`{var}`")),
+            "docs/config.md lacks `{var}`"
+        );
+    }
+    for extra in [
+        "GUESTOPS_TENANT_CLIENT_SECRET",
+        "GUESTOPS_PORTAL_API_KEY",
+        "GUESTOPS_SERVER_WEBHOOK_SECRET",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        assert!(doc.contains(extra), "docs/config.md lacks {extra}");
+    }
+}
+
+// ---- snapshots of what the operator reads -----------------------------------------------
+
+fn snapshot(name: &str, text: &str) {
+    insta::with_settings!({snapshot_path => "fixtures/config/snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn error_messages_read_well() {
+    let many = load(&fixture("many-problems.yaml"), &[]).expect_err("invalid");
+    let unknown = load(&fixture("unknown-keys.yaml"), &[]).expect_err("invalid");
+    let syntax = load(&fixture("not-yaml.yaml"), &[]).expect_err("invalid");
+    let duplicate =
+        load(&format!("{MINIMAL}  tenantId: again.example\n"), &[]).expect_err("invalid");
+    let env = load(MINIMAL, &[("GUESTOPS_POLICY_MAX_DELETIONS", "many")]).expect_err("invalid");
+    let missing = load(MINIMAL, &[])
+        .expect("valid")
+        .load_secrets_with_env(&env_of(&[]))
+        .expect_err("no secrets");
+    snapshot(
+        "config-errors",
+        &[many, unknown, syntax, duplicate, env, missing]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+    );
+}
+
+#[test]
+fn simulator_config_renders() {
+    let base = url::Url::parse("http://127.0.0.1:38123/").expect("url");
+    snapshot(
+        "simulator-config",
+        &Config::for_simulator(&base, Path::new("/tmp/guestops-sim")).to_yaml(),
+    );
+}
+
+#[test]
+fn mistyped_variables_are_spotted() {
+    let names = [
+        "GUESTOPS_TENANT_CLIENTID",
+        "GUESTOPS_TENANT_CLIENT_ID",
+        "GUESTOPS_PORTAL_API_KEY",
+        "GUESTOPS_POLICY_MAX_DELETIONS",
+        "PATH",
+    ];
+    assert_eq!(
+        guestops::config::unrecognized_variables(names),
+        vec!["GUESTOPS_TENANT_CLIENTID"]
+    );
+}
+
+#[test]
+fn an_oversized_config_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.yaml");
+    let mut text = String::from(MINIMAL);
+    text.push_str(&format!("# {}\n", "x".repeat(1024 * 1024)));
+    std::fs::write(&path, text).expect("write");
+    let err = Config::load(&path).expect_err("too large");
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("big.yaml"), "{err}");
+}
