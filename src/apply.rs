@@ -33,8 +33,7 @@ use crate::graph::{DirectoryUser, Invitation, Tenant};
 use crate::plan::{Action, Change, Plan, System};
 use crate::portal::{NewPortalUser, Portal};
 use crate::state::{
-    AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line,
-    write_snapshot,
+    AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
 };
 
 /// Called once per finished change (done, failed or skipped), e.g. to draw a progress bar.
@@ -229,8 +228,7 @@ pub async fn apply<T: Tenant, P: Portal>(
         recorder: Recorder::new(store),
     };
     let per_user =
-        futures::future::join_all(groups.into_values().map(|items| executor.run_user(items)))
-            .await;
+        futures::future::join_all(groups.into_values().map(|items| executor.run_user(items))).await;
 
     let mut outcomes: Vec<Option<ChangeOutcome>> = vec![None; plan.changes.len()];
     for (i, outcome) in per_user.into_iter().flatten() {
@@ -425,19 +423,17 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
         }
 
         let now = (self.opts.clock)();
-        let audit = step
-            .audit
-            .map(|(result, detail, request_id)| AuditRecord {
-                time: now,
-                revision: self.opts.revision.clone(),
-                author: self.opts.author.clone(),
-                action: change.action.name().to_owned(),
-                system: change.action.system(),
-                user: change.email.clone(),
-                result,
-                detail,
-                request_id,
-            });
+        let audit = step.audit.map(|(result, detail, request_id)| AuditRecord {
+            time: now,
+            revision: self.opts.revision.clone(),
+            author: self.opts.author.clone(),
+            action: change.action.name().to_owned(),
+            system: change.action.system(),
+            user: change.email.clone(),
+            result,
+            detail,
+            request_id,
+        });
         if let Err(err) = self.recorder.record(change, step.effect, audit, now).await {
             tracing::error!(user = %change.email, error = %err, "could not record a change");
             self.stop.cancel();
@@ -456,9 +452,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             Action::AdoptPortal { portal_id } => Step::state_only(Effect::PortalOwned {
                 portal_id: Some(portal_id.clone()),
             }),
-            Action::ReleaseGuest { .. } => {
-                Step::state_only(Effect::GuestReleased { gone: false })
-            }
+            Action::ReleaseGuest { .. } => Step::state_only(Effect::GuestReleased { gone: false }),
             Action::Invite {
                 display_name,
                 send_email,
@@ -668,7 +662,9 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             Ok(None) => {}
             Err(err) => {
                 return Step::failed(
-                    format!("could not look {email} up in the portal before registering, so nothing was created: {err}"),
+                    format!(
+                        "could not look {email} up in the portal before registering, so nothing was created: {err}"
+                    ),
                     None,
                     Effect::None,
                 );
@@ -763,7 +759,9 @@ fn apply_effect(
             }
         }
         Effect::Resent { guest_id } => {
+            // guestops posted an invitation for this guest: it owns it (as after `invite`).
             record.guest_id = Some(guest_id);
+            record.guest_owned = true;
             record.resend_count += 1;
             record.last_invitation_at = Some(now);
         }
@@ -1016,7 +1014,10 @@ mod tests {
         apply_effect(&mut users, &unregister, Effect::RemovalFailed, at(5));
         assert_eq!(users["ana@p.example"].removal_pending_since, Some(at(5)));
         apply_effect(&mut users, &unregister, Effect::PortalGone, at(6));
-        assert!(users["ana@p.example"].guest_owned, "the guest is still owned");
+        assert!(
+            users["ana@p.example"].guest_owned,
+            "the guest is still owned"
+        );
         let release = change(Action::DeleteGuest {
             guest_id: "g1".into(),
         });

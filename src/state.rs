@@ -531,7 +531,8 @@ mod tests {
         store
             .update(|s| {
                 s.revision = Some("abc".to_owned());
-                s.users.insert("a@x.example".to_owned(), record("A@x.example"));
+                s.users
+                    .insert("a@x.example".to_owned(), record("A@x.example"));
             })
             .unwrap();
         assert!(!tmp.path().join(STATE_TMP_FILE).exists());
@@ -575,10 +576,7 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("upgrade guestops"), "{err}");
-        assert_eq!(
-            std::fs::read(tmp.path().join(STATE_FILE)).unwrap(),
-            content
-        );
+        assert_eq!(std::fs::read(tmp.path().join(STATE_FILE)).unwrap(), content);
     }
 
     #[test]
@@ -593,7 +591,9 @@ mod tests {
     fn read_only_does_not_need_the_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(tmp.path()).unwrap();
-        store.update(|s| s.revision = Some("r1".to_owned())).unwrap();
+        store
+            .update(|s| s.revision = Some("r1".to_owned()))
+            .unwrap();
         let state = StateStore::read_only(tmp.path()).unwrap();
         assert_eq!(state.revision.as_deref(), Some("r1"));
     }

@@ -155,6 +155,19 @@ impl FakeTenant {
         self.lock().users.push(user);
     }
 
+    /// Modifies the user with object id `id` (e.g. to mark an invitation accepted); returns
+    /// whether it exists.
+    pub fn modify_user(&self, id: &str, f: impl FnOnce(&mut DirectoryUser)) -> bool {
+        let mut inner = self.lock();
+        match inner.users.iter_mut().find(|u| u.id == id) {
+            Some(user) => {
+                f(user);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every user (guests and members), soft-deleted ones excluded.
     pub fn users(&self) -> Vec<DirectoryUser> {
         self.lock().users.clone()
@@ -304,7 +317,12 @@ impl Tenant for FakeTenant {
             let rid = request_id(&mut inner);
             return Err(api_error("list guests", &fault, rid));
         }
-        Ok(inner.users.iter().filter(|u| u.is_guest()).cloned().collect())
+        Ok(inner
+            .users
+            .iter()
+            .filter(|u| u.is_guest())
+            .cloned()
+            .collect())
     }
 
     async fn find_by_email(&self, email: &str) -> Result<Vec<DirectoryUser>, GraphError> {

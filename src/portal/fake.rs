@@ -368,7 +368,13 @@ mod tests {
     async fn find_is_exact_and_case_insensitive() {
         let portal = FakePortal::new();
         portal.add_user("ana.silva@p.example", "Ana", Role::Viewer);
-        assert!(portal.find_user("ANA.SILVA@p.example").await.unwrap().is_some());
+        assert!(
+            portal
+                .find_user("ANA.SILVA@p.example")
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert!(portal.find_user("silva@p.example").await.unwrap().is_none());
     }
 
@@ -376,7 +382,10 @@ mod tests {
     async fn create_twice_is_refused_and_update_keeps_groups() {
         let portal = FakePortal::new();
         portal.create_user(&new_user("a@p.example")).await.unwrap();
-        let err = portal.create_user(&new_user("A@p.example")).await.unwrap_err();
+        let err = portal
+            .create_user(&new_user("A@p.example"))
+            .await
+            .unwrap_err();
         assert!(!err.is_ambiguous());
         portal.add_user_with_groups("b@p.example", "B", Role::Viewer, &["finance"]);
         portal
@@ -400,7 +409,10 @@ mod tests {
     async fn after_applying_fault_creates_and_reports_an_ambiguous_error() {
         let portal = FakePortal::new();
         portal.inject(PortalFault::new(PortalOp::CreateUser, 504).after_applying());
-        let err = portal.create_user(&new_user("a@p.example")).await.unwrap_err();
+        let err = portal
+            .create_user(&new_user("a@p.example"))
+            .await
+            .unwrap_err();
         assert!(err.is_ambiguous());
         assert!(portal.user("a@p.example").is_some());
     }
