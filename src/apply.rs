@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -196,6 +197,40 @@ pub enum ApplyError {
 /// `opts.revision` is set, it is recorded as the state's last applied revision.
 ///
 /// `cancel` stops the start of new changes; changes in flight finish and are recorded.
+///
+/// ```
+/// use guestops::apply::{apply, ApplyOptions};
+/// use guestops::graph::fake::FakeTenant;
+/// use guestops::plan::{Action, Change, Plan};
+/// use guestops::portal::fake::FakePortal;
+/// use guestops::state::StateStore;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let mut store = StateStore::open(dir.path())?;
+/// let plan = Plan {
+///     generated_at: chrono::Utc::now(),
+///     desired_users: 1,
+///     in_sync: 0,
+///     changes: vec![Change {
+///         key: "ana@partner.example".into(),
+///         email: "Ana@partner.example".into(),
+///         action: Action::Invite { display_name: "Ana".into(), send_email: true, message: None },
+///         reason: None,
+///     }],
+///     refusals: vec![],
+///     notices: vec![],
+/// };
+/// let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+/// let opts = ApplyOptions::default();
+/// let report = apply(&plan, &tenant, &portal, &mut store, &opts, &CancellationToken::new()).await?;
+/// assert_eq!(report.writes(), 1);
+/// assert!(store.state().users["ana@partner.example"].guest_owned);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn apply<T: Tenant, P: Portal>(
     plan: &Plan,
     tenant: &T,
@@ -416,7 +451,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             user = %change.email,
             action = change.action.name(),
             result = result_name,
-            "change applied"
+            "change executed"
         );
         if let Some(detail) = detail {
             tracing::debug!(user = %change.email, action = change.action.name(), detail);
@@ -863,7 +898,7 @@ impl<'s> Recorder<'s> {
                 let mut inner = self.lock();
                 (inner.store.dir().to_path_buf(), inner.store.audit_handle()?)
             };
-            blocking(move || append_audit_line(&dir, &file, &record)).await?;
+            blocking(dir, move |dir| append_audit_line(dir, &file, &record)).await?;
         }
         let (dir, bytes, generation) = {
             let inner = self.lock();
@@ -876,7 +911,7 @@ impl<'s> Recorder<'s> {
                 inner.generation,
             )
         };
-        blocking(move || write_snapshot(&dir, &bytes)).await?;
+        blocking(dir, move |dir| write_snapshot(dir, &bytes)).await?;
         *saved = generation;
         Ok(())
     }
@@ -899,12 +934,14 @@ impl<'s> Recorder<'s> {
 
 /// Runs a blocking file operation off the async worker threads.
 async fn blocking(
-    f: impl FnOnce() -> Result<(), StateError> + Send + 'static,
+    dir: PathBuf,
+    f: impl FnOnce(&Path) -> Result<(), StateError> + Send + 'static,
 ) -> Result<(), StateError> {
-    match tokio::task::spawn_blocking(f).await {
+    let path = dir.clone();
+    match tokio::task::spawn_blocking(move || f(&dir)).await {
         Ok(result) => result,
         Err(join) => Err(StateError::Write {
-            path: "state directory".into(),
+            path,
             source: std::io::Error::other(join.to_string()),
         }),
     }
@@ -918,6 +955,7 @@ fn clone_error(err: &StateError) -> StateError {
             | StateError::Read { path, .. }
             | StateError::Lock { path, .. }
             | StateError::Corrupt { path, .. }
+            | StateError::AuditLine { path, .. }
             | StateError::NewerVersion { path, .. } => path.clone(),
             StateError::CreateDir { dir, .. } | StateError::Locked { dir } => dir.clone(),
         },

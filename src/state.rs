@@ -215,6 +215,20 @@ pub enum StateError {
         /// [`STATE_VERSION`].
         supported: u32,
     },
+    /// A line of `audit.jsonl` is not a valid record.
+    #[error(
+        "line {line} of {} is not a valid audit record ({source}); the file is append-only: inspect and repair that line by hand",
+        path.display()
+    )]
+    AuditLine {
+        /// The audit log.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A state file could not be written.
     #[error("cannot write {}: {source}; check free space and permissions of the state directory", path.display())]
     Write {
@@ -370,10 +384,12 @@ pub fn read_audit(dir: &Path) -> Result<Vec<AuditRecord>, StateError> {
         Err(source) => return Err(StateError::Read { path, source }),
     };
     text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(line).map_err(|source| StateError::Corrupt {
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|source| StateError::AuditLine {
                 path: path.clone(),
+                line: i + 1,
                 source,
             })
         })

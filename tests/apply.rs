@@ -593,3 +593,46 @@ async fn resend_bumps_the_count_and_skips_an_accepted_guest() {
     assert_eq!(ana.last_invitation_at, Some(now()));
     assert!(world.tenant.invitations()[0].send_email);
 }
+
+#[tokio::test]
+async fn a_state_that_cannot_be_saved_stops_new_changes() {
+    let world = World::new();
+    let mut store = StateStore::open(world.dir.path()).unwrap();
+    // A directory where state.json should be: the rename fails (even for root).
+    std::fs::create_dir(world.dir.path().join(state::STATE_FILE)).unwrap();
+    let opts = ApplyOptions {
+        tenant_concurrency: 1,
+        ..options()
+    };
+    let changes = (0..3)
+        .map(|i| invite(&format!("user{i}@vendor.example")))
+        .collect();
+
+    let err = apply(
+        &plan(changes),
+        &world.tenant,
+        &world.portal,
+        &mut store,
+        &opts,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+
+    let ApplyError::State { report, .. } = &err else {
+        panic!("expected a state error, got {err:?}");
+    };
+    assert!(err.to_string().contains("state.json"), "{err}");
+    assert_eq!(
+        world.tenant.calls(TenantOp::Invite),
+        1,
+        "no write after the failed save"
+    );
+    assert_eq!(
+        (report.succeeded(), report.skipped()),
+        (1, 2),
+        "{report:#?}"
+    );
+    assert!(!world.dir.path().join(state::STATE_TMP_FILE).exists());
+    assert_eq!(world.audit().len(), 1, "the write that happened is audited");
+}
