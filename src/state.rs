@@ -331,11 +331,8 @@ impl StateStore {
 
     /// Appends `record` as one line of `audit.jsonl`, then flushes and fsyncs it.
     pub fn append_audit(&mut self, record: &AuditRecord) -> Result<(), StateError> {
-        self.audit_file()?;
-        match &self.audit {
-            Some(file) => append_audit_line(&self.dir, file, record),
-            None => unreachable!("audit_file opened the audit log"),
-        }
+        let file = open_audit(&mut self.audit, &self.dir)?;
+        append_audit_line(&self.dir, file, record)
     }
 
     /// The serialized state, as [`StateStore::save`] would write it.
@@ -349,30 +346,29 @@ impl StateStore {
         Ok(bytes)
     }
 
-    /// The audit log, opened for appending on first use.
-    pub(crate) fn audit_file(&mut self) -> Result<&File, StateError> {
-        if self.audit.is_none() {
-            let path = self.dir.join(AUDIT_FILE);
-            let file = private_options()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(|source| StateError::Write { path, source })?;
-            self.audit = Some(file);
-        }
-        match &self.audit {
-            Some(file) => Ok(file),
-            None => unreachable!("the audit file was opened just above"),
-        }
-    }
-
     /// An owned handle on the audit log (for writing from a blocking task).
     pub(crate) fn audit_handle(&mut self) -> Result<File, StateError> {
         let path = self.dir.join(AUDIT_FILE);
-        self.audit_file()?
+        open_audit(&mut self.audit, &self.dir)?
             .try_clone()
             .map_err(|source| StateError::Write { path, source })
     }
+}
+
+/// The audit log of `dir`, opened for appending on first use and kept in `slot`.
+fn open_audit<'f>(slot: &'f mut Option<File>, dir: &Path) -> Result<&'f File, StateError> {
+    let file = match slot.take() {
+        Some(file) => file,
+        None => {
+            let path = dir.join(AUDIT_FILE);
+            private_options()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|source| StateError::Write { path, source })?
+        }
+    };
+    Ok(slot.insert(file))
 }
 
 /// Reads every record of `dir/audit.jsonl` (missing file → none).

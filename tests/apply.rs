@@ -636,3 +636,30 @@ async fn a_state_that_cannot_be_saved_stops_new_changes() {
     assert!(!world.dir.path().join(state::STATE_TMP_FILE).exists());
     assert_eq!(world.audit().len(), 1, "the write that happened is audited");
 }
+
+#[tokio::test]
+async fn ambiguous_invite_of_a_guest_not_yet_replicated_converges_on_the_next_reconcile() {
+    let world = World::new();
+    // Invisible to the one look-up that follows the ambiguous answer.
+    world.tenant.set_replication_lag(1);
+    world
+        .tenant
+        .inject(Fault::new(TenantOp::Invite, 504).after_applying());
+    let the_plan = plan(vec![invite("ana@partner.example")]);
+
+    let first = world.apply(&the_plan, &options()).await.unwrap();
+    assert_eq!(first.failed(), 1, "the guest is not visible yet: reported");
+    assert_eq!(world.tenant.calls(TenantOp::Invite), 1, "and not re-posted");
+
+    // The next reconcile plans the invitation again; by now the guest has replicated.
+    let second = world.apply(&the_plan, &options()).await.unwrap();
+    assert_eq!(second.succeeded(), 1, "{second:#?}");
+    assert_eq!(
+        world.tenant.calls(TenantOp::Invite),
+        1,
+        "adopted, not re-invited"
+    );
+    assert_eq!(world.tenant.users().len(), 1);
+    let ana = world.record("ana@partner.example");
+    assert_eq!(ana.guest_id, Some(world.tenant.users()[0].id.clone()));
+}

@@ -95,6 +95,28 @@ struct Inner {
     in_flight: usize,
     max_in_flight: usize,
     next_id: u64,
+    /// Reads a newly invited guest stays invisible for (replication delay).
+    replication_lag: usize,
+    /// Object id → reads left before the guest becomes visible.
+    hidden: BTreeMap<String, usize>,
+}
+
+impl Inner {
+    /// The users a read sees now; every read brings hidden guests closer to visibility.
+    fn visible(&mut self) -> Vec<DirectoryUser> {
+        let hidden = &self.hidden;
+        let seen = self
+            .users
+            .iter()
+            .filter(|u| !hidden.contains_key(&u.id))
+            .cloned()
+            .collect();
+        self.hidden.retain(|_, left| {
+            *left -= 1;
+            *left > 0
+        });
+        seen
+    }
 }
 
 /// An in-memory tenant; clones share the same directory.
@@ -192,6 +214,12 @@ impl FakeTenant {
     /// Injects a fault.
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);
+    }
+
+    /// Guests created by later invitations stay invisible to the next `reads` read calls
+    /// (`list_guests`, `find_by_email`, `get_user`), as Entra's replication delay does.
+    pub fn set_replication_lag(&self, reads: usize) {
+        self.lock().replication_lag = reads;
     }
 
     /// Every call answers after `latency` (a `tokio::time` sleep: use a paused clock).
@@ -333,10 +361,9 @@ impl Tenant for FakeTenant {
             return Err(api_error(&format!("find {email}"), &fault, rid));
         }
         Ok(inner
-            .users
-            .iter()
+            .visible()
+            .into_iter()
             .filter(|u| matches_email(u, email))
-            .cloned()
             .collect())
     }
 
@@ -347,7 +374,7 @@ impl Tenant for FakeTenant {
             let rid = request_id(&mut inner);
             return Err(api_error(&format!("get user {id}"), &fault, rid));
         }
-        Ok(inner.users.iter().find(|u| u.id == id).cloned())
+        Ok(inner.visible().into_iter().find(|u| u.id == id))
     }
 
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
@@ -371,6 +398,10 @@ impl Tenant for FakeTenant {
             None => {
                 let user = new_guest(&mut inner, &invitation.email, &invitation.display_name);
                 inner.users.push(user.clone());
+                if inner.replication_lag > 0 {
+                    let lag = inner.replication_lag;
+                    inner.hidden.insert(user.id.clone(), lag);
+                }
                 user
             }
         };
@@ -504,6 +535,25 @@ mod tests {
         assert_eq!(tenant.users().len(), 1, "the failed invite did not apply");
         tenant.invite(&invitation("b@x.example")).await.unwrap();
         assert_eq!(tenant.calls(TenantOp::Invite), 3);
+    }
+
+    #[tokio::test]
+    async fn replication_lag_hides_new_guests_from_reads() {
+        let tenant = FakeTenant::new();
+        tenant.set_replication_lag(2);
+        let invited = tenant.invite(&invitation("a@x.example")).await.unwrap();
+        assert!(
+            tenant
+                .find_by_email("a@x.example")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(tenant.get_user(&invited.user_id).await.unwrap().is_none());
+        assert_eq!(tenant.list_guests().await.unwrap().len(), 1);
+        // A second invitation still finds the existing guest (writes see everything).
+        let again = tenant.invite(&invitation("a@x.example")).await.unwrap();
+        assert_eq!(again.user_id, invited.user_id);
     }
 
     #[tokio::test]
