@@ -98,7 +98,13 @@ impl Diagnostic {
 
     /// Adds a secondary labelled position (for example the first of two duplicates).
     #[must_use]
-    pub fn with_label(mut self, line: u32, column: u32, len: u32, message: impl Into<String>) -> Self {
+    pub fn with_label(
+        mut self,
+        line: u32,
+        column: u32,
+        len: u32,
+        message: impl Into<String>,
+    ) -> Self {
         self.labels.push(Label {
             line: line.max(1),
             column: column.max(1),

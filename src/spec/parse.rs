@@ -143,16 +143,16 @@ fn indentation_tab(text: &str, line: u32) -> Option<u32> {
 fn load_error(text: &str, err: LoadError) -> Diagnostic {
     match err {
         LoadError::Syntax { message, pos } => {
+            // The parser may notice a tab on the line before or after the one it reports.
             let tab = indentation_tab(text, pos.line)
                 .map(|column| (pos.line, column))
                 .or_else(|| {
                     if !message.contains("tab") {
                         return None;
                     }
-                    // The parser may notice a tab one line late.
-                    let previous = pos.line.saturating_sub(1);
-                    indentation_tab(text, previous)
-                        .map(|column| (previous, column))
+                    [pos.line.saturating_add(1), pos.line.saturating_sub(1)]
+                        .into_iter()
+                        .find_map(|line| indentation_tab(text, line).map(|column| (line, column)))
                         .or(Some((pos.line, pos.column)))
                 });
             match tab {
@@ -165,7 +165,9 @@ fn load_error(text: &str, err: LoadError) -> Diagnostic {
                     pos.len,
                     "here",
                 )
-                .with_help("fix the YAML syntax; a YAML linter or your editor can show the structure"),
+                .with_help(
+                    "fix the YAML syntax; a YAML linter or your editor can show the structure",
+                ),
             }
         }
         LoadError::Limit { message, pos } => Diagnostic::error(

@@ -172,10 +172,8 @@ fn human_one(
             None if line_index == lines.len() => "",
             None => continue,
         };
-        if let Some(prev) = previous {
-            if label.line > prev + 1 {
-                writeln!(out, "...")?;
-            }
+        if previous.is_some_and(|prev| label.line > prev.saturating_add(1)) {
+            writeln!(out, "...")?;
         }
         let column = usize::try_from(label.column).unwrap_or(1).max(1) - 1;
         let shown = shown_line(line, column);
@@ -207,7 +205,9 @@ fn human_one(
 
 /// Escapes the message part of a workflow command.
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// Escapes a property value of a workflow command.

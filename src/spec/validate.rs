@@ -27,8 +27,8 @@ const ROLE_NAMES: &[&str] = &[
 ];
 /// Characters Entra ID rejects in `invitedUserEmailAddress` (microsoft-graph.md §1).
 const ENTRA_REJECTED: &[char] = &[
-    '~', '!', '#', '$', '%', '^', '&', '*', '(', ')', '+', '=', '[', ']', '{', '}', '\\', '/',
-    '|', ';', ':', '"', '<', '>', '?', ',',
+    '~', '!', '#', '$', '%', '^', '&', '*', '(', ')', '+', '=', '[', ']', '{', '}', '\\', '/', '|',
+    ';', ':', '"', '<', '>', '?', ',',
 ];
 
 /// Validates one YAML document (the root node) into the desired state.
@@ -42,16 +42,19 @@ pub(crate) fn validate(
     let errors_before = count_errors(diags);
     report_duplicate_keys(root, diags);
 
-    let Some(top) = mapping(root, "the file", "a mapping with `apiVersion` and `users`", diags)
-    else {
-        return None;
-    };
+    let top = mapping(
+        root,
+        "the file",
+        "a mapping with `apiVersion` and `users`",
+        diags,
+    )?;
     let top = Entries::new(top, "the top level", TOP_KEYS, diags);
 
     match top.get("apiVersion") {
-        None => diags.push(missing(root.pos, "apiVersion", "the file").with_help(format!(
-            "add `apiVersion: {API_VERSION}` as the first line"
-        ))),
+        None => diags.push(
+            missing(root.pos, "apiVersion", "the file")
+                .with_help(format!("add `apiVersion: {API_VERSION}` as the first line")),
+        ),
         Some(node) => check_api_version(node, diags),
     }
 
@@ -222,6 +225,22 @@ fn wrong_type(node: &Node, what: &str, expected: &str) -> Diagnostic {
             "write `true` or `false` without quotes (found \"{}\")",
             preview(s)
         )),
+        (Value::Seq(_) | Value::Map(_), true) => {
+            Some("write a single value on the same line as the key".to_owned())
+        }
+        (Value::Map(_), false) if expected == "a list" => {
+            Some("start each entry of the list with `- `".to_owned())
+        }
+        (Value::Seq(_), false) if expected.starts_with("a mapping with `apiVersion`") => Some(
+            "start the file with `apiVersion: guestops/v1` and put the users under `users:`"
+                .to_owned(),
+        ),
+        (_, false) if expected.starts_with("a mapping with `email`") => Some(
+            "write each user as `- email: …` with `name: …` on the next line, aligned".to_owned(),
+        ),
+        (Value::Seq(_), false) if expected.starts_with("a mapping") => {
+            Some("write `key: value` pairs here, not a list".to_owned())
+        }
         _ => None,
     };
     if let Some(help) = help {
@@ -307,13 +326,15 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[i - 2][j - 2] + 1);
             }
@@ -379,63 +400,66 @@ fn check_api_version(node: &Node, diags: &mut Vec<Diagnostic>) {
 }
 
 fn defaults(node: &Node, diags: &mut Vec<Diagnostic>) -> (Option<Role>, InvitationDefaults) {
-    let mut invitation = InvitationDefaults::default();
     if node.value == Value::Null {
-        return (None, invitation);
+        return (None, InvitationDefaults::default());
     }
     let Some(entries) = mapping(node, "`defaults`", "a mapping", diags) else {
-        return (None, invitation);
+        return (None, InvitationDefaults::default());
     };
     let entries = Entries::new(entries, "`defaults`", DEFAULTS_KEYS, diags);
-    let role = entries.get("role").and_then(|n| role(n, "defaults.role", diags));
-    if let Some(inv) = entries.get("invitation") {
-        if inv.value != Value::Null {
-            if let Some(inv_entries) = mapping(inv, "`defaults.invitation`", "a mapping", diags) {
-                let inv_entries = Entries::new(
-                    inv_entries,
-                    "`defaults.invitation`",
-                    INVITATION_KEYS,
-                    diags,
-                );
-                if let Some(send) = inv_entries.get("sendEmail") {
-                    match send.value {
-                        Value::Bool(b) => invitation.send_email = b,
-                        _ => diags.push(wrong_type(send, "`sendEmail`", "true or false")),
-                    }
-                }
-                if let Some(message) = inv_entries.get("message") {
-                    if let Some(text) = string(message, "message", diags) {
-                        if looks_like_html(text) {
-                            diags.push(
-                                Diagnostic::warning(
-                                    codes::HTML_MESSAGE,
-                                    "the invitation `message` looks like HTML",
-                                    message.pos.line,
-                                    message.pos.column,
-                                    message.pos.len,
-                                    "sent as plain text",
-                                )
-                                .with_help(
-                                    "Entra sends the message as plain text: tags appear literally",
-                                ),
-                            );
-                        }
-                        invitation.message = Some(text.to_owned());
-                    }
-                }
-            }
+    let role = entries
+        .get("role")
+        .and_then(|n| role(n, "defaults.role", diags));
+    let invitation = entries
+        .get("invitation")
+        .map(|inv| invitation_defaults(inv, diags))
+        .unwrap_or_default();
+    (role, invitation)
+}
+
+fn invitation_defaults(node: &Node, diags: &mut Vec<Diagnostic>) -> InvitationDefaults {
+    let mut invitation = InvitationDefaults::default();
+    if node.value == Value::Null {
+        return invitation;
+    }
+    let Some(entries) = mapping(node, "`defaults.invitation`", "a mapping", diags) else {
+        return invitation;
+    };
+    let entries = Entries::new(entries, "`defaults.invitation`", INVITATION_KEYS, diags);
+    if let Some(send) = entries.get("sendEmail") {
+        match send.value {
+            Value::Bool(b) => invitation.send_email = b,
+            _ => diags.push(wrong_type(send, "`sendEmail`", "true or false")),
         }
     }
-    (role, invitation)
+    let Some(message) = entries.get("message") else {
+        return invitation;
+    };
+    let Some(text) = string(message, "message", diags) else {
+        return invitation;
+    };
+    if looks_like_html(text) {
+        diags.push(
+            Diagnostic::warning(
+                codes::HTML_MESSAGE,
+                "the invitation `message` looks like HTML",
+                message.pos.line,
+                message.pos.column,
+                message.pos.len,
+                "sent as plain text",
+            )
+            .with_help("Entra sends the message as plain text: tags appear literally"),
+        );
+    }
+    invitation.message = Some(text.to_owned());
+    invitation
 }
 
 /// Whether `text` holds something like `<b>` or `</p>`.
 fn looks_like_html(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.windows(2).enumerate().any(|(i, w)| {
-        w[0] == b'<'
-            && (w[1].is_ascii_alphabetic() || w[1] == b'/')
-            && bytes[i..].contains(&b'>')
+        w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/') && bytes[i..].contains(&b'>')
     })
 }
 
@@ -451,7 +475,11 @@ fn role(node: &Node, key: &str, diags: &mut Vec<Diagnostic>) -> Option<Role> {
     diags.push(
         Diagnostic::error(
             codes::UNKNOWN_ROLE,
-            format!("unknown role \"{}\" in `{key}`", preview(text)),
+            if key == "role" {
+                format!("unknown role \"{}\"", preview(text))
+            } else {
+                format!("unknown role \"{}\" in `{key}`", preview(text))
+            },
             node.pos.line,
             node.pos.column,
             node.pos.len,
@@ -482,15 +510,16 @@ fn users_list(
         };
         let entries = Entries::new(entries, &context, USER_KEYS, diags);
 
-        let email = match entries.get("email") {
-            None => {
-                diags.push(missing(item.pos, "email", &context).with_help(
-                    "add `email: someone@partner.example` with the address to invite",
-                ));
-                None
-            }
-            Some(node) => email(node, policy, diags).map(|e| (e, node.pos)),
-        };
+        let email =
+            match entries.get("email") {
+                None => {
+                    diags.push(missing(item.pos, "email", &context).with_help(
+                        "add `email: someone@partner.example` with the address to invite",
+                    ));
+                    None
+                }
+                Some(node) => email(node, policy, diags).map(|e| (e, node.pos)),
+            };
         if let Some((email, pos)) = &email {
             if let Some(first) = first_seen.get(email.normalized()) {
                 diags.push(
@@ -667,7 +696,10 @@ fn check_email(address: &str) -> Result<(), EmailProblem> {
     if address.is_empty() {
         return Err(syntax("`email` is empty", EXAMPLE));
     }
-    if let Some(c) = address.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(c) = address
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
         let what = if c == ' ' {
             "a space".to_owned()
         } else {
@@ -717,7 +749,9 @@ fn check_email(address: &str) -> Result<(), EmailProblem> {
     for edge in ['.', '-'] {
         if local.starts_with(edge) || local.ends_with(edge) {
             return Err(entra(
-                format!("Entra ID rejects an address whose local part starts or ends with `{edge}`"),
+                format!(
+                    "Entra ID rejects an address whose local part starts or ends with `{edge}`"
+                ),
                 "`.` and `-` are allowed only inside the part before the `@`",
             ));
         }
@@ -730,15 +764,20 @@ fn check_email(address: &str) -> Result<(), EmailProblem> {
         let message = match err {
             E::LocalPartTooLong => "the part before the `@` is longer than 64 characters",
             E::DomainTooLong => "the domain is longer than 254 characters",
-            E::SubDomainEmpty => "the domain has an empty label (two dots in a row, or a dot at an end)",
+            E::SubDomainEmpty => {
+                "the domain has an empty label (two dots in a row, or a dot at an end)"
+            }
             E::SubDomainTooLong => "a label of the domain is longer than 63 characters",
             E::UnsupportedDomainLiteral | E::InvalidIPAddress => {
                 "the domain is an IP address literal"
             }
-            _ => "it is not a valid address (check dots and special characters)",
+            _ => "a misplaced dot or a character not allowed in an address",
         };
         return Err(syntax(
-            format!("`{}` is not a valid email address: {message}", preview(address)),
+            format!(
+                "`{}` is not a valid email address: {message}",
+                preview(address)
+            ),
             EXAMPLE,
         ));
     }
@@ -811,7 +850,10 @@ mod tests {
         assert_eq!(closest("expiry", USER_KEYS), Some("expires"));
         assert_eq!(closest("sendemail", INVITATION_KEYS), Some("sendEmail"));
         assert_eq!(closest("admin", ROLE_NAMES), Some("administrator"));
-        assert_eq!(closest("workspace_contributor", ROLE_NAMES), Some("workspace-contributor"));
+        assert_eq!(
+            closest("workspace_contributor", ROLE_NAMES),
+            Some("workspace-contributor")
+        );
         assert_eq!(closest("owner", ROLE_NAMES), None);
         assert_eq!(closest("x", USER_KEYS), None);
     }
