@@ -627,3 +627,54 @@ proptest! {
         check_invariants(text.as_bytes())?;
     }
 }
+
+#[test]
+fn byte_order_mark_and_crlf_line_endings_are_accepted() {
+    let text = "\u{FEFF}apiVersion: guestops/v1\r\nusers:\r\n  - email: ana.silva@partner.example\r\n    name: Ana Silva\r\n    role: viewr\r\n";
+    let parsed = parse(text.as_bytes(), &SpecPolicy::default());
+    let got: Vec<(&str, u32, u32)> = parsed
+        .diagnostics
+        .iter()
+        .map(|d| (d.code, d.line, d.column))
+        .collect();
+    assert_eq!(got, [(codes::UNKNOWN_ROLE, 5, 11)]);
+    let fixed = text.replace("viewr", "viewer");
+    assert!(
+        parse(fixed.as_bytes(), &SpecPolicy::default())
+            .desired
+            .is_some()
+    );
+}
+
+#[test]
+fn pathological_nesting_is_refused_without_crashing() {
+    for (what, text) in [
+        ("flow lists", "[".repeat(100_000)),
+        ("flow maps", "{a: ".repeat(50_000)),
+        ("block lists", "- ".repeat(20_000) + "x\n"),
+        ("complex keys", "? ".repeat(20_000) + "x\n"),
+    ] {
+        let parsed = parse(text.as_bytes(), &SpecPolicy::default());
+        let [diag] = parsed.diagnostics.as_slice() else {
+            panic!("{what}: {:#?}", parsed.diagnostics);
+        };
+        assert!(
+            [codes::YAML_LIMIT, codes::YAML_SYNTAX].contains(&diag.code),
+            "{what}: {diag:?}"
+        );
+    }
+}
+
+#[test]
+fn name_length_is_counted_in_characters_up_to_256() {
+    let file = |name: &str| {
+        format!(
+            "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: {name}\n"
+        )
+    };
+    let at_limit = parse(file(&"é".repeat(256)).as_bytes(), &SpecPolicy::default());
+    assert!(at_limit.desired.is_some(), "{:#?}", at_limit.diagnostics);
+    let over = parse(file(&"é".repeat(257)).as_bytes(), &SpecPolicy::default());
+    let codes: Vec<&str> = over.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(codes, [codes::INVALID_NAME]);
+}
