@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 mod diagnostic;
 mod parse;
 mod render;
+mod validate;
+mod yaml;
 
-pub use diagnostic::{Diagnostic, Label, Severity};
+pub use diagnostic::{Diagnostic, Label, Severity, codes};
 pub use parse::{MAX_FILE_SIZE, parse};
 pub use render::{OutputFormat, render};
 
