@@ -199,8 +199,10 @@ impl<'a> GuestIndex<'a> {
         }
         positions.sort_unstable();
         positions.dedup();
-        let mut found: Vec<&'a DirectoryUser> =
-            positions.into_iter().map(|p| self.users[p as usize]).collect();
+        let mut found: Vec<&'a DirectoryUser> = positions
+            .into_iter()
+            .map(|p| self.users[p as usize])
+            .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found
     }
@@ -262,7 +264,11 @@ impl<'a> PortalIndex<'a> {
 
 /// Picks among sorted candidates: the one with `preferred` id if present, else the first
 /// (smallest id).
-fn pick<'c, T>(candidates: &[&'c T], preferred: Option<&str>, id: impl Fn(&T) -> &str) -> Option<&'c T> {
+fn pick<'c, T>(
+    candidates: &[&'c T],
+    preferred: Option<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Option<&'c T> {
     preferred
         .and_then(|p| candidates.iter().find(|c| id(c) == p).copied())
         .or_else(|| candidates.first().copied())
@@ -317,12 +323,15 @@ struct Builder {
 
 impl Builder {
     fn change(&mut self, key: &str, email: &str, action: Action, reason: Option<&str>) {
-        self.changes.entry(key.to_owned()).or_default().push(Change {
-            key: key.to_owned(),
-            email: email.to_owned(),
-            action,
-            reason: reason.map(str::to_owned),
-        });
+        self.changes
+            .entry(key.to_owned())
+            .or_default()
+            .push(Change {
+                key: key.to_owned(),
+                email: email.to_owned(),
+                action,
+                reason: reason.map(str::to_owned),
+            });
     }
 
     fn notice(&mut self, key: &str, code: &str, message: String) {
@@ -400,7 +409,9 @@ pub fn plan(
     let mut in_sync = 0;
     for (key, d, record, tenant) in &active {
         let before = b.changes.get(*key).map_or(0, Vec::len);
-        plan_desired(&mut b, key, d, *record, tenant, &portal, desired, policy, now);
+        plan_desired(
+            &mut b, key, d, *record, tenant, &portal, desired, policy, now,
+        );
         if b.changes.get(*key).map_or(0, Vec::len) == before {
             in_sync += 1;
         }
@@ -641,7 +652,8 @@ fn plan_desired(
                     ),
                 );
             }
-            let owned = record.is_some_and(|r| r.portal_owned && r.portal_id.as_deref() == Some(&p.id));
+            let owned =
+                record.is_some_and(|r| r.portal_owned && r.portal_id.as_deref() == Some(&p.id));
             if !owned {
                 b.change(
                     key,

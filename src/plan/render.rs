@@ -159,10 +159,15 @@ pub fn render_with(
 ) -> io::Result<()> {
     match format {
         PlanFormat::Text => out.write_all(text(plan, options.color).as_bytes()),
-        PlanFormat::Markdown => out.write_all(markdown(plan, options.revision.as_deref()).as_bytes()),
+        PlanFormat::Markdown => {
+            out.write_all(markdown(plan, options.revision.as_deref()).as_bytes())
+        }
         PlanFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, &json_document(plan, options.revision.as_deref()))
-                .map_err(io::Error::other)?;
+            serde_json::to_writer_pretty(
+                &mut *out,
+                &json_document(plan, options.revision.as_deref()),
+            )
+            .map_err(io::Error::other)?;
             out.write_all(b"\n")
         }
     }
@@ -261,7 +266,11 @@ fn details_text(action: &Action) -> String {
             pending_since,
             ..
         } => match pending_since {
-            Some(t) => format!("guest {}, pending since {}", clean(guest_id), t.format("%Y-%m-%d")),
+            Some(t) => format!(
+                "guest {}, pending since {}",
+                clean(guest_id),
+                t.format("%Y-%m-%d")
+            ),
             None => format!("guest {}", clean(guest_id)),
         },
         Action::Register { name, role } => format!("{} as {role}", quoted(name)),
@@ -355,7 +364,11 @@ fn text(plan: &Plan, color: bool) -> String {
         let _ = writeln!(
             out,
             "{}",
-            paint("Refused by policy: nothing will be applied.", BOLD_RED, color)
+            paint(
+                "Refused by policy: nothing will be applied.",
+                BOLD_RED,
+                color
+            )
         );
     }
     if !plan.notices.is_empty() {
@@ -431,7 +444,11 @@ fn details_markdown(action: &Action) -> String {
             pending_since,
             ..
         } => match pending_since {
-            Some(t) => format!("guest {}, pending since {}", code(guest_id), t.format("%Y-%m-%d")),
+            Some(t) => format!(
+                "guest {}, pending since {}",
+                code(guest_id),
+                t.format("%Y-%m-%d")
+            ),
             None => format!("guest {}", code(guest_id)),
         },
         Action::Register { name, role } => format!("{} as **{role}**", code(name)),
@@ -500,7 +517,7 @@ fn push_limited<T>(
         if out.len() + line.len() + TRUNCATION_ROOM > end {
             let _ = write!(
                 out,
-                "… {} more {what} not shown; run `guestops plan` for all\n",
+                "\n… {} more {what} not shown; run `guestops plan` for all\n",
                 items.len() - shown
             );
             return;
@@ -544,13 +561,17 @@ fn markdown(plan: &Plan, revision: Option<&str>) -> String {
 
     if !plan.refusals.is_empty() {
         out.push_str("### Refused by policy\n\n");
-        let end = MARKDOWN_BUDGET.saturating_sub(30_000).max(out.len() + 2_000);
+        let end = MARKDOWN_BUDGET
+            .saturating_sub(30_000)
+            .max(out.len() + 2_000);
         push_limited(&mut out, &plan.refusals, markdown_refusal, end, "refusals");
         out.push('\n');
     }
 
     if !plan.changes.is_empty() {
-        out.push_str("### Changes\n\n|  | user | action | details | reason |\n|---|---|---|---|---|\n");
+        out.push_str(
+            "### Changes\n\n|  | user | action | details | reason |\n|---|---|---|---|---|\n",
+        );
         let end = MARKDOWN_BUDGET.saturating_sub(6_000).max(out.len() + 1_000);
         push_limited(&mut out, &plan.changes, markdown_change_row, end, "changes");
         out.push('\n');
