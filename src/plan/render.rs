@@ -327,7 +327,7 @@ fn change_line(c: &Change) -> String {
         line.push_str(&details);
     }
     if let Some(reason) = &c.reason {
-        let _ = write!(line, " ({})", clean(reason));
+        let _ = write!(line, " — {}", clean(reason));
     }
     line
 }
