@@ -768,51 +768,51 @@ fn plan_removal(
     };
 
     let mut actions = Vec::new();
-    if record.portal_owned {
-        if let Some(p) = pick(&candidates, record.portal_id.as_deref(), |p| p.id.as_str()) {
-            if record.portal_id.as_deref().is_none_or(|id| id == p.id) {
-                actions.push(Action::Unregister {
-                    portal_id: p.id.clone(),
-                });
-            } else {
-                b.notice(
-                    key,
-                    "not-owned",
-                    format!(
-                        "the portal user {} of {email} is not the one guestops registered; left untouched",
-                        p.id
-                    ),
-                );
-            }
+    if record.portal_owned
+        && let Some(p) = pick(&candidates, record.portal_id.as_deref(), |p| p.id.as_str())
+    {
+        if record.portal_id.as_deref().is_none_or(|id| id == p.id) {
+            actions.push(Action::Unregister {
+                portal_id: p.id.clone(),
+            });
+        } else {
+            b.notice(
+                key,
+                "not-owned",
+                format!(
+                    "the portal user {} of {email} is not the one guestops registered; left untouched",
+                    p.id
+                ),
+            );
         }
     }
-    if record.guest_owned {
-        if let Some(guest) = record.guest_id.as_deref().and_then(|id| guests.get(id)) {
-            let guest_id = guest.id.clone();
-            if in_use.contains(guest.id.as_str()) {
-                b.notice(
-                    key,
-                    "guest-shared",
-                    format!(
-                        "the guest {guest_id} of {email} also matches a desired user; it is only released, not {}",
-                        match policy.guest_on_removal {
-                            GuestOnRemoval::Keep => "kept",
-                            GuestOnRemoval::Disable => "disabled",
-                            GuestOnRemoval::Delete => "deleted",
-                        }
-                    ),
-                );
-                actions.push(Action::ReleaseGuest { guest_id });
-            } else {
-                match policy.guest_on_removal {
-                    GuestOnRemoval::Keep => actions.push(Action::ReleaseGuest { guest_id }),
-                    GuestOnRemoval::Disable => {
-                        if guest.account_enabled != Some(false) {
-                            actions.push(Action::DisableGuest { guest_id });
-                        }
+    if record.guest_owned
+        && let Some(guest) = record.guest_id.as_deref().and_then(|id| guests.get(id))
+    {
+        let guest_id = guest.id.clone();
+        if in_use.contains(guest.id.as_str()) {
+            b.notice(
+                key,
+                "guest-shared",
+                format!(
+                    "the guest {guest_id} of {email} also matches a desired user; it is only released, not {}",
+                    match policy.guest_on_removal {
+                        GuestOnRemoval::Keep => "kept",
+                        GuestOnRemoval::Disable => "disabled",
+                        GuestOnRemoval::Delete => "deleted",
                     }
-                    GuestOnRemoval::Delete => actions.push(Action::DeleteGuest { guest_id }),
+                ),
+            );
+            actions.push(Action::ReleaseGuest { guest_id });
+        } else {
+            match policy.guest_on_removal {
+                GuestOnRemoval::Keep => actions.push(Action::ReleaseGuest { guest_id }),
+                GuestOnRemoval::Disable => {
+                    if guest.account_enabled != Some(false) {
+                        actions.push(Action::DisableGuest { guest_id });
+                    }
                 }
+                GuestOnRemoval::Delete => actions.push(Action::DeleteGuest { guest_id }),
             }
         }
     }
