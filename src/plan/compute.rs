@@ -33,7 +33,11 @@
 //! one user.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Fast non-cryptographic hashing: the maps are only probed, never iterated, so the output does
+// not depend on the hasher; keys are addresses and ids read from the tenant and the portal.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -68,6 +72,24 @@ fn lower(s: &str) -> Cow<'_, str> {
         Cow::Owned(t.to_lowercase())
     } else {
         Cow::Borrowed(t)
+    }
+}
+
+/// Calls `f` with `s` trimmed and lower-cased, without a heap allocation for short ASCII input.
+fn with_lower<R>(s: &str, f: impl FnOnce(&str) -> R) -> R {
+    let t = s.trim();
+    let mut buf = [0u8; 256];
+    if t.is_ascii() && t.len() <= buf.len() {
+        let out = &mut buf[..t.len()];
+        out.copy_from_slice(t.as_bytes());
+        out.make_ascii_lowercase();
+        // Lower-casing ASCII keeps it ASCII, hence valid UTF-8.
+        match std::str::from_utf8(out) {
+            Ok(l) => f(l),
+            Err(_) => f(&t.to_lowercase()),
+        }
+    } else {
+        f(&t.to_lowercase())
     }
 }
 
@@ -144,7 +166,7 @@ impl<'a> GuestIndex<'a> {
         let iter = users.into_iter();
         let mut index = GuestIndex {
             users: Vec::with_capacity(iter.size_hint().0),
-            by_id: HashMap::with_capacity(iter.size_hint().0),
+            by_id: HashMap::default(),
             by_address: MultiIndex::default(),
             by_ext_upn: MultiIndex::default(),
         };
@@ -223,6 +245,46 @@ impl<'a> GuestIndex<'a> {
     }
 }
 
+/// The keys `plan` can ask about: every address of users.yaml and state (also in the guest
+/// UPN form) and every guest id recorded in state.
+struct Relevant<'k> {
+    addresses: HashSet<&'k str>,
+    ext_upns: HashSet<String>,
+    ids: HashSet<&'k str>,
+}
+
+impl<'k> Relevant<'k> {
+    fn new(desired: &'k DesiredState, state: &'k State) -> Self {
+        let keys = || desired.users.keys().chain(state.users.keys());
+        Relevant {
+            addresses: keys().map(String::as_str).collect(),
+            ext_upns: keys().map(|k| k.replace('@', "_")).collect(),
+            ids: state
+                .users
+                .values()
+                .filter_map(|r| r.guest_id.as_deref())
+                .collect(),
+        }
+    }
+
+    /// Whether any key of `u` (as [`GuestIndex`] indexes it) is relevant.
+    fn directory_user(&self, u: &DirectoryUser) -> bool {
+        let address = |s: &str| with_lower(s, |l| self.addresses.contains(l));
+        self.ids.contains(u.id.as_str())
+            || u.mail.as_deref().is_some_and(address)
+            || u.other_mails.iter().any(|m| address(m))
+            || u.identities
+                .iter()
+                .any(|i| i.issuer_assigned_id.as_deref().is_some_and(address))
+            || u.user_principal_name.as_deref().is_some_and(|upn| {
+                with_lower(upn, |upn| match upn.find("#ext#") {
+                    Some(at) => self.ext_upns.contains(&upn[..at]),
+                    None => self.addresses.contains(upn),
+                })
+            })
+    }
+}
+
 /// Portal users indexed by normalized email (exact, case-insensitive match).
 struct PortalIndex<'a> {
     users: Vec<&'a PortalUser>,
@@ -230,10 +292,10 @@ struct PortalIndex<'a> {
 }
 
 impl<'a> PortalIndex<'a> {
-    fn new(users: &'a [PortalUser]) -> Self {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(users.len());
+    fn new(users: impl Iterator<Item = &'a PortalUser>) -> Self {
+        let mut seen: HashSet<&str> = HashSet::default();
         let mut index = PortalIndex {
-            users: Vec::with_capacity(users.len()),
+            users: Vec::new(),
             by_email: MultiIndex::default(),
         };
         for user in users {
@@ -381,15 +443,29 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Plan {
     let today = now.date_naive();
-    let guests = GuestIndex::new(observed.guests.iter().chain(observed.lookups.iter()));
-    let portal = PortalIndex::new(&observed.portal_users);
+    // Only observed users that can matter are indexed: a tenant or a portal may hold far more
+    // users than users.yaml and state mention, and a set lookup is cheaper than an index insert.
+    let relevant = Relevant::new(desired, state);
+    let guests = GuestIndex::new(
+        observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .filter(|u| relevant.directory_user(u)),
+    );
+    let portal = PortalIndex::new(
+        observed
+            .portal_users
+            .iter()
+            .filter(|p| with_lower(&p.email, |e| relevant.addresses.contains(e))),
+    );
     let mut b = Builder::default();
 
     // Resolve every active desired user's guest first: a guest in use by a desired user is
     // never disabled or deleted because another (removed) user also owned it.
     let mut active: Vec<(&str, &DesiredUser, Option<&UserRecord>, TenantMatch<'_>)> =
         Vec::with_capacity(desired.users.len());
-    let mut in_use: HashSet<&str> = HashSet::new();
+    let mut in_use: HashSet<&str> = HashSet::default();
     for (key, d) in &desired.users {
         if expired_on(d, today).is_some() {
             continue;

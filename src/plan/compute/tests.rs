@@ -860,3 +860,40 @@ fn guest_index_deduplicates_by_id_and_sorts() {
     assert!(index.find("nobody@x.example", None).is_empty());
     assert_eq!(index.find("nobody@x.example", Some("g2")).len(), 1);
 }
+
+#[test]
+fn non_ascii_addresses_match_case_insensitively() {
+    let d = desired(vec![user("Åsa@Nordic.example", "Åsa", Role::Administrator)]);
+    let obs = observed(
+        vec![guest("g1", " ÅSA@NORDIC.EXAMPLE ")],
+        vec![portal_user(
+            "p1",
+            "åsa@nordic.example",
+            "Åsa",
+            Some(Role::Administrator),
+        )],
+    );
+    let p = plan(&d, &obs, &State::default(), &Policy::default(), now());
+    assert_eq!(
+        actions(&p),
+        vec![
+            ("åsa@nordic.example".to_owned(), "adopt-guest"),
+            ("åsa@nordic.example".to_owned(), "adopt-portal")
+        ]
+    );
+}
+
+#[test]
+fn unrelated_tenant_and_portal_users_are_ignored() {
+    let obs = observed(
+        vec![guest("g-x", "x@elsewhere.example"), guest("g1", ANA)],
+        vec![
+            portal_user("p-x", "x@elsewhere.example", "X", Some(Role::Administrator)),
+            ana_portal(),
+        ],
+    );
+    let st = state(vec![owned(ANA, Some("g1"), Some("p-ana"))]);
+    let p = plan(&desired(vec![ana()]), &obs, &st, &prune(), now());
+    assert!(p.is_empty());
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+}
