@@ -287,4 +287,16 @@ impl Plan {
             .filter(|c| c.action.is_removal())
             .count()
     }
+
+    /// Number of users with at least one removal (what `maxDeletions` limits).
+    pub fn removed_users(&self) -> usize {
+        let mut keys: Vec<&str> = self
+            .changes
+            .iter()
+            .filter(|c| c.action.is_removal())
+            .map(|c| c.key.as_str())
+            .collect();
+        keys.dedup();
+        keys.len()
+    }
 }

@@ -632,6 +632,7 @@ fn removal_with_prune_unregisters_and_treats_guest_per_policy() {
         vec![(bob.clone(), "delete-guest"), (bob, "unregister")]
     );
     assert_eq!(p.removals(), 2);
+    assert_eq!(p.removed_users(), 1);
     assert!(!p.is_refused(), "one removed user is within maxDeletions");
 }
 
@@ -782,6 +783,7 @@ fn more_removed_users_than_max_deletions_is_refused_unless_forced() {
     assert_eq!(refusal_codes(&p), vec!["max-deletions"]);
     assert!(p.refusals[0].message.contains("3 users"));
     assert_eq!(p.removals(), 3, "refused removals stay in the plan");
+    assert_eq!(p.removed_users(), 3);
 
     let forced = Policy {
         force: true,
