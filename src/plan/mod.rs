@@ -18,8 +18,10 @@ use crate::spec::Role;
 mod compute;
 mod render;
 
-pub use compute::plan;
-pub use render::{PlanFormat, render};
+pub use compute::{GuestIndex, plan};
+pub use render::{
+    GITHUB_COMMENT_LIMIT, MARKDOWN_BUDGET, PlanFormat, RenderOptions, Summary, render, render_with,
+};
 
 /// How long a guest that guestops invited may stay invisible to reads (Entra replication
 /// delay) before it is considered gone and invited again.
@@ -284,5 +286,17 @@ impl Plan {
             .iter()
             .filter(|c| c.action.is_removal())
             .count()
+    }
+
+    /// Number of users with at least one removal (what `maxDeletions` limits).
+    pub fn removed_users(&self) -> usize {
+        let mut keys: Vec<&str> = self
+            .changes
+            .iter()
+            .filter(|c| c.action.is_removal())
+            .map(|c| c.key.as_str())
+            .collect();
+        keys.dedup();
+        keys.len()
     }
 }
