@@ -348,12 +348,10 @@ async fn an_expired_token_is_replaced_after_a_401() {
 
 async fn token_error(env: &Env, tenant: &TenantConfig, secret: &str) -> (TokenProblem, String) {
     match env.client_with(tenant, secret).list_guests().await {
-        Err(err @ GraphError::Token { .. }) => {
-            let GraphError::Token { problem, .. } = &err else {
-                unreachable!()
-            };
-            (*problem, err.to_string())
-        }
+        Err(err @ GraphError::Token(_)) => (
+            err.token_problem().expect("a token problem"),
+            err.to_string(),
+        ),
         other => panic!("expected a token error, got {other:?}"),
     }
 }

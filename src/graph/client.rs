@@ -54,30 +54,8 @@ pub enum GraphError {
     },
 
     /// No access token could be obtained.
-    #[error(
-        "could not get a Graph access token from {token_url}: {} ({error}{}{}: {description})",
-        .problem.advice(),
-        codes_suffix(.error_codes),
-        .trace_id.as_deref().map(|t| format!(", trace id {t}")).unwrap_or_default()
-    )]
-    Token {
-        /// The classified problem (what to fix).
-        problem: TokenProblem,
-        /// HTTP status of the token endpoint.
-        status: u16,
-        /// The OAuth `error` value, e.g. `invalid_client`.
-        error: String,
-        /// The AADSTS `error_codes`.
-        error_codes: Vec<u64>,
-        /// First line of `error_description`.
-        description: String,
-        /// `trace_id`, for a support request.
-        trace_id: Option<String>,
-        /// `correlation_id`, for a support request.
-        correlation_id: Option<String>,
-        /// The token endpoint that refused.
-        token_url: String,
-    },
+    #[error("{0}")]
+    Token(Box<TokenFailure>),
 
     /// The request got no HTTP response (connection, TLS, timeout).
     #[error(
@@ -126,6 +104,33 @@ pub enum GraphError {
         /// What is wrong and how to fix it.
         detail: String,
     },
+}
+
+/// Why the token endpoint refused, with what to fix ([`GraphError::Token`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "could not get a Graph access token from {token_url}: {} ({error}{}{}: {description})",
+    .problem.advice(),
+    codes_suffix(.error_codes),
+    .trace_id.as_deref().map(|t| format!(", trace id {t}")).unwrap_or_default()
+)]
+pub struct TokenFailure {
+    /// The classified problem (what to fix).
+    pub problem: TokenProblem,
+    /// HTTP status of the token endpoint.
+    pub status: u16,
+    /// The OAuth `error` value, e.g. `invalid_client`.
+    pub error: String,
+    /// The AADSTS `error_codes`.
+    pub error_codes: Vec<u64>,
+    /// First line of `error_description`.
+    pub description: String,
+    /// `trace_id`, for a support request.
+    pub trace_id: Option<String>,
+    /// `correlation_id`, for a support request.
+    pub correlation_id: Option<String>,
+    /// The token endpoint that refused.
+    pub token_url: String,
 }
 
 fn codes_suffix(codes: &[u64]) -> String {
@@ -178,8 +183,17 @@ impl GraphError {
     /// The HTTP status Graph answered, when it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            GraphError::Api { status, .. } | GraphError::Token { status, .. } => Some(*status),
+            GraphError::Api { status, .. } => Some(*status),
+            GraphError::Token(failure) => Some(failure.status),
             GraphError::Throttled { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// The token problem, when no token could be obtained.
+    pub fn token_problem(&self) -> Option<TokenProblem> {
+        match self {
+            GraphError::Token(failure) => Some(failure.problem),
             _ => None,
         }
     }

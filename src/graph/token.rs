@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::GraphError;
+use super::client::{GraphError, TokenFailure};
 use crate::http::{self, Idempotency, RetryPolicy};
 
 /// A boxed token future, so that [`TokenSource`] stays dyn-compatible.
@@ -413,7 +413,7 @@ impl ClientSecretCredential {
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            return Err(GraphError::Token {
+            return Err(GraphError::Token(Box::new(TokenFailure {
                 problem,
                 status: status.as_u16(),
                 error: if body.error.is_empty() {
@@ -426,7 +426,7 @@ impl ClientSecretCredential {
                 trace_id: body.trace_id,
                 correlation_id: body.correlation_id,
                 token_url: self.token_url.to_string(),
-            });
+            })));
         }
     }
 }
