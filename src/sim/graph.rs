@@ -1,26 +1,1642 @@
-//! The emulated tenant: token endpoint, `/v1.0/users`, `/v1.0/invitations`
-//! (placeholder: the graph work fills this in).
+//! The emulated tenant: the token endpoint (`POST /{tenant}/oauth2/v2.0/token`), Graph
+//! `/v1.0/users`, `/v1.0/users/{id}` and `/v1.0/invitations`.
+//!
+//! Follows `docs/specs/microsoft-graph.md` including its quirks: the default property set
+//! without `$select`, opaque `$skiptoken` paging with absolute `@odata.nextLink`s, `#EXT#` guest
+//! UPNs, `400 Request_UnsupportedQuery` for anything that needs advanced queries, AADSTS error
+//! bodies, re-invitation pointing at the existing guest, and replication delay. Where the real
+//! behaviour is unknown it is strict (unknown query options, properties and body fields are
+//! refused).
+
+// Handlers answer refusals as early `Err(Response)`s, axum's usual shape.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use super::Sim;
+use crate::graph::ObjectIdentity;
+
+pub mod filter;
+
+use filter::{CollectionProp, Filter, FilterError, Prop, Subject};
+
+/// The tenant GUID the simulator answers to.
+pub const SIM_TENANT_ID: &str = "c0ffee00-5151-4e55-9a1e-000000000001";
+/// The tenant domain the simulator answers to.
+pub const SIM_TENANT_DOMAIN: &str = "sim.onmicrosoft.com";
+/// The only application (client) id the simulator knows.
+pub const SIM_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c11e";
+/// The client secret the simulator accepts unless changed.
+pub const SIM_CLIENT_SECRET: &str = "sim-client-secret";
+
+/// The application permissions granted by default: what guestops needs, all of it.
+pub const DEFAULT_PERMISSIONS: [&str; 4] = [
+    "User.Invite.All",
+    "User.Read.All",
+    "User.EnableDisableAccount.All",
+    "User.DeleteRestore.All",
+];
+
+/// Properties returned without `$select` (`docs/specs/microsoft-graph.md` §2).
+pub const DEFAULT_PROPERTIES: [&str; 11] = [
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "id",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+];
+
+/// Properties `$select` may name.
+const SELECTABLE: [&str; 22] = [
+    "id",
+    "accountEnabled",
+    "businessPhones",
+    "companyName",
+    "createdDateTime",
+    "creationType",
+    "displayName",
+    "externalUserState",
+    "externalUserStateChangeDateTime",
+    "givenName",
+    "identities",
+    "jobTitle",
+    "mail",
+    "mailNickname",
+    "mobilePhone",
+    "officeLocation",
+    "otherMails",
+    "preferredLanguage",
+    "proxyAddresses",
+    "surname",
+    "userPrincipalName",
+    "userType",
+];
+
+/// Characters `invitedUserEmailAddress` may not contain (§1).
+const REJECTED_EMAIL_CHARS: &str = "~!#$%^&*()+=[]{}\\/|;:\"<>?,";
+
+/// Default page size of `GET /users`.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest `$top` of `GET /users`.
+pub const MAX_PAGE_SIZE: usize = 999;
+
+/// What the token endpoint accepts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimCredentials {
+    /// Tenant GUID.
+    pub tenant_id: String,
+    /// Tenant primary domain (also the domain of guest UPNs).
+    pub tenant_domain: String,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The client secret value.
+    pub client_secret: String,
+    /// Answer `AADSTS7000222` (expired secret) even for the right secret.
+    pub secret_expired: bool,
+    /// Answer `AADSTS7000112` (application disabled).
+    pub app_disabled: bool,
+    /// `expires_in` of issued tokens.
+    pub token_lifetime: Duration,
+}
+
+impl std::fmt::Debug for SimCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCredentials")
+            .field("tenant_id", &self.tenant_id)
+            .field("tenant_domain", &self.tenant_domain)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("secret_expired", &self.secret_expired)
+            .field("app_disabled", &self.app_disabled)
+            .field("token_lifetime", &self.token_lifetime)
+            .finish()
+    }
+}
+
+impl Default for SimCredentials {
+    fn default() -> Self {
+        Self {
+            tenant_id: SIM_TENANT_ID.into(),
+            tenant_domain: SIM_TENANT_DOMAIN.into(),
+            client_id: SIM_CLIENT_ID.into(),
+            client_secret: SIM_CLIENT_SECRET.into(),
+            secret_expired: false,
+            app_disabled: false,
+            token_lifetime: Duration::from_secs(3599),
+        }
+    }
+}
+
+/// A user of the emulated tenant (guest or member).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimUser {
+    /// Object id (a GUID).
+    pub id: String,
+    /// `displayName`.
+    pub display_name: Option<String>,
+    /// `givenName`.
+    pub given_name: Option<String>,
+    /// `surname`.
+    pub surname: Option<String>,
+    /// `jobTitle`.
+    pub job_title: Option<String>,
+    /// `mail`.
+    pub mail: Option<String>,
+    /// `otherMails`.
+    pub other_mails: Vec<String>,
+    /// `proxyAddresses`.
+    pub proxy_addresses: Vec<String>,
+    /// `userPrincipalName`.
+    pub user_principal_name: String,
+    /// `Guest` or `Member`.
+    pub user_type: String,
+    /// `PendingAcceptance`, `Accepted` or `None`.
+    pub external_user_state: Option<String>,
+    /// When `external_user_state` last changed.
+    pub external_user_state_change_date_time: Option<DateTime<Utc>>,
+    /// `Invitation` for invited guests, `None` for work accounts.
+    pub creation_type: Option<String>,
+    /// `identities`.
+    pub identities: Vec<ObjectIdentity>,
+    /// `accountEnabled`.
+    pub account_enabled: bool,
+    /// `createdDateTime`.
+    pub created_date_time: DateTime<Utc>,
+    /// Invisible to reads until then (replication delay); `None` = visible.
+    pub visible_at: Option<Instant>,
+}
+
+/// The guest UPN of `email` in `tenant_domain`: `local_domain#EXT#@tenant_domain`.
+pub fn guest_upn(email: &str, tenant_domain: &str) -> String {
+    format!("{}#EXT#@{tenant_domain}", email.replace('@', "_"))
+}
+
+impl SimUser {
+    /// A guest invited with `email`, pending acceptance, visible at once.
+    pub fn guest(email: &str, display_name: &str, tenant_domain: &str) -> Self {
+        let upn = guest_upn(email, tenant_domain);
+        let now = Utc::now();
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name: Some(display_name.to_owned()),
+            given_name: None,
+            surname: None,
+            job_title: None,
+            mail: Some(email.to_owned()),
+            other_mails: vec![email.to_owned()],
+            proxy_addresses: vec![format!("SMTP:{email}")],
+            identities: vec![ObjectIdentity {
+                sign_in_type: Some("userPrincipalName".into()),
+                issuer: Some(tenant_domain.to_owned()),
+                issuer_assigned_id: Some(upn.clone()),
+            }],
+            user_principal_name: upn,
+            user_type: "Guest".into(),
+            external_user_state: Some("PendingAcceptance".into()),
+            external_user_state_change_date_time: Some(now),
+            creation_type: Some("Invitation".into()),
+            account_enabled: true,
+            created_date_time: now,
+            visible_at: None,
+        }
+    }
+
+    /// A member (work account) with `upn` and optionally `mail`.
+    pub fn member(upn: &str, mail: Option<&str>, display_name: &str) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            display_name: Some(display_name.to_owned()),
+            given_name: None,
+            surname: None,
+            job_title: None,
+            mail: mail.map(str::to_owned),
+            other_mails: Vec::new(),
+            proxy_addresses: mail.map(|m| format!("SMTP:{m}")).into_iter().collect(),
+            identities: vec![ObjectIdentity {
+                sign_in_type: Some("userPrincipalName".into()),
+                issuer: upn.rsplit_once('@').map(|(_, d)| d.to_owned()),
+                issuer_assigned_id: Some(upn.to_owned()),
+            }],
+            user_principal_name: upn.to_owned(),
+            user_type: "Member".into(),
+            external_user_state: None,
+            external_user_state_change_date_time: None,
+            creation_type: None,
+            account_enabled: true,
+            created_date_time: Utc::now(),
+            visible_at: None,
+        }
+    }
+
+    /// Whether reads see the user now.
+    pub fn is_visible(&self, now: Instant) -> bool {
+        self.visible_at.is_none_or(|at| now >= at)
+    }
+
+    /// Whether the user holds `email` (normalized) by mail, otherMails, UPN or guest UPN form.
+    pub fn holds(&self, email: &str, tenant_domain: &str) -> bool {
+        let email = email.to_lowercase();
+        let same = |s: &str| s.to_lowercase() == email;
+        self.mail.as_deref().is_some_and(same)
+            || self.other_mails.iter().any(|m| same(m))
+            || same(&self.user_principal_name)
+            || self.user_principal_name.to_lowercase()
+                == guest_upn(&email, tenant_domain).to_lowercase()
+    }
+
+    /// Every property, as Graph serializes it.
+    fn to_json(&self) -> Map<String, Value> {
+        let date = |d: &DateTime<Utc>| d.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let mut map = Map::new();
+        map.insert("id".into(), json!(self.id));
+        map.insert("accountEnabled".into(), json!(self.account_enabled));
+        map.insert("businessPhones".into(), json!([]));
+        map.insert("companyName".into(), Value::Null);
+        map.insert(
+            "createdDateTime".into(),
+            json!(date(&self.created_date_time)),
+        );
+        map.insert("creationType".into(), json!(self.creation_type));
+        map.insert("displayName".into(), json!(self.display_name));
+        map.insert("externalUserState".into(), json!(self.external_user_state));
+        map.insert(
+            "externalUserStateChangeDateTime".into(),
+            json!(self.external_user_state_change_date_time.as_ref().map(date)),
+        );
+        map.insert("givenName".into(), json!(self.given_name));
+        map.insert("identities".into(), json!(self.identities));
+        map.insert("jobTitle".into(), json!(self.job_title));
+        map.insert("mail".into(), json!(self.mail));
+        map.insert(
+            "mailNickname".into(),
+            json!(
+                self.user_principal_name
+                    .split('@')
+                    .next()
+                    .map(|s| s.replace('#', "_"))
+            ),
+        );
+        map.insert("mobilePhone".into(), Value::Null);
+        map.insert("officeLocation".into(), Value::Null);
+        map.insert("otherMails".into(), json!(self.other_mails));
+        map.insert("preferredLanguage".into(), Value::Null);
+        map.insert("proxyAddresses".into(), json!(self.proxy_addresses));
+        map.insert("surname".into(), json!(self.surname));
+        map.insert("userPrincipalName".into(), json!(self.user_principal_name));
+        map.insert("userType".into(), json!(self.user_type));
+        map
+    }
+
+    /// Only the `select`ed properties (+ `id`), or the default set.
+    fn project(&self, select: Option<&[String]>) -> Value {
+        let all = self.to_json();
+        let keep = |k: &str| match select {
+            Some(props) => k == "id" || props.iter().any(|p| p == k),
+            None => DEFAULT_PROPERTIES.contains(&k),
+        };
+        Value::Object(all.into_iter().filter(|(k, _)| keep(k)).collect())
+    }
+}
+
+impl Subject for SimUser {
+    fn string(&self, prop: Prop) -> Option<&str> {
+        match prop {
+            Prop::Id => Some(&self.id),
+            Prop::UserType => Some(&self.user_type),
+            Prop::Mail => self.mail.as_deref(),
+            Prop::UserPrincipalName => Some(&self.user_principal_name),
+            Prop::DisplayName => self.display_name.as_deref(),
+            Prop::ExternalUserState => self.external_user_state.as_deref(),
+            Prop::CreationType => self.creation_type.as_deref(),
+            Prop::AccountEnabled => None,
+        }
+    }
+
+    fn boolean(&self, prop: Prop) -> Option<bool> {
+        (prop == Prop::AccountEnabled).then_some(self.account_enabled)
+    }
+
+    fn collection(&self, prop: CollectionProp) -> &[String] {
+        match prop {
+            CollectionProp::OtherMails => &self.other_mails,
+            CollectionProp::ProxyAddresses => &self.proxy_addresses,
+        }
+    }
+}
+
+/// One accepted `POST /invitations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRecord {
+    /// `invitedUserEmailAddress` as sent.
+    pub email: String,
+    /// `invitedUserDisplayName`.
+    pub display_name: Option<String>,
+    /// `sendInvitationMessage`.
+    pub send_email: bool,
+    /// `invitedUserMessageInfo.customizedMessageBody`.
+    pub message: Option<String>,
+    /// The guest's object id (new or existing).
+    pub user_id: String,
+    /// Whether the address already belonged to a guest (a re-send).
+    pub resend: bool,
+}
+
+/// A listing position behind an opaque `$skiptoken`.
+#[derive(Debug, Clone)]
+struct Cursor {
+    filter: Option<String>,
+    select: Option<String>,
+    top: Option<String>,
+    after_id: Option<String>,
+}
 
 /// The emulated directory.
-#[derive(Debug, Default)]
-pub struct Directory {}
+#[derive(Debug)]
+pub struct Directory {
+    credentials: SimCredentials,
+    users: BTreeMap<String, SimUser>,
+    deleted: BTreeMap<String, SimUser>,
+    tokens: HashMap<String, Instant>,
+    cursors: HashMap<String, Cursor>,
+    invitation_counts: BTreeMap<String, u32>,
+    invitations: Vec<InvitationRecord>,
+    permissions: BTreeSet<String>,
+    replication_delay: Duration,
+    page_size_cap: Option<usize>,
+    empty_first_page: bool,
+    token_outages: u32,
+}
 
-/// Routes of the token endpoint and Graph.
-pub fn routes() -> Router<Sim> {
-    Router::new()
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            credentials: SimCredentials::default(),
+            users: BTreeMap::new(),
+            deleted: BTreeMap::new(),
+            tokens: HashMap::new(),
+            cursors: HashMap::new(),
+            invitation_counts: BTreeMap::new(),
+            invitations: Vec::new(),
+            permissions: DEFAULT_PERMISSIONS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+            replication_delay: Duration::ZERO,
+            page_size_cap: None,
+            empty_first_page: false,
+            token_outages: 0,
+        }
+    }
+}
+
+impl Directory {
+    /// What the token endpoint accepts.
+    pub fn credentials(&self) -> &SimCredentials {
+        &self.credentials
+    }
+
+    /// Replaces the accepted credentials.
+    pub fn set_credentials(&mut self, credentials: SimCredentials) {
+        self.credentials = credentials;
+    }
+
+    /// Adds a pending guest invited with `email`; returns its id. Visible at once.
+    pub fn add_guest(&mut self, email: &str, display_name: &str) -> String {
+        let user = SimUser::guest(email, display_name, &self.credentials.tenant_domain);
+        self.insert_user(user)
+    }
+
+    /// Adds a member (work account); returns its id.
+    pub fn add_member(&mut self, upn: &str, mail: Option<&str>, display_name: &str) -> String {
+        self.insert_user(SimUser::member(upn, mail, display_name))
+    }
+
+    /// Adds any user as given; returns its id.
+    pub fn insert_user(&mut self, user: SimUser) -> String {
+        let id = user.id.clone();
+        self.users.insert(id.clone(), user);
+        id
+    }
+
+    /// Marks the guest's invitation redeemed (`externalUserState` → `Accepted`).
+    pub fn accept_invitation(&mut self, id: &str) -> bool {
+        match self.users.get_mut(id) {
+            Some(user) if user.user_type == "Guest" => {
+                user.external_user_state = Some("Accepted".into());
+                user.external_user_state_change_date_time = Some(Utc::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Soft-deletes a user (it keeps its addresses in deleted items). `false` if unknown.
+    pub fn delete_user(&mut self, id: &str) -> bool {
+        match self.users.remove(id) {
+            Some(user) => {
+                self.deleted.insert(user.id.clone(), user);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Permanently removes every soft-deleted user.
+    pub fn purge_deleted(&mut self) {
+        self.deleted.clear();
+    }
+
+    /// Every live user (visible or not), in listing order.
+    pub fn users(&self) -> Vec<SimUser> {
+        self.users.values().cloned().collect()
+    }
+
+    /// One live user by id.
+    pub fn user(&self, id: &str) -> Option<&SimUser> {
+        self.users.get(id)
+    }
+
+    /// One live user by id, for changes.
+    pub fn user_mut(&mut self, id: &str) -> Option<&mut SimUser> {
+        self.users.get_mut(id)
+    }
+
+    /// Soft-deleted users.
+    pub fn deleted_users(&self) -> Vec<SimUser> {
+        self.deleted.values().cloned().collect()
+    }
+
+    /// The live users holding `email` (any letter case).
+    pub fn find_by_email(&self, email: &str) -> Vec<SimUser> {
+        self.users
+            .values()
+            .filter(|u| u.holds(email, &self.credentials.tenant_domain))
+            .cloned()
+            .collect()
+    }
+
+    /// How many `POST /invitations` named `email` (any letter case).
+    pub fn invitation_count(&self, email: &str) -> u32 {
+        self.invitation_counts
+            .get(&email.trim().to_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `POST /invitations` per normalized address.
+    pub fn invitation_counts(&self) -> &BTreeMap<String, u32> {
+        &self.invitation_counts
+    }
+
+    /// Every accepted invitation, in order.
+    pub fn invitations(&self) -> &[InvitationRecord] {
+        &self.invitations
+    }
+
+    /// New guests stay invisible to reads for `delay` after their invitation.
+    pub fn set_replication_delay(&mut self, delay: Duration) {
+        self.replication_delay = delay;
+    }
+
+    /// Caps the page size below what `$top` asks (`None`: `$top` rules).
+    pub fn set_page_size_cap(&mut self, cap: Option<usize>) {
+        self.page_size_cap = cap.map(|c| c.max(1));
+    }
+
+    /// Makes the first page of every listing empty (with a nextLink), as Graph may.
+    pub fn set_empty_first_page(&mut self, on: bool) {
+        self.empty_first_page = on;
+    }
+
+    /// The next `count` token requests answer `temporarily_unavailable` (AADSTS90024).
+    pub fn fail_token_requests(&mut self, count: u32) {
+        self.token_outages = count;
+    }
+
+    /// Makes every issued token expired (Graph answers `401` until a new one is fetched).
+    pub fn expire_tokens(&mut self) {
+        let now = Instant::now();
+        for expiry in self.tokens.values_mut() {
+            *expiry = now;
+        }
+    }
+
+    /// Grants an application permission (e.g. `User.ReadWrite.All`).
+    pub fn grant_permission(&mut self, permission: &str) {
+        self.permissions.insert(permission.to_owned());
+    }
+
+    /// Revokes an application permission (e.g. `User.Invite.All`).
+    pub fn revoke_permission(&mut self, permission: &str) {
+        self.permissions.remove(permission);
+    }
+
+    fn has_any(&self, permissions: &[&str]) -> bool {
+        permissions.iter().any(|p| self.permissions.contains(*p))
+    }
+
+    /// The live, visible user with this id or UPN.
+    fn visible(&self, key: &str, now: Instant) -> Option<&SimUser> {
+        self.lookup_id(key)
+            .and_then(|id| self.users.get(&id))
+            .filter(|u| u.is_visible(now))
+    }
+
+    fn lookup_id(&self, key: &str) -> Option<String> {
+        if self.users.contains_key(key) {
+            return Some(key.to_owned());
+        }
+        self.users
+            .values()
+            .find(|u| u.user_principal_name.eq_ignore_ascii_case(key))
+            .map(|u| u.id.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A Graph error body (`{"error":{"code","message","innerError":{…}}}`) with `status`.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (
+    let request_id = new_request_id();
+    let date = Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+    let mut response = (
         status,
-        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+        axum::Json(json!({"error": {
+            "code": code,
+            "message": message,
+            "innerError": {"date": date, "request-id": request_id, "client-request-id": request_id}
+        }})),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    response
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "Request_BadRequest", message)
+}
+
+fn unsupported(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "Request_UnsupportedQuery", message)
+}
+
+fn not_found(key: &str) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        &format!(
+            "Resource '{key}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
+fn denied() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.",
+    )
+}
+
+fn graph_json(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(
+            "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8",
+        ),
+    );
+    response
+}
+
+/// Adds `request-id` (and echoes `client-request-id`) on every Graph response.
+async fn request_ids(request: Request, next: Next) -> Response {
+    let client_request_id = request.headers().get("client-request-id").cloned();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if !headers.contains_key("request-id")
+        && let Ok(value) = HeaderValue::from_str(&new_request_id())
+    {
+        headers.insert("request-id", value);
+    }
+    if let Some(value) = client_request_id {
+        headers.insert("client-request-id", value);
+    }
+    response
+}
+
+/// Routes of the token endpoint and Graph.
+pub fn routes() -> Router<Sim> {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/v1.0/users", get(list_users))
+        .route(
+            "/v1.0/users/{id}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
+        .route("/v1.0/invitations", post(invite))
+        .layer(middleware::from_fn(request_ids))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+
+fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
+    let trace = uuid::Uuid::new_v4().to_string();
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
+    let body = json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {text} Trace ID: {trace} Correlation ID: {correlation} Timestamp: {timestamp}"
+        ).replacen(" Trace ID:", "\r\nTrace ID:", 1)
+            .replacen(" Correlation ID:", "\r\nCorrelation ID:", 1)
+            .replacen(" Timestamp:", "\r\nTimestamp:", 1),
+        "error_codes": [code],
+        "timestamp": timestamp,
+        "trace_id": trace,
+        "correlation_id": correlation,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn token(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut state = sim.state();
+    let dir = &mut state.graph;
+    issue_token(dir, &tenant, &host, &form)
+}
+
+fn issue_token(
+    dir: &mut Directory,
+    tenant: &str,
+    host: &str,
+    form: &HashMap<String, String>,
+) -> Response {
+    let creds = dir.credentials.clone();
+    if dir.token_outages > 0 {
+        dir.token_outages -= 1;
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "temporarily_unavailable",
+            90024,
+            "RequestTimeout - The request has timed out.",
+        );
+    }
+    if !tenant.eq_ignore_ascii_case(&creds.tenant_id)
+        && !tenant.eq_ignore_ascii_case(&creds.tenant_domain)
+    {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+            ),
+        );
+    }
+    let missing = |name: &str| {
+        aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            &format!("The request body must contain the following parameter: '{name}'."),
+        )
+    };
+    let Some(grant_type) = form.get("grant_type") else {
+        return missing("grant_type");
+    };
+    if grant_type != "client_credentials" {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            &format!("The app requested an unsupported grant type '{grant_type}'."),
+        );
+    }
+    let Some(client_id) = form.get("client_id") else {
+        return missing("client_id");
+    };
+    if !client_id.eq_ignore_ascii_case(&creds.client_id) {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        );
+    }
+    if creds.app_disabled {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            7000112,
+            &format!("Application '{client_id}' is disabled."),
+        );
+    }
+    let Some(secret) = form.get("client_secret").filter(|s| !s.is_empty()) else {
+        return aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
+    };
+    if *secret != creds.client_secret {
+        return aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            &format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
+        );
+    }
+    if creds.secret_expired {
+        return aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000222,
+            &format!(
+                "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+            ),
+        );
+    }
+    let Some(scope) = form.get("scope") else {
+        return missing("scope");
+    };
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    let resource = match scopes.as_slice() {
+        [one] => match one.strip_suffix("/.default") {
+            Some(resource) => resource,
+            None => {
+                return aadsts(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    1002012,
+                    &format!(
+                        "The provided value for scope {one} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                    ),
+                );
+            }
+        },
+        _ => {
+            return aadsts(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70011,
+                &format!(
+                    "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+                ),
+            );
+        }
+    };
+    let resource = resource.trim_end_matches('/');
+    let own = [format!("http://{host}"), format!("https://{host}")];
+    if !own.iter().any(|o| o.eq_ignore_ascii_case(resource)) {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            500011,
+            &format!(
+                "The resource principal named {resource} was not found in the tenant named {}. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.",
+                creds.tenant_domain
+            ),
+        );
+    }
+    let access_token = format!(
+        "sim.{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    dir.tokens
+        .insert(access_token.clone(), Instant::now() + creds.token_lifetime);
+    let lifetime = creds.token_lifetime.as_secs();
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access_token,
+        })),
     )
         .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph
+
+fn invalid_token(message: &str) -> Response {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "InvalidAuthenticationToken",
+        message,
+    )
+}
+
+/// Checks the bearer token.
+fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(invalid_token("Access token is empty."));
+    };
+    let value = value.to_str().unwrap_or("");
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(invalid_token("Access token is empty.")),
+    };
+    match dir.tokens.get(token) {
+        None => Err(invalid_token(
+            "Access token validation failure. Invalid audience.",
+        )),
+        Some(expiry) if Instant::now() >= *expiry => Err(invalid_token(
+            "Lifetime validation failed, the token is expired.",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+const READ: &[&str] = &[
+    "User.Read.All",
+    "User.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+];
+
+/// Parses a raw query string into options; a repeated option is an error.
+fn query_options(uri: &Uri) -> Result<BTreeMap<String, String>, Response> {
+    let mut options = BTreeMap::new();
+    for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if options.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(bad_request(&format!(
+                "Query option '{key}' was specified more than once, but it must be specified at most once."
+            )));
+        }
+    }
+    Ok(options)
+}
+
+/// Validates `$select`.
+fn parse_select(raw: Option<&String>) -> Result<Option<Vec<String>>, Response> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mut props = Vec::new();
+    for prop in raw.split(',').map(str::trim) {
+        if prop.is_empty() {
+            return Err(bad_request("Syntax error: empty property name in $select."));
+        }
+        if prop == "signInActivity" {
+            return Err(bad_request(
+                "The simulator does not emulate signInActivity (it needs AuditLog.Read.All).",
+            ));
+        }
+        if !SELECTABLE.contains(&prop) {
+            return Err(bad_request(&format!(
+                "Could not find a property named '{prop}' on type 'microsoft.graph.user'."
+            )));
+        }
+        props.push(prop.to_owned());
+    }
+    Ok(Some(props))
+}
+
+fn metadata_context(host: &str, select: Option<&[String]>, entity: bool) -> String {
+    let mut context = format!("http://{host}/v1.0/$metadata#users");
+    if let Some(select) = select {
+        context.push('(');
+        context.push_str(&select.join(","));
+        context.push(')');
+    }
+    if entity {
+        context.push_str("/$entity");
+    }
+    context
+}
+
+/// Encodes a query value the way Graph's nextLinks do (`%20`, `%23`, `%27`, …).
+fn encode(value: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b',');
+    percent_encoding::utf8_percent_encode(value, SET).to_string()
+}
+
+fn host_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned()
+}
+
+const KNOWN_OPTIONS: [&str; 10] = [
+    "$filter",
+    "$select",
+    "$top",
+    "$skiptoken",
+    "$count",
+    "$search",
+    "$orderby",
+    "$skip",
+    "$expand",
+    "$format",
+];
+
+async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Response {
+    let mut state = sim.state();
+    list_users_locked(&mut state.graph, &headers, &uri)
+}
+
+fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Response {
+    if let Err(response) = authorize(dir, headers) {
+        return response;
+    }
+    if !dir.has_any(READ) {
+        return denied();
+    }
+    let options = match query_options(uri) {
+        Ok(options) => options,
+        Err(response) => return response,
+    };
+    for key in options.keys() {
+        if key.starts_with('$') && !KNOWN_OPTIONS.contains(&key.as_str()) {
+            return bad_request(&format!("Query option '{key}' is not supported."));
+        }
+    }
+    let advanced = headers
+        .get("ConsistencyLevel")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
+    if options.contains_key("$skip") {
+        return bad_request(
+            "The query specified in the URI is not valid. Query option 'Skip' is not allowed. To allow it, set the 'AllowedQueryOptions' property on EnableQueryAttribute or QueryValidationSettings.",
+        );
+    }
+    if options.contains_key("$expand") || options.contains_key("$format") {
+        return bad_request("The simulator does not emulate $expand or $format on /users.");
+    }
+    if options.contains_key("$search") {
+        return if advanced {
+            unsupported("The simulator does not emulate $search.")
+        } else {
+            unsupported(
+                "Request with $search query parameter only works through MSGraph with a special request header: 'ConsistencyLevel: eventual'",
+            )
+        };
+    }
+    if options.contains_key("$orderby") {
+        return if options.contains_key("$filter") && !advanced {
+            unsupported(
+                "Sorting not supported for current query: $orderby with $filter needs ConsistencyLevel: eventual and $count=true.",
+            )
+        } else {
+            unsupported("The simulator does not emulate $orderby.")
+        };
+    }
+    let count = match options.get("$count").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => advanced,
+        Some(other) => {
+            return bad_request(&format!("'{other}' is not a valid value for $count."));
+        }
+    };
+    let select = match parse_select(options.get("$select")) {
+        Ok(select) => select,
+        Err(response) => return response,
+    };
+    let top = match options.get("$top") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return bad_request(&format!(
+                    "Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive."
+                ));
+            }
+        },
+    };
+    let filter: Option<Filter> = match options.get("$filter").map(|f| filter::parse(f)) {
+        None => None,
+        Some(Ok(filter)) => Some(filter),
+        Some(Err(FilterError::Unsupported(message))) => {
+            return if advanced {
+                unsupported(&format!(
+                    "The simulator does not emulate advanced queries: {message}"
+                ))
+            } else {
+                unsupported(&message)
+            };
+        }
+        Some(Err(FilterError::Invalid(message))) => return bad_request(&message),
+    };
+
+    // Where to start: a fresh listing, or the cursor behind $skiptoken.
+    let mut after_id = None;
+    let mut first_page = true;
+    if let Some(token) = options.get("$skiptoken") {
+        let Some(cursor) = dir.cursors.get(token) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "Directory_ExpiredPageToken",
+                "The specified page token value has expired and can no longer be included in your request.",
+            );
+        };
+        if cursor.filter.as_ref() != options.get("$filter")
+            || cursor.select.as_ref() != options.get("$select")
+            || cursor.top.as_ref() != options.get("$top")
+        {
+            return bad_request(
+                "The $skiptoken does not belong to this query: follow @odata.nextLink verbatim.",
+            );
+        }
+        after_id = cursor.after_id.clone();
+        first_page = false;
+    }
+
+    let page_size = dir.page_size_cap.map_or(top, |cap| top.min(cap));
+    let now = Instant::now();
+    let range = match &after_id {
+        Some(id) => (Bound::Excluded(id.clone()), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    };
+    let matching =
+        |u: &&SimUser| u.is_visible(now) && filter.as_ref().is_none_or(|f| f.matches(*u));
+    let empty_page = first_page && dir.empty_first_page;
+    let taken: Vec<&SimUser> = if empty_page {
+        Vec::new()
+    } else {
+        dir.users
+            .range(range)
+            .map(|(_, u)| u)
+            .filter(matching)
+            .take(page_size + 1)
+            .collect()
+    };
+    let more = empty_page || taken.len() > page_size;
+    let page: Vec<Value> = taken
+        .iter()
+        .take(page_size)
+        .map(|u| u.project(select.as_deref()))
+        .collect();
+    let last_id = if empty_page {
+        after_id.clone()
+    } else {
+        taken[..taken.len().min(page_size)]
+            .last()
+            .map(|u| u.id.clone())
+    };
+    let total = count.then(|| dir.users.values().filter(matching).count());
+
+    let host = host_of(headers);
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(metadata_context(&host, select.as_deref(), false)),
+    );
+    if let Some(total) = total.filter(|_| first_page) {
+        body.insert("@odata.count".into(), json!(total));
+    }
+    if more {
+        let token = format!("RFNwdAoAAQAAA{}", uuid::Uuid::new_v4().simple());
+        let cursor = Cursor {
+            filter: options.get("$filter").cloned(),
+            select: options.get("$select").cloned(),
+            top: options.get("$top").cloned(),
+            after_id: last_id,
+        };
+        let mut link = format!("http://{host}/v1.0/users?");
+        for (key, value) in [
+            ("$filter", &cursor.filter),
+            ("$select", &cursor.select),
+            ("$top", &cursor.top),
+        ] {
+            if let Some(value) = value {
+                link.push_str(&format!("{key}={}&", encode(value)));
+            }
+        }
+        link.push_str(&format!("$skiptoken={token}"));
+        dir.cursors.insert(token, cursor);
+        body.insert("@odata.nextLink".into(), json!(link));
+    }
+    body.insert("value".into(), Value::Array(page));
+    graph_json(StatusCode::OK, Value::Object(body))
+}
+
+async fn get_user(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let state = sim.state();
+    let dir = &state.graph;
+    if let Err(response) = authorize(dir, &headers) {
+        return response;
+    }
+    if !dir.has_any(READ) {
+        return denied();
+    }
+    if id == "$count" {
+        return bad_request("$count is not currently supported.");
+    }
+    if id == "delta" || id == "delta()" {
+        return error_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "The simulator does not emulate delta queries.",
+        );
+    }
+    let options = match query_options(&uri) {
+        Ok(options) => options,
+        Err(response) => return response,
+    };
+    for key in options.keys() {
+        if key.starts_with('$') && key != "$select" {
+            return bad_request(&format!(
+                "Query option '{key}' is not supported on a single user by the simulator."
+            ));
+        }
+    }
+    let select = match parse_select(options.get("$select")) {
+        Ok(select) => select,
+        Err(response) => return response,
+    };
+    match dir.visible(&id, Instant::now()) {
+        None => not_found(&id),
+        Some(user) => {
+            let mut body = match user.project(select.as_deref()) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            body.insert(
+                "@odata.context".into(),
+                json!(metadata_context(
+                    &host_of(&headers),
+                    select.as_deref(),
+                    true
+                )),
+            );
+            graph_json(StatusCode::OK, Value::Object(body))
+        }
+    }
+}
+
+/// Properties a `PATCH /users/{id}` may set in the simulator.
+const PATCHABLE: [&str; 6] = [
+    "accountEnabled",
+    "displayName",
+    "givenName",
+    "surname",
+    "jobTitle",
+    "otherMails",
+];
+
+async fn patch_user(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut state = sim.state();
+    let response = patch_user_locked(&mut state.graph, &id, &headers, &body);
+    if response.status().is_success() {
+        state.counters.writes += 1;
+    }
+    response
+}
+
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Response> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return Err(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "The request body must be application/json.",
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The request body must be a JSON object.",
+        )),
+        Err(err) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format. ({err})"
+            ),
+        )),
+    }
+}
+
+fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Err(response) = authorize(dir, headers) {
+        return response;
+    }
+    let fields = match json_body(headers, body) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    for (name, _) in fields.iter() {
+        if !PATCHABLE.contains(&name.as_str()) {
+            return bad_request(&format!(
+                "The property '{name}' does not exist on type 'microsoft.graph.user' or cannot be updated by the simulator."
+            ));
+        }
+    }
+    let only_enable = fields.keys().all(|k| k == "accountEnabled");
+    let allowed = if only_enable {
+        dir.has_any(&[
+            "User.EnableDisableAccount.All",
+            "User.ReadWrite.All",
+            "Directory.ReadWrite.All",
+        ]) && dir.has_any(READ)
+    } else {
+        dir.has_any(&["User.ReadWrite.All", "Directory.ReadWrite.All"])
+    };
+    if !allowed {
+        return denied();
+    }
+    let Some(id) = dir.visible(key, Instant::now()).map(|u| u.id.clone()) else {
+        return not_found(key);
+    };
+    // Validate every field before changing anything.
+    for (name, value) in fields.iter() {
+        let ok = match name.as_str() {
+            "accountEnabled" => value.is_boolean(),
+            "otherMails" => value
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string)),
+            _ => value.is_string() || value.is_null(),
+        };
+        if !ok {
+            return bad_request(&format!("Invalid value for property '{name}'."));
+        }
+    }
+    let Some(user) = dir.users.get_mut(&id) else {
+        return not_found(key);
+    };
+    for (name, value) in fields {
+        let text = value.as_str().map(str::to_owned);
+        match name.as_str() {
+            "accountEnabled" => {
+                user.account_enabled = value.as_bool().unwrap_or(user.account_enabled)
+            }
+            "displayName" => user.display_name = text,
+            "givenName" => user.given_name = text,
+            "surname" => user.surname = text,
+            "jobTitle" => user.job_title = text,
+            "otherMails" => {
+                user.other_mails = value
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn delete_user(
+    State(sim): State<Sim>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = sim.state();
+    let dir = &mut state.graph;
+    if let Err(response) = authorize(dir, &headers) {
+        return response;
+    }
+    if !dir.has_any(&[
+        "User.DeleteRestore.All",
+        "User.ReadWrite.All",
+        "Directory.ReadWrite.All",
+    ]) {
+        return denied();
+    }
+    let Some(id) = dir.visible(&key, Instant::now()).map(|u| u.id.clone()) else {
+        return not_found(&key);
+    };
+    dir.delete_user(&id);
+    state.counters.writes += 1;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invitations
+
+/// Why `invitedUserEmailAddress` is refused (§1), if it is.
+pub fn invalid_email_reason(address: &str) -> Option<String> {
+    if address.chars().any(char::is_whitespace) {
+        return Some("it contains white space".into());
+    }
+    if let Some(c) = address.chars().find(|c| REJECTED_EMAIL_CHARS.contains(*c)) {
+        return Some(format!("the character '{c}' is not allowed"));
+    }
+    let Some((local, domain)) = address.split_once('@') else {
+        return Some("it has no '@'".into());
+    };
+    if domain.contains('@') {
+        return Some("it has more than one '@'".into());
+    }
+    if local.is_empty() {
+        return Some("the local part is empty".into());
+    }
+    if local.starts_with(['.', '-']) || local.ends_with(['.', '-']) {
+        return Some("'.' and '-' may not start or end the local part".into());
+    }
+    if !domain.contains('.') || domain.split('.').any(str::is_empty) {
+        return Some(format!("'{domain}' is not a valid domain"));
+    }
+    None
+}
+
+const INVITATION_FIELDS: [&str; 10] = [
+    "invitedUserDisplayName",
+    "invitedUserEmailAddress",
+    "invitedUserMessageInfo",
+    "invitedUserType",
+    "inviteRedirectUrl",
+    "resetRedemption",
+    "sendInvitationMessage",
+    "invitedUser",
+    "invitedUserSponsors",
+    "@odata.type",
+];
+
+fn invitation_error(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+async fn invite(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut state = sim.state();
+    let response = invite_locked(&mut state.graph, &headers, &body);
+    if response.status() == StatusCode::CREATED {
+        state.counters.writes += 1;
+    }
+    response
+}
+
+fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Err(response) = authorize(dir, headers) {
+        return response;
+    }
+    if !dir.has_any(&[
+        "User.Invite.All",
+        "User.ReadWrite.All",
+        "Directory.ReadWrite.All",
+    ]) {
+        return denied();
+    }
+    let fields = match json_body(headers, body) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !INVITATION_FIELDS.contains(&k.as_str()))
+    {
+        return bad_request(&format!(
+            "The property '{unknown}' does not exist on type 'microsoft.graph.invitation'. Make sure to only use property names that are defined by the type or mark the type as open type."
+        ));
+    }
+    let email = match fields.get("invitedUserEmailAddress") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return invitation_error("Missing required parameter: invitedUserEmailAddress.");
+        }
+        Some(_) => return invitation_error("invitedUserEmailAddress must be a string."),
+    };
+    // Every POST naming an address counts, whatever its fate.
+    *dir.invitation_counts
+        .entry(email.trim().to_lowercase())
+        .or_insert(0) += 1;
+    let redirect = match fields.get("inviteRedirectUrl") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return invitation_error("Missing required parameter: inviteRedirectUrl.");
+        }
+        Some(_) => return invitation_error("inviteRedirectUrl must be a string."),
+    };
+    if url::Url::parse(&redirect).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        return invitation_error(&format!(
+            "inviteRedirectUrl '{redirect}' is not a valid absolute http(s) URL."
+        ));
+    }
+    if let Some(reason) = invalid_email_reason(&email) {
+        return invitation_error(&format!(
+            "The specified email address '{email}' is not valid: {reason}."
+        ));
+    }
+    let display_name = match fields.get("invitedUserDisplayName") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return invitation_error("invitedUserDisplayName must be a string."),
+    };
+    let send_email = match fields.get("sendInvitationMessage") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return invitation_error("sendInvitationMessage must be a boolean."),
+    };
+    match fields.get("invitedUserType") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Guest") => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Member") => return denied(),
+        Some(other) => {
+            return invitation_error(&format!("invitedUserType '{other}' is not valid."));
+        }
+    }
+    if fields
+        .get("resetRedemption")
+        .is_some_and(|v| v.as_bool() == Some(true))
+    {
+        return invitation_error("The simulator does not emulate resetRedemption.");
+    }
+    let mut message = None;
+    let mut message_info = Value::Null;
+    match fields.get("invitedUserMessageInfo") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(info)) => {
+            for (key, value) in info {
+                let ok = match key.as_str() {
+                    "customizedMessageBody" | "messageLanguage" => {
+                        value.is_string() || value.is_null()
+                    }
+                    "ccRecipients" => value.as_array().is_some_and(|a| a.len() <= 1),
+                    "@odata.type" => true,
+                    _ => false,
+                };
+                if !ok {
+                    return invitation_error(&format!(
+                        "invitedUserMessageInfo.{key} is not valid (only one ccRecipient is supported)."
+                    ));
+                }
+            }
+            message = info
+                .get("customizedMessageBody")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            message_info = json!({
+                "messageLanguage": info.get("messageLanguage").cloned().unwrap_or(Value::Null),
+                "ccRecipients": info.get("ccRecipients").cloned().unwrap_or(json!([])),
+                "customizedMessageBody": message,
+            });
+        }
+        Some(_) => return invitation_error("invitedUserMessageInfo must be an object."),
+    }
+    if message_info.is_null() {
+        message_info =
+            json!({"messageLanguage": null, "ccRecipients": [], "customizedMessageBody": null});
+    }
+
+    let domain = dir.credentials.tenant_domain.clone();
+    if let Some(ghost) = dir.deleted.values().find(|u| u.holds(&email, &domain)) {
+        return invitation_error(&format!(
+            "The invited user already exists in the directory as object {} (a deleted user). Restore it from deleted items or delete it permanently before inviting again.",
+            ghost.id
+        ));
+    }
+    // An existing holder of the address, visible or not yet replicated.
+    let existing = dir
+        .users
+        .values()
+        .find(|u| u.holds(&email, &domain))
+        .cloned();
+    let (user, resend) = match existing {
+        Some(user) if user.user_type != "Guest" => {
+            return invitation_error(&format!(
+                "The invited user already exists in the directory as a member (object {}); members need no invitation.",
+                user.id
+            ));
+        }
+        Some(user) => (user, true),
+        None => {
+            let mut user =
+                SimUser::guest(&email, display_name.as_deref().unwrap_or(&email), &domain);
+            if !dir.replication_delay.is_zero() {
+                user.visible_at = Some(Instant::now() + dir.replication_delay);
+            }
+            dir.users.insert(user.id.clone(), user.clone());
+            (user, false)
+        }
+    };
+    dir.invitations.push(InvitationRecord {
+        email: email.clone(),
+        display_name: display_name.clone(),
+        send_email,
+        message,
+        user_id: user.id.clone(),
+        resend,
+    });
+    let status = if user.external_user_state.as_deref() == Some("Accepted") {
+        "Completed"
+    } else {
+        "PendingAcceptance"
+    };
+    let host = host_of(headers);
+    let redeem = format!(
+        "https://login.microsoftonline.com/redeem?rd=https%3a%2f%2finvitations.microsoft.com%2fredeem%2f%3ftenant%3d{}%26user%3d{}%26ticket%3d{}",
+        dir.credentials.tenant_id,
+        user.id,
+        uuid::Uuid::new_v4().simple()
+    );
+    graph_json(
+        StatusCode::CREATED,
+        json!({
+            "@odata.context": format!("http://{host}/v1.0/$metadata#invitations/$entity"),
+            "id": uuid::Uuid::new_v4().to_string(),
+            "inviteRedeemUrl": redeem,
+            "invitedUserDisplayName": display_name,
+            "invitedUserType": "Guest",
+            "invitedUserEmailAddress": email,
+            "sendInvitationMessage": send_email,
+            "resetRedemption": false,
+            "inviteRedirectUrl": redirect,
+            "status": status,
+            "invitedUserMessageInfo": message_info,
+            "invitedUser": {"id": user.id, "userPrincipalName": user.user_principal_name},
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitation_addresses_follow_section_1() {
+        assert_eq!(invalid_email_reason("o'brien@partner.example"), None);
+        assert_eq!(invalid_email_reason("first_last@partner.example"), None);
+        assert!(invalid_email_reason("a+b@partner.example").is_some());
+        assert!(invalid_email_reason(".ana@partner.example").is_some());
+        assert!(invalid_email_reason("ana-@partner.example").is_some());
+        assert!(invalid_email_reason("ana@partner").is_some());
+        assert!(invalid_email_reason("ana partner.example").is_some());
+    }
+
+    #[test]
+    fn default_projection_hides_guest_properties() {
+        let user = SimUser::guest("ana@partner.example", "Ana", SIM_TENANT_DOMAIN);
+        let shown = user.project(None);
+        assert!(shown.get("userType").is_none());
+        assert!(shown.get("otherMails").is_none());
+        assert_eq!(
+            shown["userPrincipalName"],
+            "ana_partner.example#EXT#@sim.onmicrosoft.com"
+        );
+        let selected = user.project(Some(&["userType".to_owned()]));
+        assert_eq!(selected["userType"], "Guest");
+        assert!(selected.get("id").is_some());
+        assert!(selected.get("mail").is_none());
+    }
 }

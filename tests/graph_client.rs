@@ -1,0 +1,720 @@
+//! The Graph client against the emulated tenant on loopback: paging, lookups, invitations,
+//! tokens, throttling and failures, and the simulator's documented quirks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guestops::config::{SecretSource, TenantConfig};
+use guestops::graph::token::{ClientSecretCredential, TokenProblem};
+use guestops::graph::{GraphClient, GraphError, Invitation, Tenant};
+use guestops::http::RetryPolicy;
+use guestops::sim::graph::{
+    SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_DOMAIN, SIM_TENANT_ID, SimCredentials,
+};
+use guestops::sim::{FailRule, Sim};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+struct Env {
+    sim: Sim,
+    base: Url,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn start() -> Env {
+    let sim = Sim::new();
+    let shutdown = CancellationToken::new();
+    let base = sim
+        .spawn(
+            "127.0.0.1:0".parse().expect("socket address"),
+            shutdown.clone(),
+        )
+        .await
+        .expect("the simulator binds a loopback port");
+    Env {
+        sim,
+        base,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 5,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_total_wait: Duration::from_secs(2),
+        timeout: Duration::from_secs(20),
+    }
+}
+
+fn tenant(base: &Url) -> TenantConfig {
+    TenantConfig {
+        tenant_id: SIM_TENANT_DOMAIN.into(),
+        client_id: SIM_CLIENT_ID.into(),
+        client_secret: SecretSource::Env("UNUSED".into()),
+        authority_host: base.clone(),
+        graph_endpoint: base.clone(),
+        invite_redirect_url: "https://admin.powerembedded.com.br".into(),
+        concurrency: 4,
+    }
+}
+
+impl Env {
+    fn client(&self) -> GraphClient {
+        self.client_with(&tenant(&self.base), SIM_CLIENT_SECRET)
+    }
+
+    fn client_with(&self, tenant: &TenantConfig, secret: &str) -> GraphClient {
+        GraphClient::from_config(tenant, SecretString::from(secret.to_owned()), retry())
+            .expect("a valid client configuration")
+    }
+
+    /// A raw access token, for requests that bypass the client.
+    async fn raw_token(&self) -> String {
+        let url = self
+            .base
+            .join(&format!("{SIM_TENANT_ID}/oauth2/v2.0/token"))
+            .expect("token URL");
+        let scope = format!("{}/.default", self.base.as_str().trim_end_matches('/'));
+        let body: Value = reqwest::Client::new()
+            .post(url)
+            .form(&[
+                ("client_id", SIM_CLIENT_ID),
+                ("client_secret", SIM_CLIENT_SECRET),
+                ("scope", scope.as_str()),
+                ("grant_type", "client_credentials"),
+            ])
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token JSON");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// `GET {base}v1.0/{path_and_query}` with a valid token; status and JSON body.
+    async fn raw_get(&self, path_and_query: &str) -> (u16, Value) {
+        let token = self.raw_token().await;
+        let url = format!("{}v1.0/{path_and_query}", self.base);
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn invitation(email: &str) -> Invitation {
+    Invitation {
+        email: email.into(),
+        display_name: "Someone".into(),
+        send_email: true,
+        message: Some("You now administer the portal.".into()),
+    }
+}
+
+#[tokio::test]
+async fn lists_thousands_of_guests_over_several_pages_and_no_members() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..2500 {
+            state
+                .graph
+                .add_guest(&format!("guest{i}@partner.example"), &format!("Guest {i}"));
+        }
+        for i in 0..20 {
+            state.graph.add_member(
+                &format!("member{i}@{SIM_TENANT_DOMAIN}"),
+                Some(&format!("member{i}@contoso.example")),
+                "Member",
+            );
+        }
+    }
+    let guests = env.client().list_guests().await.expect("the full listing");
+    assert_eq!(guests.len(), 2500);
+    assert!(guests.iter().all(|g| g.is_guest() && g.is_pending()));
+    let ids: BTreeSet<_> = guests.iter().map(|g| g.id.clone()).collect();
+    assert_eq!(ids.len(), 2500, "no user is listed twice");
+    assert!(
+        guests
+            .iter()
+            .all(|g| !g.other_mails.is_empty() && g.creation_type.is_some())
+    );
+    // 999 per page: three pages.
+    assert_eq!(env.sim.state().counters.graph_requests, 3);
+}
+
+#[tokio::test]
+async fn small_pages_and_an_empty_first_page_are_followed_to_the_end() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..250 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_page_size_cap(Some(40));
+        state.graph.set_empty_first_page(true);
+    }
+    let guests = env.client().list_guests().await.expect("listing");
+    assert_eq!(guests.len(), 250);
+    // one empty page, then ceil(250 / 40) = 7 pages.
+    assert_eq!(env.sim.state().counters.graph_requests, 8);
+}
+
+#[tokio::test]
+async fn without_select_graph_returns_only_the_default_properties() {
+    let env = start().await;
+    env.sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
+    let (status, body) = env.raw_get("users").await;
+    assert_eq!(status, 200);
+    let user = &body["value"][0];
+    assert_eq!(
+        user["userPrincipalName"],
+        "ana_partner.example#EXT#@sim.onmicrosoft.com"
+    );
+    assert_eq!(user["mail"], "ana@partner.example");
+    assert!(
+        user.get("userType").is_none(),
+        "userType needs $select: {user}"
+    );
+    assert!(
+        user.get("otherMails").is_none(),
+        "otherMails needs $select: {user}"
+    );
+    assert!(user.get("externalUserState").is_none());
+
+    let (_, body) = env.raw_get("users?$select=userType,otherMails").await;
+    let user = &body["value"][0];
+    assert_eq!(user["userType"], "Guest");
+    assert_eq!(user["otherMails"][0], "ana@partner.example");
+    assert!(user.get("mail").is_none());
+}
+
+#[tokio::test]
+async fn finds_members_and_guests_by_every_address_form() {
+    let env = start().await;
+    let (member, other_only, guest, upn_only) = {
+        let mut state = env.sim.state();
+        let dir = &mut state.graph;
+        let member = dir.add_member(
+            "carla@sim.onmicrosoft.com",
+            Some("Carla.Lima@Contoso.example"),
+            "Carla",
+        );
+        let mut other =
+            guestops::sim::graph::SimUser::member("dan@sim.onmicrosoft.com", None, "Dan");
+        other.other_mails = vec!["dan@vendor.example".into()];
+        let other_only = dir.insert_user(other);
+        let guest = dir.add_guest("Ana.Silva@Partner.example", "Ana");
+        let mut bare =
+            guestops::sim::graph::SimUser::guest("eve@partner.example", "Eve", SIM_TENANT_DOMAIN);
+        bare.mail = None;
+        bare.other_mails.clear();
+        bare.proxy_addresses.clear();
+        let upn_only = dir.insert_user(bare);
+        dir.add_guest("ana.silva@partner.example.org", "Not Ana");
+        (member, other_only, guest, upn_only)
+    };
+    let client = env.client();
+    let ids = |users: Vec<guestops::graph::DirectoryUser>| {
+        users.into_iter().map(|u| u.id).collect::<Vec<_>>()
+    };
+
+    let found = client
+        .find_by_email("carla.lima@contoso.example")
+        .await
+        .expect("lookup");
+    assert_eq!(ids(found.clone()), vec![member.clone()]);
+    assert!(!found[0].is_guest(), "a member is reported as a member");
+    assert_eq!(
+        ids(client
+            .find_by_email("dan@vendor.example")
+            .await
+            .expect("lookup")),
+        vec![other_only]
+    );
+    assert_eq!(
+        ids(client
+            .find_by_email("ANA.SILVA@partner.EXAMPLE")
+            .await
+            .expect("lookup")),
+        vec![guest]
+    );
+    assert_eq!(
+        ids(client
+            .find_by_email("eve@partner.example")
+            .await
+            .expect("lookup")),
+        vec![upn_only]
+    );
+    assert_eq!(
+        ids(client
+            .find_by_email("carla@sim.onmicrosoft.com")
+            .await
+            .expect("lookup")),
+        vec![member]
+    );
+    assert!(
+        client
+            .find_by_email("nobody@partner.example")
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_apostrophe_address_is_invited_and_found() {
+    let env = start().await;
+    let client = env.client();
+    let invited = client
+        .invite(&invitation("o'brien@partner.example"))
+        .await
+        .expect("invitation");
+    assert_eq!(
+        invited.user_principal_name.as_deref(),
+        Some("o'brien_partner.example#EXT#@sim.onmicrosoft.com")
+    );
+    assert_eq!(invited.status.as_deref(), Some("PendingAcceptance"));
+    assert!(invited.request_id.is_some());
+    let found = client
+        .find_by_email("O'Brien@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, invited.user_id);
+    let user = client
+        .get_user(&invited.user_id)
+        .await
+        .expect("read")
+        .expect("the guest exists");
+    assert_eq!(user.mail.as_deref(), Some("o'brien@partner.example"));
+    let state = env.sim.state();
+    let record = &state.graph.invitations()[0];
+    assert!(record.send_email);
+    assert_eq!(
+        record.message.as_deref(),
+        Some("You now administer the portal.")
+    );
+    assert_eq!(record.display_name.as_deref(), Some("Someone"));
+}
+
+#[tokio::test]
+async fn the_token_is_fetched_once_for_many_calls() {
+    let env = start().await;
+    env.sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
+    let client = env.client();
+    let calls = (0..10).map(|_| client.list_guests());
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.expect("listing").len(), 1);
+    }
+    client
+        .find_by_email("ana@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(env.sim.state().counters.token_requests, 1);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_after_a_401() {
+    let env = start().await;
+    let client = env.client();
+    client.list_guests().await.expect("listing");
+    env.sim.state().graph.expire_tokens();
+    client
+        .list_guests()
+        .await
+        .expect("listing with a fresh token");
+    assert_eq!(env.sim.state().counters.token_requests, 2);
+}
+
+async fn token_error(env: &Env, tenant: &TenantConfig, secret: &str) -> (TokenProblem, String) {
+    match env.client_with(tenant, secret).list_guests().await {
+        Err(err @ GraphError::Token(_)) => (
+            err.token_problem().expect("a token problem"),
+            err.to_string(),
+        ),
+        other => panic!("expected a token error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn each_token_failure_says_what_to_fix() {
+    let env = start().await;
+    let good = tenant(&env.base);
+
+    let (problem, message) = token_error(&env, &good, "some-secret-id").await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(
+        message.contains("secret VALUE") && message.contains("AADSTS7000215"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("some-secret-id"),
+        "the secret is never shown"
+    );
+
+    env.sim.state().graph.set_credentials(SimCredentials {
+        secret_expired: true,
+        ..SimCredentials::default()
+    });
+    let (problem, message) = token_error(&env, &good, SIM_CLIENT_SECRET).await;
+    assert_eq!(problem, TokenProblem::ExpiredSecret);
+    assert!(message.contains("create a new secret"), "{message}");
+
+    env.sim.state().graph.set_credentials(SimCredentials {
+        app_disabled: true,
+        ..SimCredentials::default()
+    });
+    let (problem, _) = token_error(&env, &good, SIM_CLIENT_SECRET).await;
+    assert_eq!(problem, TokenProblem::AppDisabled);
+    env.sim
+        .state()
+        .graph
+        .set_credentials(SimCredentials::default());
+
+    let mut unknown_app = good.clone();
+    unknown_app.client_id = "11111111-1111-1111-1111-111111111111".into();
+    let (problem, message) = token_error(&env, &unknown_app, SIM_CLIENT_SECRET).await;
+    assert_eq!(problem, TokenProblem::UnknownApp);
+    assert!(message.contains("tenant.clientId"), "{message}");
+
+    let mut unknown_tenant = good.clone();
+    unknown_tenant.tenant_id = "nosuch.onmicrosoft.com".into();
+    let (problem, message) = token_error(&env, &unknown_tenant, SIM_CLIENT_SECRET).await;
+    assert_eq!(problem, TokenProblem::UnknownTenant);
+    assert!(message.contains("tenant.tenantId"), "{message}");
+
+    let mut wrong_cloud = good.clone();
+    let port = env.base.port().expect("port");
+    wrong_cloud.graph_endpoint = Url::parse(&format!("http://localhost:{port}/")).expect("url");
+    let (problem, message) = token_error(&env, &wrong_cloud, SIM_CLIENT_SECRET).await;
+    assert_eq!(problem, TokenProblem::WrongResource);
+    assert!(message.contains("tenant.graphEndpoint"), "{message}");
+
+    // The tenant GUID works as well as the domain.
+    let mut by_guid = good.clone();
+    by_guid.tenant_id = SIM_TENANT_ID.into();
+    env.client_with(&by_guid, SIM_CLIENT_SECRET)
+        .list_guests()
+        .await
+        .expect("GUID tenant");
+}
+
+#[tokio::test]
+async fn a_temporarily_unavailable_token_endpoint_is_retried() {
+    let env = start().await;
+    env.sim.state().graph.fail_token_requests(2);
+    env.client()
+        .list_guests()
+        .await
+        .expect("listing after token retries");
+    assert_eq!(env.sim.state().counters.token_requests, 3);
+}
+
+#[tokio::test]
+async fn the_credential_can_be_shared_as_a_token_source() {
+    let env = start().await;
+    let tenant = tenant(&env.base);
+    let http = reqwest::Client::new();
+    let credential = ClientSecretCredential::new(
+        http.clone(),
+        &tenant.authority_host,
+        &tenant.tenant_id,
+        &tenant.client_id,
+        SecretString::from(SIM_CLIENT_SECRET.to_owned()),
+        &tenant.graph_endpoint,
+        retry(),
+    )
+    .expect("credential");
+    assert!(!format!("{credential:?}").contains(SIM_CLIENT_SECRET));
+    let client =
+        GraphClient::with_http(http, &tenant, Arc::new(credential), retry()).expect("client");
+    client.list_guests().await.expect("listing");
+}
+
+#[tokio::test]
+async fn a_429_storm_is_ridden_out() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..1500 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph_faults.throttle_every = Some(2);
+        state.graph_faults.retry_after = Some("0.01".into());
+    }
+    let client = env.client();
+    assert_eq!(client.list_guests().await.expect("listing").len(), 1500);
+    let invited = client.invite(&invitation("new@partner.example")).await;
+    // A 429 refused the write: retrying it is safe, and it went through once.
+    assert!(invited.is_ok(), "{invited:?}");
+    assert_eq!(
+        env.sim
+            .state()
+            .graph
+            .invitation_count("new@partner.example"),
+        1
+    );
+    assert!(env.sim.state().counters.throttled >= 2);
+}
+
+#[tokio::test]
+async fn throttling_that_outlasts_the_budget_fails_the_read() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        state.graph.add_guest("ana@partner.example", "Ana");
+        state.graph_faults.throttle_every = Some(1);
+        state.graph_faults.retry_after = Some("0.01".into());
+    }
+    let err = env
+        .client()
+        .list_guests()
+        .await
+        .expect_err("always throttled");
+    assert!(matches!(err, GraphError::Throttled { .. }), "{err:?}");
+    assert!(err.to_string().contains("retry later"));
+    assert!(!err.is_ambiguous());
+}
+
+fn page_rule(times: Option<u32>) -> FailRule {
+    FailRule {
+        method: Some("GET".into()),
+        path_prefix: "/v1.0/users".into(),
+        query_contains: Some("$skiptoken".into()),
+        status: 503,
+        times,
+        after_processing: false,
+    }
+}
+
+#[tokio::test]
+async fn a_transient_503_on_a_later_page_is_retried() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..300 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_page_size_cap(Some(100));
+        state.graph_faults.fail.push(page_rule(Some(2)));
+    }
+    assert_eq!(
+        env.client().list_guests().await.expect("listing").len(),
+        300
+    );
+    assert_eq!(env.sim.state().counters.injected_failures, 2);
+}
+
+#[tokio::test]
+async fn a_page_that_keeps_failing_fails_the_whole_listing() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..300 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_page_size_cap(Some(100));
+        state.graph_faults.fail.push(page_rule(None));
+    }
+    let err = env
+        .client()
+        .list_guests()
+        .await
+        .expect_err("no partial list");
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert_eq!(err.code(), Some("serviceNotAvailable"));
+}
+
+#[tokio::test]
+async fn an_invitation_is_not_retried_after_a_504() {
+    let env = start().await;
+    env.sim.state().graph_faults.fail.push(FailRule {
+        method: Some("POST".into()),
+        path_prefix: "/v1.0/invitations".into(),
+        query_contains: None,
+        status: 504,
+        times: Some(1),
+        after_processing: true,
+    });
+    let client = env.client();
+    let err = client
+        .invite(&invitation("ana@partner.example"))
+        .await
+        .expect_err("gateway timeout");
+    assert!(err.is_ambiguous(), "the caller must re-observe: {err}");
+    assert_eq!(
+        env.sim
+            .state()
+            .graph
+            .invitation_count("ana@partner.example"),
+        1
+    );
+    // Re-observation finds the guest that was created despite the error.
+    let found = client
+        .find_by_email("ana@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 1);
+}
+
+#[tokio::test]
+async fn replication_delay_hides_a_new_guest_but_a_second_invitation_finds_it() {
+    let env = start().await;
+    env.sim
+        .state()
+        .graph
+        .set_replication_delay(Duration::from_secs(3600));
+    let client = env.client();
+    let first = client
+        .invite(&invitation("ana@partner.example"))
+        .await
+        .expect("invitation");
+    assert_eq!(client.get_user(&first.user_id).await.expect("read"), None);
+    assert!(
+        client
+            .find_by_email("ana@partner.example")
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+    assert!(client.list_guests().await.expect("listing").is_empty());
+    let second = client
+        .invite(&invitation("Ana@Partner.example"))
+        .await
+        .expect("re-invitation");
+    assert_eq!(second.user_id, first.user_id, "no second guest");
+    let state = env.sim.state();
+    assert_eq!(state.graph.users().len(), 1);
+    assert_eq!(state.graph.invitation_count("ana@partner.example"), 2);
+    assert!(state.graph.invitations()[1].resend);
+}
+
+#[tokio::test]
+async fn disable_and_delete_a_guest() {
+    let env = start().await;
+    let id = env
+        .sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
+    let client = env.client();
+    client
+        .set_account_enabled(&id, false)
+        .await
+        .expect("disable");
+    let user = client.get_user(&id).await.expect("read").expect("exists");
+    assert_eq!(user.account_enabled, Some(false));
+    assert!(client.delete_user(&id).await.expect("delete"));
+    assert!(!client.delete_user(&id).await.expect("already gone"));
+    assert_eq!(client.get_user(&id).await.expect("read"), None);
+    assert_eq!(env.sim.state().graph.deleted_users().len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_permission_names_the_permission_to_grant() {
+    let env = start().await;
+    env.sim.state().graph.revoke_permission("User.Invite.All");
+    let err = env
+        .client()
+        .invite(&invitation("ana@partner.example"))
+        .await
+        .expect_err("forbidden");
+    assert_eq!(err.status(), Some(403));
+    assert_eq!(err.code(), Some("Authorization_RequestDenied"));
+    assert!(err.to_string().contains("User.Invite.All"), "{err}");
+    assert!(err.request_id().is_some());
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_what_graph_refuses() {
+    let env = start().await;
+    env.sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
+    let code = |body: &Value| body["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    let (status, body) = env
+        .raw_get("users?$filter=endsWith(mail,'@partner.example')")
+        .await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "Request_UnsupportedQuery")
+    );
+    let (status, body) = env.raw_get("users?$filter=userType%20ne%20'Member'").await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "Request_UnsupportedQuery")
+    );
+    let (status, body) = env.raw_get("users?$search=%22mail:ana%22").await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "Request_UnsupportedQuery")
+    );
+    let (status, _) = env.raw_get("users?$skip=10").await;
+    assert_eq!(status, 400);
+    let (status, _) = env.raw_get("users?$top=1000").await;
+    assert_eq!(status, 400);
+    let (status, body) = env.raw_get("users?$skiptoken=made-up").await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "Directory_ExpiredPageToken")
+    );
+    let (status, body) = env
+        .raw_get("users/00000000-0000-0000-0000-000000000000")
+        .await;
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (404, "Request_ResourceNotFound")
+    );
+
+    let unauthenticated = reqwest::Client::new()
+        .get(format!("{}v1.0/users", env.base))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    let body: Value = unauthenticated.json().await.expect("JSON");
+    assert_eq!(code(&body), "InvalidAuthenticationToken");
+}
+
+#[tokio::test]
+async fn an_address_that_entra_rejects_is_a_bad_request() {
+    let env = start().await;
+    let err = env
+        .client()
+        .invite(&invitation("ana+tag@partner.example"))
+        .await
+        .expect_err("'+' is rejected by Entra");
+    assert_eq!(err.status(), Some(400));
+    assert!(env.sim.state().graph.users().is_empty());
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_off_loopback() {
+    let mut config = tenant(&Url::parse("http://127.0.0.1:1/").expect("url"));
+    config.graph_endpoint = Url::parse("http://graph.example.com/").expect("url");
+    let err = GraphClient::from_config(&config, SecretString::from("x".to_owned()), retry())
+        .expect_err("plain http to a remote host");
+    assert!(err.to_string().contains("https"), "{err}");
+}
