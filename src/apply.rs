@@ -117,6 +117,22 @@ pub struct ChangeOutcome {
     pub result: ChangeResult,
 }
 
+impl ChangeOutcome {
+    /// Whether the change failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.result, ChangeResult::Failed { .. })
+    }
+
+    /// One line for people: the error, the reason for skipping, or what re-observation found.
+    pub fn detail(&self) -> String {
+        match &self.result {
+            ChangeResult::Done { detail, .. } => detail.clone().unwrap_or_else(|| "done".into()),
+            ChangeResult::Failed { error } => error.clone(),
+            ChangeResult::Skipped { why } => why.clone(),
+        }
+    }
+}
+
 /// The outcome of every change of a plan, in plan order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {

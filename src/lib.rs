@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod diff;
 pub mod graph;
 pub mod http;
 pub mod plan;
@@ -26,3 +27,4 @@ pub mod reconcile;
 pub mod sim;
 pub mod spec;
 pub mod state;
+pub mod status;

@@ -1,3 +1,85 @@
-//! The `guestops` command line (placeholder).
+//! The `guestops` command line: parses arguments, sets up tracing, dispatches to
+//! `cmd::<subcommand>` and maps the result to an exit code. The work is in the library.
 
-fn main() {}
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (validate: the file is valid; plan: no error; apply: every change done)
+  1  error: invalid users.yaml or config, a failed read, or a change that failed
+  2  changes pending (plan --detailed-exitcode only, as Terraform)
+  3  refused by policy (allowedDomains, maxDeletions, empty desired state): nothing was written
+
+Environment:
+  RUST_LOG            log filter, e.g. guestops=debug (logs go to stderr)
+  GUESTOPS_*          overrides of every config key (see docs/config.md)";
+
+/// guestops: the external administrators of a Power Embedded organization, declared in git.
+///
+/// users.yaml lists the external admins; guestops makes the Entra ID tenant (B2B guest
+/// invitations through Microsoft Graph) and the Power Embedded portal (user registrations)
+/// match it, safely: it adopts what exists, never removes what it does not own, and refuses
+/// mass removals.
+#[derive(Debug, Parser)]
+#[command(name = "guestops", version, after_help = EXIT_CODES, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a users.yaml file: every problem at once, with line and column.
+    Validate(cmd::validate::Args),
+    /// Read the tenant and the portal and print what apply would change (read-only).
+    Plan(cmd::plan::Args),
+    /// Reconcile once: plan, then make the changes.
+    Apply(cmd::apply::Args),
+    /// Run guestops against its built-in simulator and show what it does.
+    Demo(cmd::demo::Args),
+    /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
+    Sim(cmd::sim::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Plan(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::plan::run(args))),
+        Command::Apply(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::apply::run(args))),
+        Command::Demo(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
+        Command::Sim(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::sim::run(args))),
+    };
+    match result {
+        Ok(status) => status.into(),
+        Err(err) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err:#}");
+            cmd::Status::Error.into()
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings). No timestamps when journald
+/// adds its own; no colour unless stderr is a terminal.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

@@ -60,6 +60,7 @@ fn tenant(base: &Url) -> TenantConfig {
         graph_endpoint: base.clone(),
         invite_redirect_url: "https://admin.powerembedded.com.br".into(),
         concurrency: 4,
+        cloud: Default::default(),
     }
 }
 

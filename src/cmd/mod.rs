@@ -1,0 +1,126 @@
+//! One module per subcommand. `anyhow` lives here and in `main` only.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use sha2::Digest as _;
+
+use guestops::spec::{self, DesiredState, OutputFormat, SpecPolicy};
+
+pub mod apply;
+pub mod demo;
+pub mod plan;
+pub mod sim;
+pub mod validate;
+
+/// What a command ended with; maps to the documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 0
+    Success,
+    /// 1
+    Error,
+    /// 2 (`--detailed-exitcode` only)
+    Changes,
+    /// 3
+    Refused,
+}
+
+impl From<Status> for ExitCode {
+    fn from(status: Status) -> Self {
+        ExitCode::from(match status {
+            Status::Success => 0,
+            Status::Error => 1,
+            Status::Changes => 2,
+            Status::Refused => 3,
+        })
+    }
+}
+
+/// The async runtime of the commands that talk to the network.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+/// Whether to colour output written to stdout.
+pub fn stdout_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A validated `users.yaml` and the revision it was read at.
+pub struct Desired {
+    /// The desired state.
+    pub state: DesiredState,
+    /// `sha256:<hex>` of the file content (a git commit id once the git source exists).
+    pub revision: String,
+}
+
+/// Reads and validates `users.yaml` from `path`. Diagnostics go to `err` in the human
+/// format; `Ok(None)` means the file is invalid (exit 1, nothing done).
+pub fn read_desired(
+    path: &Path,
+    policy: &SpecPolicy,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<Desired>> {
+    let bytes = read_limited(path)?;
+    let parsed = spec::parse(&bytes, policy);
+    if !parsed.diagnostics.is_empty() {
+        spec::render(
+            &parsed.diagnostics,
+            &bytes,
+            &path.display().to_string(),
+            OutputFormat::Human,
+            err,
+        )?;
+    }
+    Ok(parsed.desired.map(|state| Desired {
+        state,
+        revision: format!("sha256:{}", hex_digest(&bytes)),
+    }))
+}
+
+/// Reads a file, refusing one larger than `users.yaml` may be before reading it whole.
+pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    // One byte more than the limit, so that spec::parse sees (and reports) an oversized file.
+    file.take(spec::MAX_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// The two remote systems, connected as configured.
+pub struct Clients {
+    /// Microsoft Graph.
+    pub tenant: guestops::graph::GraphClient,
+    /// Power Embedded.
+    pub portal: guestops::portal::PortalClient,
+}
+
+/// Loads the secrets and builds both clients.
+pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
+    use guestops::http::RetryPolicy;
+    let secret = config.tenant.client_secret.load()?;
+    let tenant =
+        guestops::graph::GraphClient::from_config(&config.tenant, secret, RetryPolicy::default())?;
+    let api_key = config.portal.api_key.load()?;
+    let portal =
+        guestops::portal::PortalClient::new(&config.portal, api_key, RetryPolicy::default())?;
+    Ok(Clients { tenant, portal })
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn hex_digest(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
