@@ -197,7 +197,11 @@ async fn readyz_follows_load_success_and_failure() {
 fn parse_exposition(text: &str) -> Vec<(String, f64)> {
     let mut samples = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "exposition must end with # EOF");
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "exposition must end with # EOF"
+    );
     for line in &lines[..lines.len() - 1] {
         if let Some(comment) = line.strip_prefix("# ") {
             let kind = comment.split(' ').next().unwrap_or_default();
@@ -208,8 +212,15 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
             if kind == "TYPE" {
                 let metric_type = comment.split(' ').nth(2).unwrap_or_default();
                 assert!(
-                    ["counter", "gauge", "histogram", "info", "summary", "unknown"]
-                        .contains(&metric_type),
+                    [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "summary",
+                        "unknown"
+                    ]
+                    .contains(&metric_type),
                     "bad type: {line}"
                 );
             }
@@ -242,9 +253,7 @@ fn parse_exposition(text: &str) -> Vec<(String, f64)> {
                     .split_once("=\"")
                     .unwrap_or_else(|| panic!("bad label in {line:?}"));
                 assert!(
-                    label
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                     "bad label name {label:?} in {line:?}"
                 );
                 let mut end = None;
@@ -376,7 +385,11 @@ async fn missing_signature_is_401_and_triggers_nothing() {
     let mut f = fixture(true);
     let answer = call(&f.state, hook("push", &push_body("main"), None)).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert!(answer.body.contains("X-Hub-Signature-256"), "{}", answer.body);
+    assert!(
+        answer.body.contains("X-Hub-Signature-256"),
+        "{}",
+        answer.body
+    );
     assert!(f.triggers.try_recv().is_err());
 }
 
@@ -412,7 +425,11 @@ async fn ping_and_other_events_trigger_nothing() {
     let answer = call(&f.state, hook("ping", body, Some(sign(SECRET, body)))).await;
     assert_eq!(answer.status, StatusCode::OK);
     let body = br#"{"action":"opened"}"#;
-    let answer = call(&f.state, hook("pull_request", body, Some(sign(SECRET, body)))).await;
+    let answer = call(
+        &f.state,
+        hook("pull_request", body, Some(sign(SECRET, body))),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.contains("ignored"), "{}", answer.body);
     assert!(f.triggers.try_recv().is_err());
@@ -422,7 +439,10 @@ async fn ping_and_other_events_trigger_nothing() {
 async fn oversized_body_is_413_and_triggers_nothing() {
     let mut f = fixture(true);
     let mut body = push_body("main");
-    body.extend(std::iter::repeat_n(b' ', guestops::server::MAX_WEBHOOK_BODY));
+    body.extend(std::iter::repeat_n(
+        b' ',
+        guestops::server::MAX_WEBHOOK_BODY,
+    ));
     let answer = call(&f.state, hook("push", &body, Some(sign(SECRET, &body)))).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(f.triggers.try_recv().is_err());
@@ -481,4 +501,12 @@ async fn serve_answers_on_a_real_listener_and_stops_on_cancel() {
         .await
         .expect("server task")
         .expect("server stopped cleanly");
+}
+
+#[test]
+fn debug_output_never_shows_the_webhook_secret() {
+    let f = fixture(true);
+    let shown = format!("{:?}", f.state);
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(shown.contains("main"), "the branch is shown: {shown}");
 }

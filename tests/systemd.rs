@@ -100,7 +100,11 @@ fn notifications_reach_an_abstract_socket() {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::SocketAddr;
 
-    let name = format!("guestops-test-{}-{}", std::process::id(), uuid::Uuid::new_v4());
+    let name = format!(
+        "guestops-test-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    );
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
     let listener = UnixDatagram::bind_addr(&addr).expect("bind abstract socket");
     listener
