@@ -510,3 +510,22 @@ fn debug_output_never_shows_the_webhook_secret() {
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(shown.contains("main"), "the branch is shown: {shown}");
 }
+
+#[test]
+fn webhook_is_on_only_when_a_secret_is_provided() {
+    let config = guestops::config::Config::from_yaml_with_env(
+        "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 11111111-2222-3333-4444-555555555555\nsource:\n  branch: release\n",
+        "config.yaml",
+        &|_| None,
+    )
+    .expect("valid config");
+    let mut secrets = guestops::config::Secrets {
+        graph_client_secret: SecretString::from("g"),
+        portal_api_key: SecretString::from("p"),
+        webhook_secret: None,
+    };
+    assert!(WebhookConfig::from_config(&config, &secrets).is_none());
+    secrets.webhook_secret = Some(SecretString::from("w"));
+    let webhook = WebhookConfig::from_config(&config, &secrets).expect("webhook on");
+    assert_eq!(webhook.branch, "release");
+}

@@ -59,6 +59,24 @@ pub struct WebhookConfig {
     pub branch: String,
 }
 
+impl WebhookConfig {
+    /// The webhook of a loaded configuration: on when a webhook secret was provided, following
+    /// `source.branch`; `None` (webhook off, `/hooks/github` answers 404) otherwise.
+    pub fn from_config(
+        config: &crate::config::Config,
+        secrets: &crate::config::Secrets,
+    ) -> Option<WebhookConfig> {
+        secrets.webhook_secret.as_ref().map(|secret| WebhookConfig {
+            secret: secret.clone(),
+            branch: config.source.branch.clone(),
+        })
+    }
+}
+
+/// A sensible readiness threshold for [`Health::new`] when nothing else is configured: a
+/// daemon whose reconciles have failed for half an hour is not ready.
+pub const DEFAULT_READY_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// What the server reads and where it sends triggers. `Clone` shares everything.
 #[derive(Debug, Clone)]
 pub struct ServerState {
