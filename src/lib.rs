@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod daemon;
 pub mod diff;
 pub mod graph;
 pub mod http;

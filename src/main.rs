@@ -40,6 +40,12 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Reconcile once: plan, then make the changes.
     Apply(cmd::apply::Args),
+    /// Run the daemon: follow the git branch (or a file) and keep both systems in sync.
+    Run(cmd::run::Args),
+    /// One row per desired user: invited / pending since / accepted, registered, role, owned.
+    Status(cmd::status::Args),
+    /// What a change of users.yaml between two git revisions grants and revokes (offline).
+    Diff(cmd::diff::Args),
     /// Run guestops against its built-in simulator and show what it does.
     Demo(cmd::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
@@ -53,6 +59,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Plan(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::plan::run(args))),
         Command::Apply(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::apply::run(args))),
+        Command::Run(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::run::run(args))),
+        Command::Status(args) => {
+            cmd::runtime().and_then(|rt| rt.block_on(cmd::status::run(args)))
+        }
+        Command::Diff(args) => cmd::diff::run(args),
         Command::Demo(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
         Command::Sim(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::sim::run(args))),
     };

@@ -11,8 +11,11 @@ use guestops::spec::{self, DesiredState, OutputFormat, SpecPolicy};
 
 pub mod apply;
 pub mod demo;
+pub mod diff;
 pub mod plan;
+pub mod run;
 pub mod sim;
+pub mod status;
 pub mod validate;
 
 /// What a command ended with; maps to the documented exit codes.

@@ -47,6 +47,10 @@ pub enum Trigger {
         /// GitHub's delivery id (`X-GitHub-Delivery`), for the logs.
         delivery: Option<String>,
     },
+    /// `SIGHUP`.
+    Hangup,
+    /// The watched `users.yaml` file changed (`--desired FILE` mode).
+    FileChanged,
 }
 
 /// The GitHub webhook's settings.

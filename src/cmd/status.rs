@@ -1,0 +1,48 @@
+//! `guestops status`: one row per desired user.
+
+use guestops::state::StateStore;
+use guestops::status::{self, StatusFormat};
+
+use super::plan::{Loaded, TargetArgs, load};
+use super::{Status, connect};
+
+/// Arguments of `guestops status`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read.")]
+pub struct Args {
+    /// Host configuration file.
+    #[arg(long, short, env = "GUESTOPS_CONFIG", default_value = "/etc/guestops/config.yaml")]
+    pub config: std::path::PathBuf,
+    /// Read users.yaml from this file instead of the configured git source.
+    #[arg(long, value_name = "FILE")]
+    pub desired: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
+}
+
+/// Runs `guestops status`.
+pub async fn run(args: Args) -> anyhow::Result<Status> {
+    let target = TargetArgs {
+        config: args.config,
+        desired: args.desired,
+        format: guestops::plan::PlanFormat::Text,
+        force: false,
+    };
+    let Some(Loaded { config, desired }) = load(&target)? else {
+        return Ok(Status::Error);
+    };
+    let state = StateStore::read_only(&config.state.dir)?;
+    let clients = connect(&config)?;
+    let observed = guestops::reconcile::observe(
+        &desired.state,
+        &state,
+        &clients.tenant,
+        &clients.portal,
+        config.tenant.concurrency,
+    )
+    .await?;
+    let rows = status::rows(&desired.state, &observed, &state);
+    status::render(&rows, args.format, &mut std::io::stdout().lock())?;
+    Ok(Status::Success)
+}

@@ -1,0 +1,618 @@
+//! The daemon (`guestops run`, design §9): triggers, the reconcile loop, backoff, systemd
+//! notifications, health and metrics.
+//!
+//! As in kube-rs' controller: triggers only mean "reconcile now" (a new revision, a verified
+//! webhook, a changed file, SIGHUP); reconciles never overlap and bursts coalesce, because the
+//! single loop drains every pending trigger before it reconciles once. A periodic resync runs
+//! even when nothing changed (drift correction; triggers can get lost). Failures back off
+//! exponentially with jitter up to a cap, honouring `Retry-After`, and keep trying.
+//!
+//! An invalid `users.yaml` at a new revision changes nothing remote: the last valid desired
+//! state keeps being enforced and the problem is reported (log, metric, `/readyz` detail).
+//! On shutdown the loop stops taking triggers, lets the in-flight writes finish, saves the
+//! state and returns.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::apply::{ApplyOptions, ApplyReport};
+use crate::graph::{GraphError, Tenant};
+use crate::metrics::{Metrics, ReconcileResult};
+use crate::plan::{Observed, Plan, Policy};
+use crate::portal::Portal;
+use crate::reconcile::{ObserveError, observe};
+use crate::server::{Health, Trigger};
+use crate::source::{GitSource, Revision, SourceError, content_hash};
+use crate::spec::{self, DesiredState, SpecPolicy};
+use crate::state::StateStore;
+use crate::systemd::Notifier;
+
+/// Where the desired state comes from.
+pub trait DesiredSource: Send + Sync {
+    /// The newest revision and the bytes of `users.yaml` at it.
+    fn load(&self) -> impl Future<Output = Result<(Revision, Vec<u8>), SourceError>> + Send;
+
+    /// For logs, e.g. `https://github.com/contoso/admins.git#main:users.yaml`.
+    fn describe(&self) -> String;
+}
+
+impl DesiredSource for GitSource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        let revision = self.fetch().await?;
+        let bytes = self.read(&revision).await?;
+        Ok((revision, bytes))
+    }
+
+    fn describe(&self) -> String {
+        let settings = self.settings();
+        format!(
+            "{}#{}:{}",
+            settings.display_repo(),
+            settings.branch,
+            settings.path
+        )
+    }
+}
+
+/// A plain `users.yaml` file (`--desired FILE`); its revision is the content hash.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl DesiredSource for FileSource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        let path = self.path.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| {
+                    f.take(spec::MAX_FILE_SIZE as u64 + 1)
+                        .read_to_end(&mut bytes)
+                })
+                .map(|_| bytes)
+        })
+        .await
+        .map_err(|e| SourceError::File {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| SourceError::File {
+            path: self.path.clone(),
+            source,
+        })?;
+        let hash = content_hash(&bytes);
+        let revision = Revision {
+            id: format!("sha256:{hash}"),
+            short: format!("sha256:{}", &hash[..12]),
+            author: String::new(),
+            time: Utc::now(),
+            subject: self.path.display().to_string(),
+        };
+        Ok((revision, bytes))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Timing and limits of the loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often the source is polled for a new revision.
+    pub poll_interval: Duration,
+    /// Full reconcile even without a new revision.
+    pub resync_interval: Duration,
+    /// First retry delay after a failure.
+    pub backoff_base: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// The plan's policy.
+    pub policy: Policy,
+    /// Graph requests in flight at most (also bounds targeted lookups).
+    pub tenant_concurrency: usize,
+    /// Portal requests in flight at most.
+    pub portal_concurrency: usize,
+    /// A reconcile taking longer than this stops the watchdog pings, so systemd restarts a
+    /// hung daemon.
+    pub max_reconcile_time: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(300),
+            resync_interval: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(600),
+            policy: Policy::default(),
+            tenant_concurrency: 8,
+            portal_concurrency: 2,
+            max_reconcile_time: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// The valid desired state being enforced.
+#[derive(Debug, Clone)]
+struct Loaded {
+    revision: Revision,
+    desired: DesiredState,
+}
+
+/// Why one reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The read was incomplete; nothing was written.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// The plan is refused by policy; nothing was written.
+    #[error("the plan is refused by policy: {0}")]
+    Refused(String),
+    /// Some changes failed; the others were applied.
+    #[error("{failed} of {total} changes failed (first: {first})")]
+    ChangesFailed {
+        /// Failed changes.
+        failed: usize,
+        /// All changes.
+        total: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// The state could not be saved: the daemon must not go on writing.
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    /// Stopped by shutdown before finishing.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+impl ReconcileError {
+    /// The `Retry-After` the remote asked for, if any.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReconcileError::Observe(ObserveError::Tenant(GraphError::Throttled {
+                retry_after,
+                ..
+            })) => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn metric(&self) -> ReconcileResult {
+        match self {
+            ReconcileError::Refused(_) => ReconcileResult::Refused,
+            _ => ReconcileResult::Error,
+        }
+    }
+}
+
+/// The daemon: one target (tenant + portal), one desired source.
+pub struct Daemon<S, T, P> {
+    /// Timing and policy.
+    pub settings: Settings,
+    /// Where `users.yaml` comes from.
+    pub source: S,
+    /// The tenant.
+    pub tenant: T,
+    /// The portal.
+    pub portal: P,
+    /// State, audit and the instance lock.
+    pub store: StateStore,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Readiness for `/readyz`.
+    pub health: Health,
+    /// systemd notifications (disabled outside systemd).
+    pub notifier: Notifier,
+}
+
+/// Exponential backoff with ±20 % jitter: `base · 2^(failures-1)`, capped; at least
+/// `retry_after` when the remote asked for it.
+pub fn backoff_delay(
+    failures: u32,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(max);
+    let jittered = capped.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max);
+    jittered.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
+    /// Runs until `shutdown` is cancelled. `triggers` only mean "reconcile now".
+    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+        // Taken out of `self` so that it can ping while `self` reconciles.
+        let notifier = std::mem::replace(&mut self.notifier, Notifier::disabled());
+        let mut loaded: Option<Loaded> = None;
+        let mut ready_sent = false;
+        let mut failures: u32 = 0;
+        let start = Instant::now();
+        let mut next_poll = start;
+        let mut next_resync = start;
+        let mut retry_at: Option<Instant> = None;
+        let mut triggered = false;
+        let ping = notifier.watchdog_ping_interval();
+        tracing::info!(source = %self.source.describe(), "guestops daemon started");
+
+        loop {
+            let wake = [Some(next_poll), Some(next_resync), retry_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_resync);
+            let watchdog_at = ping.map(|p| Instant::now() + p);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                trigger = triggers.recv() => match trigger {
+                    Some(trigger) => {
+                        tracing::info!(?trigger, "reconcile requested");
+                        triggered = true;
+                    }
+                    // Every sender is gone: only timers remain.
+                    None => {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep_until(wake) => {}
+                        }
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {}
+                () = sleep_until_opt(watchdog_at) => {
+                    let _ = notifier.watchdog();
+                    continue;
+                }
+            }
+            // Coalesce a burst: whatever else is queued is covered by this round.
+            while triggers.try_recv().is_ok() {}
+            let now = Instant::now();
+
+            let mut changed = false;
+            if triggered || now >= next_poll || loaded.is_none() {
+                next_poll = now + self.settings.poll_interval;
+                match self.refresh(loaded.as_ref()).await {
+                    Ok(Some(new)) => {
+                        changed = true;
+                        loaded = Some(new);
+                    }
+                    Ok(None) => {}
+                    Err(message) => {
+                        self.health.record_failure(Utc::now(), &message);
+                        if loaded.is_none() {
+                            failures += 1;
+                            let delay = self.delay(failures, None);
+                            next_poll = Instant::now() + delay;
+                            let _ = notifier.status(&format!(
+                                "cannot load users.yaml: {message}; retrying in {}s",
+                                delay.as_secs()
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            }
+            let Some(current) = loaded.clone() else {
+                continue;
+            };
+            if !ready_sent {
+                let _ = notifier.ready();
+                ready_sent = true;
+            }
+
+            let retry_due = retry_at.is_some_and(|at| now >= at);
+            if !(changed || triggered || retry_due || now >= next_resync) {
+                continue;
+            }
+            triggered = false;
+            let started = Instant::now();
+            let span = tracing::info_span!(
+                "reconcile",
+                revision = %current.revision.short,
+                users = current.desired.users.len()
+            );
+            let outcome = with_watchdog(
+                &notifier,
+                self.settings.max_reconcile_time,
+                self.reconcile(&current, &shutdown).instrument(span),
+            )
+            .await;
+            let elapsed = started.elapsed();
+            next_resync = Instant::now() + self.settings.resync_interval;
+            match outcome {
+                Ok(summary) => {
+                    failures = 0;
+                    retry_at = None;
+                    self.metrics
+                        .record_reconcile(ReconcileResult::Success, elapsed);
+                    self.metrics.set_last_success(Utc::now().timestamp());
+                    self.health.record_success(Utc::now());
+                    let _ = notifier.status(&format!(
+                        "revision {}: {summary}",
+                        current.revision.short
+                    ));
+                }
+                Err(ReconcileError::Interrupted) => break,
+                Err(err) => {
+                    failures += 1;
+                    let delay = self.delay(failures, err.retry_after());
+                    retry_at = Some(Instant::now() + delay);
+                    self.metrics.record_reconcile(err.metric(), elapsed);
+                    self.health.record_failure(Utc::now(), &err.to_string());
+                    tracing::warn!(error = %err, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
+                    let _ = notifier.status(&format!(
+                        "revision {}: {err}; retrying in {}s",
+                        current.revision.short,
+                        delay.as_secs()
+                    ));
+                    if matches!(err, ReconcileError::Apply(_)) {
+                        tracing::error!("the state cannot be saved: stopping");
+                        break;
+                    }
+                }
+            }
+        }
+
+        let _ = notifier.stopping();
+        if let Err(err) = self.store.save() {
+            tracing::error!(error = %err, "could not save the state on shutdown");
+        }
+        tracing::info!("guestops daemon stopped");
+    }
+
+    fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        backoff_delay(
+            failures,
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            retry_after,
+            rand::random::<f64>(),
+        )
+    }
+
+    /// Loads the newest revision; `Ok(Some)` when a new valid desired state is to be
+    /// enforced, `Ok(None)` when nothing new (or the new revision is invalid: reported, the
+    /// last valid one stays), `Err` when the source cannot be read.
+    async fn refresh(&self, current: Option<&Loaded>) -> Result<Option<Loaded>, String> {
+        let (revision, bytes) = self
+            .source
+            .load()
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", self.source.describe()))?;
+        if current.is_some_and(|c| c.revision.id == revision.id) {
+            return Ok(None);
+        }
+        let parsed = spec::parse(&bytes, &SpecPolicy::default());
+        match parsed.desired {
+            Some(desired) if !parsed.has_errors() => {
+                tracing::info!(revision = %revision, users = desired.users.len(), "new desired state");
+                self.health.set_loaded(&revision.id);
+                self.metrics.set_revision(&revision.id);
+                self.metrics.set_desired_users(desired.users.len());
+                Ok(Some(Loaded { revision, desired }))
+            }
+            _ => {
+                let errors: Vec<String> = parsed
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == spec::Severity::Error)
+                    .map(|d| format!("{}:{}: {} [{}]", d.line, d.column, d.message, d.code))
+                    .collect();
+                let message = format!(
+                    "users.yaml at {} is invalid ({} errors; first: {}); still enforcing {}",
+                    revision.short,
+                    errors.len(),
+                    errors.first().map_or("?", String::as_str),
+                    current.map_or("nothing (no valid revision yet)", |c| c.revision.short.as_str()),
+                );
+                tracing::error!(revision = %revision, errors = ?errors, "{message}");
+                self.health.set_invalid_revision(&revision.id, &message);
+                self.metrics
+                    .record_reconcile(ReconcileResult::Invalid, Duration::ZERO);
+                if current.is_none() {
+                    return Err(message);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// observe → plan → apply, once.
+    async fn reconcile(
+        &mut self,
+        loaded: &Loaded,
+        shutdown: &CancellationToken,
+    ) -> Result<String, ReconcileError> {
+        let observed = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Err(ReconcileError::Interrupted),
+            observed = observe(&loaded.desired, self.store.state(), &self.tenant, &self.portal, self.settings.tenant_concurrency) => observed?,
+        };
+        let plan = crate::plan::plan(
+            &loaded.desired,
+            &observed,
+            self.store.state(),
+            &self.settings.policy,
+            Utc::now(),
+        );
+        self.metrics.set_drift_from_plan(&plan);
+        self.record_pending(&observed, Utc::now());
+        if plan.is_refused() {
+            let reasons: Vec<&str> = plan.refusals.iter().map(|r| r.message.as_str()).collect();
+            return Err(ReconcileError::Refused(reasons.join("; ")));
+        }
+        if plan.is_empty() {
+            self.store.state_mut().revision = Some(loaded.revision.id.clone());
+            return Ok("in sync".into());
+        }
+        let options = ApplyOptions {
+            tenant_concurrency: self.settings.tenant_concurrency,
+            portal_concurrency: self.settings.portal_concurrency,
+            revision: Some(loaded.revision.id.clone()),
+            author: (!loaded.revision.author.is_empty()).then(|| loaded.revision.author.clone()),
+            ..ApplyOptions::default()
+        };
+        let report = crate::apply::apply(
+            &plan,
+            &self.tenant,
+            &self.portal,
+            &mut self.store,
+            &options,
+            shutdown,
+        )
+        .await?;
+        self.record_changes(&report);
+        summarize(&plan, &report, shutdown)
+    }
+
+    fn record_changes(&self, report: &ApplyReport) {
+        for outcome in &report.outcomes {
+            let result = match &outcome.result {
+                crate::apply::ChangeResult::Done { .. } => "success",
+                crate::apply::ChangeResult::Failed { .. } => "error",
+                crate::apply::ChangeResult::Skipped { .. } => "skipped",
+            };
+            self.metrics.record_change(
+                crate::metrics::system_label(outcome.change.action.system()),
+                outcome.change.action.name(),
+                result,
+            );
+        }
+    }
+
+    /// Pending invitations of owned guests and the oldest one's age.
+    fn record_pending(&self, observed: &Observed, now: DateTime<Utc>) {
+        let state = self.store.state();
+        let owned: std::collections::HashSet<&str> = state
+            .users
+            .values()
+            .filter(|r| r.guest_owned)
+            .filter_map(|r| r.guest_id.as_deref())
+            .collect();
+        let pending: Vec<DateTime<Utc>> = observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .filter(|g| g.is_pending() && owned.contains(g.id.as_str()))
+            .map(|g| {
+                g.external_user_state_change_date_time
+                    .or(g.created_date_time)
+                    .unwrap_or(now)
+            })
+            .collect();
+        let oldest = pending
+            .iter()
+            .min()
+            .and_then(|t| (now - *t).to_std().ok());
+        self.metrics.set_pending_invitations(pending.len(), oldest);
+    }
+}
+
+fn summarize(
+    plan: &Plan,
+    report: &ApplyReport,
+    shutdown: &CancellationToken,
+) -> Result<String, ReconcileError> {
+    if report.failed() > 0 {
+        let first = report
+            .outcomes
+            .iter()
+            .find(|o| o.is_failed())
+            .map(|o| format!("{} {}: {}", o.change.action.name(), o.change.email, o.detail()))
+            .unwrap_or_default();
+        return Err(ReconcileError::ChangesFailed {
+            failed: report.failed(),
+            total: plan.changes.len(),
+            first,
+        });
+    }
+    if shutdown.is_cancelled() && !report.is_complete() {
+        return Err(ReconcileError::Interrupted);
+    }
+    Ok(format!("{} changes applied", report.succeeded()))
+}
+
+/// Runs `work`, pinging the watchdog meanwhile for at most `max_time`.
+async fn with_watchdog<F: Future>(notifier: &Notifier, max_time: Duration, work: F) -> F::Output {
+    let Some(ping) = notifier.watchdog_ping_interval() else {
+        return work.await;
+    };
+    let deadline = Instant::now() + max_time;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            () = tokio::time::sleep(ping) => {
+                if Instant::now() < deadline {
+                    let _ = notifier.watchdog();
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(600);
+        assert_eq!(backoff_delay(1, base, max, None, 0.5), Duration::from_secs(10));
+        assert_eq!(backoff_delay(3, base, max, None, 0.5), Duration::from_secs(40));
+        assert_eq!(backoff_delay(30, base, max, None, 0.5), max);
+        assert!(backoff_delay(1, base, max, None, 0.0) >= Duration::from_secs(8));
+        assert!(backoff_delay(1, base, max, None, 1.0) <= Duration::from_secs(12));
+        assert_eq!(
+            backoff_delay(1, base, max, Some(Duration::from_secs(120)), 0.5),
+            Duration::from_secs(120)
+        );
+    }
+}
+
+/// Either source, chosen at start-up.
+#[derive(Debug)]
+pub enum AnySource {
+    /// `source.repo` at `source.branch`.
+    Git(GitSource),
+    /// `--desired FILE`.
+    File(FileSource),
+}
+
+impl DesiredSource for AnySource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        match self {
+            AnySource::Git(git) => git.load().await,
+            AnySource::File(file) => file.load().await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AnySource::Git(git) => git.describe(),
+            AnySource::File(file) => file.describe(),
+        }
+    }
+}
