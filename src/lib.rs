@@ -24,5 +24,6 @@ pub mod plan;
 pub mod portal;
 pub mod reconcile;
 pub mod sim;
+pub mod source;
 pub mod spec;
 pub mod state;
