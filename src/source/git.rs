@@ -117,10 +117,11 @@ impl GitSource {
         let id = rev.id.clone();
         let label = rev.short.clone();
         tokio::task::spawn_blocking(move || {
-            let repo = Repository::open_bare(&mirror_dir).map_err(|source| SourceError::Mirror {
-                dir: mirror_dir.clone(),
-                source,
-            })?;
+            let repo =
+                Repository::open_bare(&mirror_dir).map_err(|source| SourceError::Mirror {
+                    dir: mirror_dir.clone(),
+                    source,
+                })?;
             let commit = Oid::from_str(&id)
                 .and_then(|oid| repo.find_commit(oid))
                 .map_err(|source| SourceError::RevisionNotFound {
@@ -371,7 +372,8 @@ fn read_token(file: &Path) -> Result<SecretString, SourceError> {
 fn check_repo_path(path: &str) -> Result<&Path, SourceError> {
     let p = Path::new(path);
     let ok = !path.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && p.components().any(|c| matches!(c, Component::Normal(_)));
     if ok {
         Ok(p)

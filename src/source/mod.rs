@@ -162,7 +162,9 @@ pub enum SourceError {
         revision: String,
     },
     /// The path exists at that revision but is not a regular file.
-    #[error("`{path}` at revision {revision} is not a file (a directory, a link or a submodule): check source.path")]
+    #[error(
+        "`{path}` at revision {revision} is not a file (a directory, a link or a submodule): check source.path"
+    )]
     NotAFile {
         /// Path inside the repository.
         path: String,

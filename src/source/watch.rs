@@ -268,7 +268,10 @@ mod tests {
         let name = OsString::from("users.yaml");
         let ev = |kind, path: &str| Ok(Event::new(kind).add_path(PathBuf::from(path)));
         assert!(!is_relevant(
-            &ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/d/users.yaml"),
+            &ev(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "/d/users.yaml"
+            ),
             &name
         ));
         assert!(!is_relevant(
