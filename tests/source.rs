@@ -436,3 +436,113 @@ fn revisions_serialize_for_state_and_audit() {
     assert_eq!(json["author"], "Ana Silva <ana@partner.example>");
     assert_eq!(json["time"], "2026-01-01T00:00:00Z");
 }
+
+/// A loopback HTTP server that refuses every request with `401` and records the
+/// `Authorization` headers it was sent.
+async fn refusing_git_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::http::{HeaderMap, StatusCode, header};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            if let Some(value) = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                record.lock().expect("lock").push(value.to_owned());
+            }
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
+                "",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/org/admins.git"), seen)
+}
+
+fn http_source(url: String, credential_file: Option<PathBuf>, mirror: &TempDir) -> GitSource {
+    GitSource::new(
+        GitSettings {
+            repo: url,
+            branch: "main".into(),
+            path: "users.yaml".into(),
+            credential_file,
+        },
+        mirror.path().join("source.git"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_token_is_sent_as_x_access_token_and_a_refusal_is_an_auth_error() {
+    let (url, seen) = refusing_git_server().await;
+    let secrets = TempDir::new().expect("temp dir");
+    let token_file = secrets.path().join("git-token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write token");
+    let mirror = TempDir::new().expect("temp dir");
+    let source = http_source(url, Some(token_file), &mirror);
+
+    let err = source
+        .fetch()
+        .await
+        .expect_err("the server refuses everyone");
+
+    assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("source.credentialFile"), "{err}");
+    let seen = seen.lock().expect("lock").clone();
+    // base64("x-access-token:s3cret-token"), with the trailing newline of the file trimmed.
+    assert!(
+        seen.contains(&"Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0LXRva2Vu".to_owned()),
+        "{seen:?}"
+    );
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("s3cret-token"), "the token leaked: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_asking_for_credentials_without_any_is_an_auth_error() {
+    let (url, seen) = refusing_git_server().await;
+    let mirror = TempDir::new().expect("temp dir");
+    let source = http_source(url, None, &mirror);
+
+    let err = source.fetch().await.expect_err("credentials needed");
+
+    assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
+    assert!(seen.lock().expect("lock").is_empty(), "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_credential_file_is_named() {
+    let (url, _seen) = refusing_git_server().await;
+    let mirror = TempDir::new().expect("temp dir");
+    let missing = mirror.path().join("no-such-token");
+    let source = http_source(url, Some(missing.clone()), &mirror);
+
+    let err = source.fetch().await.expect_err("token file missing");
+
+    assert!(matches!(err, SourceError::CredentialFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-token"), "{err}");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable_not_an_auth_error() {
+    // Bind then drop a listener: the port is very likely closed afterwards.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mirror = TempDir::new().expect("temp dir");
+    let source = http_source(format!("http://127.0.0.1:{port}/repo.git"), None, &mirror);
+
+    let err = source.fetch().await.expect_err("nobody listens");
+
+    assert!(matches!(err, SourceError::Unreachable { .. }), "{err:?}");
+}
