@@ -19,7 +19,9 @@ use crate::config::SourceConfig;
 const TOKEN_USER: &str = "x-access-token";
 
 /// Where the desired state lives in git (`source.*` of the host configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` redacts a password written into the repository URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct GitSettings {
     /// A URL (`https://…`, `ssh://…`, `git@host:path`) or a local path.
     pub repo: String,
@@ -47,6 +49,17 @@ impl GitSettings {
     /// The repository as it may be shown: a password in a URL is replaced by `***`.
     pub fn display_repo(&self) -> String {
         redact(&self.repo)
+    }
+}
+
+impl std::fmt::Debug for GitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSettings")
+            .field("repo", &self.display_repo())
+            .field("branch", &self.branch)
+            .field("path", &self.path)
+            .field("credential_file", &self.credential_file)
+            .finish()
     }
 }
 
@@ -481,6 +494,13 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("git.example/org/repo.git"), "{shown}");
         assert_eq!(redact("/srv/git/admins.git"), "/srv/git/admins.git");
+        let settings = GitSettings {
+            repo: "https://bot:s3cret@git.example/org/repo.git".into(),
+            branch: "main".into(),
+            path: "users.yaml".into(),
+            credential_file: None,
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
         assert_eq!(
             redact("git@github.com:org/repo.git"),
             "git@github.com:org/repo.git"
