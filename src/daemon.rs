@@ -341,10 +341,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         .record_reconcile(ReconcileResult::Success, elapsed);
                     self.metrics.set_last_success(Utc::now().timestamp());
                     self.health.record_success(Utc::now());
-                    let _ = notifier.status(&format!(
-                        "revision {}: {summary}",
-                        current.revision.short
-                    ));
+                    let _ =
+                        notifier.status(&format!("revision {}: {summary}", current.revision.short));
                 }
                 Err(ReconcileError::Interrupted) => break,
                 Err(err) => {
@@ -417,7 +415,10 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     revision.short,
                     errors.len(),
                     errors.first().map_or("?", String::as_str),
-                    current.map_or("nothing (no valid revision yet)", |c| c.revision.short.as_str()),
+                    current.map_or("nothing (no valid revision yet)", |c| c
+                        .revision
+                        .short
+                        .as_str()),
                 );
                 tracing::error!(revision = %revision, errors = ?errors, "{message}");
                 self.health.set_invalid_revision(&revision.id, &message);
@@ -514,10 +515,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     .unwrap_or(now)
             })
             .collect();
-        let oldest = pending
-            .iter()
-            .min()
-            .and_then(|t| (now - *t).to_std().ok());
+        let oldest = pending.iter().min().and_then(|t| (now - *t).to_std().ok());
         self.metrics.set_pending_invitations(pending.len(), oldest);
     }
 }
@@ -532,7 +530,14 @@ fn summarize(
             .outcomes
             .iter()
             .find(|o| o.is_failed())
-            .map(|o| format!("{} {}: {}", o.change.action.name(), o.change.email, o.detail()))
+            .map(|o| {
+                format!(
+                    "{} {}: {}",
+                    o.change.action.name(),
+                    o.change.email,
+                    o.detail()
+                )
+            })
             .unwrap_or_default();
         return Err(ReconcileError::ChangesFailed {
             failed: report.failed(),
@@ -580,8 +585,14 @@ mod tests {
     fn backoff_grows_caps_and_honours_retry_after() {
         let base = Duration::from_secs(10);
         let max = Duration::from_secs(600);
-        assert_eq!(backoff_delay(1, base, max, None, 0.5), Duration::from_secs(10));
-        assert_eq!(backoff_delay(3, base, max, None, 0.5), Duration::from_secs(40));
+        assert_eq!(
+            backoff_delay(1, base, max, None, 0.5),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            backoff_delay(3, base, max, None, 0.5),
+            Duration::from_secs(40)
+        );
         assert_eq!(backoff_delay(30, base, max, None, 0.5), max);
         assert!(backoff_delay(1, base, max, None, 0.0) >= Duration::from_secs(8));
         assert!(backoff_delay(1, base, max, None, 1.0) <= Duration::from_secs(12));

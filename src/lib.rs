@@ -28,6 +28,7 @@ pub mod portal;
 pub mod reconcile;
 pub mod server;
 pub mod sim;
+pub mod source;
 pub mod spec;
 pub mod state;
 pub mod status;

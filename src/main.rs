@@ -60,9 +60,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::plan::run(args))),
         Command::Apply(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::apply::run(args))),
         Command::Run(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::run::run(args))),
-        Command::Status(args) => {
-            cmd::runtime().and_then(|rt| rt.block_on(cmd::status::run(args)))
-        }
+        Command::Status(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::status::run(args))),
         Command::Diff(args) => cmd::diff::run(args),
         Command::Demo(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
         Command::Sim(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::sim::run(args))),

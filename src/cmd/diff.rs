@@ -11,9 +11,11 @@ use super::Status;
 
 /// Arguments of `guestops diff`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Offline: reads both revisions from a local git repository, no credentials. \
+#[command(
+    after_help = "Offline: reads both revisions from a local git repository, no credentials. \
 Exit codes: 0 ok, 1 error (including an invalid users.yaml at either revision, reported with \
-positions); with --detailed-exitcode: 0 no change in access, 2 changes.")]
+positions); with --detailed-exitcode: 0 no change in access, 2 changes."
+)]
 pub struct Args {
     /// The older revision (branch, tag, sha, HEAD~1, origin/main…).
     #[arg(long)]
@@ -35,7 +37,11 @@ pub struct Args {
     pub detailed_exitcode: bool,
 }
 
-fn load(args: &Args, rev: &str, err: &mut dyn Write) -> anyhow::Result<Option<(Side, DesiredState)>> {
+fn load(
+    args: &Args,
+    rev: &str,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<(Side, DesiredState)>> {
     let (revision, bytes) = read_at(&args.repo, rev, &args.path)?;
     let parsed = spec::parse(&bytes, &SpecPolicy::default());
     if parsed.has_errors() || parsed.desired.is_none() {

@@ -10,7 +10,9 @@ use guestops::graph::GraphClient;
 use guestops::http::RetryPolicy;
 use guestops::metrics::Metrics;
 use guestops::portal::PortalClient;
-use guestops::server::{self, DEFAULT_READY_THRESHOLD, Health, ServerState, Trigger, WebhookConfig};
+use guestops::server::{
+    self, DEFAULT_READY_THRESHOLD, Health, ServerState, Trigger, WebhookConfig,
+};
 use guestops::source::{GitSettings, GitSource, watch_file};
 use guestops::state::StateStore;
 use guestops::systemd::Notifier;
@@ -21,14 +23,21 @@ use super::Status;
 
 /// Arguments of `guestops run`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Runs until SIGTERM or SIGINT (then finishes the writes in flight, saves the \
+#[command(
+    after_help = "Runs until SIGTERM or SIGINT (then finishes the writes in flight, saves the \
 state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
 source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
 source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen. \
-Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance).")]
+Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance)."
+)]
 pub struct Args {
     /// Host configuration file.
-    #[arg(long, short, env = "GUESTOPS_CONFIG", default_value = "/etc/guestops/config.yaml")]
+    #[arg(
+        long,
+        short,
+        env = "GUESTOPS_CONFIG",
+        default_value = "/etc/guestops/config.yaml"
+    )]
     pub config: PathBuf,
     /// Follow this users.yaml file (watched for changes) instead of the configured git source.
     #[arg(long, value_name = "FILE")]

@@ -8,10 +8,17 @@ use super::{Status, connect};
 
 /// Arguments of `guestops status`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read.")]
+#[command(
+    after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read."
+)]
 pub struct Args {
     /// Host configuration file.
-    #[arg(long, short, env = "GUESTOPS_CONFIG", default_value = "/etc/guestops/config.yaml")]
+    #[arg(
+        long,
+        short,
+        env = "GUESTOPS_CONFIG",
+        default_value = "/etc/guestops/config.yaml"
+    )]
     pub config: std::path::PathBuf,
     /// Read users.yaml from this file instead of the configured git source.
     #[arg(long, value_name = "FILE")]
