@@ -802,6 +802,13 @@ fn apply_effect(
     match effect {
         Effect::None => {}
         Effect::GuestOwned { guest_id, invited } => {
+            // Another guest than the one recorded: its invitation history is not ours
+            // (the plan's resend and replication rules read these fields).
+            if record.guest_id.as_deref() != Some(guest_id.as_str()) && !invited {
+                record.invited_at = None;
+                record.last_invitation_at = None;
+                record.resend_count = 0;
+            }
             record.guest_id = Some(guest_id);
             record.guest_owned = true;
             if invited {

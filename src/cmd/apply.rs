@@ -1,6 +1,6 @@
 //! `guestops apply`: one reconcile — observe, plan, apply.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use guestops::apply::{ApplyOptions, ApplyReport};
 use guestops::plan;
@@ -32,6 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     // Taken before reading anything, so that two instances never plan against each other.
     let mut store = StateStore::open(&config.state.dir)?;
     let clients = connect(&config)?;
+    super::reading_notice();
     let plan = guestops::reconcile::observe_and_plan(
         &desired.state,
         store.state(),
@@ -64,6 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         portal_concurrency: config.portal.concurrency,
         revision: Some(desired.revision.clone()),
         author: None,
+        progress: terminal_progress(plan.changes.len()),
         ..ApplyOptions::default()
     };
     let report = guestops::apply::apply(
@@ -83,6 +85,26 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     } else {
         Status::Success
     })
+}
+
+/// One line per finished change on stderr, only when stderr is a terminal (quiet in logs
+/// and pipes).
+fn terminal_progress(total: usize) -> Option<guestops::apply::Progress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    Some(std::sync::Arc::new(move |outcome: &guestops::apply::ChangeOutcome| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "[{n}/{total}] {:<6} {} {}",
+            if outcome.is_failed() { "failed" } else { "done" },
+            outcome.change.action.name(),
+            outcome.change.email
+        );
+    }))
 }
 
 /// The summary after an apply: counts, then every failure with its reason.

@@ -127,3 +127,27 @@ pub fn hex_digest(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Tells a person at a terminal what the wait is for; silent in logs and pipes.
+pub fn reading_notice() {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = writeln!(
+            err,
+            "Reading the tenant and the portal completely (nothing is changed while reading)…"
+        );
+    }
+}
+
+/// Loads the host config, warning about `GUESTOPS_*` variables that override nothing (a typo
+/// would otherwise be silently ignored).
+pub fn load_config(path: &Path) -> anyhow::Result<guestops::config::Config> {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k != "GUESTOPS_CONFIG")
+        .collect();
+    for name in guestops::config::unrecognized_variables(names.iter().map(String::as_str)) {
+        tracing::warn!(variable = %name, "unknown GUESTOPS_* variable ignored: see docs/config.md for the names");
+    }
+    Ok(guestops::config::Config::load(path)?)
+}

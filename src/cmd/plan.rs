@@ -56,7 +56,7 @@ pub struct Loaded {
 /// Loads the config and the desired state; `Ok(None)` when users.yaml is invalid
 /// (diagnostics already printed).
 pub fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
-    let config = Config::load(&target.config)?;
+    let config = super::load_config(&target.config)?;
     let path = target.desired.clone().context(
         "no --desired FILE given: reading users.yaml from the git source (source.repo) \
          is not available yet; pass --desired path/to/users.yaml",
@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     };
     let state = StateStore::read_only(&config.state.dir)?;
     let clients = connect(&config)?;
+    super::reading_notice();
     let plan = guestops::reconcile::observe_and_plan(
         &desired.state,
         &state,

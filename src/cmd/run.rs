@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use guestops::config::Config;
 use guestops::daemon::{AnySource, Daemon, FileSource, Settings};
 use guestops::graph::GraphClient;
 use guestops::http::RetryPolicy;
@@ -46,7 +45,7 @@ pub struct Args {
 
 /// Runs `guestops run`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let config = Config::load(&args.config)?;
+    let config = super::load_config(&args.config)?;
     let secrets = config.load_secrets()?;
     let store = StateStore::open(&config.state.dir)?;
     let tenant = GraphClient::from_config(
