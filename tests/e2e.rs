@@ -39,7 +39,13 @@ fn as_refs(users: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
         .collect()
 }
 
-fn fail(method: &str, path: &str, query: Option<&str>, status: u16, times: Option<u32>) -> FailRule {
+fn fail(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    status: u16,
+    times: Option<u32>,
+) -> FailRule {
     FailRule {
         method: Some(method.to_owned()),
         path_prefix: path.to_owned(),
@@ -101,11 +107,19 @@ fn thousands_of_guests_converge_in_one_apply_and_the_second_apply_writes_nothing
         first.stdout
     );
     h.assert_converged_new(&as_refs(&users[..10]));
-    assert_eq!(h.invitations(guest), 0, "an existing guest is not re-invited");
+    assert_eq!(
+        h.invitations(guest),
+        0,
+        "an existing guest is not re-invited"
+    );
     assert_eq!(h.creates(guest), 1);
     assert_eq!(h.portal_role(guest), Some(role_code("contributor")));
     assert_eq!(h.invitations(viewer), 1);
-    assert_eq!(h.creates(viewer), 0, "an existing portal user is not re-registered");
+    assert_eq!(
+        h.creates(viewer),
+        0,
+        "an existing portal user is not re-registered"
+    );
     assert_eq!(h.portal_role(viewer), Some(role_code("administrator")));
     {
         let state = h.state();
@@ -153,9 +167,11 @@ fn existing_guests_members_and_portal_users_are_adopted_not_duplicated() {
         ];
         state.graph.insert_user(by_other);
         // Invited with another letter case.
-        state
-            .graph
-            .insert_user(SimUser::guest("CASE.Carl@Partner.Example", "Carl Case", DOMAIN));
+        state.graph.insert_user(SimUser::guest(
+            "CASE.Carl@Partner.Example",
+            "Carl Case",
+            DOMAIN,
+        ));
         // An internal member with the address: never invited.
         state.graph.insert_user(SimUser::member(
             "mo.member@contoso.example",
@@ -226,7 +242,13 @@ fn existing_guests_members_and_portal_users_are_adopted_not_duplicated() {
         0,
         "a portal user in another letter case is not registered again"
     );
-    assert_eq!(h.state().graph.find_by_email("case.carl@partner.example").len(), 1);
+    assert_eq!(
+        h.state()
+            .graph
+            .find_by_email("case.carl@partner.example")
+            .len(),
+        1
+    );
     assert_second_apply_clean(&h);
 }
 
@@ -235,14 +257,22 @@ fn an_apostrophe_in_the_address_works_end_to_end() {
     let h = Harness::new();
     seed::unrelated(&h.sim, 20, 30);
     let users = [
-        ("o'brien@partner.example", "Liam O'Brien", "workspace-contributor"),
+        (
+            "o'brien@partner.example",
+            "Liam O'Brien",
+            "workspace-contributor",
+        ),
         ("d'arcy.o'neil@partner.example", "D'Arcy O'Neil", "viewer"),
     ];
     h.write_users(&users);
     h.plan(&["--detailed-exitcode"]).expect_code(2);
     let first = h.apply(&[]);
     first.expect_code(0);
-    assert!(first.stdout.contains("o'brien@partner.example"), "{}", first.stdout);
+    assert!(
+        first.stdout.contains("o'brien@partner.example"),
+        "{}",
+        first.stdout
+    );
     h.assert_converged_new(&users);
     assert_eq!(
         h.portal_user("o'brien@partner.example")
@@ -291,9 +321,9 @@ fn a_role_change_keeps_groups_reports_flags_and_unknown_fields() {
     let plan = h.plan(&[]);
     plan.expect_code(0);
     assert!(
-        plan.stdout
-            .lines()
-            .any(|l| l.contains("update") && l.contains(email) && l.contains("viewer → contributor")),
+        plan.stdout.lines().any(|l| l.contains("update")
+            && l.contains(email)
+            && l.contains("viewer → contributor")),
         "the plan shows the role change:\n{}",
         plan.stdout
     );
@@ -313,7 +343,11 @@ fn a_role_change_keeps_groups_reports_flags_and_unknown_fields() {
     );
     assert_eq!(h.creates(email), 0);
     assert_eq!(h.invitations(email), 0);
-    assert_eq!(h.state().portal.writes().updates, 1, "one read-modify-write");
+    assert_eq!(
+        h.state().portal.writes().updates,
+        1,
+        "one read-modify-write"
+    );
     assert_second_apply_clean(&h);
 }
 
@@ -379,7 +413,11 @@ fn assert_incomplete_read_aborts(h: &Harness, users: &[(String, String, String)]
         h.counters().injected_failures > 0,
         "the failing page was requested"
     );
-    assert_eq!(h.writes(), 0, "nothing may be written after an incomplete read");
+    assert_eq!(
+        h.writes(),
+        0,
+        "nothing may be written after an incomplete read"
+    );
     for (email, _, _) in users {
         assert_eq!(h.invitations(email), 0);
         assert_eq!(h.creates(email), 0);
@@ -551,7 +589,11 @@ fn too_many_deletions_are_refused_until_forced() {
         );
     }
     assert!(h.portal_user(&users[0].0).is_some(), "the kept user stays");
-    assert_eq!(h.state().portal.len(), 30 + 1, "unowned users are untouched");
+    assert_eq!(
+        h.state().portal.len(),
+        30 + 1,
+        "unowned users are untouched"
+    );
     assert_second_apply_clean(&h);
 }
 
@@ -570,7 +612,10 @@ fn an_empty_desired_state_is_refused() {
     );
     assert_eq!(h.writes(), writes, "a refused plan writes nothing");
     for (email, _, _) in &users {
-        assert!(h.portal_user(email).is_some(), "{email} is still registered");
+        assert!(
+            h.portal_user(email).is_some(),
+            "{email} is still registered"
+        );
     }
 }
 
