@@ -668,3 +668,237 @@ fn an_invalid_users_yaml_is_reported_with_positions_and_nothing_is_requested() {
     }
     assert_eq!(h.requests(), 0, "no request reached the simulator");
 }
+
+#[test]
+fn a_write_that_succeeded_behind_a_gateway_error_is_not_repeated() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    {
+        let mut state = h.state();
+        state.graph_faults.fail = vec![FailRule {
+            after_processing: true,
+            ..fail("POST", "/v1.0/invitations", None, 504, Some(1))
+        }];
+        state.portal_faults.fail = vec![FailRule {
+            after_processing: true,
+            ..fail("POST", "/api/user", None, 504, Some(1))
+        }];
+    }
+    let users = new_users("gateway", 3);
+    h.write_users(&as_refs(&users));
+    let first = h.apply(&[]);
+    assert_eq!(
+        h.counters().injected_failures,
+        2,
+        "both gateway errors happened"
+    );
+    assert!(
+        matches!(first.code, Some(0 | 1)),
+        "apply ends normally: {first:?}"
+    );
+    // Whatever the first run concluded, the second converges without repeating a write.
+    h.apply(&[]).expect_code(0);
+    h.assert_converged_new(&as_refs(&users));
+    assert_second_apply_clean(&h);
+}
+
+#[test]
+fn one_failed_invitation_does_not_stop_the_others_and_is_retried_next_time() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    h.state().graph_faults.fail = vec![fail("POST", "/v1.0/invitations", None, 403, Some(1))];
+    let users = new_users("partial", 4);
+    h.write_users(&as_refs(&users));
+    let first = h.apply(&[]);
+    first.expect_code(1);
+    assert!(
+        first.stdout.contains("1 failed") && first.stdout.contains("failed: invite"),
+        "the failure is reported:\n{}",
+        first.stdout
+    );
+    let invited = users
+        .iter()
+        .filter(|(email, _, _)| h.invitations(email) == 1)
+        .count();
+    assert_eq!(invited, 3, "the other users were invited");
+    h.apply(&[]).expect_code(0);
+    h.assert_converged_new(&as_refs(&users));
+    assert_second_apply_clean(&h);
+}
+
+#[test]
+fn a_second_apply_during_replication_delay_does_not_invite_again() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    h.state()
+        .graph
+        .set_replication_delay(Duration::from_secs(3600));
+    let users = new_users("replicating", 3);
+    h.write_users(&as_refs(&users));
+    h.apply(&[]).expect_code(0);
+    h.assert_converged_new(&as_refs(&users));
+    assert_second_apply_clean(&h);
+    h.plan(&["--detailed-exitcode"]).expect_code(0);
+    h.assert_converged_new(&as_refs(&users));
+}
+
+#[test]
+fn plan_json_is_one_document_listing_the_changes() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    h.write_users(&[("ana.silva@partner.example", "Ana Silva", "administrator")]);
+    let run = h.plan(&["--format", "json"]);
+    run.expect_code(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    let text = plan.to_string();
+    assert!(text.contains("ana.silva@partner.example"), "{text}");
+    assert!(
+        text.contains("invite") && text.contains("register"),
+        "{text}"
+    );
+    let markdown = h.plan(&["--format", "markdown"]);
+    markdown.expect_code(0);
+    assert!(markdown.stdout.contains("ana.silva@partner.example"));
+    assert_eq!(h.writes(), 0);
+}
+
+#[test]
+fn a_second_instance_is_refused_while_one_applies() {
+    let h = Harness::new();
+    {
+        let mut state = h.state();
+        state.portal_faults.latency = Duration::from_millis(300);
+        state.graph_faults.latency = Duration::from_millis(300);
+    }
+    let users = new_users("locked", 4);
+    h.write_users(&as_refs(&users));
+    let mut child = common::guestops_std(h.dir.path())
+        .arg("apply")
+        .arg("--config")
+        .arg(h.config_path())
+        .arg("--desired")
+        .arg(h.users_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("guestops starts");
+    // The first instance holds the lock once it made a request.
+    for _ in 0..3000 {
+        if h.requests() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = h.apply(&[]);
+    let first = child.wait().expect("the first apply ends");
+    assert_eq!(first.code(), Some(0), "the first apply completes");
+    second.expect_code(1);
+    assert!(
+        second.stderr.contains(&h.state_dir().display().to_string()),
+        "the refusal names the state directory:\n{}",
+        second.stderr
+    );
+    h.assert_converged_new(&as_refs(&users));
+}
+
+#[test]
+fn secrets_and_overrides_come_from_the_environment() {
+    let mut h = Harness::new();
+    h.configure(|c| {
+        c.tenant.client_secret =
+            guestops::config::SecretSource::Env("GUESTOPS_TENANT_CLIENT_SECRET".into());
+        c.portal.api_key = guestops::config::SecretSource::Env("GUESTOPS_PORTAL_API_KEY".into());
+    });
+    h.write_users(&[
+        ("ana.silva@partner.example", "Ana Silva", "administrator"),
+        ("eve@elsewhere.example", "Eve Elsewhere", "administrator"),
+    ]);
+    let run = h
+        .cmd()
+        .args(["apply", "--config"])
+        .arg(h.config_path())
+        .arg("--desired")
+        .arg(h.users_path())
+        .env("GUESTOPS_TENANT_CLIENT_SECRET", seed::CLIENT_SECRET)
+        .env("GUESTOPS_PORTAL_API_KEY", seed::API_KEY)
+        .env("GUESTOPS_POLICY_ALLOWED_DOMAINS", "partner.example")
+        .output()
+        .expect("guestops runs");
+    let run = common::Run::from(run);
+    run.expect_code(3);
+    assert!(
+        run.stdout.contains("eve@elsewhere.example"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains(seed::CLIENT_SECRET) && !run.stderr.contains(seed::CLIENT_SECRET),
+        "the secret is never printed"
+    );
+    assert_eq!(h.writes(), 0);
+}
+
+#[test]
+fn an_ambiguous_invitation_is_not_repeated_while_the_guest_replicates() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    {
+        let mut state = h.state();
+        state.graph.set_replication_delay(Duration::from_secs(3600));
+        // The invitation is made, but the client only sees a gateway timeout, and the new
+        // guest is not visible to reads yet.
+        state.graph_faults.fail = vec![FailRule {
+            after_processing: true,
+            ..fail("POST", "/v1.0/invitations", None, 504, Some(1))
+        }];
+    }
+    let email = "una.certain@partner.example";
+    h.write_users(&[(email, "Una Certain", "administrator")]);
+
+    let first = h.apply(&[]);
+    first.expect_code(1);
+    assert!(first.stdout.contains("failed: invite"), "{}", first.stdout);
+    assert_eq!(h.invitations(email), 1);
+
+    // The next reconcile, seconds later: the guest is still replicating.
+    let second = h.apply(&[]);
+    second.expect_code(0);
+    assert_eq!(
+        h.invitations(email),
+        1,
+        "the invitation must not be posted again while the guest may be replicating:\n{}",
+        second.stdout
+    );
+    assert!(
+        second.stdout.contains("awaiting-replication"),
+        "the plan says why it does not invite:\n{}",
+        second.stdout
+    );
+    assert_eq!(
+        h.creates(email),
+        1,
+        "the portal registration is not held up"
+    );
+
+    // Replication completes: the guest is adopted, nothing is posted again.
+    {
+        let mut state = h.state();
+        let ids: Vec<String> = state
+            .graph
+            .find_by_email(email)
+            .into_iter()
+            .map(|u| u.id)
+            .collect();
+        assert_eq!(ids.len(), 1, "one guest");
+        for id in ids {
+            if let Some(user) = state.graph.user_mut(&id) {
+                user.visible_at = None;
+            }
+        }
+    }
+    let third = h.apply(&[]);
+    third.expect_code(0);
+    assert!(third.stdout.contains("adopt"), "{}", third.stdout);
+    assert_eq!(h.invitations(email), 1);
+    assert_second_apply_clean(&h);
+}
