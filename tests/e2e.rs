@@ -902,3 +902,57 @@ fn an_ambiguous_invitation_is_not_repeated_while_the_guest_replicates() {
     assert_eq!(h.invitations(email), 1);
     assert_second_apply_clean(&h);
 }
+
+#[test]
+fn removed_and_expired_users_are_removed_and_their_guests_disabled() {
+    let mut h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    h.configure(|c| {
+        c.policy.prune = true;
+        c.policy.guest_on_removal = guestops::plan::GuestOnRemoval::Disable;
+    });
+    let users = new_users("leaver", 3);
+    h.write_users(&as_refs(&users));
+    h.apply(&[]).expect_code(0);
+    h.assert_converged_new(&as_refs(&users));
+
+    // leaver00 stays, leaver01 has expired, leaver02 is removed from the file.
+    h.write_users_yaml(&format!(
+        "apiVersion: guestops/v1\nusers:\n  - email: {}\n    name: {}\n    role: {}\n  - email: {}\n    name: {}\n    role: {}\n    expires: 2020-01-31\n",
+        users[0].0, users[0].1, users[0].2, users[1].0, users[1].1, users[1].2
+    ));
+    let plan = h.plan(&["--detailed-exitcode"]);
+    plan.expect_code(2);
+    for email in [&users[1].0, &users[2].0] {
+        assert!(
+            plan.stdout
+                .lines()
+                .any(|l| l.starts_with('-') && l.contains(email.as_str())),
+            "the plan shows the removal of {email}:\n{}",
+            plan.stdout
+        );
+    }
+    assert!(
+        plan.stdout.contains("expired on 2020-01-31"),
+        "{}",
+        plan.stdout
+    );
+    h.apply(&[]).expect_code(0);
+
+    assert!(h.portal_user(&users[0].0).is_some(), "the kept user stays");
+    let state = h.state();
+    for (email, _, _) in &users[1..] {
+        assert!(state.portal.find(email).is_none(), "{email} unregistered");
+        let guests = state.graph.find_by_email(email);
+        assert_eq!(
+            guests.len(),
+            1,
+            "{email}: the guest is kept (disabled), not deleted"
+        );
+        assert!(!guests[0].account_enabled, "{email}: the guest is disabled");
+    }
+    assert!(state.graph.find_by_email(&users[0].0)[0].account_enabled);
+    assert_eq!(state.portal.len(), 30 + 1, "unowned users are untouched");
+    drop(state);
+    assert_second_apply_clean(&h);
+}
