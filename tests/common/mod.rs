@@ -204,8 +204,8 @@ impl Harness {
         self.rt.block_on(future)
     }
 
-    /// Asserts that every listed user is converged: invited exactly once unless `invited` is
-    /// false for it, registered exactly once, and stored in the portal with `role`.
+    /// Asserts that every listed (new) user is converged: invited exactly once, registered
+    /// exactly once, and stored in the portal with its role.
     pub fn assert_converged_new(&self, users: &[(&str, &str, &str)]) {
         for (email, _, role) in users {
             assert_eq!(self.invitations(email), 1, "{email} must be invited once");
