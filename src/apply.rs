@@ -398,6 +398,8 @@ enum Effect {
     GuestReleased { gone: bool },
     /// A removal failed: remember since when it is pending.
     RemovalFailed,
+    /// An invitation may have been made (ambiguous error, no guest visible yet).
+    InvitationUnconfirmed,
 }
 
 impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
@@ -631,7 +633,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                                 "the invitation of {email} may or may not have happened ({err}) and no guest is visible yet; it was not re-sent, the next reconcile looks again"
                             ),
                             request_id,
-                            Effect::None,
+                            Effect::InvitationUnconfirmed,
                         ),
                     },
                     Err(lookup) => Step::failed(
@@ -639,7 +641,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                             "the invitation of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not re-sent, the next reconcile looks again"
                         ),
                         request_id,
-                        Effect::None,
+                        Effect::InvitationUnconfirmed,
                     ),
                 }
             }
@@ -811,6 +813,7 @@ fn apply_effect(
             }
             record.guest_id = Some(guest_id);
             record.guest_owned = true;
+            record.invitation_unconfirmed_at = None;
             if invited {
                 record.invited_at.get_or_insert(now);
                 record.last_invitation_at = Some(now);
@@ -844,6 +847,9 @@ fn apply_effect(
         }
         Effect::RemovalFailed => {
             record.removal_pending_since.get_or_insert(now);
+        }
+        Effect::InvitationUnconfirmed => {
+            record.invitation_unconfirmed_at = Some(now);
         }
     }
     if !record.guest_owned && !record.portal_owned {

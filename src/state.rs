@@ -101,13 +101,21 @@ pub struct UserRecord {
     /// Time of the last change applied to this user.
     #[serde(default)]
     pub last_change: Option<DateTime<Utc>>,
+    /// When an invitation was posted whose outcome is unknown (an ambiguous error, and no
+    /// guest visible afterwards): the guest may exist but still be replicating, so the plan
+    /// does not invite again within [`crate::plan::REPLICATION_GRACE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation_unconfirmed_at: Option<DateTime<Utc>>,
 }
 
 impl UserRecord {
     /// A record with nothing owned and nothing pending carries no information worth keeping:
     /// [`crate::apply`] removes such records from the state.
     pub fn is_vacant(&self) -> bool {
-        !self.guest_owned && !self.portal_owned && self.removal_pending_since.is_none()
+        !self.guest_owned
+            && !self.portal_owned
+            && self.removal_pending_since.is_none()
+            && self.invitation_unconfirmed_at.is_none()
     }
 }
 

@@ -266,7 +266,11 @@ async fn ambiguous_invite_failure_without_a_guest_is_reported_not_re_posted() {
         "the user's later change waits for the next reconcile"
     );
     assert_eq!(world.portal.total_calls(), 0);
-    assert!(!world.state().users.contains_key("ana@partner.example"));
+    // Nothing is owned, but the possible invitation is remembered so that the next plan waits
+    // for replication instead of inviting again.
+    let record = &world.state().users["ana@partner.example"];
+    assert!(!record.guest_owned && !record.portal_owned && record.guest_id.is_none());
+    assert_eq!(record.invitation_unconfirmed_at, Some(now()));
     assert_eq!(
         world.state().revision,
         None,

@@ -423,7 +423,8 @@ fn list_ids<'x>(ids: impl Iterator<Item = &'x str>) -> String {
 /// - tenant: a matching member needs no invitation (notice `member`); a matching guest is
 ///   adopted unless already owned; several matching guests → state's id, else the smallest id
 ///   (notice `ambiguous-guest`); no match → `invite`, unless state recorded an invitation
-///   within [`REPLICATION_GRACE`] (notice `awaiting-replication`); a pending guest whose last
+///   within [`REPLICATION_GRACE`], or an invitation whose outcome was ambiguous
+///   (`invitation_unconfirmed_at`), in which case notice `awaiting-replication`; a pending guest whose last
 ///   invitation is older than `policy.resend_after` → `resend-invitation`, at most
 ///   [`MAX_RESENDS`] times (then notice `invitation-pending`);
 /// - portal: exact case-insensitive email; none → `register`; not owned → `adopt-portal`;
@@ -674,8 +675,13 @@ fn plan_desired(
         }
         TenantMatch::Nothing => {
             let recent = record.and_then(|r| {
-                r.guest_id.as_ref()?;
-                let at = r.last_invitation_at.max(r.invited_at)?;
+                // An invitation that succeeded (guest id known), or one whose outcome was
+                // ambiguous: either guest may still be replicating.
+                let at = match r.guest_id {
+                    Some(_) => r.last_invitation_at.max(r.invited_at),
+                    None => None,
+                }
+                .max(r.invitation_unconfirmed_at)?;
                 let age = now.signed_duration_since(at);
                 let grace = TimeDelta::from_std(REPLICATION_GRACE).unwrap_or(TimeDelta::MAX);
                 (age < grace).then_some(at)
@@ -684,10 +690,18 @@ fn plan_desired(
                 Some(at) => b.notice(
                     key,
                     "awaiting-replication",
-                    format!(
-                        "{email} was invited at {} and is not visible yet (Entra replication); not invited again",
-                        at.format("%Y-%m-%d %H:%M UTC")
-                    ),
+                    if record.is_some_and(|r| r.guest_id.is_some()) {
+                        format!(
+                            "{email} was invited at {} and is not visible yet (Entra replication); not invited again",
+                            at.format("%Y-%m-%d %H:%M UTC")
+                        )
+                    } else {
+                        format!(
+                            "the invitation of {email} at {} ended in an ambiguous error and no guest is visible yet (Entra replication); not invited again for {} minutes",
+                            at.format("%Y-%m-%d %H:%M UTC"),
+                            REPLICATION_GRACE.as_secs() / 60
+                        )
+                    },
                 ),
                 None => b.change(
                     key,

@@ -1,0 +1,426 @@
+//! The `guestops` command line as a user meets it: help texts (snapshotted), `validate` in its
+//! three formats, junk inputs, wrong host configurations and the demo.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Run, guestops};
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs `guestops args...` in `dir` with a clean environment.
+fn run_in(dir: &Path, args: &[&str]) -> Run {
+    Run::from(
+        guestops(dir)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("guestops runs"),
+    )
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("guestops-cli-")
+        .tempdir()
+        .expect("a temporary directory")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Help
+
+const SUBCOMMANDS: [&str; 5] = ["validate", "plan", "apply", "demo", "sim"];
+
+#[test]
+fn help_texts() {
+    let dir = tempdir();
+    let top = run_in(dir.path(), &["--help"]);
+    top.expect_code(0);
+    for sub in SUBCOMMANDS {
+        assert!(top.stdout.contains(sub), "--help lists `{sub}`");
+    }
+    insta::assert_snapshot!("help", top.stdout);
+    for sub in SUBCOMMANDS {
+        let help = run_in(dir.path(), &[sub, "--help"]);
+        help.expect_code(0);
+        insta::assert_snapshot!(format!("help-{sub}"), help.stdout);
+    }
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let dir = tempdir();
+    let top = run_in(dir.path(), &["--help"]);
+    for code in [
+        "0  success",
+        "1  error",
+        "2  changes pending",
+        "3  refused by policy",
+    ] {
+        assert!(top.stdout.contains(code), "--help explains `{code}`");
+    }
+    let expect = [
+        ("validate", &["0 the file is valid", "1 it is invalid"][..]),
+        (
+            "plan",
+            &["0 ok", "1 error", "3 refused", "2 changes pending"][..],
+        ),
+        (
+            "apply",
+            &["0 every change done", "1 error", "3 refused"][..],
+        ),
+    ];
+    for (sub, phrases) in expect {
+        let help = run_in(dir.path(), &[sub, "--help"]);
+        help.expect_code(0);
+        assert!(help.stdout.contains("Exit codes"), "{sub} --help");
+        for phrase in phrases {
+            assert!(
+                help.stdout.contains(phrase),
+                "`{sub} --help` mentions `{phrase}`:\n{}",
+                help.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_subcommand_or_flag_is_a_usage_error() {
+    let dir = tempdir();
+    let run = run_in(dir.path(), &["aplly"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("apply"),
+        "suggests apply: {}",
+        run.stderr
+    );
+    let run = run_in(dir.path(), &["plan", "--detailed-exit-code"]);
+    assert_ne!(run.code, Some(0));
+    assert!(run.stderr.contains("--detailed-exitcode"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate
+
+const BAD: &str = "apiVersion: guestops/v1
+users:
+  - email: ana.silva@partner.example
+    nmae: Ana
+  - email: bob-at-vendor.example
+    name: Bob
+";
+
+#[test]
+fn validate_accepts_the_example() {
+    let dir = tempdir();
+    let example = repo_file("examples/users.yaml");
+    let run = run_in(dir.path(), &["validate", &example.display().to_string()]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("valid, 5 users"), "{}", run.stdout);
+}
+
+#[test]
+fn validate_locates_every_problem_in_a_bad_file() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).expect("write");
+    let run = run_in(dir.path(), &["validate", "bad.yaml"]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("bad.yaml:4:5"), "{}", run.stdout);
+    assert!(run.stdout.contains("bad.yaml:5:12"), "{}", run.stdout);
+    assert!(run.stdout.contains("GO0102") && run.stdout.contains("GO0201"));
+    assert!(
+        run.stdout.contains("did you mean `name`?"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn validate_defaults_to_users_yaml_in_the_current_directory() {
+    let dir = tempdir();
+    let missing = run_in(dir.path(), &["validate"]);
+    missing.expect_code(1);
+    assert!(missing.stderr.contains("users.yaml"), "{}", missing.stderr);
+    std::fs::write(dir.path().join("users.yaml"), BAD).expect("write");
+    let run = run_in(dir.path(), &["validate"]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("users.yaml:4:5"), "{}", run.stdout);
+}
+
+#[test]
+fn validate_github_format_emits_workflow_annotations() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).expect("write");
+    let run = run_in(dir.path(), &["validate", "--format", "github", "bad.yaml"]);
+    run.expect_code(1);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("::error file=bad.yaml,line=4,col=5")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("::error file=bad.yaml,line=5,col=12")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("::")),
+        "only workflow commands: {}",
+        run.stdout
+    );
+}
+
+#[test]
+fn validate_json_format_parses() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).expect("write");
+    let run = run_in(dir.path(), &["validate", "--format", "json", "bad.yaml"]);
+    run.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(report["file"], "bad.yaml");
+    assert_eq!(report["valid"], false);
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    let positions: Vec<(String, u64, u64)> = diagnostics
+        .iter()
+        .map(|d| {
+            (
+                d["code"].as_str().unwrap_or_default().to_owned(),
+                d["line"].as_u64().unwrap_or_default(),
+                d["column"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        positions.contains(&("GO0102".into(), 4, 5)),
+        "{positions:?}"
+    );
+    assert!(
+        positions.contains(&("GO0201".into(), 5, 12)),
+        "{positions:?}"
+    );
+
+    let example = repo_file("examples/users.yaml");
+    let valid = run_in(
+        dir.path(),
+        &[
+            "validate",
+            "--format",
+            "json",
+            &example.display().to_string(),
+        ],
+    );
+    valid.expect_code(0);
+    let report: serde_json::Value = serde_json::from_str(&valid.stdout).expect("JSON");
+    assert_eq!(report["valid"], true);
+}
+
+#[test]
+fn validate_with_a_config_enforces_the_allowed_domains() {
+    let dir = tempdir();
+    let config = guestops::config::Config::for_simulator(
+        &url::Url::parse("http://127.0.0.1:9/").expect("url"),
+        &dir.path().join("state"),
+    );
+    let mut config = config;
+    config.policy.allowed_domains = vec!["partner.example".into()];
+    std::fs::write(dir.path().join("config.yaml"), config.to_yaml()).expect("write");
+    let example = repo_file("examples/users.yaml");
+    let run = run_in(
+        dir.path(),
+        &[
+            "validate",
+            "--config",
+            "config.yaml",
+            &example.display().to_string(),
+        ],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("vendor.example") && run.stdout.contains("contoso.example"),
+        "the addresses outside partner.example are reported:\n{}",
+        run.stdout
+    );
+}
+
+/// A junk input is refused with exit 1 and a diagnostic, never a panic.
+#[track_caller]
+fn assert_junk_refused(dir: &Path, name: &str, content: &[u8], code: &str) {
+    std::fs::write(dir.join(name), content).expect("write");
+    for format in ["human", "json", "github"] {
+        let run = run_in(dir, &["validate", "--format", format, name]);
+        run.expect_code(1);
+        assert!(
+            run.stdout.contains(code),
+            "{name} ({format}): {code} expected:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn junk_inputs_are_refused_without_panic() {
+    let dir = tempdir();
+    assert_junk_refused(dir.path(), "empty.yaml", b"", "GO0");
+    let binary: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    assert_junk_refused(dir.path(), "binary.yaml", &binary, "GO0002");
+    let mut big = String::from("apiVersion: guestops/v1\nusers:\n");
+    while big.len() < 2 * 1024 * 1024 {
+        big.push_str("  - email: someone@partner.example\n    name: Some One\n");
+    }
+    assert_junk_refused(dir.path(), "big.yaml", big.as_bytes(), "GO0001");
+    let bomb = std::fs::read(repo_file("tests/fixtures/specs/alias-bomb.yaml")).expect("fixture");
+    assert_junk_refused(dir.path(), "bomb.yaml", &bomb, "GO0005");
+    assert_junk_refused(
+        dir.path(),
+        "nul.yaml",
+        b"apiVersion: guestops/v1\n\0\0\0",
+        "GO0",
+    );
+    assert_junk_refused(
+        dir.path(),
+        "deep.yaml",
+        "[".repeat(100_000).as_bytes(),
+        "GO0",
+    );
+}
+
+#[test]
+fn a_directory_instead_of_a_file_is_an_error_not_a_panic() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("users.yaml")).expect("mkdir");
+    let run = run_in(dir.path(), &["validate", "users.yaml"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("users.yaml"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host configuration
+
+/// A config for a simulator that does not run: loading fails before any request.
+fn sim_config(dir: &Path) -> String {
+    guestops::config::Config::for_simulator(
+        &url::Url::parse("http://127.0.0.1:9/").expect("url"),
+        &dir.join("state"),
+    )
+    .to_yaml()
+}
+
+/// `plan` and `validate --config` with a broken config: exit 1, the key is named.
+#[track_caller]
+fn assert_config_refused(config: &str, key: &str) {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let example = repo_file("examples/users.yaml").display().to_string();
+    for args in [
+        &["plan", "--config", "config.yaml", "--desired", &example][..],
+        &["apply", "--config", "config.yaml", "--desired", &example][..],
+        &["validate", "--config", "config.yaml", &example][..],
+    ] {
+        let run = run_in(dir.path(), args);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains(key),
+            "`{}` names `{key}`:\n{}",
+            args.join(" "),
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn a_config_with_an_unknown_key_is_refused_naming_it() {
+    let dir = tempdir();
+    let config = sim_config(dir.path()).replace("  prune: false", "  prune: false\n  pruen: true");
+    assert!(config.contains("pruen"));
+    assert_config_refused(&config, "policy.pruen");
+}
+
+#[test]
+fn a_plain_http_endpoint_off_loopback_is_refused_naming_the_key() {
+    let dir = tempdir();
+    let config = sim_config(dir.path()).replace(
+        "  baseUrl: http://127.0.0.1:9/",
+        "  baseUrl: http://api.powerembedded.example/",
+    );
+    assert!(config.contains("api.powerembedded.example"));
+    assert_config_refused(&config, "portal.baseUrl");
+    let config = sim_config(dir.path()).replace(
+        "  graphEndpoint: http://127.0.0.1:9/",
+        "  graphEndpoint: http://graph.example/",
+    );
+    assert!(config.contains("graph.example"));
+    assert_config_refused(&config, "tenant.graphEndpoint");
+}
+
+#[test]
+fn a_missing_secret_is_an_error_naming_where_it_is_read_from() {
+    let dir = tempdir();
+    // The simulator config reads the secrets from the environment, which is empty here.
+    std::fs::write(dir.path().join("config.yaml"), sim_config(dir.path())).expect("write");
+    let example = repo_file("examples/users.yaml").display().to_string();
+    let run = run_in(
+        dir.path(),
+        &["plan", "--config", "config.yaml", "--desired", &example],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("GUESTOPS_TENANT_CLIENT_SECRET"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn plan_without_desired_file_says_what_to_pass() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("config.yaml"), sim_config(dir.path())).expect("write");
+    let run = run_in(dir.path(), &["plan", "--config", "config.yaml"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("--desired"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo
+
+#[test]
+fn demo_converges_and_ends_with_an_empty_plan() {
+    let dir = tempdir();
+    let run = run_in(dir.path(), &["demo"]);
+    run.expect_code(0);
+    let out = &run.stdout;
+    let first = out
+        .find("1. guestops plan")
+        .expect("the demo shows the first plan");
+    let second = out
+        .find("3. guestops plan again")
+        .expect("the demo shows the second plan");
+    assert!(first < second);
+    assert!(
+        out[first..second].contains("to invite"),
+        "the first plan has changes:\n{out}"
+    );
+    assert!(out[first..second].contains("0 failed"), "{out}");
+    let after = &out[second..];
+    let plan_line = after.lines().nth(1).unwrap_or_default();
+    assert!(
+        plan_line.starts_with("No changes"),
+        "the second plan is empty, got `{plan_line}`:\n{out}"
+    );
+    assert!(
+        !after.contains("\n+ ") && !after.contains("\n~ ") && !after.contains("\n- "),
+        "no change after the apply:\n{after}"
+    );
+    assert!(
+        !out.contains("\x1b["),
+        "no colour when stdout is not a terminal"
+    );
+}
