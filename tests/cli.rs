@@ -32,7 +32,9 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 5] = ["validate", "plan", "apply", "demo", "sim"];
+const SUBCOMMANDS: [&str; 8] = [
+    "validate", "plan", "apply", "run", "status", "diff", "demo", "sim",
+];
 
 #[test]
 fn help_texts() {

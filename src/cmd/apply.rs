@@ -26,7 +26,7 @@ pub struct Args {
 
 /// Runs `guestops apply`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let Some(Loaded { config, desired }) = load(&args.target)? else {
+    let Some(Loaded { config, desired }) = load(&args.target).await? else {
         return Ok(Status::Error);
     };
     // Taken before reading anything, so that two instances never plan against each other.
@@ -94,17 +94,23 @@ fn terminal_progress(total: usize) -> Option<guestops::apply::Progress> {
         return None;
     }
     let done = std::sync::atomic::AtomicUsize::new(0);
-    Some(std::sync::Arc::new(move |outcome: &guestops::apply::ChangeOutcome| {
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "[{n}/{total}] {:<6} {} {}",
-            if outcome.is_failed() { "failed" } else { "done" },
-            outcome.change.action.name(),
-            outcome.change.email
-        );
-    }))
+    Some(std::sync::Arc::new(
+        move |outcome: &guestops::apply::ChangeOutcome| {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "[{n}/{total}] {:<6} {} {}",
+                if outcome.is_failed() {
+                    "failed"
+                } else {
+                    "done"
+                },
+                outcome.change.action.name(),
+                outcome.change.email
+            );
+        },
+    ))
 }
 
 /// The summary after an apply: counts, then every failure with its reason.

@@ -63,28 +63,42 @@ pub struct Desired {
     pub revision: String,
 }
 
-/// Reads and validates `users.yaml` from `path`. Diagnostics go to `err` in the human
-/// format; `Ok(None)` means the file is invalid (exit 1, nothing done).
-pub fn read_desired(
-    path: &Path,
-    policy: &SpecPolicy,
+/// Reads and validates `users.yaml`: from `path` when given, else from the configured git
+/// source at the tip of `source.branch` (fetched into the mirror under `state.dir`, read from
+/// the commit tree). Diagnostics go to `err` in the human format; `Ok(None)` means the file
+/// is invalid (exit 1, nothing done).
+pub async fn read_desired(
+    path: Option<&Path>,
+    config: &guestops::config::Config,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<Desired>> {
-    let bytes = read_limited(path)?;
-    let parsed = spec::parse(&bytes, policy);
+    use guestops::source::{GitSettings, GitSource};
+    let (bytes, revision, name) = match path {
+        Some(path) => {
+            let bytes = read_limited(path)?;
+            let revision = format!("sha256:{}", hex_digest(&bytes));
+            (bytes, revision, path.display().to_string())
+        }
+        None => {
+            let settings = GitSettings::from_config(&config.source).context(
+                "no users.yaml to read: set source.repo in the config, or pass --desired FILE",
+            )?;
+            let name = format!("{}@{}", settings.path, settings.branch);
+            let source = GitSource::new(settings, config.state.dir.join("mirror"));
+            let revision = source.fetch().await?;
+            let bytes = source.read(&revision).await?;
+            (bytes, revision.id, name)
+        }
+    };
+    // The domain policy is enforced by the plan (a refusal, exit 3), not by validation.
+    let parsed = spec::parse(&bytes, &SpecPolicy::default());
     if !parsed.diagnostics.is_empty() {
-        spec::render(
-            &parsed.diagnostics,
-            &bytes,
-            &path.display().to_string(),
-            OutputFormat::Human,
-            err,
-        )?;
+        spec::render(&parsed.diagnostics, &bytes, &name, OutputFormat::Human, err)?;
     }
-    Ok(parsed.desired.map(|state| Desired {
-        state,
-        revision: format!("sha256:{}", hex_digest(&bytes)),
-    }))
+    if parsed.has_errors() {
+        return Ok(None);
+    }
+    Ok(parsed.desired.map(|state| Desired { state, revision }))
 }
 
 /// Reads a file, refusing one larger than `users.yaml` may be before reading it whole.

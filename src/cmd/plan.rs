@@ -3,10 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use guestops::config::Config;
 use guestops::plan::{self, PlanFormat};
-use guestops::spec::SpecPolicy;
 use guestops::state::StateStore;
 
 use super::{Status, connect, read_desired, stdout_color};
@@ -55,15 +53,10 @@ pub struct Loaded {
 
 /// Loads the config and the desired state; `Ok(None)` when users.yaml is invalid
 /// (diagnostics already printed).
-pub fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
+pub async fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
     let config = super::load_config(&target.config)?;
-    let path = target.desired.clone().context(
-        "no --desired FILE given: reading users.yaml from the git source (source.repo) \
-         is not available yet; pass --desired path/to/users.yaml",
-    )?;
-    // The domain policy is enforced by the plan (a refusal, exit 3), not by validation.
     let mut stderr = std::io::stderr().lock();
-    let Some(desired) = read_desired(&path, &SpecPolicy::default(), &mut stderr)? else {
+    let Some(desired) = read_desired(target.desired.as_deref(), &config, &mut stderr).await? else {
         return Ok(None);
     };
     Ok(Some(Loaded { config, desired }))
@@ -71,7 +64,7 @@ pub fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
 
 /// Runs `guestops plan`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let Some(Loaded { config, desired }) = load(&args.target)? else {
+    let Some(Loaded { config, desired }) = load(&args.target).await? else {
         return Ok(Status::Error);
     };
     let state = StateStore::read_only(&config.state.dir)?;

@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         format: guestops::plan::PlanFormat::Text,
         force: false,
     };
-    let Some(Loaded { config, desired }) = load(&target)? else {
+    let Some(Loaded { config, desired }) = load(&target).await? else {
         return Ok(Status::Error);
     };
     let state = StateStore::read_only(&config.state.dir)?;
