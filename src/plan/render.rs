@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Action, Change, Notice, Plan, Refusal, System};
+use crate::spec::Role;
 
 /// GitHub's limit on the body of a comment, in characters.
 pub const GITHUB_COMMENT_LIMIT: usize = 65_535;
@@ -245,17 +246,39 @@ fn role_name(role: Option<crate::spec::Role>) -> &'static str {
     role.map_or("unknown", |r| r.as_str())
 }
 
-/// What a change does beyond its verb and user, as plain text (not escaped).
-fn details_text(action: &Action) -> String {
+/// How the details of a change mark up ids, names and the new role.
+struct DetailStyle {
+    id: fn(&str) -> String,
+    name: fn(&str) -> String,
+    role: fn(Role) -> String,
+}
+
+/// Plain text for a terminal (not escaped further).
+const TEXT_DETAILS: DetailStyle = DetailStyle {
+    id: |s| clean(s).into_owned(),
+    name: quoted,
+    role: |r| r.to_string(),
+};
+
+/// Markdown for a pull-request comment.
+const MARKDOWN_DETAILS: DetailStyle = DetailStyle {
+    id: code,
+    name: code,
+    role: |r| format!("**{r}**"),
+};
+
+/// What a change does beyond its verb and user.
+fn details(action: &Action, style: &DetailStyle) -> String {
+    let id = style.id;
     match action {
-        Action::AdoptGuest { guest_id } => format!("guest {}", clean(guest_id)),
-        Action::AdoptPortal { portal_id } => format!("portal user {}", clean(portal_id)),
+        Action::AdoptGuest { guest_id } => format!("guest {}", id(guest_id)),
+        Action::AdoptPortal { portal_id } => format!("portal user {}", id(portal_id)),
         Action::Invite {
             display_name,
             send_email,
             ..
         } => {
-            let mut s = quoted(display_name);
+            let mut s = (style.name)(display_name);
             if !send_email {
                 s.push_str(" (no invitation email)");
             }
@@ -268,12 +291,14 @@ fn details_text(action: &Action) -> String {
         } => match pending_since {
             Some(t) => format!(
                 "guest {}, pending since {}",
-                clean(guest_id),
+                id(guest_id),
                 t.format("%Y-%m-%d")
             ),
-            None => format!("guest {}", clean(guest_id)),
+            None => format!("guest {}", id(guest_id)),
         },
-        Action::Register { name, role } => format!("{} as {role}", quoted(name)),
+        Action::Register { name, role } => {
+            format!("{} as {}", (style.name)(name), (style.role)(*role))
+        }
         Action::UpdatePortal {
             from_name,
             to_name,
@@ -283,18 +308,26 @@ fn details_text(action: &Action) -> String {
         } => {
             let mut parts = Vec::new();
             if *from_role != Some(*to_role) {
-                parts.push(format!("role {} → {to_role}", role_name(*from_role)));
+                parts.push(format!(
+                    "role {} → {}",
+                    role_name(*from_role),
+                    (style.role)(*to_role)
+                ));
             }
             if from_name != to_name {
-                parts.push(format!("name {} → {}", quoted(from_name), quoted(to_name)));
+                parts.push(format!(
+                    "name {} → {}",
+                    (style.name)(from_name),
+                    (style.name)(to_name)
+                ));
             }
             parts.join(", ")
         }
-        Action::Unregister { portal_id } => format!("portal user {}", clean(portal_id)),
-        Action::DisableGuest { guest_id } => format!("guest {} (sign-in blocked)", clean(guest_id)),
-        Action::DeleteGuest { guest_id } => format!("guest {}", clean(guest_id)),
+        Action::Unregister { portal_id } => format!("portal user {}", id(portal_id)),
+        Action::DisableGuest { guest_id } => format!("guest {} (sign-in blocked)", id(guest_id)),
+        Action::DeleteGuest { guest_id } => format!("guest {}", id(guest_id)),
         Action::ReleaseGuest { guest_id } => {
-            format!("guest {} (kept, no longer managed)", clean(guest_id))
+            format!("guest {} (kept, no longer managed)", id(guest_id))
         }
     }
 }
@@ -321,7 +354,7 @@ fn change_line(c: &Change) -> String {
         label(&c.action),
         clean(&c.email)
     );
-    let details = details_text(&c.action);
+    let details = details(&c.action, &TEXT_DETAILS);
     if !details.is_empty() {
         line.push(' ');
         line.push_str(&details);
@@ -424,59 +457,6 @@ fn md_text(s: &str) -> String {
     out
 }
 
-fn details_markdown(action: &Action) -> String {
-    match action {
-        Action::AdoptGuest { guest_id } => format!("guest {}", code(guest_id)),
-        Action::AdoptPortal { portal_id } => format!("portal user {}", code(portal_id)),
-        Action::Invite {
-            display_name,
-            send_email,
-            ..
-        } => {
-            let mut s = code(display_name);
-            if !send_email {
-                s.push_str(" (no invitation email)");
-            }
-            s
-        }
-        Action::ResendInvitation {
-            guest_id,
-            pending_since,
-            ..
-        } => match pending_since {
-            Some(t) => format!(
-                "guest {}, pending since {}",
-                code(guest_id),
-                t.format("%Y-%m-%d")
-            ),
-            None => format!("guest {}", code(guest_id)),
-        },
-        Action::Register { name, role } => format!("{} as **{role}**", code(name)),
-        Action::UpdatePortal {
-            from_name,
-            to_name,
-            from_role,
-            to_role,
-            ..
-        } => {
-            let mut parts = Vec::new();
-            if *from_role != Some(*to_role) {
-                parts.push(format!("role {} → **{to_role}**", role_name(*from_role)));
-            }
-            if from_name != to_name {
-                parts.push(format!("name {} → {}", code(from_name), code(to_name)));
-            }
-            parts.join(", ")
-        }
-        Action::Unregister { portal_id } => format!("portal user {}", code(portal_id)),
-        Action::DisableGuest { guest_id } => format!("guest {} (sign-in blocked)", code(guest_id)),
-        Action::DeleteGuest { guest_id } => format!("guest {}", code(guest_id)),
-        Action::ReleaseGuest { guest_id } => {
-            format!("guest {} (kept, no longer managed)", code(guest_id))
-        }
-    }
-}
-
 fn markdown_change_row(c: &Change) -> String {
     let reason = c.reason.as_deref().map(md_text).unwrap_or_default();
     format!(
@@ -484,7 +464,7 @@ fn markdown_change_row(c: &Change) -> String {
         marker(&c.action),
         code(&c.email),
         label(&c.action),
-        details_markdown(&c.action),
+        details(&c.action, &MARKDOWN_DETAILS),
         reason
     )
 }
