@@ -26,7 +26,7 @@ pub struct Args {
 
 /// Runs `guestops apply`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let Some(Loaded { config, desired }) = load(&args.target).await? else {
+    let Some(Loaded { config, desired }) = load(&args.target.source).await? else {
         return Ok(Status::Error);
     };
     // Taken before reading anything, so that two instances never plan against each other.

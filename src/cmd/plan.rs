@@ -9,9 +9,9 @@ use guestops::state::StateStore;
 
 use super::{Status, connect, read_desired, stdout_color};
 
-/// Arguments shared by `plan` and `apply`.
-#[derive(Debug, clap::Args)]
-pub struct TargetArgs {
+/// Where the config and users.yaml come from (`plan`, `apply`, `status`, `run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
     /// Host configuration file.
     #[arg(
         long,
@@ -23,6 +23,13 @@ pub struct TargetArgs {
     /// Read users.yaml from this file instead of the configured git source.
     #[arg(long, value_name = "FILE")]
     pub desired: Option<PathBuf>,
+}
+
+/// Arguments shared by `plan` and `apply`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Output format of the plan.
     #[arg(long, value_enum, default_value = "text")]
     pub format: PlanFormat,
@@ -53,10 +60,10 @@ pub struct Loaded {
 
 /// Loads the config and the desired state; `Ok(None)` when users.yaml is invalid
 /// (diagnostics already printed).
-pub async fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
-    let config = super::load_config(&target.config)?;
+pub async fn load(source: &SourceArgs) -> anyhow::Result<Option<Loaded>> {
+    let config = super::load_config(&source.config)?;
     let mut stderr = std::io::stderr().lock();
-    let Some(desired) = read_desired(target.desired.as_deref(), &config, &mut stderr).await? else {
+    let Some(desired) = read_desired(source.desired.as_deref(), &config, &mut stderr).await? else {
         return Ok(None);
     };
     Ok(Some(Loaded { config, desired }))
@@ -64,7 +71,7 @@ pub async fn load(target: &TargetArgs) -> anyhow::Result<Option<Loaded>> {
 
 /// Runs `guestops plan`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let Some(Loaded { config, desired }) = load(&args.target).await? else {
+    let Some(Loaded { config, desired }) = load(&args.target.source).await? else {
         return Ok(Status::Error);
     };
     let state = StateStore::read_only(&config.state.dir)?;

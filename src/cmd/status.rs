@@ -3,7 +3,7 @@
 use guestops::state::StateStore;
 use guestops::status::{self, StatusFormat};
 
-use super::plan::{Loaded, TargetArgs, load};
+use super::plan::{Loaded, SourceArgs, load};
 use super::{Status, connect};
 
 /// Arguments of `guestops status`.
@@ -12,17 +12,8 @@ use super::{Status, connect};
     after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read."
 )]
 pub struct Args {
-    /// Host configuration file.
-    #[arg(
-        long,
-        short,
-        env = "GUESTOPS_CONFIG",
-        default_value = "/etc/guestops/config.yaml"
-    )]
-    pub config: std::path::PathBuf,
-    /// Read users.yaml from this file instead of the configured git source.
-    #[arg(long, value_name = "FILE")]
-    pub desired: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: StatusFormat,
@@ -30,13 +21,7 @@ pub struct Args {
 
 /// Runs `guestops status`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let target = TargetArgs {
-        config: args.config,
-        desired: args.desired,
-        format: guestops::plan::PlanFormat::Text,
-        force: false,
-    };
-    let Some(Loaded { config, desired }) = load(&target).await? else {
+    let Some(Loaded { config, desired }) = load(&args.source).await? else {
         return Ok(Status::Error);
     };
     let state = StateStore::read_only(&config.state.dir)?;
