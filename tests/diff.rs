@@ -17,7 +17,7 @@ users:
   - email: Bob.Stone@vendor.example
     name: Bob Stone
     role: contributor
-    expires: 2027-03-31
+    expires: 2099-03-31
     reason: \"CHG-1234 migration support\"
   - email: carla@partner.example
     name: Carla Mendes
@@ -31,11 +31,11 @@ defaults:
 users:
   - email: ana.silva@partner.example
     name: Ana Silva
-    expires: 2028-06-30
+    expires: 2099-06-30
   - email: Bob.Stone@vendor.example
     name: Bob Stone
     role: administrator
-    expires: 2027-03-31
+    expires: 2099-03-31
     reason: \"CHG-1301 takes over the tenant settings\"
   - email: dan@partner.example
     name: Dan <Ops> @platform
@@ -68,8 +68,12 @@ fn repository(dir: &Path, files: &[&str]) -> Vec<String> {
             .find_tree(index.write_tree().expect("write tree"))
             .expect("tree");
         let seconds = 1_767_225_600 + 3600 * i64::try_from(i).unwrap_or(0);
-        let who = Signature::new("Requester", "requester@contoso.example", &Time::new(seconds, 0))
-            .expect("signature");
+        let who = Signature::new(
+            "Requester",
+            "requester@contoso.example",
+            &Time::new(seconds, 0),
+        )
+        .expect("signature");
         let parents: Vec<git2::Commit<'_>> = parent
             .map(|p| repo.find_commit(p).expect("parent commit"))
             .into_iter()
@@ -203,7 +207,11 @@ fn invalid_file_at_the_new_revision_fails_with_positions() {
     let f = fixture();
     let run = diff(f.dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);
     assert_eq!(run.code, 1);
-    assert!(run.stdout.is_empty(), "nothing printed on stdout: {}", run.stdout);
+    assert!(
+        run.stdout.is_empty(),
+        "nothing printed on stdout: {}",
+        run.stdout
+    );
     // rustc-style locations: revision:path:line:column.
     assert!(run.stderr.contains("HEAD:users.yaml:3:5"), "{}", run.stderr);
     assert!(run.stderr.contains("HEAD:users.yaml:4:5"), "{}", run.stderr);
@@ -238,11 +246,19 @@ fn missing_file_names_the_path_and_revision() {
     let f = fixture();
     let run = diff(
         f.dir.path(),
-        &["--from", "HEAD~2", "--to", "HEAD~1", "--path", "admins.yaml"],
+        &[
+            "--from",
+            "HEAD~2",
+            "--to",
+            "HEAD~1",
+            "--path",
+            "admins.yaml",
+        ],
     );
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("`admins.yaml` does not exist at revision HEAD~2"),
+        run.stderr
+            .contains("`admins.yaml` does not exist at revision HEAD~2"),
         "{}",
         run.stderr
     );
@@ -300,5 +316,8 @@ fn huge_markdown_diff_fits_in_a_comment_and_says_what_is_missing() {
     );
     // The text format is not truncated.
     let text = diff(dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);
-    assert_eq!(text.stdout.lines().filter(|l| l.starts_with("+ ")).count(), 5000);
+    assert_eq!(
+        text.stdout.lines().filter(|l| l.starts_with("+ ")).count(),
+        5000
+    );
 }
