@@ -237,3 +237,44 @@ async fn status_fails_when_the_portal_key_is_wrong() {
     assert!(run.stderr.contains("error:"), "{}", run.stderr);
     shutdown.cancel();
 }
+
+/// What `deploy/github/pr-check.yml` does for the plan: the daemon's config names secret files
+/// that do not exist on a CI runner; overrides set to "" reset those keys, and the secrets come
+/// from environment variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_file_overrides_let_ci_read_secrets_from_the_environment() {
+    let sim = Sim::new();
+    let shutdown = CancellationToken::new();
+    let base = sim
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+        .await
+        .expect("simulator on loopback");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &base);
+    std::fs::remove_dir_all(dir.path().join("secrets")).expect("remove the secret files");
+    let users = dir.path().join("users.yaml");
+    std::fs::write(&users, APPLIED).expect("write users.yaml");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestops"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .arg("--desired")
+        .arg(&users)
+        .env_remove("RUST_LOG")
+        .env_remove("GUESTOPS_CONFIG")
+        .env("GUESTOPS_TENANT_CREDENTIAL_SECRET_FILE", "")
+        .env("GUESTOPS_PORTAL_API_KEY_FILE", "")
+        .env("GUESTOPS_TENANT_CLIENT_SECRET", SIM_CLIENT_SECRET)
+        .env("GUESTOPS_PORTAL_API_KEY", SIM_API_KEY)
+        .output()
+        .await
+        .expect("run guestops");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("0 of 4 users in sync."), "{stdout}");
+    shutdown.cancel();
+}
