@@ -69,9 +69,12 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
     let (Some((from_side, from)), Some((to_side, to))) = (from, to) else {
         return Ok(Status::Error);
     };
-    let result = diff::diff(from_side, &from, to_side, &to);
+    let mut result = diff::diff(from_side, &from, to_side, &to);
+    result.path = args.path.clone();
+    result.mark_expired(chrono::Utc::now().date_naive());
     let mut out = std::io::stdout().lock();
     diff::render(&result, args.format, &mut out)?;
+    out.flush()?;
     Ok(if args.detailed_exitcode && !result.is_empty() {
         Status::Changes
     } else {

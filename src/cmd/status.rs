@@ -34,7 +34,12 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         config.tenant.concurrency,
     )
     .await?;
-    let rows = status::rows(&desired.state, &observed, &state);
+    let rows = status::rows(
+        &desired.state,
+        &observed,
+        &state,
+        chrono::Utc::now().date_naive(),
+    );
     status::render(&rows, args.format, &mut std::io::stdout().lock())?;
     Ok(Status::Success)
 }

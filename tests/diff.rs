@@ -1,0 +1,323 @@
+//! `guestops diff` end to end: a git repository made at test time, the real binary, every
+//! output format snapshotted, exit codes, diagnostics of an invalid revision, and a huge diff
+//! that must still fit in a pull-request comment.
+
+use std::path::Path;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use git2::{Repository, Signature, Time};
+
+const INITIAL: &str = "\
+apiVersion: guestops/v1
+defaults:
+  role: administrator
+users:
+  - email: ana.silva@partner.example
+    name: Ana Silva
+  - email: Bob.Stone@vendor.example
+    name: Bob Stone
+    role: contributor
+    expires: 2099-03-31
+    reason: \"CHG-1234 migration support\"
+  - email: carla@partner.example
+    name: Carla Mendes
+";
+
+/// Adds Dan, removes Carla, makes Bob an administrator and extends Ana's access.
+const SECOND: &str = "\
+apiVersion: guestops/v1
+defaults:
+  role: administrator
+users:
+  - email: ana.silva@partner.example
+    name: Ana Silva
+    expires: 2099-06-30
+  - email: Bob.Stone@vendor.example
+    name: Bob Stone
+    role: administrator
+    expires: 2099-03-31
+    reason: \"CHG-1301 takes over the tenant settings\"
+  - email: dan@partner.example
+    name: Dan <Ops> @platform
+    role: workspace-contributor
+    reason: \"CHG-1302 report migration\"
+";
+
+/// Invalid: a misspelled key and no `name`.
+const INVALID: &str = "\
+apiVersion: guestops/v1
+users:
+  - email: ana.silva@partner.example
+    nmae: Ana Silva
+";
+
+/// A repository whose history is one commit per entry of `files` (users.yaml contents), with
+/// fixed author and dates; returns the commit ids, oldest first.
+fn repository(dir: &Path, files: &[&str]) -> Vec<String> {
+    let repo = Repository::init(dir).expect("init a repository in a temp dir");
+    let mut parent: Option<git2::Oid> = None;
+    let mut ids = Vec::new();
+    for (i, content) in files.iter().enumerate() {
+        std::fs::write(dir.join("users.yaml"), content).expect("write users.yaml");
+        let mut index = repo.index().expect("index");
+        index
+            .add_path(Path::new("users.yaml"))
+            .expect("stage users.yaml");
+        index.write().expect("write index");
+        let tree = repo
+            .find_tree(index.write_tree().expect("write tree"))
+            .expect("tree");
+        let seconds = 1_767_225_600 + 3600 * i64::try_from(i).unwrap_or(0);
+        let who = Signature::new(
+            "Requester",
+            "requester@contoso.example",
+            &Time::new(seconds, 0),
+        )
+        .expect("signature");
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).expect("parent commit"))
+            .into_iter()
+            .collect();
+        let parent_refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        let id = repo
+            .commit(
+                Some("HEAD"),
+                &who,
+                &who,
+                &format!("users.yaml change {}", i + 1),
+                &tree,
+                &parent_refs,
+            )
+            .expect("commit");
+        parent = Some(id);
+        ids.push(id.to_string());
+    }
+    ids
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ids: Vec<String>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = repository(dir.path(), &[INITIAL, SECOND, INVALID]);
+    Fixture { dir, ids }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn diff(repo: &Path, args: &[&str]) -> Run {
+    let output = cargo_bin_cmd!("guestops")
+        .arg("diff")
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run guestops");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+impl Fixture {
+    /// Replaces the commit ids (full and abbreviated) by `[commit N]`, N counted from 1.
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (i, id) in self.ids.iter().enumerate() {
+            text = text.replace(id, &format!("[commit {}]", i + 1));
+            text = text.replace(&id[..12], &format!("[commit {}]", i + 1));
+        }
+        text
+    }
+}
+
+#[test]
+fn text_lists_granted_changed_and_revoked_users() {
+    let f = fixture();
+    let run = diff(f.dir.path(), &["--from", "HEAD~2", "--to", "HEAD~1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    insta::assert_snapshot!("text", f.redact(&run.stdout));
+}
+
+#[test]
+fn markdown_is_a_pull_request_comment() {
+    let f = fixture();
+    let run = diff(
+        f.dir.path(),
+        &["--from", "HEAD~2", "--to", "HEAD~1", "--format", "markdown"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The name `Dan <Ops> @platform` must neither become HTML nor mention a team.
+    assert!(!run.stdout.contains("<Ops>"), "{}", run.stdout);
+    assert!(!run.stdout.contains("@platform"), "{}", run.stdout);
+    insta::assert_snapshot!("markdown", f.redact(&run.stdout));
+}
+
+#[test]
+fn json_is_machine_readable() {
+    let f = fixture();
+    let run = diff(
+        f.dir.path(),
+        &["--from", "HEAD~2", "--to", "HEAD~1", "--format", "json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("valid JSON");
+    assert_eq!(value["from"]["commit"], f.ids[0].as_str());
+    assert_eq!(value["to"]["commit"], f.ids[1].as_str());
+    assert_eq!(value["added"][0]["email"], "dan@partner.example");
+    assert_eq!(value["removed"][0]["email"], "carla@partner.example");
+    insta::assert_snapshot!("json", f.redact(&run.stdout));
+}
+
+#[test]
+fn detailed_exitcode_is_2_with_changes_and_0_without() {
+    let f = fixture();
+    let changes = diff(
+        f.dir.path(),
+        &["--from", "HEAD~2", "--to", "HEAD~1", "--detailed-exitcode"],
+    );
+    assert_eq!(changes.code, 2, "{}", changes.stderr);
+    let same = diff(
+        f.dir.path(),
+        &["--from", "HEAD~1", "--to", "HEAD~1", "--detailed-exitcode"],
+    );
+    assert_eq!(same.code, 0, "{}", same.stderr);
+    assert!(
+        same.stdout.contains("no change in access"),
+        "{}",
+        same.stdout
+    );
+    // Without the flag, changes are still success.
+    let plain = diff(f.dir.path(), &["--from", "HEAD~2", "--to", "HEAD~1"]);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+}
+
+#[test]
+fn invalid_file_at_the_new_revision_fails_with_positions() {
+    let f = fixture();
+    let run = diff(f.dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.is_empty(),
+        "nothing printed on stdout: {}",
+        run.stdout
+    );
+    // rustc-style locations: revision:path:line:column.
+    assert!(run.stderr.contains("HEAD:users.yaml:3:5"), "{}", run.stderr);
+    assert!(run.stderr.contains("HEAD:users.yaml:4:5"), "{}", run.stderr);
+    assert!(run.stderr.contains("unknown key `nmae`"), "{}", run.stderr);
+}
+
+#[test]
+fn invalid_file_at_the_old_revision_fails_naming_it() {
+    let f = fixture();
+    let run = diff(f.dir.path(), &["--from", "HEAD", "--to", "HEAD~2"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(run.stderr.contains("HEAD:users.yaml:4:5"), "{}", run.stderr);
+    assert!(!run.stderr.contains("HEAD~2:users.yaml"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_revision_is_a_clear_error() {
+    let f = fixture();
+    let run = diff(f.dir.path(), &["--from", "no-such-branch", "--to", "HEAD"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("revision `no-such-branch` does not name a commit"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn missing_file_names_the_path_and_revision() {
+    let f = fixture();
+    let run = diff(
+        f.dir.path(),
+        &[
+            "--from",
+            "HEAD~2",
+            "--to",
+            "HEAD~1",
+            "--path",
+            "admins.yaml",
+        ],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("`admins.yaml` does not exist at revision HEAD~2"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn not_a_repository_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = diff(dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("is not a git repository"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn huge_markdown_diff_fits_in_a_comment_and_says_what_is_missing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut big = String::from(INITIAL);
+    for i in 0..5000 {
+        big.push_str(&format!(
+            "  - email: partner.admin.{i:04}@partner.example\n    name: Partner Admin {i:04}\n"
+        ));
+    }
+    // Also revoke Carla: a revocation must not be hidden behind 5,000 grants.
+    let big = big.replace(
+        "  - email: carla@partner.example\n    name: Carla Mendes\n",
+        "",
+    );
+    repository(dir.path(), &[INITIAL, &big]);
+    let run = diff(
+        dir.path(),
+        &["--from", "HEAD~1", "--to", "HEAD", "--format", "markdown"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let md = run.stdout;
+    assert!(
+        md.chars().count() < 65_535,
+        "{} characters",
+        md.chars().count()
+    );
+    assert!(
+        md.contains("**5000 added, 1 removed, 0 changed**"),
+        "the summary counts everything"
+    );
+    assert!(md.contains("| ➖ revoked | `carla@partner.example` |"));
+    let shown = md.matches("| ➕ granted |").count();
+    assert!(shown > 100 && shown < 5000, "{shown} granted rows shown");
+    assert!(
+        md.contains(&format!("{} more granted not shown", 5000 - shown)),
+        "{}",
+        md.lines().last().unwrap_or_default()
+    );
+    // The text format is not truncated.
+    let text = diff(dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);
+    assert_eq!(
+        text.stdout.lines().filter(|l| l.starts_with("+ ")).count(),
+        5000
+    );
+}
