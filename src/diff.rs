@@ -7,13 +7,13 @@
 //! Markdown table, inject HTML or `@mention` anyone in a pull-request comment. The Markdown
 //! stays under [`MARKDOWN_BUDGET`] bytes, truncating rows with a visible notice.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use chrono::NaiveDate;
 use serde::Serialize;
 
+use crate::markup::{clean, code, md_text, quoted};
 use crate::plan::MARKDOWN_BUDGET;
 use crate::spec::{DesiredState, DesiredUser};
 
@@ -249,44 +249,6 @@ fn summary(diff: &Diff) -> String {
     )
 }
 
-/// Whether `c` must not reach a terminal or a comment raw (controls, bidi overrides).
-fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Escapes control and bidi characters as `\u{…}` (`\n` as `\n`).
-fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe_char) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_unsafe_char(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// A name in double quotes, with quotes, backslashes and controls escaped.
-fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if is_unsafe_char(c) => out.extend(c.escape_debug()),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn text(diff: &Diff) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -348,50 +310,6 @@ fn text(diff: &Diff) -> String {
             user.role,
             quoted(&user.name)
         );
-    }
-    out
-}
-
-/// An inline code span safe in a GFM table cell: controls escaped, `|` escaped, a fence longer
-/// than any backtick run inside. Code spans also keep `@mentions` and HTML inert.
-fn code(s: &str) -> String {
-    let cleaned = clean(s);
-    let mut longest = 0;
-    let mut run = 0;
-    for c in cleaned.chars() {
-        if c == '`' {
-            run += 1;
-            longest = longest.max(run);
-        } else {
-            run = 0;
-        }
-    }
-    let fence = "`".repeat(longest + 1);
-    let body = cleaned.replace('|', "\\|");
-    let pad = if body.starts_with('`') || body.ends_with('`') || body.is_empty() {
-        " "
-    } else {
-        ""
-    };
-    format!("{fence}{pad}{body}{pad}{fence}")
-}
-
-/// Plain text safe in Markdown: punctuation that could start markup is backslash-escaped,
-/// `<`, `>`, `&` become entities, `@` cannot start a mention.
-fn md_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in clean(s).chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '@' => out.push_str("&#64;"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '~' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
     }
     out
 }

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod diff;
 pub mod graph;
 pub mod http;
+mod markup;
 pub mod metrics;
 pub mod plan;
 pub mod portal;

@@ -5,7 +5,6 @@
 //! target: control characters never reach a terminal, and nothing can break a Markdown table or
 //! inject HTML or mentions into a comment.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
@@ -14,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Action, Change, Notice, Plan, Refusal, System};
+use crate::markup::{clean, code, md_text, quoted};
 use crate::spec::Role;
 
 /// GitHub's limit on the body of a comment, in characters.
@@ -204,44 +204,6 @@ fn label(action: &Action) -> &'static str {
     }
 }
 
-/// Whether `c` must not reach a terminal or a comment raw (controls, bidi overrides).
-fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Escapes control and bidi characters as `\u{…}` (`\n` as `\n`).
-fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(is_unsafe_char) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if is_unsafe_char(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// A name in double quotes, with quotes and controls escaped.
-fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if is_unsafe_char(c) => out.extend(c.escape_debug()),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn role_name(role: Option<crate::spec::Role>) -> &'static str {
     role.map_or("unknown", |r| r.as_str())
 }
@@ -408,50 +370,6 @@ fn text(plan: &Plan, color: bool) -> String {
         out.push('\n');
         for n in &plan.notices {
             let _ = writeln!(out, "note [{}]: {}", n.code, clean(&n.message));
-        }
-    }
-    out
-}
-
-/// An inline code span safe in a GFM table cell: controls escaped, `|` escaped, a fence longer
-/// than any backtick run inside. Code spans also keep `@mentions` and HTML inert.
-fn code(s: &str) -> String {
-    let cleaned = clean(s);
-    let mut longest = 0;
-    let mut run = 0;
-    for c in cleaned.chars() {
-        if c == '`' {
-            run += 1;
-            longest = longest.max(run);
-        } else {
-            run = 0;
-        }
-    }
-    let fence = "`".repeat(longest + 1);
-    let body = cleaned.replace('|', "\\|");
-    let pad = if body.starts_with('`') || body.ends_with('`') || body.is_empty() {
-        " "
-    } else {
-        ""
-    };
-    format!("{fence}{pad}{body}{pad}{fence}")
-}
-
-/// Plain text safe in Markdown: punctuation that could start markup is backslash-escaped,
-/// `<`, `>`, `&` become entities, `@` cannot start a mention.
-fn md_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in clean(s).chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '@' => out.push_str("&#64;"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '~' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
         }
     }
     out
@@ -681,6 +599,6 @@ mod tests {
     fn clean_escapes_terminal_controls() {
         assert_eq!(clean("a\u{1b}[31mb"), "a\\u{1b}[31mb");
         assert_eq!(clean("line\nbreak"), "line\\nbreak");
-        assert!(matches!(clean("plain"), Cow::Borrowed(_)));
+        assert!(matches!(clean("plain"), std::borrow::Cow::Borrowed(_)));
     }
 }
