@@ -206,7 +206,8 @@ impl ReconcileError {
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            ReconcileError::Apply(crate::apply::ApplyError::State { .. }) | ReconcileError::State(_)
+            ReconcileError::Apply(crate::apply::ApplyError::State { .. })
+                | ReconcileError::State(_)
         )
     }
 }

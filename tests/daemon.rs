@@ -12,7 +12,6 @@ mod daemon_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use chrono::Utc;
 use guestops::config::{Config, SecretSource};
 use guestops::daemon::{Daemon, DaemonError, DesiredSource, Settings};
 use guestops::graph::Tenant as _;
-use guestops::graph::fake::{Fault, FakeTenant, TenantOp};
+use guestops::graph::fake::{FakeTenant, Fault, TenantOp};
 use guestops::metrics::Metrics;
 use guestops::portal::fake::{FakePortal, PortalOp};
 use guestops::server::{Health, ReadinessStatus, Trigger};
@@ -32,7 +31,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use daemon_support::{NotifySocket, Repo, invalid_users_yaml, parse_exposition, sample, users_yaml};
+use daemon_support::{
+    NotifySocket, Repo, invalid_users_yaml, parse_exposition, sample, users_yaml,
+};
 
 const ANA: (&str, &str) = ("ana@partner.example", "Ana");
 const BOB: (&str, &str) = ("bob@partner.example", "Bob");
@@ -245,7 +246,11 @@ async fn the_first_load_reconciles_and_a_new_revision_is_applied_at_the_next_pol
         "a new revision is not seen before the next poll"
     );
     pass(POLL).await;
-    assert_eq!(d.invitations_of(BOB.0), 1, "bob is invited at the next poll");
+    assert_eq!(
+        d.invitations_of(BOB.0),
+        1,
+        "bob is invited at the next poll"
+    );
     assert!(d.registered(BOB.0));
     assert_eq!(d.invitations_of(ANA.0), 1, "ana is not invited again");
     assert_eq!(
@@ -327,10 +332,7 @@ async fn an_invalid_revision_changes_nothing_and_the_last_valid_one_keeps_being_
         "the same invalid revision is reported once, not at every poll"
     );
     assert_eq!(
-        d.health
-            .readiness()
-            .invalid_revision
-            .map(|i| i.revision),
+        d.health.readiness().invalid_revision.map(|i| i.revision),
         Some(invalid_revision),
         "still reported while the branch stays invalid"
     );
@@ -413,7 +415,11 @@ async fn failures_back_off_then_recover() {
         (2..=4).contains(&attempts),
         "{attempts} reads in 60 s: more than one (it keeps trying), far fewer than one per poll"
     );
-    assert_eq!(d.invitations_of(ANA.0), 0, "nothing written while reads fail");
+    assert_eq!(
+        d.invitations_of(ANA.0),
+        0,
+        "nothing written while reads fail"
+    );
     assert_eq!(d.reconciles("error"), attempts as f64);
     let readiness = d.health.readiness();
     assert!(readiness.failing_since.is_some());
@@ -456,7 +462,11 @@ async fn an_unreadable_source_at_start_up_is_retried_with_backoff_not_in_a_hot_l
         Notifier::disabled(),
     );
     pass(Duration::from_secs(5)).await;
-    assert_eq!(d.source.loads(), 1, "no retry before the first backoff delay");
+    assert_eq!(
+        d.source.loads(),
+        1,
+        "no retry before the first backoff delay"
+    );
     let readiness = d.health.readiness();
     assert_eq!(readiness.status, ReadinessStatus::NotLoaded);
     assert!(
@@ -492,7 +502,11 @@ async fn an_invalid_first_revision_loads_nothing_and_writes_nothing() {
     assert_eq!(d.tenant.total_calls(), 0, "nothing read or written");
     assert_eq!(d.portal.total_calls(), 0);
     assert_eq!(d.reconciles("invalid"), 1.0, "reported once");
-    assert!(d.source.loads() <= 6, "polled, not spun: {}", d.source.loads());
+    assert!(
+        d.source.loads() <= 6,
+        "polled, not spun: {}",
+        d.source.loads()
+    );
 
     d.source.set(&users_yaml(&[ANA]));
     pass(POLL).await;
@@ -528,7 +542,11 @@ async fn shutdown_during_a_slow_apply_finishes_the_change_in_flight_saves_state_
         pass(Duration::from_secs(1)).await;
         waited += Duration::from_secs(1);
     }
-    assert_eq!(portal.users().len(), 0, "the registration is still in flight");
+    assert_eq!(
+        portal.users().len(),
+        0,
+        "the registration is still in flight"
+    );
     let tenant = d.tenant.clone();
     d.stop().await.expect("a shutdown is a clean stop");
 
@@ -604,4 +622,360 @@ async fn the_watchdog_is_pinged_while_idle_even_with_frequent_polls() {
         "{messages:?}"
     );
     assert_eq!(messages.last().map(String::as_str), Some("STOPPING=1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary, a real git repository, the simulator on loopback
+// ---------------------------------------------------------------------------------------------
+
+/// Generous bound of every wait below: only a guard against hanging, never an expectation.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `guestops run` as a child process, killed if the test ends without stopping it.
+struct Guestops {
+    child: Option<Child>,
+    log: PathBuf,
+    listen: std::net::SocketAddr,
+}
+
+impl Guestops {
+    /// Starts `guestops run --config config`, with `NOTIFY_SOCKET` when given.
+    fn start(config: &Path, listen: std::net::SocketAddr, notify: Option<&Path>) -> Guestops {
+        let dir = config.parent().expect("config in a directory");
+        let log = dir.join(format!(
+            "guestops-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guestops"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "guestops=info")
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove("GUESTOPS_CONFIG")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("GUESTOPS_") {
+                command.env_remove(name);
+            }
+        }
+        if let Some(socket) = notify {
+            command.env(NOTIFY_SOCKET, socket);
+        }
+        let child = command.spawn().expect("guestops starts");
+        Guestops {
+            child: Some(child),
+            log,
+            listen,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// `kill -TERM`, then the exit code.
+    async fn terminate(mut self) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        let waited = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Some(status),
+                    Ok(None) if started.elapsed() < PATIENCE => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return None;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("wait task");
+        let log = self.log();
+        let status =
+            waited.unwrap_or_else(|| panic!("guestops did not exit after SIGTERM:\n{log}"));
+        (status.code(), log)
+    }
+}
+
+impl Drop for Guestops {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most [`PATIENCE`]; panics with `what` and
+/// the daemon's log otherwise.
+async fn wait_for<T, F, Fut>(what: &str, guestops: &Guestops, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "gave up waiting for {what}; guestops log:\n{}",
+            guestops.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local address")
+}
+
+/// The simulator on loopback, a config following `repo`, and secrets in files.
+struct Setup {
+    sim: Sim,
+    _stop_sim: tokio_util::sync::DropGuard,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    listen: std::net::SocketAddr,
+}
+
+impl Setup {
+    async fn new(repo: &Repo) -> Setup {
+        let sim = Sim::new();
+        let stop = CancellationToken::new();
+        let base = sim
+            .spawn("127.0.0.1:0".parse().expect("address"), stop.clone())
+            .await
+            .expect("simulator listens");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let graph_secret = dir.path().join("graph-secret");
+        std::fs::write(&graph_secret, guestops::sim::graph::SIM_CLIENT_SECRET).expect("secret");
+        let api_key = dir.path().join("portal-api-key");
+        std::fs::write(&api_key, guestops::sim::portal::SIM_API_KEY).expect("api key");
+        let listen = free_port();
+        let mut config = Config::for_simulator(&base, &dir.path().join("state"));
+        config.source.repo = Some(repo.path().display().to_string());
+        config.source.poll_interval = Duration::from_secs(1);
+        config.source.resync_interval = Duration::from_secs(2);
+        config.server.listen = listen;
+        config.tenant.client_secret = SecretSource::File(graph_secret);
+        config.portal.api_key = SecretSource::File(api_key);
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config.to_yaml()).expect("config file");
+        Setup {
+            sim,
+            _stop_sim: stop.drop_guard(),
+            dir,
+            config: path,
+            listen,
+        }
+    }
+
+    fn start(&self, notify: Option<&Path>) -> Guestops {
+        Guestops::start(&self.config, self.listen, notify)
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.path().join("state/state.json"))
+            .expect("state.json exists");
+        serde_json::from_str(&text).expect("state.json is valid JSON")
+    }
+
+    fn invitations(&self, email: &str) -> u32 {
+        self.sim.state().graph.invitation_count(email)
+    }
+
+    fn registered(&self, email: &str) -> bool {
+        self.sim.state().portal.find(email).is_some()
+    }
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+async fn reconciles(guestops: &Guestops, result: &str) -> Option<f64> {
+    let (status, text) = get(&guestops.url("/metrics")).await?;
+    assert_eq!(status, 200);
+    sample(
+        &parse_exposition(&text),
+        &format!("guestops_reconciles_total{{result=\"{result}\"}}"),
+    )
+}
+
+async fn readyz(guestops: &Guestops) -> Option<(u16, serde_json::Value)> {
+    let (status, text) = get(&guestops.url("/readyz")).await?;
+    Some((
+        status,
+        serde_json::from_str(&text).expect("/readyz is JSON"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follows_commits_of_the_branch_and_keeps_the_last_valid_state() {
+    let repo = Repo::new();
+    let first = repo.commit(&users_yaml(&[ANA]), "add ana");
+    let setup = Setup::new(&repo).await;
+    // Ana already is a guest: guestops adopts her (see the paused-clock test for why).
+    let ana_id = setup.sim.state().graph.add_guest(ANA.0, ANA.1);
+    let notify = NotifySocket::bind(&setup.dir.path().join("notify.sock"));
+    let guestops = setup.start(Some(notify.path()));
+
+    // Converges the simulator.
+    wait_for("ana registered in the portal", &guestops, || async {
+        setup.registered(ANA.0).then_some(())
+    })
+    .await;
+    assert_eq!(setup.invitations(ANA.0), 0, "ana's guest was adopted");
+    let (status, body) = wait_for("/readyz 200", &guestops, || async {
+        readyz(&guestops).await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["loadedRevision"], first.as_str());
+    let successes = wait_for("a successful reconcile counted", &guestops, || async {
+        reconciles(&guestops, "success").await.filter(|n| *n >= 1.0)
+    })
+    .await;
+
+    // A new commit is applied.
+    let second = repo.commit(&users_yaml(&[ANA, BOB]), "add bob");
+    wait_for("bob invited and registered", &guestops, || async {
+        (setup.invitations(BOB.0) == 1 && setup.registered(BOB.0)).then_some(())
+    })
+    .await;
+    let more = reconciles(&guestops, "success").await.unwrap_or_default();
+    assert!(
+        more > successes,
+        "guestops_reconciles_total moved: {successes} → {more}"
+    );
+
+    // An uncommitted edit of the work tree is never applied, across polls and resyncs.
+    repo.edit(&users_yaml(&[ANA, BOB, (CARL, "Carl")]));
+    let before = reconciles(&guestops, "success").await.unwrap_or_default();
+    wait_for("two more reconciles", &guestops, || async {
+        reconciles(&guestops, "success")
+            .await
+            .filter(|n| *n >= before + 2.0)
+    })
+    .await;
+    assert_eq!(
+        setup.invitations(CARL),
+        0,
+        "an uncommitted edit is not applied"
+    );
+    repo.git(&["checkout", "--", "users.yaml"]);
+
+    // An invalid commit changes nothing; the previous state keeps being enforced.
+    let third = repo.commit(&invalid_users_yaml(), "break users.yaml");
+    let (_, body) = wait_for("the invalid revision in /readyz", &guestops, || async {
+        readyz(&guestops)
+            .await
+            .filter(|(_, b)| b["invalidRevision"]["revision"] == third.as_str())
+    })
+    .await;
+    assert_eq!(body["loadedRevision"], second.as_str());
+    assert_eq!(body["ready"], true);
+    assert!(reconciles(&guestops, "invalid").await.unwrap_or_default() >= 1.0);
+    assert!(setup.sim.state().graph.delete_user(&ana_id), "ana deleted");
+    wait_for("ana re-invited", &guestops, || async {
+        (setup.invitations(ANA.0) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(setup.invitations(CARL), 0, "nothing of the invalid commit");
+    assert_eq!(setup.invitations(BOB.0), 1, "bob not invited twice");
+
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "SIGTERM is a clean stop:\n{log}");
+    let state = setup.state_json();
+    assert_eq!(state["revision"], second.as_str(), "{state}");
+
+    let messages = notify.messages();
+    assert!(messages.iter().any(|m| m == "READY=1"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("STATUS=revision")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("STATUS=") && m.contains("invalid")),
+        "the invalid revision is shown in systemctl status: {messages:?}"
+    );
+    assert_eq!(messages.last().map(String::as_str), Some("STOPPING=1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_reconcile_exits_0_and_a_restart_adds_no_duplicate() {
+    let repo = Repo::new();
+    repo.commit(&users_yaml(&[ANA, BOB]), "add ana and bob");
+    let setup = Setup::new(&repo).await;
+    setup.sim.state().portal_faults.latency = Duration::from_millis(1500);
+    let notify = NotifySocket::bind(&setup.dir.path().join("notify.sock"));
+    let guestops = setup.start(Some(notify.path()));
+
+    wait_for(
+        "an invitation (the apply has started)",
+        &guestops,
+        || async { (setup.sim.state().graph.invitations().len() >= 1).then_some(()) },
+    )
+    .await;
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "SIGTERM during a reconcile exits 0:\n{log}");
+    let state = setup.state_json();
+    assert!(state["users"].is_object(), "{state}");
+    assert_eq!(
+        notify.messages().last().map(String::as_str),
+        Some("STOPPING=1")
+    );
+
+    setup.sim.state().portal_faults.latency = Duration::ZERO;
+    let guestops = setup.start(None);
+    wait_for("both registered after the restart", &guestops, || async {
+        (setup.registered(ANA.0) && setup.registered(BOB.0)).then_some(())
+    })
+    .await;
+    // The registrations in flight at SIGTERM may have finished before the exit: wait for the
+    // restarted daemon's own reconcile (its signal handlers are installed by then, too).
+    wait_for("a reconcile of the restarted daemon", &guestops, || async {
+        reconciles(&guestops, "success").await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    {
+        let sim = setup.sim.state();
+        for email in [ANA.0, BOB.0] {
+            assert_eq!(sim.graph.invitation_count(email), 1, "{email} invited once");
+            assert_eq!(sim.portal.creates_for(email), 1, "{email} registered once");
+        }
+    }
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -101,7 +101,6 @@ pub fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
-
 /// A scratch git repository with a work tree, on branch `main`, driven by the `git` CLI.
 pub struct Repo {
     dir: tempfile::TempDir,
