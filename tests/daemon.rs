@@ -945,7 +945,7 @@ async fn sigterm_during_a_slow_reconcile_exits_0_and_a_restart_adds_no_duplicate
     wait_for(
         "an invitation (the apply has started)",
         &guestops,
-        || async { (setup.sim.state().graph.invitations().len() >= 1).then_some(()) },
+        || async { (!setup.sim.state().graph.invitations().is_empty()).then_some(()) },
     )
     .await;
     let (code, log) = guestops.terminate().await;
