@@ -773,6 +773,42 @@ mod tests {
             Duration::from_secs(120)
         );
     }
+
+    fn timers(now: Instant) -> Timers {
+        Timers {
+            next_poll: now + Duration::from_secs(300),
+            next_resync: Some(now + Duration::from_secs(10)),
+            retry_at: None,
+            hold_until: None,
+            next_ping: None,
+        }
+    }
+
+    #[test]
+    fn while_failing_the_retry_replaces_the_resync() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        assert_eq!(t.wake(false), now + Duration::from_secs(10));
+        t.retry_at = Some(now + Duration::from_secs(40));
+        assert_eq!(
+            t.wake(false),
+            now + Duration::from_secs(40),
+            "a resync must not retry before the backoff delay"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_delays_a_pending_reconcile() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        t.next_resync = None;
+        t.retry_at = Some(now + Duration::from_secs(200));
+        t.hold_until = Some(now + Duration::from_secs(120));
+        assert_eq!(t.wake(false), now + Duration::from_secs(200));
+        assert_eq!(t.wake(true), now + Duration::from_secs(120));
+        t.next_ping = Some(now + Duration::from_secs(5));
+        assert_eq!(t.wake(true), now + Duration::from_secs(5));
+    }
 }
 
 /// Either source, chosen at start-up.

@@ -639,8 +639,14 @@ struct Guestops {
 }
 
 impl Guestops {
-    /// Starts `guestops run --config config`, with `NOTIFY_SOCKET` when given.
-    fn start(config: &Path, listen: std::net::SocketAddr, notify: Option<&Path>) -> Guestops {
+    /// Starts `guestops run --config config` (`--desired desired` when given), with
+    /// `NOTIFY_SOCKET` when given.
+    fn start(
+        config: &Path,
+        listen: std::net::SocketAddr,
+        notify: Option<&Path>,
+        desired: Option<&Path>,
+    ) -> Guestops {
         let dir = config.parent().expect("config in a directory");
         let log = dir.join(format!(
             "guestops-{}.log",
@@ -669,6 +675,9 @@ impl Guestops {
         }
         if let Some(socket) = notify {
             command.env(NOTIFY_SOCKET, socket);
+        }
+        if let Some(desired) = desired {
+            command.arg("--desired").arg(desired);
         }
         let child = command.spawn().expect("guestops starts");
         Guestops {
@@ -798,7 +807,7 @@ impl Setup {
     }
 
     fn start(&self, notify: Option<&Path>) -> Guestops {
-        Guestops::start(&self.config, self.listen, notify)
+        Guestops::start(&self.config, self.listen, notify, None)
     }
 
     fn state_json(&self) -> serde_json::Value {
@@ -976,6 +985,28 @@ async fn sigterm_during_a_slow_reconcile_exits_0_and_a_restart_adds_no_duplicate
             assert_eq!(sim.portal.creates_for(email), 1, "{email} registered once");
         }
     }
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_desired_file_applies_edits_of_the_file() {
+    let repo = Repo::new();
+    let setup = Setup::new(&repo).await;
+    let file = setup.dir.path().join("users.yaml");
+    std::fs::write(&file, users_yaml(&[ANA])).expect("users.yaml");
+    // The configured repository is ignored: --desired wins.
+    let guestops = Guestops::start(&setup.config, setup.listen, None, Some(&file));
+
+    wait_for("ana registered", &guestops, || async {
+        setup.registered(ANA.0).then_some(())
+    })
+    .await;
+    std::fs::write(&file, users_yaml(&[ANA, BOB])).expect("edit users.yaml");
+    wait_for("bob registered after the edit", &guestops, || async {
+        (setup.invitations(BOB.0) == 1 && setup.registered(BOB.0)).then_some(())
+    })
+    .await;
     let (code, log) = guestops.terminate().await;
     assert_eq!(code, Some(0), "{log}");
 }
