@@ -5,12 +5,20 @@
 //! webhook, a changed file, SIGHUP); reconciles never overlap and bursts coalesce, because the
 //! single loop drains every pending trigger before it reconciles once. A periodic resync runs
 //! even when nothing changed (drift correction; triggers can get lost). Failures back off
-//! exponentially with jitter up to a cap, honouring `Retry-After`, and keep trying.
+//! exponentially with jitter up to a cap and keep trying; while failing, the retry replaces
+//! the periodic resync (a resync must not defeat the backoff), a new revision or an explicit
+//! trigger still reconciles at once, and a remote's `Retry-After` holds every reconcile.
+//! Before the first valid load, source reads are retried with the same backoff (never more
+//! often than the poll would).
 //!
 //! An invalid `users.yaml` at a new revision changes nothing remote: the last valid desired
 //! state keeps being enforced and the problem is reported (log, metric, `/readyz` detail).
+//! An invalid revision is reported once, not at every poll.
 //! On shutdown the loop stops taking triggers, lets the in-flight writes finish, saves the
-//! state and returns.
+//! state and returns `Ok`; it returns an error when it had to stop because the state
+//! directory cannot be written. `WATCHDOG=1` is sent from the loop on its own timer (idle or
+//! reconciling, for at most [`Settings::max_reconcile_time`]), `READY=1` after the first
+//! valid load, `STATUS=` after each load and reconcile, `STOPPING=1` on the way out.
 
 use std::future::Future;
 use std::path::PathBuf;
