@@ -29,7 +29,8 @@ use super::Status;
 state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
 source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
 source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen. \
-Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance)."
+Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance) \
+or when the state directory stops being writable (it stops rather than make unrecorded changes)."
 )]
 pub struct Args {
     /// Host configuration file.
