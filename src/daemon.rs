@@ -5,12 +5,20 @@
 //! webhook, a changed file, SIGHUP); reconciles never overlap and bursts coalesce, because the
 //! single loop drains every pending trigger before it reconciles once. A periodic resync runs
 //! even when nothing changed (drift correction; triggers can get lost). Failures back off
-//! exponentially with jitter up to a cap, honouring `Retry-After`, and keep trying.
+//! exponentially with jitter up to a cap and keep trying; while failing, the retry replaces
+//! the periodic resync (a resync must not defeat the backoff), a new revision or an explicit
+//! trigger still reconciles at once, and a remote's `Retry-After` holds every reconcile.
+//! Before the first valid load, source reads are retried with the same backoff (never more
+//! often than the poll would).
 //!
 //! An invalid `users.yaml` at a new revision changes nothing remote: the last valid desired
 //! state keeps being enforced and the problem is reported (log, metric, `/readyz` detail).
+//! An invalid revision is reported once, not at every poll.
 //! On shutdown the loop stops taking triggers, lets the in-flight writes finish, saves the
-//! state and returns.
+//! state and returns `Ok`; it returns an error when it had to stop because the state
+//! directory cannot be written. `WATCHDOG=1` is sent from the loop on its own timer (idle or
+//! reconciling, for at most [`Settings::max_reconcile_time`]), `READY=1` after the first
+//! valid load, `STATUS=` after each load and reconcile, `STOPPING=1` on the way out.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,7 +39,7 @@ use crate::reconcile::{ObserveError, observe};
 use crate::server::{Health, Trigger};
 use crate::source::{GitSource, Revision, SourceError, content_hash};
 use crate::spec::{self, DesiredState, SpecPolicy};
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 use crate::systemd::Notifier;
 
 /// Where the desired state comes from.
@@ -172,6 +180,11 @@ pub enum ReconcileError {
     /// The state could not be saved: the daemon must not go on writing.
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
+    /// The applied revision could not be recorded in the state: the daemon must not go on.
+    #[error(
+        "could not record the applied revision in the state directory: {0}; the daemon stops so that no change goes unrecorded"
+    )]
+    State(#[from] StateError),
     /// Stopped by shutdown before finishing.
     #[error("interrupted by shutdown")]
     Interrupted,
@@ -195,6 +208,38 @@ impl ReconcileError {
             _ => ReconcileResult::Error,
         }
     }
+
+    /// Whether the state directory cannot be written: going on would make changes that are
+    /// not recorded, so the daemon stops.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Apply(crate::apply::ApplyError::State { .. })
+                | ReconcileError::State(_)
+        )
+    }
+}
+
+/// Why the daemon stopped on its own (a clean shutdown is `Ok`).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory could not be written during a reconcile: the daemon stopped so
+    /// that no change goes unrecorded.
+    #[error(
+        "stopped because the state in {} cannot be written ({reason}): free disk space or fix the permissions of state.dir, then restart guestops",
+        dir.display()
+    )]
+    StateUnwritable {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// `state.json` could not be saved on shutdown.
+    #[error(
+        "could not save the state on shutdown: {0}; the next start re-observes both systems, but check state.dir"
+    )]
+    SaveOnShutdown(#[source] StateError),
 }
 
 /// The daemon: one target (tenant + portal), one desired source.
@@ -232,76 +277,154 @@ pub fn backoff_delay(
     jittered.max(retry_after.unwrap_or(Duration::ZERO))
 }
 
+/// What reading the source found.
+enum Refresh {
+    /// The same revision as the one enforced (or as the invalid one already reported).
+    Unchanged,
+    /// A new valid desired state.
+    New(Loaded),
+    /// The newest revision is invalid (newly reported); the message says why.
+    Invalid(String),
+}
+
+/// The loop's bookkeeping between wake-ups.
+struct Timers {
+    /// When the source is read next.
+    next_poll: Instant,
+    /// When the next periodic resync is due (`None` before the first reconcile).
+    next_resync: Option<Instant>,
+    /// When a failed reconcile is retried (`None` when the last one succeeded).
+    retry_at: Option<Instant>,
+    /// No reconcile before this (the remote's `Retry-After`), whatever the trigger.
+    hold_until: Option<Instant>,
+    /// When the next watchdog ping is due (`None` without a watchdog).
+    next_ping: Option<Instant>,
+}
+
+impl Timers {
+    /// The earliest instant something is due.
+    fn wake(&self, reconcile_pending: bool) -> Instant {
+        // While failing, the retry replaces the periodic resync: resyncs must not defeat the
+        // backoff.
+        let resync = if self.retry_at.is_some() {
+            None
+        } else {
+            self.next_resync
+        };
+        let hold = if reconcile_pending {
+            self.hold_until
+        } else {
+            None
+        };
+        [resync, self.retry_at, hold, self.next_ping]
+            .into_iter()
+            .flatten()
+            .fold(self.next_poll, Instant::min)
+    }
+}
+
 impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
     /// Runs until `shutdown` is cancelled. `triggers` only mean "reconcile now".
-    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+    ///
+    /// Returns `Ok` after a shutdown (the in-flight changes finished and the state was
+    /// saved), and an error when the daemon had to stop on its own because the state
+    /// directory cannot be written.
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        shutdown: CancellationToken,
+    ) -> Result<(), DaemonError> {
         // Taken out of `self` so that it can ping while `self` reconciles.
         let notifier = std::mem::replace(&mut self.notifier, Notifier::disabled());
+        let ping = notifier.watchdog_ping_interval();
         let mut loaded: Option<Loaded> = None;
+        let mut invalid: Option<String> = None;
         let mut ready_sent = false;
         let mut failures: u32 = 0;
-        let start = Instant::now();
-        let mut next_poll = start;
-        let mut next_resync = start;
-        let mut retry_at: Option<Instant> = None;
-        let mut triggered = false;
-        let ping = notifier.watchdog_ping_interval();
+        let mut load_failures: u32 = 0;
+        let mut triggers_open = true;
+        let mut refresh_now = false;
+        let mut reconcile_pending = false;
+        let mut outcome_of_run: Result<(), DaemonError> = Ok(());
+        let mut timers = Timers {
+            next_poll: Instant::now(),
+            next_resync: None,
+            retry_at: None,
+            hold_until: None,
+            next_ping: ping.map(|p| Instant::now() + p),
+        };
         tracing::info!(source = %self.source.describe(), "guestops daemon started");
 
         loop {
-            let wake = [Some(next_poll), Some(next_resync), retry_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_resync);
-            let watchdog_at = ping.map(|p| Instant::now() + p);
+            let wake = timers.wake(reconcile_pending);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                trigger = triggers.recv() => match trigger {
+                trigger = recv_while_open(&mut triggers, triggers_open) => match trigger {
                     Some(trigger) => {
                         tracing::info!(?trigger, "reconcile requested");
-                        triggered = true;
+                        refresh_now = true;
+                        reconcile_pending = true;
                     }
                     // Every sender is gone: only timers remain.
                     None => {
-                        tokio::select! {
-                            biased;
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep_until(wake) => {}
-                        }
+                        triggers_open = false;
+                        continue;
                     }
                 },
                 () = tokio::time::sleep_until(wake) => {}
-                () = sleep_until_opt(watchdog_at) => {
-                    let _ = notifier.watchdog();
-                    continue;
-                }
             }
             // Coalesce a burst: whatever else is queued is covered by this round.
-            while triggers.try_recv().is_ok() {}
+            while let Ok(trigger) = triggers.try_recv() {
+                tracing::debug!(?trigger, "reconcile requested (coalesced)");
+                refresh_now = true;
+                reconcile_pending = true;
+            }
             let now = Instant::now();
+            if let (Some(p), Some(at)) = (ping, timers.next_ping)
+                && now >= at
+            {
+                let _ = notifier.watchdog();
+                timers.next_ping = Some(now + p);
+            }
 
-            let mut changed = false;
-            if triggered || now >= next_poll || loaded.is_none() {
-                next_poll = now + self.settings.poll_interval;
-                match self.refresh(loaded.as_ref()).await {
-                    Ok(Some(new)) => {
-                        changed = true;
+            if refresh_now || now >= timers.next_poll {
+                refresh_now = false;
+                timers.next_poll = now + self.settings.poll_interval;
+                let refreshed = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    refreshed = self.refresh(loaded.as_ref(), &mut invalid) => refreshed,
+                };
+                match refreshed {
+                    Ok(Refresh::New(new)) => {
+                        load_failures = 0;
+                        reconcile_pending = true;
+                        let _ = notifier.status(&format!(
+                            "revision {}: loaded ({} users)",
+                            new.revision.short,
+                            new.desired.users.len()
+                        ));
                         loaded = Some(new);
                     }
-                    Ok(None) => {}
+                    Ok(Refresh::Unchanged) => {}
+                    Ok(Refresh::Invalid(message)) => {
+                        let _ = notifier.status(&message);
+                    }
                     Err(message) => {
                         self.health.record_failure(Utc::now(), &message);
+                        tracing::warn!("{message}");
                         if loaded.is_none() {
-                            failures += 1;
-                            let delay = self.delay(failures, None);
-                            next_poll = Instant::now() + delay;
+                            load_failures += 1;
+                            // Retry sooner than the poll at first, never later.
+                            let delay = self
+                                .delay(load_failures, None)
+                                .min(self.settings.poll_interval);
+                            timers.next_poll = Instant::now() + delay;
                             let _ = notifier.status(&format!(
                                 "cannot load users.yaml: {message}; retrying in {}s",
                                 delay.as_secs()
                             ));
-                            continue;
                         }
                     }
                 }
@@ -314,11 +437,16 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 ready_sent = true;
             }
 
-            let retry_due = retry_at.is_some_and(|at| now >= at);
-            if !(changed || triggered || retry_due || now >= next_resync) {
+            if timers.retry_at.is_some_and(|at| now >= at)
+                || (timers.retry_at.is_none() && timers.next_resync.is_none_or(|at| now >= at))
+            {
+                reconcile_pending = true;
+            }
+            if !reconcile_pending || timers.hold_until.is_some_and(|hold| now < hold) {
                 continue;
             }
-            triggered = false;
+            reconcile_pending = false;
+
             let started = Instant::now();
             let span = tracing::info_span!(
                 "reconcile",
@@ -332,35 +460,52 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             )
             .await;
             let elapsed = started.elapsed();
-            next_resync = Instant::now() + self.settings.resync_interval;
+            let after = Instant::now();
+            timers.next_resync = Some(after + self.settings.resync_interval);
+            if let Some(p) = ping {
+                // `with_watchdog` pinged while the reconcile ran.
+                timers.next_ping = Some(after + p);
+            }
             match outcome {
                 Ok(summary) => {
                     failures = 0;
-                    retry_at = None;
+                    timers.retry_at = None;
+                    timers.hold_until = None;
                     self.metrics
                         .record_reconcile(ReconcileResult::Success, elapsed);
                     self.metrics.set_last_success(Utc::now().timestamp());
                     self.health.record_success(Utc::now());
-                    let _ =
-                        notifier.status(&format!("revision {}: {summary}", current.revision.short));
+                    tracing::info!(revision = %current.revision.short, "{summary}");
+                    let mut status = format!("revision {}: {summary}", current.revision.short);
+                    if let Some(invalid) = &invalid {
+                        status.push_str(&format!("; newer revision {invalid} is invalid"));
+                    }
+                    let _ = notifier.status(&status);
                 }
                 Err(ReconcileError::Interrupted) => break,
                 Err(err) => {
-                    failures += 1;
-                    let delay = self.delay(failures, err.retry_after());
-                    retry_at = Some(Instant::now() + delay);
                     self.metrics.record_reconcile(err.metric(), elapsed);
                     self.health.record_failure(Utc::now(), &err.to_string());
+                    if err.is_fatal() {
+                        tracing::error!(error = %err, "the state cannot be saved: stopping");
+                        let _ = notifier.status(&format!("stopped: {err}"));
+                        outcome_of_run = Err(DaemonError::StateUnwritable {
+                            dir: self.store.dir().to_path_buf(),
+                            reason: err.to_string(),
+                        });
+                        break;
+                    }
+                    failures = failures.saturating_add(1);
+                    let retry_after = err.retry_after();
+                    let delay = self.delay(failures, retry_after);
+                    timers.retry_at = Some(after + delay);
+                    timers.hold_until = retry_after.map(|d| after + d);
                     tracing::warn!(error = %err, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
                     let _ = notifier.status(&format!(
                         "revision {}: {err}; retrying in {}s",
                         current.revision.short,
                         delay.as_secs()
                     ));
-                    if matches!(err, ReconcileError::Apply(_)) {
-                        tracing::error!("the state cannot be saved: stopping");
-                        break;
-                    }
                 }
             }
         }
@@ -368,8 +513,12 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         let _ = notifier.stopping();
         if let Err(err) = self.store.save() {
             tracing::error!(error = %err, "could not save the state on shutdown");
+            if outcome_of_run.is_ok() {
+                outcome_of_run = Err(DaemonError::SaveOnShutdown(err));
+            }
         }
         tracing::info!("guestops daemon stopped");
+        outcome_of_run
     }
 
     fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
@@ -382,26 +531,51 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         )
     }
 
-    /// Loads the newest revision; `Ok(Some)` when a new valid desired state is to be
-    /// enforced, `Ok(None)` when nothing new (or the new revision is invalid: reported, the
-    /// last valid one stays), `Err` when the source cannot be read.
-    async fn refresh(&self, current: Option<&Loaded>) -> Result<Option<Loaded>, String> {
+    /// Loads the newest revision. `Err` when the source cannot be read, or when the only
+    /// revision known is invalid (nothing can be enforced yet).
+    ///
+    /// `invalid` remembers the invalid revision last reported, so that it is reported (log,
+    /// metric, `/readyz`) once, not at every poll.
+    async fn refresh(
+        &self,
+        current: Option<&Loaded>,
+        invalid: &mut Option<String>,
+    ) -> Result<Refresh, String> {
         let (revision, bytes) = self
             .source
             .load()
             .await
             .map_err(|e| format!("cannot read {}: {e}", self.source.describe()))?;
-        if current.is_some_and(|c| c.revision.id == revision.id) {
-            return Ok(None);
+        if let Some(current) = current
+            && current.revision.id == revision.id
+        {
+            if invalid.take().is_some() {
+                // The branch went back to the revision being enforced.
+                self.health.set_loaded(&revision.id);
+            }
+            return Ok(Refresh::Unchanged);
         }
-        let parsed = spec::parse(&bytes, &SpecPolicy::default());
+        if invalid.as_deref() == Some(revision.id.as_str()) {
+            return match current {
+                Some(_) => Ok(Refresh::Unchanged),
+                None => Err(format!(
+                    "users.yaml at {} is invalid and no valid revision was loaded yet",
+                    revision.short
+                )),
+            };
+        }
+        let spec_policy = SpecPolicy {
+            allowed_domains: self.settings.policy.allowed_domains.clone(),
+        };
+        let parsed = spec::parse(&bytes, &spec_policy);
         match parsed.desired {
             Some(desired) if !parsed.has_errors() => {
                 tracing::info!(revision = %revision, users = desired.users.len(), "new desired state");
+                *invalid = None;
                 self.health.set_loaded(&revision.id);
                 self.metrics.set_revision(&revision.id);
                 self.metrics.set_desired_users(desired.users.len());
-                Ok(Some(Loaded { revision, desired }))
+                Ok(Refresh::New(Loaded { revision, desired }))
             }
             _ => {
                 let errors: Vec<String> = parsed
@@ -411,7 +585,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     .map(|d| format!("{}:{}: {} [{}]", d.line, d.column, d.message, d.code))
                     .collect();
                 let message = format!(
-                    "users.yaml at {} is invalid ({} errors; first: {}); still enforcing {}",
+                    "users.yaml at {} is invalid ({} errors; first: {}); still enforcing {}: fix the file in a new commit (guestops validate shows every error)",
                     revision.short,
                     errors.len(),
                     errors.first().map_or("?", String::as_str),
@@ -424,10 +598,11 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 self.health.set_invalid_revision(&revision.id, &message);
                 self.metrics
                     .record_reconcile(ReconcileResult::Invalid, Duration::ZERO);
-                if current.is_none() {
-                    return Err(message);
+                *invalid = Some(revision.id.clone());
+                match current {
+                    Some(_) => Ok(Refresh::Invalid(message)),
+                    None => Err(message),
                 }
-                Ok(None)
             }
         }
     }
@@ -457,7 +632,10 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             return Err(ReconcileError::Refused(reasons.join("; ")));
         }
         if plan.is_empty() {
-            self.store.state_mut().revision = Some(loaded.revision.id.clone());
+            if self.store.state().revision.as_deref() != Some(loaded.revision.id.as_str()) {
+                let revision = loaded.revision.id.clone();
+                self.store.update(|state| state.revision = Some(revision))?;
+            }
             return Ok("in sync".into());
         }
         let options = ApplyOptions {
@@ -570,10 +748,12 @@ async fn with_watchdog<F: Future>(notifier: &Notifier, max_time: Duration, work:
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The next trigger; never resolves once every sender is gone (`open == false`).
+async fn recv_while_open(triggers: &mut mpsc::Receiver<Trigger>, open: bool) -> Option<Trigger> {
+    if open {
+        triggers.recv().await
+    } else {
+        std::future::pending().await
     }
 }
 
@@ -600,6 +780,42 @@ mod tests {
             backoff_delay(1, base, max, Some(Duration::from_secs(120)), 0.5),
             Duration::from_secs(120)
         );
+    }
+
+    fn timers(now: Instant) -> Timers {
+        Timers {
+            next_poll: now + Duration::from_secs(300),
+            next_resync: Some(now + Duration::from_secs(10)),
+            retry_at: None,
+            hold_until: None,
+            next_ping: None,
+        }
+    }
+
+    #[test]
+    fn while_failing_the_retry_replaces_the_resync() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        assert_eq!(t.wake(false), now + Duration::from_secs(10));
+        t.retry_at = Some(now + Duration::from_secs(40));
+        assert_eq!(
+            t.wake(false),
+            now + Duration::from_secs(40),
+            "a resync must not retry before the backoff delay"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_delays_a_pending_reconcile() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        t.next_resync = None;
+        t.retry_at = Some(now + Duration::from_secs(200));
+        t.hold_until = Some(now + Duration::from_secs(120));
+        assert_eq!(t.wake(false), now + Duration::from_secs(200));
+        assert_eq!(t.wake(true), now + Duration::from_secs(120));
+        t.next_ping = Some(now + Duration::from_secs(5));
+        assert_eq!(t.wake(true), now + Duration::from_secs(5));
     }
 }
 

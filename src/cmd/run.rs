@@ -15,6 +15,7 @@ use guestops::server::{
 use guestops::source::{GitSettings, GitSource, watch_file};
 use guestops::state::StateStore;
 use guestops::systemd::Notifier;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +28,8 @@ use super::Status;
 state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
 source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
 source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen. \
-Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance)."
+Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance) \
+or when the state directory stops being writable (it stops rather than make unrecorded changes)."
 )]
 pub struct Args {
     /// Host configuration file.
@@ -45,6 +47,9 @@ pub struct Args {
 
 /// Runs `guestops run`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
+    // First, so that a SIGTERM or SIGHUP during start-up is handled rather than killing the
+    // process with the signal's default action.
+    let signals = Signals::install()?;
     let config = super::load_config(&args.config)?;
     let secrets = config.load_secrets()?;
     let store = StateStore::open(&config.state.dir)?;
@@ -98,7 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         trigger: trigger_tx.clone(),
     };
     let server = tokio::spawn(server::serve(listener, server_state, shutdown.clone()));
-    spawn_signal_handlers(shutdown.clone(), trigger_tx);
+    signals.spawn(shutdown.clone(), trigger_tx);
 
     let daemon = Daemon {
         settings: Settings {
@@ -117,34 +122,51 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         health,
         notifier,
     };
-    daemon.run(trigger_rx, shutdown.clone()).await;
+    let stopped = daemon.run(trigger_rx, shutdown.clone()).await;
     shutdown.cancel();
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server stopped with an error"),
         Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
     }
+    stopped?;
     Ok(Status::Success)
 }
 
-/// SIGTERM/SIGINT stop the daemon; SIGHUP asks for a reconcile.
-fn spawn_signal_handlers(shutdown: CancellationToken, trigger: mpsc::Sender<Trigger>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
+/// The signals the daemon handles, installed before anything else.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
         };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); shutdown.cancel(); return; }
-                _ = int.recv() => { tracing::info!("SIGINT: stopping"); shutdown.cancel(); return; }
-                _ = hup.recv() => { let _ = trigger.try_send(Trigger::Hangup); }
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// SIGTERM/SIGINT stop the daemon; SIGHUP asks for a reconcile.
+    fn spawn(mut self, shutdown: CancellationToken, trigger: mpsc::Sender<Trigger>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                    _ = self.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                    _ = self.hup.recv() => {
+                        tracing::info!("SIGHUP: reconcile requested");
+                        // Full: a reconcile is already pending.
+                        let _ = trigger.try_send(Trigger::Hangup);
+                    }
+                }
             }
-        }
-    });
+            shutdown.cancel();
+        });
+    }
 }

@@ -1,0 +1,249 @@
+//! Helpers of tests/daemon.rs: the Prometheus text checker and a scratch git repository.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Checks the OpenMetrics / Prometheus text format line by line: `# HELP`/`# TYPE`/`# UNIT`
+/// comments, samples `name{label="value",...} number`, and the final `# EOF`. Returns the
+/// samples as (series, value).
+pub fn parse_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "exposition must end with # EOF"
+    );
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split(' ').next().unwrap_or_default();
+            assert!(
+                ["HELP", "TYPE", "UNIT"].contains(&kind),
+                "unknown comment: {line}"
+            );
+            if kind == "TYPE" {
+                let metric_type = comment.split(' ').nth(2).unwrap_or_default();
+                assert!(
+                    [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "summary",
+                        "unknown"
+                    ]
+                    .contains(&metric_type),
+                    "bad type: {line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample without value: {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end..];
+            assert!(
+                labels.starts_with('{') && labels.ends_with('}'),
+                "bad labels in {line:?}"
+            );
+            let inner = &labels[1..labels.len() - 1];
+            // label="value" pairs separated by commas; values may hold escaped quotes.
+            let mut rest = inner;
+            while !rest.is_empty() {
+                let (label, after) = rest
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(
+                    label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad label name {label:?} in {line:?}"
+                );
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in after.char_indices() {
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
+                rest = &after[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+/// The value of one series, e.g. `guestops_reconciles_total{result="success"}`.
+pub fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+}
+
+/// A scratch git repository with a work tree, on branch `main`, driven by the `git` CLI.
+pub struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// An empty repository.
+    pub fn new() -> Repo {
+        let dir = tempfile::tempdir().expect("temp dir for the repository");
+        let repo = Repo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// The work tree.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `users.yaml` in the work tree.
+    pub fn users_yaml(&self) -> PathBuf {
+        self.path().join("users.yaml")
+    }
+
+    /// Writes `users.yaml` without committing it.
+    pub fn edit(&self, content: &str) {
+        std::fs::write(self.users_yaml(), content).expect("write users.yaml");
+    }
+
+    /// Writes and commits `users.yaml`; returns the new commit id.
+    pub fn commit(&self, content: &str, message: &str) -> String {
+        self.edit(content);
+        self.git(&["add", "users.yaml"]);
+        self.git(&[
+            "-c",
+            "user.name=Test Author",
+            "-c",
+            "user.email=author@example.com",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        ]);
+        self.git(&["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// Runs `git` in the work tree; panics with its stderr when it fails.
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", self.path())
+            .output()
+            .expect("the git CLI runs");
+        assert!(
+            output.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// A `users.yaml` listing `users` as `(email, name)`.
+pub fn users_yaml(users: &[(&str, &str)]) -> String {
+    let mut text = String::from("apiVersion: guestops/v1\nusers:\n");
+    for (email, name) in users {
+        text.push_str(&format!("  - email: {email}\n    name: {name}\n"));
+    }
+    text
+}
+
+/// A `users.yaml` that is invalid (the second address is not an email address), but that
+/// would add `carl@partner.example` if it were applied.
+pub fn invalid_users_yaml() -> String {
+    "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n  - email: carl@partner.example\n    name: Carl\n  - email: not an email\n    name: Broken\n".to_owned()
+}
+
+/// A fake `NOTIFY_SOCKET`: a bound datagram socket read by a thread of its own, so that the
+/// sender never blocks on a full queue (Linux queues only `max_dgram_qlen` datagrams, often 10).
+pub struct NotifySocket {
+    path: PathBuf,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifySocket {
+    /// Binds `path` and starts reading.
+    pub fn bind(path: &Path) -> NotifySocket {
+        let socket =
+            std::os::unix::net::UnixDatagram::bind(path).expect("bind the fake NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .expect("read timeout");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let messages = messages.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0_u8; 4096];
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(n) = socket.recv(&mut buffer) {
+                        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                        messages
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(text);
+                    }
+                }
+            })
+        };
+        NotifySocket {
+            path: path.to_path_buf(),
+            messages,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// The socket path, for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every datagram received so far, in order.
+    pub fn messages(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
