@@ -39,7 +39,7 @@ use crate::reconcile::{ObserveError, observe};
 use crate::server::{Health, Trigger};
 use crate::source::{GitSource, Revision, SourceError, content_hash};
 use crate::spec::{self, DesiredState, SpecPolicy};
-use crate::state::{StateError, StateStore};
+use crate::state::{AppliedRevision, StateError, StateStore};
 use crate::systemd::Notifier;
 
 /// Where the desired state comes from.
@@ -632,10 +632,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             return Err(ReconcileError::Refused(reasons.join("; ")));
         }
         if plan.is_empty() {
-            if self.store.state().revision.as_deref() != Some(loaded.revision.id.as_str()) {
-                let revision = loaded.revision.id.clone();
-                self.store.update(|state| state.revision = Some(revision))?;
-            }
+            self.record_revision(&loaded.revision)?;
             return Ok("in sync".into());
         }
         let options = ApplyOptions {
@@ -655,7 +652,30 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         )
         .await?;
         self.record_changes(&report);
-        summarize(&plan, &report, shutdown)
+        let summary = summarize(&plan, &report, shutdown)?;
+        self.record_revision(&loaded.revision)?;
+        Ok(summary)
+    }
+
+    /// Records in `state.json` that `revision` is fully applied (id, author, time, subject).
+    fn record_revision(&mut self, revision: &Revision) -> Result<(), ReconcileError> {
+        let applied = AppliedRevision {
+            id: revision.id.clone(),
+            author: revision.author.clone(),
+            time: revision.time,
+            subject: revision.subject.clone(),
+        };
+        let state = self.store.state();
+        if state.revision.as_deref() == Some(applied.id.as_str())
+            && state.revision_info.as_ref() == Some(&applied)
+        {
+            return Ok(());
+        }
+        self.store.update(|state| {
+            state.revision = Some(applied.id.clone());
+            state.revision_info = Some(applied);
+        })?;
+        Ok(())
     }
 
     fn record_changes(&self, report: &ApplyReport) {

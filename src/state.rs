@@ -46,6 +46,9 @@ pub struct State {
     /// Revision of the last applied desired state (commit id, or content hash of a file).
     #[serde(default)]
     pub revision: Option<String>,
+    /// The commit behind `revision` (author, time, subject), when it came from git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_info: Option<AppliedRevision>,
     /// Per-user records keyed by normalized email.
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
@@ -56,6 +59,7 @@ impl Default for State {
         Self {
             version: STATE_VERSION,
             revision: None,
+            revision_info: None,
             users: BTreeMap::new(),
         }
     }
@@ -66,6 +70,20 @@ impl State {
     pub fn owns_anything(&self) -> bool {
         self.users.values().any(|u| u.guest_owned || u.portal_owned)
     }
+}
+
+/// The commit of the last desired state that was fully applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRevision {
+    /// Full commit id.
+    pub id: String,
+    /// `Name <email>` of the commit author.
+    pub author: String,
+    /// Commit time.
+    pub time: DateTime<Utc>,
+    /// First line of the commit message.
+    pub subject: String,
 }
 
 /// Progress and ownership of one user.

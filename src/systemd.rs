@@ -199,6 +199,11 @@ fn connect_target(value: &str) -> Result<Target, NotifyError> {
         ));
     };
     let socket = UnixDatagram::unbound().map_err(|e| invalid(e.to_string()))?;
+    // Never block the reconcile loop on a stalled reader: a full queue is a failed (logged)
+    // notification, not a hung daemon.
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(Target {
         name: value.to_owned(),
         addr,
