@@ -926,6 +926,15 @@ async fn run_follows_commits_of_the_branch_and_keeps_the_last_valid_state() {
     assert_eq!(code, Some(0), "SIGTERM is a clean stop:\n{log}");
     let state = setup.state_json();
     assert_eq!(state["revision"], second.as_str(), "{state}");
+    // The applied commit is recorded with its author and subject, not only its id.
+    assert_eq!(state["revisionInfo"]["id"], second.as_str(), "{state}");
+    assert_eq!(state["revisionInfo"]["subject"], "add bob", "{state}");
+    assert!(
+        state["revisionInfo"]["author"]
+            .as_str()
+            .is_some_and(|a| a.contains('<')),
+        "{state}"
+    );
 
     let messages = notify.messages();
     assert!(messages.iter().any(|m| m == "READY=1"), "{messages:?}");
