@@ -8,7 +8,7 @@
 //!   with a fake `NOTIFY_SOCKET`: bounded waits for what a user would see (a guest invited,
 //!   `/readyz`, `/metrics`), never assertions on speed.
 
-mod daemon_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,9 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use daemon_support::{
-    NotifySocket, Repo, invalid_users_yaml, parse_exposition, sample, users_yaml,
-};
+use support::{NotifySocket, Repo, invalid_users_yaml, parse_exposition, sample, users_yaml};
 
 const ANA: (&str, &str) = ("ana@partner.example", "Ana");
 const BOB: (&str, &str) = ("bob@partner.example", "Bob");

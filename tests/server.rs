@@ -1,5 +1,8 @@
 //! The daemon's HTTP endpoint: health, readiness, metrics, the GitHub webhook.
 
+mod support;
+use support::{parse_exposition, sample};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,101 +192,6 @@ async fn readyz_follows_load_success_and_failure() {
         detail["invalidRevision"]["message"],
         "users.yaml:3:12: E003 invalid email"
     );
-}
-
-/// Checks the OpenMetrics / Prometheus text format line by line: `# HELP`/`# TYPE`/`# UNIT`
-/// comments, samples `name{label="value",...} number`, and the final `# EOF`. Returns the
-/// samples as (series, value).
-fn parse_exposition(text: &str) -> Vec<(String, f64)> {
-    let mut samples = Vec::new();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines.last(),
-        Some(&"# EOF"),
-        "exposition must end with # EOF"
-    );
-    for line in &lines[..lines.len() - 1] {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let kind = comment.split(' ').next().unwrap_or_default();
-            assert!(
-                ["HELP", "TYPE", "UNIT"].contains(&kind),
-                "unknown comment: {line}"
-            );
-            if kind == "TYPE" {
-                let metric_type = comment.split(' ').nth(2).unwrap_or_default();
-                assert!(
-                    [
-                        "counter",
-                        "gauge",
-                        "histogram",
-                        "info",
-                        "summary",
-                        "unknown"
-                    ]
-                    .contains(&metric_type),
-                    "bad type: {line}"
-                );
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("sample without value: {line:?}"));
-        let name_end = series.find('{').unwrap_or(series.len());
-        let name = &series[..name_end];
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                && !name.starts_with(|c: char| c.is_ascii_digit()),
-            "bad metric name in {line:?}"
-        );
-        if name_end < series.len() {
-            let labels = &series[name_end..];
-            assert!(
-                labels.starts_with('{') && labels.ends_with('}'),
-                "bad labels in {line:?}"
-            );
-            let inner = &labels[1..labels.len() - 1];
-            // label="value" pairs separated by commas; values may hold escaped quotes.
-            let mut rest = inner;
-            while !rest.is_empty() {
-                let (label, after) = rest
-                    .split_once("=\"")
-                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
-                assert!(
-                    label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                    "bad label name {label:?} in {line:?}"
-                );
-                let mut end = None;
-                let mut escaped = false;
-                for (i, c) in after.char_indices() {
-                    match (escaped, c) {
-                        (true, _) => escaped = false,
-                        (false, '\\') => escaped = true,
-                        (false, '"') => {
-                            end = Some(i);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
-                rest = &after[end + 1..];
-                rest = rest.strip_prefix(',').unwrap_or(rest);
-            }
-        }
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        samples.push((series.to_owned(), value));
-    }
-    samples
-}
-
-fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
-    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
 #[tokio::test]

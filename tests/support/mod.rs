@@ -1,4 +1,5 @@
-//! Helpers of tests/daemon.rs: the Prometheus text checker and a scratch git repository.
+//! Helpers of tests/daemon.rs and tests/server.rs: the Prometheus text checker and a scratch
+//! git repository.
 
 #![allow(dead_code)]
 
