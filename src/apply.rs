@@ -811,6 +811,12 @@ fn apply_effect(
                 record.last_invitation_at = None;
                 record.resend_count = 0;
             }
+            if record.guest_id.as_deref() != Some(guest_id.as_str()) {
+                // A new invitation is not visible yet; an adopted guest was just read.
+                record.guest_seen = !invited;
+            } else if !invited {
+                record.guest_seen = true;
+            }
             record.guest_id = Some(guest_id);
             record.guest_owned = true;
             record.invitation_unconfirmed_at = None;

@@ -618,6 +618,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             () = shutdown.cancelled() => return Err(ReconcileError::Interrupted),
             observed = observe(&loaded.desired, self.store.state(), &self.tenant, &self.portal, self.settings.tenant_concurrency) => observed?,
         };
+        if self.store.state_mut().note_seen_guests(&observed) {
+            self.store.save()?;
+        }
         let plan = crate::plan::plan(
             &loaded.desired,
             &observed,

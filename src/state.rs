@@ -124,6 +124,37 @@ pub struct UserRecord {
     /// does not invite again within [`crate::plan::REPLICATION_GRACE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation_unconfirmed_at: Option<DateTime<Utc>>,
+    /// Whether the guest `guest_id` has been visible to reads since it was recorded. A guest
+    /// that was seen and is missing now is gone (deleted behind guestops' back), not
+    /// replicating: it is invited again without waiting for the replication grace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_seen: bool,
+}
+
+impl State {
+    /// Notes which recorded guests `observed` shows (see [`UserRecord::guest_seen`]).
+    /// Returns whether anything changed (the caller saves).
+    pub fn note_seen_guests(&mut self, observed: &crate::plan::Observed) -> bool {
+        let visible: std::collections::HashSet<&str> = observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .map(|u| u.id.as_str())
+            .collect();
+        let mut changed = false;
+        for record in self.users.values_mut() {
+            if !record.guest_seen
+                && record
+                    .guest_id
+                    .as_deref()
+                    .is_some_and(|id| visible.contains(id))
+            {
+                record.guest_seen = true;
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 impl UserRecord {
@@ -525,6 +556,37 @@ fn private_options() -> OpenOptions {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn recorded_guests_visible_to_a_read_are_noted_as_seen() {
+        let mut state = State::default();
+        for (key, id) in [("ana@x.example", "g-ana"), ("bob@x.example", "g-bob")] {
+            state.users.insert(
+                key.to_owned(),
+                UserRecord {
+                    email: key.to_owned(),
+                    guest_id: Some(id.to_owned()),
+                    guest_owned: true,
+                    ..UserRecord::default()
+                },
+            );
+        }
+        let observed = crate::plan::Observed {
+            lookups: vec![crate::graph::DirectoryUser {
+                id: "g-ana".to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(state.note_seen_guests(&observed));
+        assert!(state.users["ana@x.example"].guest_seen);
+        assert!(!state.users["bob@x.example"].guest_seen);
+        assert!(
+            !state.note_seen_guests(&observed),
+            "nothing new the second time"
+        );
+    }
+
     use super::*;
 
     fn record(email: &str) -> UserRecord {

@@ -743,6 +743,43 @@ fn a_second_apply_during_replication_delay_does_not_invite_again() {
 }
 
 #[test]
+fn a_guest_invited_seen_and_then_deleted_behind_guestops_back_is_invited_again_at_once() {
+    let h = Harness::new();
+    let users = new_users("deleted", 2);
+    h.write_users(&as_refs(&users));
+    h.apply(&[]).expect_code(0);
+    // The next reconcile reads the new guests: they are no longer "replicating".
+    assert_second_apply_clean(&h);
+    let (victim, ..) = &users[0];
+    let id = h.state().graph.find_by_email(victim)[0].id.clone();
+    assert!(h.state().graph.delete_user(&id), "deleted in the simulator");
+
+    // Soft-deleted, the address is still held: the invitation fails with what to do, and
+    // nothing else is affected (design §7; restoring needs User.DeleteRestore.All).
+    let blocked = h.apply(&[]);
+    blocked.expect_code(1);
+    assert!(
+        blocked.stdout.contains("deleted user"),
+        "{}",
+        blocked.stdout
+    );
+
+    // Purged from deleted items: invited again at once, without the replication grace.
+    h.state().graph.purge_deleted();
+    let third = h.apply(&[]);
+    third.expect_code(0);
+    assert!(third.stdout.contains("invite"), "{}", third.stdout);
+    // POSTs: the first invitation, the one refused while soft-deleted, the one after the purge.
+    assert_eq!(h.invitations(victim), 3, "{victim} invited again");
+    assert_eq!(
+        h.invitations(&users[1].0),
+        1,
+        "the other guest is left alone"
+    );
+    assert_second_apply_clean(&h);
+}
+
+#[test]
 fn plan_json_is_one_document_listing_the_changes() {
     let h = Harness::new();
     seed::unrelated(&h.sim, 20, 30);

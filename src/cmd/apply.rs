@@ -33,16 +33,24 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let mut store = StateStore::open(&config.state.dir)?;
     let clients = connect(&config)?;
     super::reading_notice();
-    let plan = guestops::reconcile::observe_and_plan(
+    let observed = guestops::reconcile::observe(
         &desired.state,
         store.state(),
         &clients.tenant,
         &clients.portal,
-        &config.policy(args.target.force),
         config.tenant.concurrency,
-        chrono::Utc::now(),
     )
     .await?;
+    if store.state_mut().note_seen_guests(&observed) {
+        store.save()?;
+    }
+    let plan = plan::plan(
+        &desired.state,
+        &observed,
+        store.state(),
+        &config.policy(args.target.force),
+        chrono::Utc::now(),
+    );
     let mut out = std::io::stdout().lock();
     plan::render(&plan, args.target.format, stdout_color(), &mut out)?;
     out.flush()?;

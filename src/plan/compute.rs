@@ -677,9 +677,11 @@ fn plan_desired(
             let recent = record.and_then(|r| {
                 // An invitation that succeeded (guest id known), or one whose outcome was
                 // ambiguous: either guest may still be replicating.
+                // A recorded guest that was already seen and is missing now is gone, not
+                // replicating: no grace.
                 let at = match r.guest_id {
-                    Some(_) => r.last_invitation_at.max(r.invited_at),
-                    None => None,
+                    Some(_) if !r.guest_seen => r.last_invitation_at.max(r.invited_at),
+                    _ => None,
                 }
                 .max(r.invitation_unconfirmed_at)?;
                 let age = now.signed_duration_since(at);

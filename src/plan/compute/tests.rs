@@ -399,6 +399,25 @@ fn recent_invitation_waits_for_replication() {
     assert_eq!(p.changes[0].action.name(), "invite");
 }
 
+#[test]
+fn a_recently_invited_guest_that_was_seen_and_is_gone_is_invited_again_at_once() {
+    // Invited five minutes ago, then visible to a read (guest_seen), now missing: deleted
+    // behind guestops' back, not replicating.
+    let mut rec = owned(ANA, Some("g-new"), None);
+    rec.1.invited_at = Some(now() - TimeDelta::minutes(5));
+    rec.1.last_invitation_at = rec.1.invited_at;
+    rec.1.guest_seen = true;
+    let p = plan(
+        &desired(vec![ana()]),
+        &Observed::default(),
+        &state(vec![rec]),
+        &Policy::default(),
+        now(),
+    );
+    assert_eq!(p.changes[0].action.name(), "invite");
+    assert!(!codes(&p).contains(&"awaiting-replication"));
+}
+
 // ---- invitation lifecycle ----
 
 #[test]
