@@ -80,13 +80,13 @@ impl Env {
             .base
             .join(&format!("{SIM_TENANT_ID}/oauth2/v2.0/token"))
             .expect("token URL");
-        let scope = format!("{}/.default", self.base.as_str().trim_end_matches('/'));
+        let scope = "https://graph.microsoft.com/.default";
         let body: Value = reqwest::Client::new()
             .post(url)
             .form(&[
                 ("client_id", SIM_CLIENT_ID),
                 ("client_secret", SIM_CLIENT_SECRET),
-                ("scope", scope.as_str()),
+                ("scope", scope),
                 ("grant_type", "client_credentials"),
             ])
             .send()
@@ -404,12 +404,12 @@ async fn each_token_failure_says_what_to_fix() {
     assert_eq!(problem, TokenProblem::UnknownTenant);
     assert!(message.contains("tenant.tenantId"), "{message}");
 
+    // A token for the Graph of another cloud: the (global) tenant does not know that resource.
     let mut wrong_cloud = good.clone();
-    let port = env.base.port().expect("port");
-    wrong_cloud.graph_endpoint = Url::parse(&format!("http://localhost:{port}/")).expect("url");
+    wrong_cloud.cloud = guestops::config::Cloud::UsGov;
     let (problem, message) = token_error(&env, &wrong_cloud, SIM_CLIENT_SECRET).await;
     assert_eq!(problem, TokenProblem::WrongResource);
-    assert!(message.contains("tenant.graphEndpoint"), "{message}");
+    assert!(message.contains("tenant.cloud"), "{message}");
 
     // The tenant GUID works as well as the domain.
     let mut by_guid = good.clone();
@@ -442,7 +442,7 @@ async fn the_credential_can_be_shared_as_a_token_source() {
         &tenant.tenant_id,
         &tenant.client_id,
         SecretString::from(SIM_CLIENT_SECRET.to_owned()),
-        &tenant.graph_endpoint,
+        &tenant.cloud.graph_endpoint(),
         retry(),
     )
     .expect("credential");

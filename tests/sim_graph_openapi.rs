@@ -188,7 +188,7 @@ async fn start() -> Env {
         )
         .await
         .expect("the simulator binds a loopback port");
-    let scope = format!("{}/.default", base.as_str().trim_end_matches('/'));
+    let scope = "https://graph.microsoft.com/.default".to_owned();
     let body: Value = reqwest::Client::new()
         .post(format!("{base}{SIM_TENANT_ID}/oauth2/v2.0/token"))
         .form(&[

@@ -177,12 +177,12 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
-    /// The OAuth scope of the client-credentials grant: the Graph root + `/.default`
-    /// (`https://graph.microsoft.com/.default`).
+    /// The OAuth scope of the client-credentials grant: the Graph resource of `cloud` +
+    /// `/.default` (`https://graph.microsoft.com/.default`), whatever `graphEndpoint` says.
     pub fn scope(&self) -> String {
         format!(
             "{}/.default",
-            self.graph_endpoint.as_str().trim_end_matches('/')
+            self.cloud.graph_endpoint().as_str().trim_end_matches('/')
         )
     }
 }

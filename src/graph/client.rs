@@ -319,7 +319,10 @@ impl GraphClient {
             &tenant.tenant_id,
             &tenant.client_id,
             secret,
-            &tenant.graph_endpoint,
+            // The scope names Graph as a resource (its identifier in the configured cloud), not
+            // the URL requests go to: a `graphEndpoint` override (a proxy, a test double) does
+            // not change which resource the token is for.
+            &tenant.cloud.graph_endpoint(),
             retry.clone(),
         )?;
         Self::with_http(http, tenant, Arc::new(credential), retry)

@@ -155,12 +155,13 @@ impl TokenProblem {
                  (Enterprise applications → Properties → Enabled for users to sign-in)"
             }
             Self::WrongResource => {
-                "the Graph endpoint is not known to this tenant's cloud: check tenant.graphEndpoint \
-                 and tenant.cloud (tokens of one cloud do not work in another)"
+                "Graph of this cloud is not known to the tenant: check tenant.cloud (global, usgov, \
+                 usgov-dod, china) and tenant.authorityHost; tokens of one cloud do not work in \
+                 another"
             }
             Self::InvalidScope => {
-                "the scope was refused: tenant.graphEndpoint must be the bare Graph root, \
-                 e.g. https://graph.microsoft.com"
+                "the scope was refused: it is the Graph resource of tenant.cloud + /.default, \
+                 e.g. https://graph.microsoft.com/.default; check tenant.cloud"
             }
             Self::Unavailable => {
                 "the identity platform is temporarily unavailable or throttling: retry later"

@@ -39,7 +39,10 @@ pub const SIM_TENANT_ID: &str = "c0ffee00-5151-4e55-9a1e-000000000001";
 pub const SIM_TENANT_DOMAIN: &str = "sim.onmicrosoft.com";
 /// The only application (client) id the simulator knows.
 pub const SIM_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c11e";
-/// The client secret the simulator accepts unless changed.
+/// The application id of Microsoft Graph (a `scope` may name the resource by it).
+pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+
+/// The client secret the token endpoint accepts unless changed.
 pub const SIM_CLIENT_SECRET: &str = "sim-client-secret";
 
 /// The application permissions granted by default: what guestops needs, all of it.
@@ -687,29 +690,14 @@ fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn token(
-    State(sim): State<Sim>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+async fn token(State(sim): State<Sim>, Path(tenant): Path<String>, body: Bytes) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let mut state = sim.state();
     let dir = &mut state.graph;
-    issue_token(dir, &tenant, &host, &form)
+    issue_token(dir, &tenant, &form)
 }
 
-fn issue_token(
-    dir: &mut Directory,
-    tenant: &str,
-    host: &str,
-    form: &HashMap<String, String>,
-) -> Response {
+fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>) -> Response {
     let creds = dir.credentials.clone();
     if dir.token_outages > 0 {
         dir.token_outages -= 1;
@@ -829,9 +817,11 @@ fn issue_token(
             );
         }
     };
+    // Graph's resource identifier (global cloud), by URI or by application id; the address
+    // the simulator is served on is not a resource Entra knows.
     let resource = resource.trim_end_matches('/');
-    let own = [format!("http://{host}"), format!("https://{host}")];
-    if !own.iter().any(|o| o.eq_ignore_ascii_case(resource)) {
+    let graph = ["https://graph.microsoft.com", GRAPH_APP_ID];
+    if !graph.iter().any(|g| g.eq_ignore_ascii_case(resource)) {
         return aadsts(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
