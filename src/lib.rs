@@ -13,7 +13,14 @@
 //! | [`plan`] | the pure function `plan(desired, observed, state, policy, now)` and its renderings |
 //! | [`apply`] | executing a plan change by change, recording results |
 //! | [`state`] | `state.json`, `audit.jsonl`, the instance lock |
-//! | [`reconcile`] | observe → plan → apply, shared by `plan`, `apply` and the daemon |
+//! | [`reconcile`] | observe → plan → apply, shared by `plan`, `apply`, `status` and the daemon |
+//! | [`source`] | git (bare mirror, blob at the fetched commit, `read_at`) and the file watch |
+//! | [`daemon`] | `guestops run`: triggers, the reconcile loop, backoff, shutdown |
+//! | [`server`] | `/healthz`, `/readyz`, `/metrics`, `/hooks/github` |
+//! | [`metrics`] | the Prometheus registry |
+//! | [`systemd`] | `sd_notify` (READY, STATUS, WATCHDOG, STOPPING) |
+//! | [`diff`] | what a change of `users.yaml` grants and revokes (`guestops diff`) |
+//! | [`status`] | one row per desired user (`guestops status`) |
 //! | [`sim`] | in-process emulators of Graph and of the portal API, with fault injection |
 
 pub mod apply;
