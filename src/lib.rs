@@ -13,6 +13,7 @@
 //! | [`plan`] | the pure function `plan(desired, observed, state, policy, now)` and its renderings |
 //! | [`apply`] | executing a plan change by change, recording results |
 //! | [`state`] | `state.json`, `audit.jsonl`, the instance lock |
+//! | [`import`] | `guestops import`: a first `users.yaml` from the portal admins and their guests |
 //! | [`reconcile`] | observe → plan → apply, shared by `plan`, `apply` and the daemon |
 //! | [`sim`] | in-process emulators of Graph and of the portal API, with fault injection |
 
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod diff;
 pub mod graph;
 pub mod http;
+pub mod import;
 mod markup;
 pub mod metrics;
 pub mod plan;
