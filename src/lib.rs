@@ -21,6 +21,7 @@
 //! | [`systemd`] | `sd_notify` (READY, STATUS, WATCHDOG, STOPPING) |
 //! | [`diff`] | what a change of `users.yaml` grants and revokes (`guestops diff`) |
 //! | [`status`] | one row per desired user (`guestops status`) |
+//! | [`import`] | `guestops import`: a first `users.yaml` from the portal admins and their guests |
 //! | [`sim`] | in-process emulators of Graph and of the portal API, with fault injection |
 
 pub mod apply;
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod diff;
 pub mod graph;
 pub mod http;
+pub mod import;
 mod markup;
 pub mod metrics;
 pub mod plan;

@@ -46,6 +46,8 @@ enum Command {
     Status(cmd::status::Args),
     /// What a change of users.yaml between two git revisions grants and revokes (offline).
     Diff(cmd::diff::Args),
+    /// Write a first users.yaml from the portal's admins and their tenant accounts (read-only).
+    Import(cmd::import::Args),
     /// Run guestops against its built-in simulator and show what it does.
     Demo(cmd::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::run::run(args))),
         Command::Status(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::status::run(args))),
         Command::Diff(args) => cmd::diff::run(args),
+        Command::Import(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::import::run(args))),
         Command::Demo(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
         Command::Sim(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::sim::run(args))),
     };

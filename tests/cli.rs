@@ -32,8 +32,8 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 8] = [
-    "validate", "plan", "apply", "run", "status", "diff", "demo", "sim",
+const SUBCOMMANDS: [&str; 9] = [
+    "validate", "plan", "apply", "run", "status", "diff", "import", "demo", "sim",
 ];
 
 #[test]
@@ -74,6 +74,7 @@ fn help_documents_the_exit_codes() {
             "apply",
             &["0 every change done", "1 error", "3 refused"][..],
         ),
+        ("import", &["0 written", "1 error"][..]),
     ];
     for (sub, phrases) in expect {
         let help = run_in(dir.path(), &[sub, "--help"]);

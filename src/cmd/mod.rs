@@ -12,6 +12,7 @@ use guestops::spec::{self, DesiredState, OutputFormat, SpecPolicy};
 pub mod apply;
 pub mod demo;
 pub mod diff;
+pub mod import;
 pub mod plan;
 pub mod run;
 pub mod sim;

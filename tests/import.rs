@@ -1,0 +1,198 @@
+//! `guestops import` end to end: the simulator on loopback holds portal admins (some with a
+//! guest, one an internal member, one never invited) and a viewer; `import` writes a
+//! users.yaml that validates, and `plan` with that file invites and registers nobody.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use guestops::config::{Config, SecretSource};
+use guestops::sim::Sim;
+use guestops::sim::graph::SIM_CLIENT_SECRET;
+use guestops::sim::portal::SIM_API_KEY;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A config file as an operator writes it: the simulator's endpoints, secrets in files.
+fn write_config(dir: &Path, base: &url::Url) -> PathBuf {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets dir");
+    std::fs::write(secrets.join("graph-secret"), SIM_CLIENT_SECRET).expect("graph secret");
+    std::fs::write(secrets.join("portal-api-key"), SIM_API_KEY).expect("portal key");
+    let mut config = Config::for_simulator(base, &dir.join("state"));
+    config.tenant.client_secret = SecretSource::File(secrets.join("graph-secret"));
+    config.portal.api_key = SecretSource::File(secrets.join("portal-api-key"));
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config.yaml");
+    path
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn guestops(args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestops"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("GUESTOPS_CONFIG")
+        .env_remove("GUESTOPS_TENANT_CLIENT_SECRET")
+        .env_remove("GUESTOPS_PORTAL_API_KEY")
+        .output()
+        .await
+        .expect("run guestops");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_writes_a_file_whose_plan_invites_and_registers_nobody() {
+    let sim = Sim::new();
+    {
+        let mut state = sim.state();
+        state
+            .graph
+            .add_guest("ana.silva@partner.example", "Ana Silva");
+        state
+            .graph
+            .add_guest("bob.stone@vendor.example", "Bob Stone");
+        state.graph.add_member(
+            "dana.ops@sim.onmicrosoft.com",
+            Some("dana.ops@contoso.example"),
+            "Dana Ops",
+        );
+        state.graph.add_guest("vera@partner.example", "Vera Viewer");
+        state
+            .portal
+            .add_user("ana.silva@partner.example", "Ana Silva", 1);
+        state
+            .portal
+            .add_user("Bob.Stone@vendor.example", "Bob Stone", 2);
+        state
+            .portal
+            .add_user("dana.ops@contoso.example", "Dana Ops", 1);
+        state
+            .portal
+            .add_user("carl@vendor.example", "Carl Neves", 4);
+        state
+            .portal
+            .add_user("vera@partner.example", "Vera Viewer", 3);
+    }
+    let shutdown = CancellationToken::new();
+    let base = sim
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+        .await
+        .expect("simulator on loopback");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &base);
+    let config = config.to_str().expect("UTF-8 temp path");
+    let users = dir.path().join("users.yaml");
+    let users = users.to_str().expect("UTF-8 temp path");
+    let writes_before = sim.state().counters.writes;
+
+    let import = guestops(&["import", "--config", config, "--output", users]).await;
+    assert_eq!(import.code, 0, "import: {}", import.stderr);
+    assert!(import.stdout.is_empty(), "the file goes to --output");
+    assert!(
+        import
+            .stderr
+            .contains("3 admin(s) written, 1 commented out"),
+        "{}",
+        import.stderr
+    );
+    let written = std::fs::read_to_string(users).expect("users.yaml written");
+    assert!(
+        written.contains(
+            "- email: Bob.Stone@vendor.example\n    name: Bob Stone\n    role: contributor\n"
+        ),
+        "{written}"
+    );
+    assert!(
+        written.contains("  # - email: carl@vendor.example"),
+        "{written}"
+    );
+    assert!(
+        !written.contains("vera"),
+        "viewers are not admins: {written}"
+    );
+
+    let validate = guestops(&["validate", users]).await;
+    assert_eq!(validate.code, 0, "validate: {}", validate.stderr);
+
+    let plan = guestops(&[
+        "plan",
+        "--config",
+        config,
+        "--desired",
+        users,
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(plan.code, 0, "plan: {}", plan.stderr);
+    let plan: Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    let changes = plan["changes"].as_array().expect("changes");
+    for change in changes {
+        assert_eq!(
+            change["system"], "state",
+            "importing then planning must only adopt (no invite, register or update): {change}"
+        );
+    }
+    let adopted = |action: &str| -> Vec<&str> {
+        changes
+            .iter()
+            .filter(|c| c["action"] == action)
+            .filter_map(|c| c["key"].as_str())
+            .collect()
+    };
+    assert_eq!(
+        adopted("adopt-guest"),
+        ["ana.silva@partner.example", "bob.stone@vendor.example"]
+    );
+    assert_eq!(
+        adopted("adopt-portal"),
+        [
+            "ana.silva@partner.example",
+            "bob.stone@vendor.example",
+            "dana.ops@contoso.example"
+        ]
+    );
+    assert_eq!(
+        sim.state().counters.writes,
+        writes_before,
+        "import and plan are read-only"
+    );
+
+    // An existing file is not replaced without --force.
+    let again = guestops(&["import", "--config", config, "--output", users]).await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    let forced = guestops(&[
+        "import",
+        "--config",
+        config,
+        "--output",
+        users,
+        "--force",
+        "--uninvited",
+        "include",
+    ])
+    .await;
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    let written = std::fs::read_to_string(users).expect("users.yaml");
+    assert!(
+        written.contains("\n  - email: carl@vendor.example\n"),
+        "{written}"
+    );
+
+    // To stdout without --output.
+    let stdout = guestops(&["import", "--config", config, "--uninvited", "skip"]).await;
+    assert_eq!(stdout.code, 0, "{}", stdout.stderr);
+    assert!(stdout.stdout.starts_with("# Written by `guestops import`"));
+    assert!(!stdout.stdout.contains("carl"));
+    shutdown.cancel();
+}
