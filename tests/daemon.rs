@@ -11,7 +11,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +30,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use support::{NotifySocket, Repo, invalid_users_yaml, parse_exposition, sample, users_yaml};
+use support::{
+    Guestops, NotifySocket, Repo, free_port, invalid_users_yaml, parse_exposition, sample,
+    users_yaml, wait_for,
+};
 
 const ANA: (&str, &str) = ("ana@partner.example", "Ana");
 const BOB: (&str, &str) = ("bob@partner.example", "Bob");
@@ -626,141 +628,23 @@ async fn the_watchdog_is_pinged_while_idle_even_with_frequent_polls() {
 // The real binary, a real git repository, the simulator on loopback
 // ---------------------------------------------------------------------------------------------
 
-/// Generous bound of every wait below: only a guard against hanging, never an expectation.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// `guestops run` as a child process, killed if the test ends without stopping it.
-struct Guestops {
-    child: Option<Child>,
-    log: PathBuf,
+/// Starts `guestops run --config config` (`--desired desired` when given), with
+/// `NOTIFY_SOCKET` when given.
+fn start_guestops(
+    config: &Path,
     listen: std::net::SocketAddr,
-}
-
-impl Guestops {
-    /// Starts `guestops run --config config` (`--desired desired` when given), with
-    /// `NOTIFY_SOCKET` when given.
-    fn start(
-        config: &Path,
-        listen: std::net::SocketAddr,
-        notify: Option<&Path>,
-        desired: Option<&Path>,
-    ) -> Guestops {
-        let dir = config.parent().expect("config in a directory");
-        let log = dir.join(format!(
-            "guestops-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_guestops"));
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "guestops=info")
-            .env_remove(NOTIFY_SOCKET)
-            .env_remove(WATCHDOG_USEC)
-            .env_remove("GUESTOPS_CONFIG")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("GUESTOPS_") {
-                command.env_remove(name);
-            }
-        }
-        if let Some(socket) = notify {
-            command.env(NOTIFY_SOCKET, socket);
-        }
-        if let Some(desired) = desired {
-            command.arg("--desired").arg(desired);
-        }
-        let child = command.spawn().expect("guestops starts");
-        Guestops {
-            child: Some(child),
-            log,
-            listen,
-        }
+    notify: Option<&Path>,
+    desired: Option<&Path>,
+) -> Guestops {
+    let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+    if let Some(desired) = desired {
+        args.extend(["--desired".as_ref(), desired.as_os_str()]);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    /// `kill -TERM`, then the exit code.
-    async fn terminate(mut self) -> (Option<i32>, String) {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
-        let waited = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => return Some(status),
-                    Ok(None) if started.elapsed() < PATIENCE => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return None;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("wait task");
-        let log = self.log();
-        let status =
-            waited.unwrap_or_else(|| panic!("guestops did not exit after SIGTERM:\n{log}"));
-        (status.code(), log)
-    }
-}
-
-impl Drop for Guestops {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most [`PATIENCE`]; panics with `what` and
-/// the daemon's log otherwise.
-async fn wait_for<T, F, Fut>(what: &str, guestops: &Guestops, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "gave up waiting for {what}; guestops log:\n{}",
-            guestops.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local address")
+    let envs: Vec<(&str, &std::ffi::OsStr)> = notify
+        .map(|socket| (NOTIFY_SOCKET, socket.as_os_str()))
+        .into_iter()
+        .collect();
+    Guestops::spawn(config, listen, &args, &envs)
 }
 
 /// The simulator on loopback, a config following `repo`, and secrets in files.
@@ -805,7 +689,7 @@ impl Setup {
     }
 
     fn start(&self, notify: Option<&Path>) -> Guestops {
-        Guestops::start(&self.config, self.listen, notify, None)
+        start_guestops(&self.config, self.listen, notify, None)
     }
 
     fn state_json(&self) -> serde_json::Value {
@@ -1003,7 +887,7 @@ async fn run_with_desired_file_applies_edits_of_the_file() {
     let file = setup.dir.path().join("users.yaml");
     std::fs::write(&file, users_yaml(&[ANA])).expect("users.yaml");
     // The configured repository is ignored: --desired wins.
-    let guestops = Guestops::start(&setup.config, setup.listen, None, Some(&file));
+    let guestops = start_guestops(&setup.config, setup.listen, None, Some(&file));
 
     wait_for("ana registered", &guestops, || async {
         setup.registered(ANA.0).then_some(())

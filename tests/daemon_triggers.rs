@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use guestops::config::{CREDENTIALS_DIRECTORY, Config, SecretSource};
@@ -19,16 +18,15 @@ use guestops::sim::Sim;
 use guestops::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
 use tokio_util::sync::CancellationToken;
 
-use support::{NotifySocket, Repo, parse_exposition, sample, users_yaml};
+use support::{
+    Guestops, NotifySocket, Repo, free_port, parse_exposition, sample, users_yaml, wait_for,
+};
 
 const ANA: (&str, &str) = ("ana@partner.example", "Ana");
 const BOB: (&str, &str) = ("bob@partner.example", "Bob");
 
 /// The webhook secret shared with "GitHub".
 const WEBHOOK_SECRET: &str = "webhook secret shared with GitHub";
-
-/// Generous bound of every wait: only a guard against hanging, never an expectation.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long a refused trigger is watched for a reconcile it must not cause.
 const QUIET: Duration = Duration::from_millis(1500);
@@ -37,100 +35,6 @@ const QUIET: Duration = Duration::from_millis(1500);
 const LONG: Duration = Duration::from_secs(3600);
 
 /// `guestops run` as a child process, killed if the test ends without stopping it.
-struct Guestops {
-    child: Option<Child>,
-    log: PathBuf,
-    listen: std::net::SocketAddr,
-}
-
-impl Guestops {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    /// Sends `signal` (e.g. `-HUP`) with `kill`.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    /// `kill -TERM`, then the exit code and the log.
-    async fn terminate(mut self) -> (Option<i32>, String) {
-        self.signal("-TERM");
-        let mut child = self.child.take().expect("running");
-        let waited = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => return Some(status),
-                    Ok(None) if started.elapsed() < PATIENCE => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return None;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("wait task");
-        let log = self.log();
-        let status =
-            waited.unwrap_or_else(|| panic!("guestops did not exit after SIGTERM:\n{log}"));
-        (status.code(), log)
-    }
-}
-
-impl Drop for Guestops {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most [`PATIENCE`]; panics with `what` and
-/// the daemon's log otherwise.
-async fn wait_for<T, F, Fut>(what: &str, guestops: &Guestops, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "gave up waiting for {what}; guestops log:\n{}",
-            guestops.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local address")
-}
-
 /// The simulator on loopback, a config following `repo` that names no secret file, the
 /// secrets in a credentials directory, a state directory and a fake `NOTIFY_SOCKET`.
 struct Setup {
@@ -223,38 +127,17 @@ impl Setup {
     /// Starts `guestops run --config config` in a systemd-like environment, with no other
     /// `GUESTOPS_*` variable.
     fn start(&self) -> Guestops {
-        let log = self.dir.path().join(format!(
-            "guestops-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_guestops"));
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "guestops=info")
-            .env(CREDENTIALS_DIRECTORY, &self.credentials)
-            .env(NOTIFY_SOCKET, self.notify.path())
-            // WatchdogSec=10min.
-            .env(WATCHDOG_USEC, "600000000")
-            .env_remove("WATCHDOG_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("GUESTOPS_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command.spawn().expect("guestops starts");
-        Guestops {
-            child: Some(child),
-            log,
-            listen: self.listen,
-        }
+        Guestops::spawn(
+            &self.config,
+            self.listen,
+            &[],
+            &[
+                (CREDENTIALS_DIRECTORY, self.credentials.as_os_str()),
+                (NOTIFY_SOCKET, self.notify.path().as_os_str()),
+                // WatchdogSec=10min.
+                (WATCHDOG_USEC, "600000000".as_ref()),
+            ],
+        )
     }
 
     fn invitations(&self, email: &str) -> u32 {

@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use guestops::config::CREDENTIALS_DIRECTORY;
+use guestops::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
 
 /// Checks the OpenMetrics / Prometheus text format line by line: `# HELP`/`# TYPE`/`# UNIT`
 /// comments, samples `name{label="value",...} number`, and the final `# EOF`. Returns the
@@ -245,6 +249,156 @@ impl Drop for NotifySocket {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
+        }
+    }
+}
+
+/// How long the tests wait for the daemon before giving up.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `guestops run`, killed when dropped.
+pub struct Guestops {
+    /// The process (taken by `terminate`).
+    pub child: Option<Child>,
+    /// Its stderr, a file.
+    pub log: PathBuf,
+    /// Its `server.listen`.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Guestops {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// Sends `signal` (e.g. `-HUP`) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// `kill -TERM`, then the exit code and the log.
+    pub async fn terminate(mut self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("running");
+        let waited = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Some(status),
+                    Ok(None) if started.elapsed() < PATIENCE => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return None;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("wait task");
+        let log = self.log();
+        let status =
+            waited.unwrap_or_else(|| panic!("guestops did not exit after SIGTERM:\n{log}"));
+        (status.code(), log)
+    }
+}
+
+impl Drop for Guestops {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most [`PATIENCE`]; panics with `what` and
+/// the daemon's log otherwise.
+pub async fn wait_for<T, F, Fut>(what: &str, guestops: &Guestops, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "gave up waiting for {what}; guestops log:\n{}",
+            guestops.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local address")
+}
+
+impl Guestops {
+    /// Starts `guestops run --config config` plus `args`, logging to a file next to the
+    /// config, with `RUST_LOG=guestops=info`, no `GUESTOPS_*` variable and no systemd
+    /// variable of the test process, then `envs`.
+    pub fn spawn(
+        config: &Path,
+        listen: std::net::SocketAddr,
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Guestops {
+        let dir = config.parent().expect("config in a directory");
+        let log = dir.join(format!(
+            "guestops-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guestops"));
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "guestops=info")
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove("WATCHDOG_PID")
+            .env_remove(CREDENTIALS_DIRECTORY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("GUESTOPS_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("guestops starts");
+        Guestops {
+            child: Some(child),
+            log,
+            listen,
         }
     }
 }
