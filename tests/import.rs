@@ -2,52 +2,14 @@
 //! guest, one an internal member, one never invited) and a viewer; `import` writes a
 //! users.yaml that validates, and `plan` with that file invites and registers nobody.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod support;
+use support::{guestops, write_sim_config};
 
-use guestops::config::{Config, SecretSource};
+use std::net::SocketAddr;
+
 use guestops::sim::Sim;
-use guestops::sim::graph::SIM_CLIENT_SECRET;
-use guestops::sim::portal::SIM_API_KEY;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-/// A config file as an operator writes it: the simulator's endpoints, secrets in files.
-fn write_config(dir: &Path, base: &url::Url) -> PathBuf {
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).expect("secrets dir");
-    std::fs::write(secrets.join("graph-secret"), SIM_CLIENT_SECRET).expect("graph secret");
-    std::fs::write(secrets.join("portal-api-key"), SIM_API_KEY).expect("portal key");
-    let mut config = Config::for_simulator(base, &dir.join("state"));
-    config.tenant.client_secret = SecretSource::File(secrets.join("graph-secret"));
-    config.portal.api_key = SecretSource::File(secrets.join("portal-api-key"));
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, config.to_yaml()).expect("write config.yaml");
-    path
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn guestops(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestops"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("GUESTOPS_CONFIG")
-        .env_remove("GUESTOPS_TENANT_CLIENT_SECRET")
-        .env_remove("GUESTOPS_PORTAL_API_KEY")
-        .output()
-        .await
-        .expect("run guestops");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_writes_a_file_whose_plan_invites_and_registers_nobody() {
@@ -88,7 +50,7 @@ async fn import_writes_a_file_whose_plan_invites_and_registers_nobody() {
         .await
         .expect("simulator on loopback");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &base);
+    let config = write_sim_config(dir.path(), &base);
     let config = config.to_str().expect("UTF-8 temp path");
     let users = dir.path().join("users.yaml");
     let users = users.to_str().expect("UTF-8 temp path");

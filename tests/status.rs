@@ -3,14 +3,16 @@
 //! invitation, a role changed by hand in the portal, a user added to users.yaml but not applied
 //! yet), then `guestops status` in both formats.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod support;
+use support::{guestops, write_sim_config};
 
-use chrono::{TimeZone, Utc};
-use guestops::config::{Config, SecretSource};
-use guestops::sim::Sim;
 use guestops::sim::graph::SIM_CLIENT_SECRET;
 use guestops::sim::portal::SIM_API_KEY;
+
+use std::net::SocketAddr;
+
+use chrono::{TimeZone, Utc};
+use guestops::sim::Sim;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -47,47 +49,6 @@ users:
     name: Frank Lima
 ";
 
-/// A config file as an operator writes it: the simulator's endpoints, secrets in files.
-fn write_config(dir: &Path, base: &url::Url) -> PathBuf {
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).expect("secrets dir");
-    std::fs::write(
-        secrets.join("graph-secret"),
-        format!("{SIM_CLIENT_SECRET}\n"),
-    )
-    .expect("write the graph secret");
-    std::fs::write(secrets.join("portal-api-key"), SIM_API_KEY).expect("write the portal key");
-    let mut config = Config::for_simulator(base, &dir.join("state"));
-    config.tenant.client_secret = SecretSource::File(secrets.join("graph-secret"));
-    config.portal.api_key = SecretSource::File(secrets.join("portal-api-key"));
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, config.to_yaml()).expect("write config.yaml");
-    path
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn guestops(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestops"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("GUESTOPS_CONFIG")
-        .env_remove("GUESTOPS_TENANT_CLIENT_SECRET")
-        .env_remove("GUESTOPS_PORTAL_API_KEY")
-        .output()
-        .await
-        .expect("run guestops");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 fn guest_id(sim: &Sim, email: &str) -> String {
     let found = sim.state().graph.find_by_email(email);
     assert_eq!(found.len(), 1, "one tenant user holds {email}: {found:?}");
@@ -116,7 +77,7 @@ async fn status_shows_each_desired_user_across_tenant_portal_and_state() {
         .await
         .expect("simulator on loopback");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &base);
+    let config = write_sim_config(dir.path(), &base);
     let config = config.to_str().expect("UTF-8 temp path");
     let users = dir.path().join("users.yaml");
     let users = users.to_str().expect("UTF-8 temp path");
@@ -220,7 +181,7 @@ async fn status_fails_when_the_portal_key_is_wrong() {
         .await
         .expect("simulator on loopback");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &base);
+    let config = write_sim_config(dir.path(), &base);
     std::fs::write(dir.path().join("secrets/portal-api-key"), "wrong-key").expect("write key");
     let users = dir.path().join("users.yaml");
     std::fs::write(&users, APPLIED).expect("write users.yaml");
@@ -250,7 +211,7 @@ async fn empty_file_overrides_let_ci_read_secrets_from_the_environment() {
         .await
         .expect("simulator on loopback");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), &base);
+    let config = write_sim_config(dir.path(), &base);
     std::fs::remove_dir_all(dir.path().join("secrets")).expect("remove the secret files");
     let users = dir.path().join("users.yaml");
     std::fs::write(&users, APPLIED).expect("write users.yaml");

@@ -402,3 +402,56 @@ impl Guestops {
         }
     }
 }
+
+/// A config file as an operator writes it for the simulator at `base`: secrets in files
+/// under `dir/secrets`, state in `dir/state`.
+pub fn write_sim_config(dir: &Path, base: &url::Url) -> PathBuf {
+    use guestops::config::{Config, SecretSource};
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("secrets dir");
+    std::fs::write(
+        secrets.join("graph-secret"),
+        format!("{}\n", guestops::sim::graph::SIM_CLIENT_SECRET),
+    )
+    .expect("write the graph secret");
+    std::fs::write(
+        secrets.join("portal-api-key"),
+        guestops::sim::portal::SIM_API_KEY,
+    )
+    .expect("write the portal key");
+    let mut config = Config::for_simulator(base, &dir.join("state"));
+    config.tenant.client_secret = SecretSource::File(secrets.join("graph-secret"));
+    config.portal.api_key = SecretSource::File(secrets.join("portal-api-key"));
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config.yaml");
+    path
+}
+
+/// What a finished `guestops` command printed.
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the `guestops` binary with `args`, without the test process's `GUESTOPS_*` secrets,
+/// config path or log filter.
+pub async fn guestops(args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestops"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("GUESTOPS_CONFIG")
+        .env_remove("GUESTOPS_TENANT_CLIENT_SECRET")
+        .env_remove("GUESTOPS_PORTAL_API_KEY")
+        .output()
+        .await
+        .expect("run guestops");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
