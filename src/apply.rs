@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::graph::{DirectoryUser, Invitation, Tenant};
+use crate::graph::{DirectoryUser, GraphError, Invitation, Tenant};
 use crate::plan::{Action, Change, Plan, System};
 use crate::portal::{NewPortalUser, Portal};
 use crate::state::{
@@ -646,7 +646,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 }
             }
             Err(err) => Step::failed(
-                format!("could not invite {email}: {err}"),
+                format!("could not invite {email}: {err}{}", invite_hint(&err)),
                 err.request_id().map(str::to_owned),
                 Effect::None,
             ),
@@ -757,6 +757,19 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
 }
 
 /// After a look-up before inviting: a guest found is adopted, a member needs nothing.
+/// What to do about an invitation Graph refused, when the refusal is a known case.
+fn invite_hint(err: &GraphError) -> &'static str {
+    let message = err.to_string().to_lowercase();
+    if err.status() == Some(400) && message.contains("already exist") {
+        // No visible account holds the address (it was looked up first): a soft-deleted one does.
+        " — a deleted account still holds this address (deleted users are kept 30 days): \
+         restore it (Entra admin center → Users → Deleted users) to keep its history, or delete \
+         it permanently; the next reconcile then adopts or invites it"
+    } else {
+        ""
+    }
+}
+
 fn adopt_found(found: &[DirectoryUser], email: &str) -> Option<Step> {
     if let Some(guest) = found.iter().find(|u| u.is_guest()) {
         return Some(

@@ -763,6 +763,11 @@ fn a_guest_invited_seen_and_then_deleted_behind_guestops_back_is_invited_again_a
         "{}",
         blocked.stdout
     );
+    assert!(
+        blocked.stdout.contains("restore it (Entra admin center"),
+        "says what to do: {}",
+        blocked.stdout
+    );
 
     // Purged from deleted items: invited again at once, without the replication grace.
     h.state().graph.purge_deleted();

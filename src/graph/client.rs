@@ -146,8 +146,8 @@ fn api_advice(status: u16, code: &str) -> &'static str {
              User.DeleteRestore.All to delete guests, with admin consent"
         }
         (401, _) => {
-            " — Graph refused the access token: check tenant.tenantId, tenant.cloud and \
-             tenant.graphEndpoint (the token must be issued for that Graph root)"
+            " — Graph refused the access token: check tenant.tenantId and tenant.cloud (the \
+             token must be issued for the Graph of that cloud)"
         }
         (400, "Request_UnsupportedQuery") => {
             " — this query needs advanced query support; this is a guestops bug, please report it"
