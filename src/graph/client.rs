@@ -479,12 +479,15 @@ impl GraphClient {
         link: &str,
         headers: &HeaderMap,
     ) -> Result<Url, GraphError> {
-        let url = Url::parse(link).map_err(|err| GraphError::Malformed {
-            operation: operation.to_owned(),
-            detail: format!("@odata.nextLink is not an absolute URL ({err})"),
-            request_id: header_request_id(headers),
-        })?;
-        if url.origin() != self.root.origin() {
+        // Graph sends absolute links; a relative one is taken relative to the Graph root.
+        let url = Url::parse(link)
+            .or_else(|_| self.root.join(link))
+            .map_err(|err| GraphError::Malformed {
+                operation: operation.to_owned(),
+                detail: format!("@odata.nextLink is not a URL ({err})"),
+                request_id: header_request_id(headers),
+            })?;
+        if url.origin() != self.root.origin() && !same_loopback_service(&url, &self.root) {
             return Err(GraphError::Malformed {
                 operation: operation.to_owned(),
                 detail: format!(
@@ -497,6 +500,22 @@ impl GraphClient {
         }
         Ok(url)
     }
+}
+
+/// Whether `a` and `b` are the same port on this machine under two loopback names (`localhost`
+/// and `127.0.0.1`): a local Graph double may name itself either way, and the token stays on
+/// the machine.
+fn same_loopback_service(a: &Url, b: &Url) -> bool {
+    let loopback = |url: &Url| match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    a.scheme() == b.scheme()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && loopback(a)
+        && loopback(b)
 }
 
 /// Characters encoded in a query value: everything but unreserved characters and the OData
@@ -823,6 +842,25 @@ impl Tenant for GraphClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_link_may_name_the_same_local_service_another_way_but_never_another_host() {
+        let root = Url::parse("http://127.0.0.1:8080/").unwrap();
+        let same = |link: &str| same_loopback_service(&Url::parse(link).unwrap(), &root);
+        assert!(same("http://localhost:8080/v1.0/users?$skiptoken=x"));
+        assert!(same("http://[::1]:8080/v1.0/users"));
+        assert!(!same("http://localhost:9090/v1.0/users"), "another port");
+        assert!(!same("https://localhost:8080/v1.0/users"), "another scheme");
+        assert!(
+            !same("http://graph.example:8080/v1.0/users"),
+            "another host"
+        );
+        let graph = Url::parse("https://graph.microsoft.com/").unwrap();
+        assert!(!same_loopback_service(
+            &Url::parse("https://evil.example/v1.0/users").unwrap(),
+            &graph
+        ));
+    }
 
     #[test]
     fn filter_escapes_quotes_and_encodes_hash() {
