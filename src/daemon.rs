@@ -37,7 +37,7 @@ use crate::plan::{Observed, Plan, Policy};
 use crate::portal::Portal;
 use crate::reconcile::{ObserveError, observe};
 use crate::server::{Health, Trigger};
-use crate::source::{GitSource, Revision, SourceError, content_hash};
+use crate::source::{GitSource, Revision, SourceError, content_hash, read_file};
 use crate::spec::{self, DesiredState, SpecPolicy};
 use crate::state::{AppliedRevision, StateError, StateStore};
 use crate::systemd::Notifier;
@@ -79,25 +79,16 @@ pub struct FileSource {
 impl DesiredSource for FileSource {
     async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
         let path = self.path.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::io::Read as _;
-            let mut bytes = Vec::new();
-            std::fs::File::open(&path)
-                .and_then(|f| {
-                    f.take(spec::MAX_FILE_SIZE as u64 + 1)
-                        .read_to_end(&mut bytes)
-                })
-                .map(|_| bytes)
-        })
-        .await
-        .map_err(|e| SourceError::File {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| SourceError::File {
-            path: self.path.clone(),
-            source,
-        })?;
+        let bytes = tokio::task::spawn_blocking(move || read_file(&path))
+            .await
+            .map_err(|e| SourceError::File {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| SourceError::File {
+                path: self.path.clone(),
+                source,
+            })?;
         let hash = content_hash(&bytes);
         let revision = Revision {
             id: format!("sha256:{hash}"),

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use sha2::Digest as _;
 
 use guestops::spec::{self, DesiredState, OutputFormat, SpecPolicy};
 
@@ -60,7 +59,7 @@ pub fn stdout_color() -> bool {
 pub struct Desired {
     /// The desired state.
     pub state: DesiredState,
-    /// `sha256:<hex>` of the file content (a git commit id once the git source exists).
+    /// The commit id, or `sha256:<hex>` of a plain file's content.
     pub revision: String,
 }
 
@@ -73,24 +72,22 @@ pub async fn read_desired(
     config: &guestops::config::Config,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<Desired>> {
+    use guestops::daemon::{AnySource, DesiredSource as _, FileSource};
     use guestops::source::{GitSettings, GitSource};
-    let (bytes, revision, name) = match path {
-        Some(path) => {
-            let bytes = read_limited(path)?;
-            let revision = format!("sha256:{}", hex_digest(&bytes));
-            (bytes, revision, path.display().to_string())
-        }
+    // The same sources, and so the same revisions, as the daemon.
+    let source = match path {
+        Some(path) => AnySource::File(FileSource {
+            path: path.to_owned(),
+        }),
         None => {
             let settings = GitSettings::from_config(&config.source).context(
                 "no users.yaml to read: set source.repo in the config, or pass --desired FILE",
             )?;
-            let name = format!("{}@{}", settings.path, settings.branch);
-            let source = GitSource::new(settings, config.state.dir.join("mirror"));
-            let revision = source.fetch().await?;
-            let bytes = source.read(&revision).await?;
-            (bytes, revision.id, name)
+            AnySource::Git(GitSource::new(settings, config.state.dir.join("mirror")))
         }
     };
+    let (revision, bytes) = source.load().await?;
+    let (name, revision) = (source.describe(), revision.id);
     // The domain policy is enforced by the plan (a refusal, exit 3), not by validation.
     let parsed = spec::parse(&bytes, &SpecPolicy::default());
     if !parsed.diagnostics.is_empty() {
@@ -102,17 +99,9 @@ pub async fn read_desired(
     Ok(parsed.desired.map(|state| Desired { state, revision }))
 }
 
-/// Reads a file, refusing one larger than `users.yaml` may be before reading it whole.
+/// Reads a `users.yaml` file (bounded, see [`guestops::source::read_file`]).
 pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut bytes = Vec::new();
-    // One byte more than the limit, so that spec::parse sees (and reports) an oversized file.
-    file.take(spec::MAX_FILE_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(bytes)
+    guestops::source::read_file(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The two remote systems, connected as configured.
@@ -133,14 +122,6 @@ pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
     let portal =
         guestops::portal::PortalClient::new(&config.portal, api_key, RetryPolicy::default())?;
     Ok(Clients { tenant, portal })
-}
-
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn hex_digest(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Tells a person at a terminal what the wait is for; silent in logs and pipes.

@@ -24,7 +24,7 @@ mod git;
 mod watch;
 
 pub use git::{GitSettings, GitSource, read_at};
-pub use watch::{FileChange, FileWatch, content_hash, watch_file};
+pub use watch::{FileChange, FileWatch, content_hash, read_file, watch_file};
 
 /// Most bytes of `users.yaml` this module hands out: one more than
 /// [`crate::spec::MAX_FILE_SIZE`], so that the parser can tell a file that is too large.

@@ -139,7 +139,7 @@ pub fn watch_file(
 
     // Read after the watch started: an edit made in between is then both in the baseline or
     // reported.
-    let baseline = read_bounded_blocking(&absolute).ok().map(FileChange::new);
+    let baseline = read_file(&absolute).ok().map(FileChange::new);
     let (tx, rx) = mpsc::channel(8);
     let task = runtime.spawn(debounce_loop(
         absolute.clone(),
@@ -242,7 +242,9 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn read_bounded_blocking(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Reads a plain `users.yaml` file, at most [`READ_LIMIT`] bytes (one more than the parser
+/// accepts, so that an oversized file is reported as such). Blocking.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
