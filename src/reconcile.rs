@@ -1,5 +1,5 @@
-//! observe → plan → apply, once. Shared by `guestops plan`, `guestops apply`, the demo and
-//! (later) the daemon, so that every entry point takes the same path.
+//! observe → plan → apply, once. Shared by `guestops plan`, `apply`, `status`, `import`, the demo
+//! and the daemon, so that every entry point takes the same path.
 //!
 //! Observation is complete or fails: both listings are read in full (a failed page fails the
 //! read), then targeted lookups fill in what a listing cannot show — members with a desired
