@@ -28,6 +28,7 @@ pub mod apply;
 pub mod config;
 pub mod daemon;
 pub mod diff;
+pub mod fake;
 pub mod graph;
 pub mod http;
 pub mod import;

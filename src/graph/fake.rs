@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::fake::CallLog;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -37,63 +39,14 @@ pub enum TenantOp {
     DeleteUser,
 }
 
-/// An injected failure: the next `times` matching calls of `op` fail with `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// The operation that fails.
-    pub op: TenantOp,
-    /// Only calls whose argument (email or object id) equals this, case-insensitively.
-    pub target: Option<String>,
-    /// HTTP status of the error (`>= 500` is ambiguous).
-    pub status: u16,
-    /// How many matching calls fail.
-    pub times: usize,
-    /// The operation takes effect before the error is returned (a gateway timeout after the
-    /// backend committed).
-    pub after_applying: bool,
-}
-
-impl Fault {
-    /// The next call of `op` fails with `status`, without taking effect.
-    pub fn new(op: TenantOp, status: u16) -> Self {
-        Self {
-            op,
-            target: None,
-            status,
-            times: 1,
-            after_applying: false,
-        }
-    }
-
-    /// Fail `n` calls instead of one.
-    pub fn times(mut self, n: usize) -> Self {
-        self.times = n;
-        self
-    }
-
-    /// Fail only calls for this email (or object id).
-    pub fn for_target(mut self, target: &str) -> Self {
-        self.target = Some(target.to_owned());
-        self
-    }
-
-    /// Let the operation take effect, then report the error.
-    pub fn after_applying(mut self) -> Self {
-        self.after_applying = true;
-        self
-    }
-}
+/// Make matching calls of a [`TenantOp`] fail (see [`crate::fake::Fault`]).
+pub type Fault = crate::fake::Fault<TenantOp>;
 
 #[derive(Debug, Default)]
 struct Inner {
     users: Vec<DirectoryUser>,
     deleted: Vec<DirectoryUser>,
     invitations: Vec<Invitation>,
-    faults: Vec<Fault>,
-    calls: BTreeMap<TenantOp, usize>,
-    latency: Duration,
-    in_flight: usize,
-    max_in_flight: usize,
     next_id: u64,
     /// Reads a newly invited guest stays invisible for (replication delay).
     replication_lag: usize,
@@ -123,15 +76,7 @@ impl Inner {
 #[derive(Debug, Clone, Default)]
 pub struct FakeTenant {
     inner: Arc<Mutex<Inner>>,
-}
-
-/// Decrements the in-flight count when a call ends.
-struct InFlight<'a>(&'a FakeTenant);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.lock().in_flight -= 1;
-    }
+    calls: CallLog<TenantOp>,
 }
 
 impl FakeTenant {
@@ -213,7 +158,7 @@ impl FakeTenant {
 
     /// Injects a fault.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        self.calls.inject(fault);
     }
 
     /// Guests created by later invitations stay invisible to the next `reads` read calls
@@ -224,54 +169,22 @@ impl FakeTenant {
 
     /// Every call answers after `latency` (a `tokio::time` sleep: use a paused clock).
     pub fn set_latency(&self, latency: Duration) {
-        self.lock().latency = latency;
+        self.calls.set_latency(latency);
     }
 
     /// Calls made of `op`, failed ones included.
     pub fn calls(&self, op: TenantOp) -> usize {
-        self.lock().calls.get(&op).copied().unwrap_or(0)
+        self.calls.calls(op)
     }
 
     /// Calls made of every operation.
     pub fn total_calls(&self) -> usize {
-        self.lock().calls.values().sum()
+        self.calls.total_calls()
     }
 
     /// The largest number of calls that were in flight at the same time.
     pub fn max_in_flight(&self) -> usize {
-        self.lock().max_in_flight
-    }
-
-    /// Counts the call, waits the latency, and returns the fault to apply, if any.
-    async fn enter(&self, op: TenantOp, target: &str) -> (InFlight<'_>, Option<Fault>) {
-        let latency = {
-            let mut inner = self.lock();
-            *inner.calls.entry(op).or_insert(0) += 1;
-            inner.in_flight += 1;
-            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-            inner.latency
-        };
-        let guard = InFlight(self);
-        if latency.is_zero() {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(latency).await;
-        }
-        let mut inner = self.lock();
-        let hit = inner.faults.iter().position(|f| {
-            f.op == op
-                && f.times > 0
-                && f.target
-                    .as_deref()
-                    .is_none_or(|t| t.eq_ignore_ascii_case(target))
-        });
-        let fault = hit.map(|i| {
-            let fault = &mut inner.faults[i];
-            fault.times -= 1;
-            fault.clone()
-        });
-        inner.faults.retain(|f| f.times > 0);
-        (guard, fault)
+        self.calls.max_in_flight()
     }
 }
 
@@ -339,7 +252,7 @@ fn request_id(inner: &mut Inner) -> String {
 
 impl Tenant for FakeTenant {
     async fn list_guests(&self) -> Result<Vec<DirectoryUser>, GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::ListGuests, "").await;
+        let (_guard, fault) = self.calls.enter(TenantOp::ListGuests, "").await;
         let mut inner = self.lock();
         if let Some(fault) = fault {
             let rid = request_id(&mut inner);
@@ -354,7 +267,7 @@ impl Tenant for FakeTenant {
     }
 
     async fn find_by_email(&self, email: &str) -> Result<Vec<DirectoryUser>, GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::FindByEmail, email).await;
+        let (_guard, fault) = self.calls.enter(TenantOp::FindByEmail, email).await;
         let mut inner = self.lock();
         if let Some(fault) = fault {
             let rid = request_id(&mut inner);
@@ -368,7 +281,7 @@ impl Tenant for FakeTenant {
     }
 
     async fn get_user(&self, id: &str) -> Result<Option<DirectoryUser>, GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::GetUser, id).await;
+        let (_guard, fault) = self.calls.enter(TenantOp::GetUser, id).await;
         let mut inner = self.lock();
         if let Some(fault) = fault {
             let rid = request_id(&mut inner);
@@ -378,7 +291,7 @@ impl Tenant for FakeTenant {
     }
 
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::Invite, &invitation.email).await;
+        let (_guard, fault) = self.calls.enter(TenantOp::Invite, &invitation.email).await;
         let mut inner = self.lock();
         let rid = request_id(&mut inner);
         let operation = format!("invite {}", invitation.email);
@@ -422,7 +335,7 @@ impl Tenant for FakeTenant {
     }
 
     async fn set_account_enabled(&self, id: &str, enabled: bool) -> Result<(), GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::SetAccountEnabled, id).await;
+        let (_guard, fault) = self.calls.enter(TenantOp::SetAccountEnabled, id).await;
         let mut inner = self.lock();
         let rid = request_id(&mut inner);
         let operation = format!("set accountEnabled of {id}");
@@ -448,7 +361,7 @@ impl Tenant for FakeTenant {
     }
 
     async fn delete_user(&self, id: &str) -> Result<bool, GraphError> {
-        let (_guard, fault) = self.enter(TenantOp::DeleteUser, id).await;
+        let (_guard, fault) = self.calls.enter(TenantOp::DeleteUser, id).await;
         let mut inner = self.lock();
         let rid = request_id(&mut inner);
         let operation = format!("delete user {id}");

@@ -10,8 +10,9 @@
 //! address, optionally after the write happened), latency, call counts and the largest number
 //! of calls in flight at once.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::fake::CallLog;
 use std::time::Duration;
 
 use super::{NewPortalUser, Portal, PortalError, PortalUser, RoleCodes};
@@ -32,51 +33,8 @@ pub enum PortalOp {
     DeleteUser,
 }
 
-/// An injected failure: the next `times` matching calls of `op` fail with `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortalFault {
-    /// The operation that fails.
-    pub op: PortalOp,
-    /// Only calls for this email, case-insensitively.
-    pub target: Option<String>,
-    /// HTTP status of the error (`>= 500` is ambiguous).
-    pub status: u16,
-    /// How many matching calls fail.
-    pub times: usize,
-    /// The operation takes effect before the error is returned.
-    pub after_applying: bool,
-}
-
-impl PortalFault {
-    /// The next call of `op` fails with `status`, without taking effect.
-    pub fn new(op: PortalOp, status: u16) -> Self {
-        Self {
-            op,
-            target: None,
-            status,
-            times: 1,
-            after_applying: false,
-        }
-    }
-
-    /// Fail `n` calls instead of one.
-    pub fn times(mut self, n: usize) -> Self {
-        self.times = n;
-        self
-    }
-
-    /// Fail only calls for this email.
-    pub fn for_target(mut self, email: &str) -> Self {
-        self.target = Some(email.to_owned());
-        self
-    }
-
-    /// Let the operation take effect, then report the error.
-    pub fn after_applying(mut self) -> Self {
-        self.after_applying = true;
-        self
-    }
-}
+/// Make matching calls of a [`PortalOp`] fail (see [`crate::fake::Fault`]).
+pub type PortalFault = crate::fake::Fault<PortalOp>;
 
 /// A stored portal user: what the API lists plus a field guestops does not manage.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,11 +47,6 @@ struct Stored {
 struct Inner {
     users: Vec<Stored>,
     codes: RoleCodes,
-    faults: Vec<PortalFault>,
-    calls: BTreeMap<PortalOp, usize>,
-    latency: Duration,
-    in_flight: usize,
-    max_in_flight: usize,
     next_id: u64,
 }
 
@@ -101,15 +54,7 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct FakePortal {
     inner: Arc<Mutex<Inner>>,
-}
-
-/// Decrements the in-flight count when a call ends.
-struct InFlight<'a>(&'a FakePortal);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.lock().in_flight -= 1;
-    }
+    calls: CallLog<PortalOp>,
 }
 
 impl FakePortal {
@@ -176,58 +121,27 @@ impl FakePortal {
 
     /// Injects a fault.
     pub fn inject(&self, fault: PortalFault) {
-        self.lock().faults.push(fault);
+        self.calls.inject(fault);
     }
 
     /// Every call answers after `latency` (a `tokio::time` sleep: use a paused clock).
     pub fn set_latency(&self, latency: Duration) {
-        self.lock().latency = latency;
+        self.calls.set_latency(latency);
     }
 
     /// Calls made of `op`, failed ones included.
     pub fn calls(&self, op: PortalOp) -> usize {
-        self.lock().calls.get(&op).copied().unwrap_or(0)
+        self.calls.calls(op)
     }
 
     /// Calls made of every operation.
     pub fn total_calls(&self) -> usize {
-        self.lock().calls.values().sum()
+        self.calls.total_calls()
     }
 
     /// The largest number of calls that were in flight at the same time.
     pub fn max_in_flight(&self) -> usize {
-        self.lock().max_in_flight
-    }
-
-    async fn enter(&self, op: PortalOp, target: &str) -> (InFlight<'_>, Option<PortalFault>) {
-        let latency = {
-            let mut inner = self.lock();
-            *inner.calls.entry(op).or_insert(0) += 1;
-            inner.in_flight += 1;
-            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-            inner.latency
-        };
-        let guard = InFlight(self);
-        if latency.is_zero() {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(latency).await;
-        }
-        let mut inner = self.lock();
-        let hit = inner.faults.iter().position(|f| {
-            f.op == op
-                && f.times > 0
-                && f.target
-                    .as_deref()
-                    .is_none_or(|t| t.eq_ignore_ascii_case(target))
-        });
-        let fault = hit.map(|i| {
-            let fault = &mut inner.faults[i];
-            fault.times -= 1;
-            fault.clone()
-        });
-        inner.faults.retain(|f| f.times > 0);
-        (guard, fault)
+        self.calls.max_in_flight()
     }
 }
 
@@ -261,7 +175,7 @@ fn position(inner: &Inner, email: &str) -> Option<usize> {
 
 impl Portal for FakePortal {
     async fn list_users(&self) -> Result<Vec<PortalUser>, PortalError> {
-        let (_guard, fault) = self.enter(PortalOp::ListUsers, "").await;
+        let (_guard, fault) = self.calls.enter(PortalOp::ListUsers, "").await;
         if let Some(fault) = fault {
             return Err(injected("list users".to_owned(), &fault));
         }
@@ -269,7 +183,7 @@ impl Portal for FakePortal {
     }
 
     async fn find_user(&self, email: &str) -> Result<Option<PortalUser>, PortalError> {
-        let (_guard, fault) = self.enter(PortalOp::FindUser, email).await;
+        let (_guard, fault) = self.calls.enter(PortalOp::FindUser, email).await;
         if let Some(fault) = fault {
             return Err(injected(format!("find user {email}"), &fault));
         }
@@ -277,7 +191,7 @@ impl Portal for FakePortal {
     }
 
     async fn create_user(&self, user: &NewPortalUser) -> Result<(), PortalError> {
-        let (_guard, fault) = self.enter(PortalOp::CreateUser, &user.email).await;
+        let (_guard, fault) = self.calls.enter(PortalOp::CreateUser, &user.email).await;
         let operation = format!("create user {}", user.email);
         if let Some(fault) = &fault
             && !fault.after_applying
@@ -307,7 +221,7 @@ impl Portal for FakePortal {
     }
 
     async fn update_user(&self, email: &str, name: &str, role: Role) -> Result<(), PortalError> {
-        let (_guard, fault) = self.enter(PortalOp::UpdateUser, email).await;
+        let (_guard, fault) = self.calls.enter(PortalOp::UpdateUser, email).await;
         let operation = format!("update user {email}");
         if let Some(fault) = &fault
             && !fault.after_applying
@@ -330,7 +244,7 @@ impl Portal for FakePortal {
     }
 
     async fn delete_user(&self, email: &str) -> Result<bool, PortalError> {
-        let (_guard, fault) = self.enter(PortalOp::DeleteUser, email).await;
+        let (_guard, fault) = self.calls.enter(PortalOp::DeleteUser, email).await;
         let operation = format!("delete user {email}");
         if let Some(fault) = &fault
             && !fault.after_applying
