@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Instant;
 
-use guestops::graph::DirectoryUser;
-use guestops::plan::{Observed, Policy, plan};
-use guestops::portal::PortalUser;
-use guestops::spec::{DesiredState, DesiredUser, Email, InvitationDefaults, Role};
-use guestops::state::State;
+use guestops::desired::spec::{DesiredState, DesiredUser, Email, InvitationDefaults, Role};
+use guestops::reconcile::plan::{Observed, Policy, plan};
+use guestops::reconcile::state::State;
+use guestops::remote::graph::DirectoryUser;
+use guestops::remote::portal::PortalUser;
 
 const DESIRED: usize = 100_000;
 const GUESTS: usize = 1_000_000;

@@ -1,46 +1,30 @@
 //! guestops keeps the external administrators of a Power Embedded organization declared in git.
 //!
-//! Data flows one way: **source → desired → observe → plan → (guard) → apply → record**
-//! (`docs/design.md` §10). Each module owns one concern:
+//! Data flows one way (`docs/design.md` §10):
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`spec`] | `users.yaml`: parsing with spans, validation, diagnostics |
-//! | [`config`] | host configuration and secret loading |
-//! | [`http`] | the retry / backoff / `Retry-After` policy shared by both clients |
-//! | [`graph`] | the Microsoft Graph client (tokens, guests, invitations) |
-//! | [`portal`] | the Power Embedded client (users list/create/update/delete) |
-//! | [`plan`] | the pure function `plan(desired, observed, state, policy, now)` and its renderings |
-//! | [`apply`] | executing a plan change by change, recording results |
-//! | [`state`] | `state.json`, `audit.jsonl`, the instance lock |
-//! | [`reconcile`] | observe → plan → apply, shared by `plan`, `apply`, `status` and the daemon |
-//! | [`source`] | git (bare mirror, blob at the fetched commit, `read_at`) and the file watch |
-//! | [`daemon`] | `guestops run`: triggers, the reconcile loop, backoff, shutdown |
-//! | [`server`] | `/healthz`, `/readyz`, `/metrics`, `/hooks/github` |
-//! | [`metrics`] | the Prometheus registry |
-//! | [`systemd`] | `sd_notify` (READY, STATUS, WATCHDOG, STOPPING) |
-//! | [`diff`] | what a change of `users.yaml` grants and revokes (`guestops diff`) |
-//! | [`status`] | one row per desired user (`guestops status`) |
-//! | [`import`] | `guestops import`: a first `users.yaml` from the portal admins and their guests |
-//! | [`sim`] | in-process emulators of Graph and of the portal API, with fault injection |
+//! ```text
+//!  desired ──────────────┐
+//!  (git / file source,   │
+//!   users.yaml)          ▼
+//!                 reconcile::run_once ── observe ──▶ plan (pure) ──▶ apply ──▶ record
+//!                        ▲               (remote)                   (remote)   (state, audit)
+//!  service (daemon loop, │
+//!  server, metrics) ─────┘        cli: one thin wrapper per command over the same call
+//! ```
+//!
+//! | folder | owns | must not |
+//! |---|---|---|
+//! | [`desired`] | `users.yaml` (parse, validate, diagnostics), the git and file sources, `diff` between revisions | talk to Graph or the portal |
+//! | [`remote`] | the HTTP edge, the Graph and portal clients, identity matching, in-memory fakes | decide what to change |
+//! | [`reconcile`] | observe → pure plan → apply → record (state, audit), and the views built from an observation (`status`, `import`) | read the config file or the clock inside the plan |
+//! | [`service`] | the daemon loop, the HTTP server, metrics, systemd | reconcile differently from the CLI |
+//! | [`config`] | the host configuration and secret loading | be imported by the clients |
+//! | [`sim`] | emulators of Graph, the token endpoint and the portal (written from `docs/specs/`) | share matching code with the clients |
 
-pub mod apply;
 pub mod config;
-pub mod daemon;
-pub mod diff;
-pub mod fake;
-pub mod graph;
-pub mod http;
-pub mod import;
+pub mod desired;
 mod markup;
-pub mod metrics;
-pub mod plan;
-pub mod portal;
 pub mod reconcile;
-pub mod server;
+pub mod remote;
+pub mod service;
 pub mod sim;
-pub mod source;
-pub mod spec;
-pub mod state;
-pub mod status;
-pub mod systemd;

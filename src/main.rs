@@ -1,12 +1,12 @@
 //! The `guestops` command line: parses arguments, sets up tracing, dispatches to
-//! `cmd::<subcommand>` and maps the result to an exit code. The work is in the library.
+//! `cli::<subcommand>` and maps the result to an exit code. The work is in the library.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cmd;
+mod cli;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -35,45 +35,45 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a users.yaml file: every problem at once, with line and column.
-    Validate(cmd::validate::Args),
+    Validate(cli::validate::Args),
     /// Read the tenant and the portal and print what apply would change (read-only).
-    Plan(cmd::plan::Args),
+    Plan(cli::plan::Args),
     /// Reconcile once: plan, then make the changes.
-    Apply(cmd::apply::Args),
+    Apply(cli::apply::Args),
     /// Run the daemon: follow the git branch (or a file) and keep both systems in sync.
-    Run(cmd::run::Args),
+    Run(cli::run::Args),
     /// One row per desired user: invited / pending since / accepted, registered, role, owned.
-    Status(cmd::status::Args),
+    Status(cli::status::Args),
     /// What a change of users.yaml between two git revisions grants and revokes (offline).
-    Diff(cmd::diff::Args),
+    Diff(cli::diff::Args),
     /// Write a first users.yaml from the portal's admins and their tenant accounts (read-only).
-    Import(cmd::import::Args),
+    Import(cli::import::Args),
     /// Run guestops against its built-in simulator and show what it does.
-    Demo(cmd::demo::Args),
+    Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
-    Sim(cmd::sim::Args),
+    Sim(cli::sim::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Validate(args) => cmd::validate::run(args),
-        Command::Plan(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::plan::run(args))),
-        Command::Apply(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::apply::run(args))),
-        Command::Run(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::run::run(args))),
-        Command::Status(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::status::run(args))),
-        Command::Diff(args) => cmd::diff::run(args),
-        Command::Import(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::import::run(args))),
-        Command::Demo(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::demo::run(args))),
-        Command::Sim(args) => cmd::runtime().and_then(|rt| rt.block_on(cmd::sim::run(args))),
+        Command::Validate(args) => cli::validate::run(args),
+        Command::Plan(args) => cli::runtime().and_then(|rt| rt.block_on(cli::plan::run(args))),
+        Command::Apply(args) => cli::runtime().and_then(|rt| rt.block_on(cli::apply::run(args))),
+        Command::Run(args) => cli::runtime().and_then(|rt| rt.block_on(cli::run::run(args))),
+        Command::Status(args) => cli::runtime().and_then(|rt| rt.block_on(cli::status::run(args))),
+        Command::Diff(args) => cli::diff::run(args),
+        Command::Import(args) => cli::runtime().and_then(|rt| rt.block_on(cli::import::run(args))),
+        Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
+        Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
     };
     match result {
         Ok(status) => status.into(),
         Err(err) => {
             let mut stderr = std::io::stderr().lock();
             let _ = writeln!(stderr, "error: {err:#}");
-            cmd::Status::Error.into()
+            cli::Status::Error.into()
         }
     }
 }

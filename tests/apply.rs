@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use guestops::apply::{ApplyError, ApplyOptions, ApplyReport, ChangeResult, apply};
-use guestops::graph::fake::{FakeTenant, Fault, TenantOp};
-use guestops::plan::{Action, Change, Plan, Refusal};
-use guestops::portal::fake::{FakePortal, PortalFault, PortalOp};
-use guestops::spec::Role;
-use guestops::state::{self, AuditResult, State, StateStore, UserRecord};
+use guestops::desired::spec::Role;
+use guestops::reconcile::apply::{ApplyError, ApplyOptions, ApplyReport, ChangeResult, apply};
+use guestops::reconcile::plan::{Action, Change, Plan, Refusal};
+use guestops::reconcile::state::{self, AuditResult, State, StateStore, UserRecord};
+use guestops::remote::graph::fake::{FakeTenant, Fault, TenantOp};
+use guestops::remote::portal::fake::{FakePortal, PortalFault, PortalOp};
 use tokio_util::sync::CancellationToken;
 
 fn now() -> DateTime<Utc> {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guestops::config::{Cloud, Config, ConfigError, Problem, SecretSource, override_variables};
-use guestops::plan::GuestOnRemoval;
-use guestops::portal::RoleCodes;
+use guestops::reconcile::plan::GuestOnRemoval;
+use guestops::remote::portal::RoleCodes;
 use secrecy::ExposeSecret;
 
 fn fixture_path(name: &str) -> PathBuf {

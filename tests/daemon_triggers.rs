@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use guestops::config::{CREDENTIALS_DIRECTORY, Config, SecretSource};
-use guestops::server::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
+use guestops::service::server::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
+use guestops::service::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
 use guestops::sim::Sim;
-use guestops::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
 use tokio_util::sync::CancellationToken;
 
 use support::{

@@ -141,7 +141,8 @@ fn thousands_of_guests_converge_in_one_apply_and_the_second_apply_writes_nothing
         Some(12),
         "state.json records every managed user: {state}"
     );
-    let audit = guestops::state::read_audit(&h.state_dir()).expect("audit.jsonl is readable");
+    let audit =
+        guestops::reconcile::state::read_audit(&h.state_dir()).expect("audit.jsonl is readable");
     assert!(
         audit.len() >= 22,
         "every remote write is audited: {} records",
@@ -536,7 +537,8 @@ fn killed_mid_apply_the_next_apply_converges_without_duplicates() {
             "{email} has one guest"
         );
     }
-    let state = guestops::state::StateStore::read_only(&h.state_dir()).expect("state.json valid");
+    let state = guestops::reconcile::state::StateStore::read_only(&h.state_dir())
+        .expect("state.json valid");
     assert_eq!(state.users.len(), users.len());
     assert!(
         state
@@ -951,7 +953,7 @@ fn removed_and_expired_users_are_removed_and_their_guests_disabled() {
     seed::unrelated(&h.sim, 20, 30);
     h.configure(|c| {
         c.policy.prune = true;
-        c.policy.guest_on_removal = guestops::plan::GuestOnRemoval::Disable;
+        c.policy.guest_on_removal = guestops::reconcile::plan::GuestOnRemoval::Disable;
     });
     let users = new_users("leaver", 3);
     h.write_users(&as_refs(&users));

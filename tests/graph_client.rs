@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guestops::config::{SecretSource, TenantConfig};
-use guestops::graph::token::{ClientSecretCredential, TokenProblem};
-use guestops::graph::{GraphClient, GraphError, Invitation, Tenant};
-use guestops::http::RetryPolicy;
+use guestops::remote::graph::token::{ClientSecretCredential, TokenProblem};
+use guestops::remote::graph::{GraphClient, GraphError, Invitation, Tenant};
+use guestops::remote::http::RetryPolicy;
 use guestops::sim::graph::{
     SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_DOMAIN, SIM_TENANT_ID, SimCredentials,
 };
@@ -232,7 +232,7 @@ async fn finds_members_and_guests_by_every_address_form() {
         (member, other_only, guest, upn_only)
     };
     let client = env.client();
-    let ids = |users: Vec<guestops::graph::DirectoryUser>| {
+    let ids = |users: Vec<guestops::remote::graph::DirectoryUser>| {
         users.into_iter().map(|u| u.id).collect::<Vec<_>>()
     };
 

@@ -9,14 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
 
-use guestops::graph::{DirectoryUser, ObjectIdentity};
-use guestops::plan::{
+use guestops::desired::spec::{DesiredState, DesiredUser, Email, InvitationDefaults, Role};
+use guestops::reconcile::plan::{
     Action, GuestOnRemoval, Observed, Plan, PlanFormat, Policy, RenderOptions, plan, render,
     render_with,
 };
-use guestops::portal::{PortalUser, RoleCodes};
-use guestops::spec::{DesiredState, DesiredUser, Email, InvitationDefaults, Role};
-use guestops::state::{State, UserRecord};
+use guestops::reconcile::state::{State, UserRecord};
+use guestops::remote::graph::{DirectoryUser, ObjectIdentity};
+use guestops::remote::portal::{PortalUser, RoleCodes};
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0)

@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use guestops::config::{PortalConfig, SecretSource};
-use guestops::http::RetryPolicy;
-use guestops::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
+use guestops::desired::spec::Role;
+use guestops::remote::http::RetryPolicy;
+use guestops::remote::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
 use guestops::sim::portal::SIM_API_KEY;
 use guestops::sim::{FailRule, Sim};
-use guestops::spec::Role;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

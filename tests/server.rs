@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, TimeZone, Utc};
-use guestops::metrics::{Metrics, ReconcileResult};
-use guestops::server::{Health, ServerState, Trigger, WebhookConfig, router, serve, sign};
+use guestops::service::metrics::{Metrics, ReconcileResult};
+use guestops::service::server::{Health, ServerState, Trigger, WebhookConfig, router, serve, sign};
 use http_body_util::BodyExt;
 use secrecy::SecretString;
 use tokio::sync::mpsc;
@@ -349,7 +349,7 @@ async fn oversized_body_is_413_and_triggers_nothing() {
     let mut body = push_body("main");
     body.extend(std::iter::repeat_n(
         b' ',
-        guestops::server::MAX_WEBHOOK_BODY,
+        guestops::service::server::MAX_WEBHOOK_BODY,
     ));
     let answer = call(&f.state, hook("push", &body, Some(sign(SECRET, &body)))).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);

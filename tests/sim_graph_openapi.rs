@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use guestops::graph::USER_SELECT;
+use guestops::remote::graph::USER_SELECT;
 use guestops::sim::graph::{DEFAULT_PROPERTIES, SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_ID};
 use guestops::sim::{FailRule, Sim};
 use jsonschema::Draft;

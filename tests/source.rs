@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository, Signature, Time};
-use guestops::source::{
+use guestops::desired::source::{
     GitSettings, GitSource, Revision, SourceError, content_hash, read_at, watch_file,
 };
 use tempfile::TempDir;
@@ -255,7 +255,7 @@ async fn an_invalid_branch_name_is_refused_before_any_fetch() {
 #[tokio::test]
 async fn a_file_over_the_size_limit_is_refused() {
     let upstream = Upstream::new();
-    let big = vec![b'#'; guestops::spec::MAX_FILE_SIZE + 1];
+    let big = vec![b'#'; guestops::desired::spec::MAX_FILE_SIZE + 1];
     upstream.commit("main", &[("users.yaml", &big)], "too big", T1);
     let mirror = TempDir::new().expect("temp dir");
     let source = upstream.source(&mirror, "main");
@@ -350,8 +350,8 @@ fn read_at_errors_name_the_revision_or_the_path() {
 
 /// Waits for the next change, or fails the test after [`PATIENCE`].
 async fn next_change(
-    rx: &mut tokio::sync::mpsc::Receiver<guestops::source::FileChange>,
-) -> guestops::source::FileChange {
+    rx: &mut tokio::sync::mpsc::Receiver<guestops::desired::source::FileChange>,
+) -> guestops::desired::source::FileChange {
     tokio::time::timeout(PATIENCE, rx.recv())
         .await
         .expect("a change within the patience window")

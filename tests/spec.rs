@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use guestops::spec::{
+use guestops::desired::spec::{
     Diagnostic, MAX_FILE_SIZE, OutputFormat, Parsed, Role, Severity, SpecPolicy, codes, parse,
     render,
 };

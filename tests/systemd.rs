@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use guestops::config::Config;
-use guestops::systemd::{NOTIFY_SOCKET, Notifier, WATCHDOG_PID, WATCHDOG_USEC};
+use guestops::service::systemd::{NOTIFY_SOCKET, Notifier, WATCHDOG_PID, WATCHDOG_USEC};
 use secrecy::ExposeSecret;
 
 /// The highest `systemd-analyze security` exposure the unit may have.

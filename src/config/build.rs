@@ -17,9 +17,9 @@ use super::{
     Cloud, Config, PolicyConfig, PortalConfig, Problem, SecretSource, ServerConfig, SourceConfig,
     StateConfig, TenantConfig,
 };
-use crate::plan::GuestOnRemoval;
-use crate::portal::RoleCodes;
-use crate::spec::Role;
+use crate::desired::spec::Role;
+use crate::reconcile::plan::GuestOnRemoval;
+use crate::remote::portal::RoleCodes;
 
 /// Default of `portal.baseUrl`.
 pub(crate) const DEFAULT_PORTAL_BASE_URL: &str = "https://api.powerembedded.com.br";

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::plan::GuestOnRemoval;
-use crate::portal::RoleCodes;
+use crate::reconcile::plan::GuestOnRemoval;
+use crate::remote::portal::RoleCodes;
 
 mod build;
 mod render;
@@ -402,8 +402,8 @@ impl Config {
 
     /// The plan's policy from `policy.*`; `force` overrides the `maxDeletions` and
     /// empty-desired guards.
-    pub fn policy(&self, force: bool) -> crate::plan::Policy {
-        crate::plan::Policy {
+    pub fn policy(&self, force: bool) -> crate::reconcile::plan::Policy {
+        crate::reconcile::plan::Policy {
             allowed_domains: self.policy.allowed_domains.clone(),
             prune: self.policy.prune,
             guest_on_removal: self.policy.guest_on_removal,
@@ -416,8 +416,8 @@ impl Config {
     /// The part of the policy that validation of `users.yaml` also enforces.
     // `..Default::default()` keeps this compiling when validation learns more policy.
     #[allow(clippy::needless_update)]
-    pub fn spec_policy(&self) -> crate::spec::SpecPolicy {
-        crate::spec::SpecPolicy {
+    pub fn spec_policy(&self) -> crate::desired::spec::SpecPolicy {
+        crate::desired::spec::SpecPolicy {
             allowed_domains: self.policy.allowed_domains.clone(),
             ..Default::default()
         }

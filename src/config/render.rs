@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Config, SecretSource};
-use crate::plan::GuestOnRemoval;
+use crate::reconcile::plan::GuestOnRemoval;
 
 pub(crate) fn to_yaml(config: &Config) -> String {
     let mut out = String::new();

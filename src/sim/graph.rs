@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::Sim;
-use crate::graph::ObjectIdentity;
+use crate::remote::graph::ObjectIdentity;
 
 pub mod filter;
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use guestops::config::CREDENTIALS_DIRECTORY;
-use guestops::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
+use guestops::service::systemd::{NOTIFY_SOCKET, WATCHDOG_USEC};
 
 /// Checks the OpenMetrics / Prometheus text format line by line: `# HELP`/`# TYPE`/`# UNIT`
 /// comments, samples `name{label="value",...} number`, and the final `# EOF`. Returns the

@@ -1,0 +1,245 @@
+//! `guestops demo`: start the simulator, seed it, plan, apply, plan again — so a newcomer
+//! understands the product from the output alone.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use guestops::config::Config;
+use guestops::desired::spec::{self, SpecPolicy};
+use guestops::reconcile::apply::{ApplyOptions, apply};
+use guestops::reconcile::observe_and_plan;
+use guestops::reconcile::plan::{self, PlanFormat};
+use guestops::reconcile::state::StateStore;
+use guestops::remote::graph::GraphClient;
+use guestops::remote::http::RetryPolicy;
+use guestops::remote::portal::PortalClient;
+use guestops::sim::{Sim, seed};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::{Status, stdout_color};
+
+/// Arguments of `guestops demo`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Everything runs in this process against the built-in simulator on a \
+loopback port; nothing leaves the machine. Exit code 0 when the demo converged."
+)]
+pub struct Args {
+    /// Unrelated guests seeded into the simulated tenant (several pages of 999).
+    #[arg(long, default_value_t = 2500)]
+    pub guests: usize,
+    /// Unrelated users seeded into the simulated portal.
+    #[arg(long, default_value_t = 60)]
+    pub portal_users: usize,
+    /// Simulated Entra replication delay of new guests.
+    #[arg(long, default_value = "3", value_name = "SECONDS")]
+    pub replication_delay: u64,
+}
+
+/// Runs `guestops demo`.
+pub async fn run(args: Args) -> anyhow::Result<Status> {
+    let color = stdout_color();
+    let mut out = std::io::stdout().lock();
+    let heading = |out: &mut dyn Write, text: &str| -> std::io::Result<()> {
+        if color {
+            writeln!(out, "\n\x1b[1m{text}\x1b[0m")
+        } else {
+            writeln!(out, "\n{text}")
+        }
+    };
+
+    let sim = Sim::new();
+    seed::unrelated(&sim, args.guests, args.portal_users);
+    seed::demo_scenario(&sim);
+    sim.state()
+        .graph
+        .set_replication_delay(Duration::from_secs(args.replication_delay));
+    let shutdown = CancellationToken::new();
+    let base = sim
+        .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
+        .await
+        .context("cannot start the simulator on a loopback port")?;
+    let state_dir = tempfile::Builder::new()
+        .prefix("guestops-demo-")
+        .tempdir()
+        .context("cannot create a temporary state directory")?;
+    let config = Config::for_simulator(&base, state_dir.path());
+
+    writeln!(out, "guestops demo")?;
+    writeln!(
+        out,
+        "A simulated Entra ID tenant and Power Embedded portal are serving on {base}"
+    )?;
+    writeln!(
+        out,
+        "(Microsoft Graph at {base}v1.0/, the portal API at {base}api/). Seeded with:"
+    )?;
+    writeln!(
+        out,
+        "  - tenant: {} unrelated guests, plus Bob (a guest, address in another letter case),",
+        args.guests
+    )?;
+    writeln!(
+        out,
+        "    Carla (a guest known by another mail; her address is in otherMails) and Dana (an internal member);"
+    )?;
+    writeln!(
+        out,
+        "  - portal: {} unrelated viewers, plus Bob registered as a viewer with 2 groups and 3 reports.",
+        args.portal_users
+    )?;
+    writeln!(
+        out,
+        "  - new guests stay invisible to reads for {}s, like Entra's replication delay.",
+        args.replication_delay
+    )?;
+
+    heading(
+        &mut out,
+        "users.yaml — the desired external administrators (reviewed by pull request):",
+    )?;
+    for line in seed::DEMO_USERS_YAML
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
+        writeln!(out, "  {line}")?;
+    }
+    let parsed = spec::parse(seed::DEMO_USERS_YAML.as_bytes(), &SpecPolicy::default());
+    let desired = parsed
+        .desired
+        .context("the embedded examples/users.yaml is invalid")?;
+
+    let tenant = GraphClient::from_config(
+        &config.tenant,
+        SecretString::from(seed::CLIENT_SECRET.to_owned()),
+        RetryPolicy::default(),
+    )?;
+    let portal = PortalClient::new(
+        &config.portal,
+        SecretString::from(seed::API_KEY.to_owned()),
+        RetryPolicy::default(),
+    )?;
+    let policy = config.policy(false);
+    let mut store = StateStore::open(state_dir.path())?;
+
+    heading(
+        &mut out,
+        "1. guestops plan — read the tenant and the portal completely, then compute the changes:",
+    )?;
+    let before = sim.state().counters.clone();
+    let first = observe_and_plan(
+        &desired,
+        store.state(),
+        &tenant,
+        &portal,
+        &policy,
+        config.tenant.concurrency,
+        chrono::Utc::now(),
+    )
+    .await?;
+    plan::render(&first, PlanFormat::Text, color, &mut out)?;
+    let after = sim.state().counters.clone();
+    writeln!(
+        out,
+        "  (read with {} Graph requests — $select, $top=999, @odata.nextLink paging — and {} portal requests)",
+        after.graph_requests - before.graph_requests,
+        after.portal_requests - before.portal_requests
+    )?;
+
+    heading(&mut out, "2. guestops apply — make the changes:")?;
+    let options = ApplyOptions {
+        tenant_concurrency: config.tenant.concurrency,
+        portal_concurrency: config.portal.concurrency,
+        revision: Some("demo".into()),
+        ..ApplyOptions::default()
+    };
+    let report = apply(
+        &first,
+        &tenant,
+        &portal,
+        &mut store,
+        &options,
+        &CancellationToken::new(),
+    )
+    .await?;
+    for outcome in &report.outcomes {
+        writeln!(
+            out,
+            "  {:<6} {:<18} {}",
+            if outcome.is_failed() {
+                "FAILED"
+            } else {
+                "done"
+            },
+            outcome.change.action.name(),
+            outcome.change.email
+        )?;
+    }
+    super::apply::print_report(&report, &mut out)?;
+    {
+        let state = sim.state();
+        if let Some(bob) = state.portal.find("bob.stone@vendor.example") {
+            writeln!(
+                out,
+                "  Bob in the portal now: role {}, groups {}, reports {} — his role changed, nothing else.",
+                bob.get("role").unwrap_or(&serde_json::Value::Null),
+                bob.get("groups")
+                    .and_then(|g| g.as_array())
+                    .map_or(0, Vec::len),
+                bob.get("reports")
+                    .and_then(|g| g.as_array())
+                    .map_or(0, Vec::len),
+            )?;
+        }
+        writeln!(
+            out,
+            "  Invitations sent: {}; state.json and audit.jsonl written to {} (removed when the demo ends).",
+            state.graph.invitations().len(),
+            state_dir.path().display()
+        )?;
+    }
+
+    heading(
+        &mut out,
+        "3. guestops plan again — the tenant and the portal now match users.yaml:",
+    )?;
+    let second = observe_and_plan(
+        &desired,
+        store.state(),
+        &tenant,
+        &portal,
+        &policy,
+        config.tenant.concurrency,
+        chrono::Utc::now(),
+    )
+    .await?;
+    plan::render(&second, PlanFormat::Text, color, &mut out)?;
+    writeln!(
+        out,
+        "  (the new guests are not visible to reads yet; guestops knows it invited them and waits\n   instead of inviting twice)"
+    )?;
+    let converged = second.is_empty() && report.failed() == 0;
+
+    heading(&mut out, "What next")?;
+    writeln!(
+        out,
+        "  guestops validate users.yaml               check a file, line-precise errors (add --format github in CI)"
+    )?;
+    writeln!(
+        out,
+        "  guestops sim --listen 127.0.0.1:8080 --demo   serve this simulator and print a ready config"
+    )?;
+    writeln!(
+        out,
+        "  guestops plan --config C --desired U       the same plan against a real tenant (README.md)"
+    )?;
+    shutdown.cancel();
+    Ok(if converged {
+        Status::Success
+    } else {
+        Status::Error
+    })
+}

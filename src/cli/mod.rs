@@ -1,0 +1,156 @@
+//! One module per subcommand. `anyhow` lives here and in `main` only.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use guestops::desired::spec::{self, DesiredState, OutputFormat, SpecPolicy};
+
+pub mod apply;
+pub mod demo;
+pub mod diff;
+pub mod import;
+pub mod plan;
+pub mod run;
+pub mod sim;
+pub mod status;
+pub mod validate;
+
+/// What a command ended with; maps to the documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 0
+    Success,
+    /// 1
+    Error,
+    /// 2 (`--detailed-exitcode` only)
+    Changes,
+    /// 3
+    Refused,
+}
+
+impl From<Status> for ExitCode {
+    fn from(status: Status) -> Self {
+        ExitCode::from(match status {
+            Status::Success => 0,
+            Status::Error => 1,
+            Status::Changes => 2,
+            Status::Refused => 3,
+        })
+    }
+}
+
+/// The async runtime of the commands that talk to the network.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+/// Whether to colour output written to stdout.
+pub fn stdout_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A validated `users.yaml` and the revision it was read at.
+pub struct Desired {
+    /// The desired state.
+    pub state: DesiredState,
+    /// The commit id, or `sha256:<hex>` of a plain file's content.
+    pub revision: String,
+}
+
+/// Reads and validates `users.yaml`: from `path` when given, else from the configured git
+/// source at the tip of `source.branch` (fetched into the mirror under `state.dir`, read from
+/// the commit tree). Diagnostics go to `err` in the human format; `Ok(None)` means the file
+/// is invalid (exit 1, nothing done).
+pub async fn read_desired(
+    path: Option<&Path>,
+    config: &guestops::config::Config,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<Desired>> {
+    use guestops::desired::source::{GitSettings, GitSource};
+    use guestops::service::daemon::{AnySource, DesiredSource as _, FileSource};
+    // The same sources, and so the same revisions, as the daemon.
+    let source = match path {
+        Some(path) => AnySource::File(FileSource {
+            path: path.to_owned(),
+        }),
+        None => {
+            let settings = GitSettings::from_config(&config.source).context(
+                "no users.yaml to read: set source.repo in the config, or pass --desired FILE",
+            )?;
+            AnySource::Git(GitSource::new(settings, config.state.dir.join("mirror")))
+        }
+    };
+    let (revision, bytes) = source.load().await?;
+    let (name, revision) = (source.describe(), revision.id);
+    // The domain policy is enforced by the plan (a refusal, exit 3), not by validation.
+    let parsed = spec::parse(&bytes, &SpecPolicy::default());
+    if !parsed.diagnostics.is_empty() {
+        spec::render(&parsed.diagnostics, &bytes, &name, OutputFormat::Human, err)?;
+    }
+    if parsed.has_errors() {
+        return Ok(None);
+    }
+    Ok(parsed.desired.map(|state| Desired { state, revision }))
+}
+
+/// Reads a `users.yaml` file (bounded, see [`guestops::desired::source::read_file`]).
+pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    guestops::desired::source::read_file(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The two remote systems, connected as configured.
+pub struct Clients {
+    /// Microsoft Graph.
+    pub tenant: guestops::remote::graph::GraphClient,
+    /// Power Embedded.
+    pub portal: guestops::remote::portal::PortalClient,
+}
+
+/// Loads the secrets and builds both clients.
+pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
+    use guestops::remote::http::RetryPolicy;
+    let secret = config.tenant.client_secret.load()?;
+    let tenant = guestops::remote::graph::GraphClient::from_config(
+        &config.tenant,
+        secret,
+        RetryPolicy::default(),
+    )?;
+    let api_key = config.portal.api_key.load()?;
+    let portal = guestops::remote::portal::PortalClient::new(
+        &config.portal,
+        api_key,
+        RetryPolicy::default(),
+    )?;
+    Ok(Clients { tenant, portal })
+}
+
+/// Tells a person at a terminal what the wait is for; silent in logs and pipes.
+pub fn reading_notice() {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = writeln!(
+            err,
+            "Reading the tenant and the portal completely (nothing is changed while reading)…"
+        );
+    }
+}
+
+/// Loads the host config, warning about `GUESTOPS_*` variables that override nothing (a typo
+/// would otherwise be silently ignored).
+pub fn load_config(path: &Path) -> anyhow::Result<guestops::config::Config> {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k != "GUESTOPS_CONFIG")
+        .collect();
+    for name in guestops::config::unrecognized_variables(names.iter().map(String::as_str)) {
+        tracing::warn!(variable = %name, "unknown GUESTOPS_* variable ignored: see docs/config.md for the names");
+    }
+    Ok(guestops::config::Config::load(path)?)
+}

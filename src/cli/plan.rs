@@ -1,0 +1,100 @@
+//! `guestops plan`: observe both systems and print the plan (read-only).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use guestops::config::Config;
+use guestops::reconcile::plan::{self, PlanFormat};
+use guestops::reconcile::state::StateStore;
+
+use super::{Status, connect, read_desired, stdout_color};
+
+/// Where the config and users.yaml come from (`plan`, `apply`, `status`, `run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Host configuration file.
+    #[arg(
+        long,
+        short,
+        env = "GUESTOPS_CONFIG",
+        default_value = "/etc/guestops/config.yaml"
+    )]
+    pub config: PathBuf,
+    /// Read users.yaml from this file instead of the configured git source.
+    #[arg(long, value_name = "FILE")]
+    pub desired: Option<PathBuf>,
+}
+
+/// Arguments shared by `plan` and `apply`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format of the plan.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: PlanFormat,
+    /// Override the maxDeletions and empty-desired guards (never the domain policy).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `guestops plan`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 error, 3 refused by policy; with --detailed-exitcode: \
+0 in sync, 2 changes pending."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Exit 2 when there are changes, 0 when in sync (as Terraform).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// The loaded inputs of `plan` and `apply`.
+pub struct Loaded {
+    pub config: Config,
+    pub desired: super::Desired,
+}
+
+/// Loads the config and the desired state; `Ok(None)` when users.yaml is invalid
+/// (diagnostics already printed).
+pub async fn load(source: &SourceArgs) -> anyhow::Result<Option<Loaded>> {
+    let config = super::load_config(&source.config)?;
+    let mut stderr = std::io::stderr().lock();
+    let Some(desired) = read_desired(source.desired.as_deref(), &config, &mut stderr).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Loaded { config, desired }))
+}
+
+/// Runs `guestops plan`.
+pub async fn run(args: Args) -> anyhow::Result<Status> {
+    let Some(Loaded { config, desired }) = load(&args.target.source).await? else {
+        return Ok(Status::Error);
+    };
+    let state = StateStore::read_only(&config.state.dir)?;
+    let clients = connect(&config)?;
+    super::reading_notice();
+    let plan = guestops::reconcile::observe_and_plan(
+        &desired.state,
+        &state,
+        &clients.tenant,
+        &clients.portal,
+        &config.policy(args.target.force),
+        config.tenant.concurrency,
+        chrono::Utc::now(),
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
+    plan::render(&plan, args.target.format, stdout_color(), &mut out)?;
+    out.flush()?;
+    Ok(if plan.is_refused() {
+        Status::Refused
+    } else if args.detailed_exitcode && !plan.is_empty() {
+        Status::Changes
+    } else {
+        Status::Success
+    })
+}

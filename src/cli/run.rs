@@ -1,0 +1,172 @@
+//! `guestops run`: the daemon (design §9).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use guestops::desired::source::{GitSettings, GitSource, watch_file};
+use guestops::reconcile::state::StateStore;
+use guestops::remote::graph::GraphClient;
+use guestops::remote::http::RetryPolicy;
+use guestops::remote::portal::PortalClient;
+use guestops::service::daemon::{AnySource, Daemon, FileSource, Settings};
+use guestops::service::metrics::Metrics;
+use guestops::service::server::{
+    self, DEFAULT_READY_THRESHOLD, Health, ServerState, Trigger, WebhookConfig,
+};
+use guestops::service::systemd::Notifier;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Status;
+
+/// Arguments of `guestops run`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Runs until SIGTERM or SIGINT (then finishes the writes in flight, saves the \
+state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
+source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
+source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen. \
+Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance) \
+or when the state directory stops being writable (it stops rather than make unrecorded changes)."
+)]
+pub struct Args {
+    /// Host configuration file.
+    #[arg(
+        long,
+        short,
+        env = "GUESTOPS_CONFIG",
+        default_value = "/etc/guestops/config.yaml"
+    )]
+    pub config: PathBuf,
+    /// Follow this users.yaml file (watched for changes) instead of the configured git source.
+    #[arg(long, value_name = "FILE")]
+    pub desired: Option<PathBuf>,
+}
+
+/// Runs `guestops run`.
+pub async fn run(args: Args) -> anyhow::Result<Status> {
+    // First, so that a SIGTERM or SIGHUP during start-up is handled rather than killing the
+    // process with the signal's default action.
+    let signals = Signals::install()?;
+    let config = super::load_config(&args.config)?;
+    let secrets = config.load_secrets()?;
+    let store = StateStore::open(&config.state.dir)?;
+    let tenant = GraphClient::from_config(
+        &config.tenant,
+        secrets.graph_client_secret.clone(),
+        RetryPolicy::default(),
+    )?;
+    let portal = PortalClient::new(
+        &config.portal,
+        secrets.portal_api_key.clone(),
+        RetryPolicy::default(),
+    )?;
+    let notifier = Notifier::from_env().context("cannot talk to systemd (NOTIFY_SOCKET)")?;
+    let metrics = Metrics::new();
+    let health = Health::new(DEFAULT_READY_THRESHOLD);
+    let shutdown = CancellationToken::new();
+    // Capacity 1: a burst of triggers leaves one pending reconcile.
+    let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(1);
+
+    let mut _watch = None;
+    let source = match &args.desired {
+        Some(path) => {
+            let (watch, mut changes) = watch_file(path.clone(), Duration::from_millis(500))?;
+            _watch = Some(watch);
+            let tx = trigger_tx.clone();
+            tokio::spawn(async move {
+                while changes.recv().await.is_some() {
+                    let _ = tx.try_send(Trigger::FileChanged);
+                }
+            });
+            AnySource::File(FileSource { path: path.clone() })
+        }
+        None => {
+            let settings = GitSettings::from_config(&config.source).context(
+                "no source.repo configured: set source.repo to the git repository of users.yaml, \
+                 or pass --desired FILE",
+            )?;
+            AnySource::Git(GitSource::new(settings, config.state.dir.join("mirror")))
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, "serving /healthz /readyz /metrics /hooks/github");
+    let server_state = ServerState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        webhook: WebhookConfig::from_config(&config, &secrets),
+        trigger: trigger_tx.clone(),
+    };
+    let server = tokio::spawn(server::serve(listener, server_state, shutdown.clone()));
+    signals.spawn(shutdown.clone(), trigger_tx);
+
+    let daemon = Daemon {
+        settings: Settings {
+            poll_interval: config.source.poll_interval,
+            resync_interval: config.source.resync_interval,
+            policy: config.policy(false),
+            tenant_concurrency: config.tenant.concurrency,
+            portal_concurrency: config.portal.concurrency,
+            ..Settings::default()
+        },
+        source,
+        tenant,
+        portal,
+        store,
+        metrics,
+        health,
+        notifier,
+    };
+    let stopped = daemon.run(trigger_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server stopped with an error"),
+        Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
+    }
+    stopped?;
+    Ok(Status::Success)
+}
+
+/// The signals the daemon handles, installed before anything else.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// SIGTERM/SIGINT stop the daemon; SIGHUP asks for a reconcile.
+    fn spawn(mut self, shutdown: CancellationToken, trigger: mpsc::Sender<Trigger>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                    _ = self.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                    _ = self.hup.recv() => {
+                        tracing::info!("SIGHUP: reconcile requested");
+                        // Full: a reconcile is already pending.
+                        let _ = trigger.try_send(Trigger::Hangup);
+                    }
+                }
+            }
+            shutdown.cancel();
+        });
+    }
+}

@@ -1,0 +1,45 @@
+//! `guestops status`: one row per desired user.
+
+use guestops::reconcile::state::StateStore;
+use guestops::reconcile::status::{self, StatusFormat};
+
+use super::plan::{Loaded, SourceArgs, load};
+use super::{Status, connect};
+
+/// Arguments of `guestops status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: StatusFormat,
+}
+
+/// Runs `guestops status`.
+pub async fn run(args: Args) -> anyhow::Result<Status> {
+    let Some(Loaded { config, desired }) = load(&args.source).await? else {
+        return Ok(Status::Error);
+    };
+    let state = StateStore::read_only(&config.state.dir)?;
+    let clients = connect(&config)?;
+    let observed = guestops::reconcile::observe(
+        &desired.state,
+        &state,
+        &clients.tenant,
+        &clients.portal,
+        config.tenant.concurrency,
+    )
+    .await?;
+    let rows = status::rows(
+        &desired.state,
+        &observed,
+        &state,
+        chrono::Utc::now().date_naive(),
+    );
+    status::render(&rows, args.format, &mut std::io::stdout().lock())?;
+    Ok(Status::Success)
+}

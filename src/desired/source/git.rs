@@ -1,0 +1,522 @@
+//! The git half of the source: a bare mirror fetched from the configured repository, and blobs
+//! read from commit trees.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Once};
+
+use chrono::{DateTime, Utc};
+use git2::{
+    AutotagOption, CredentialType, ErrorCode, FetchOptions, ObjectType, Oid, ProxyOptions,
+    RemoteCallbacks, Repository,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{READ_LIMIT, Revision, SourceError};
+use crate::config::SourceConfig;
+
+/// User name sent with an HTTPS token (GitHub's convention; others ignore the user name).
+const TOKEN_USER: &str = "x-access-token";
+
+/// Where the desired state lives in git (`source.*` of the host configuration).
+///
+/// `Debug` redacts a password written into the repository URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitSettings {
+    /// A URL (`https://…`, `ssh://…`, `git@host:path`) or a local path.
+    pub repo: String,
+    /// The branch to follow.
+    pub branch: String,
+    /// Path of `users.yaml` inside the repository.
+    pub path: String,
+    /// An HTTPS token (sent as the password of `x-access-token`) or an SSH private key file
+    /// (a deploy key without a passphrase). Local paths need none.
+    pub credential_file: Option<PathBuf>,
+}
+
+impl GitSettings {
+    /// The git settings of a host configuration; `None` when no repository is configured
+    /// (`--desired FILE` mode).
+    pub fn from_config(config: &SourceConfig) -> Option<Self> {
+        config.repo.as_ref().map(|repo| Self {
+            repo: repo.clone(),
+            branch: config.branch.clone(),
+            path: config.path.clone(),
+            credential_file: config.credential_file.clone(),
+        })
+    }
+
+    /// The repository as it may be shown: a password in a URL is replaced by `***`.
+    pub fn display_repo(&self) -> String {
+        redact(&self.repo)
+    }
+}
+
+impl std::fmt::Debug for GitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSettings")
+            .field("repo", &self.display_repo())
+            .field("branch", &self.branch)
+            .field("path", &self.path)
+            .field("credential_file", &self.credential_file)
+            .finish()
+    }
+}
+
+/// A followed branch: a bare mirror of the repository under the state directory, fetched on
+/// demand.
+///
+/// Cloning is cheap and clones share the fetch lock, so fetches never run concurrently on the
+/// same mirror.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    settings: GitSettings,
+    mirror_dir: PathBuf,
+    fetch_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl GitSource {
+    /// A source following `settings.branch` of `settings.repo`, mirrored into the bare
+    /// repository `mirror_dir` (created on the first fetch; e.g. `<state.dir>/source.git`).
+    ///
+    /// Nothing is read or fetched here.
+    pub fn new(settings: GitSettings, mirror_dir: PathBuf) -> Self {
+        configure_libgit2();
+        Self {
+            settings,
+            mirror_dir,
+            fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The settings this source follows.
+    pub fn settings(&self) -> &GitSettings {
+        &self.settings
+    }
+
+    /// The bare mirror directory.
+    pub fn mirror_dir(&self) -> &Path {
+        &self.mirror_dir
+    }
+
+    /// Fetches the branch from the repository into the mirror and returns the commit it now
+    /// points at.
+    ///
+    /// # Errors
+    /// [`SourceError::Unreachable`], [`SourceError::Auth`], [`SourceError::CredentialFile`],
+    /// [`SourceError::BranchNotFound`], [`SourceError::InvalidBranch`],
+    /// [`SourceError::Mirror`], each saying what to check.
+    pub async fn fetch(&self) -> Result<Revision, SourceError> {
+        let _guard = self.fetch_lock.lock().await;
+        let settings = self.settings.clone();
+        let mirror_dir = self.mirror_dir.clone();
+        tokio::task::spawn_blocking(move || fetch_blocking(&settings, &mirror_dir))
+            .await
+            .map_err(SourceError::Task)?
+    }
+
+    /// The content of `settings.path` in the tree of the commit `rev` (as returned by
+    /// [`GitSource::fetch`]), at most [`READ_LIMIT`] bytes.
+    ///
+    /// Reads the commit tree of the mirror, never a work tree: edits that are not committed
+    /// and pushed to the branch are never seen.
+    ///
+    /// # Errors
+    /// [`SourceError::PathNotFound`], [`SourceError::NotAFile`], [`SourceError::TooLarge`],
+    /// [`SourceError::InvalidPath`], or a mirror problem.
+    pub async fn read(&self, rev: &Revision) -> Result<Vec<u8>, SourceError> {
+        let path = self.settings.path.clone();
+        let mirror_dir = self.mirror_dir.clone();
+        let id = rev.id.clone();
+        let label = rev.short.clone();
+        tokio::task::spawn_blocking(move || {
+            let repo =
+                Repository::open_bare(&mirror_dir).map_err(|source| SourceError::Mirror {
+                    dir: mirror_dir.clone(),
+                    source,
+                })?;
+            let commit = Oid::from_str(&id)
+                .and_then(|oid| repo.find_commit(oid))
+                .map_err(|source| SourceError::RevisionNotFound {
+                    repo: mirror_dir.clone(),
+                    rev: id.clone(),
+                    source,
+                })?;
+            read_blob(&repo, &mirror_dir, &commit, &path, &label)
+        })
+        .await
+        .map_err(SourceError::Task)?
+    }
+}
+
+/// Reads `path` at revision `rev` of the local repository `repo` (a work tree, any directory
+/// inside one, or a bare repository), for `guestops diff`.
+///
+/// `rev` is any revspec git understands: `main`, `HEAD~1`, a (short) commit id, a tag. Only
+/// the committed content is read, never the work tree. Blocking: call it from synchronous code
+/// or through `spawn_blocking`.
+///
+/// # Errors
+/// [`SourceError::RepositoryOpen`], [`SourceError::RevisionNotFound`],
+/// [`SourceError::PathNotFound`], [`SourceError::NotAFile`], [`SourceError::TooLarge`],
+/// [`SourceError::InvalidPath`].
+pub fn read_at(repo: &Path, rev: &str, path: &str) -> Result<(Revision, Vec<u8>), SourceError> {
+    let repository = Repository::discover(repo).map_err(|source| SourceError::RepositoryOpen {
+        repo: repo.to_path_buf(),
+        source,
+    })?;
+    let commit = repository
+        .revparse_single(rev)
+        .and_then(|object| object.peel_to_commit())
+        .map_err(|source| SourceError::RevisionNotFound {
+            repo: repo.to_path_buf(),
+            rev: rev.to_owned(),
+            source,
+        })?;
+    let revision = revision_of(&commit);
+    let label = if rev == revision.id || rev == revision.short {
+        revision.short.clone()
+    } else {
+        format!("{rev} ({})", revision.short)
+    };
+    let bytes = read_blob(&repository, repo, &commit, path, &label)?;
+    Ok((revision, bytes))
+}
+
+/// Global libgit2 options, set once: bounded network waits so a dead server cannot hang a
+/// fetch forever.
+fn configure_libgit2() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: these calls change process-global libgit2 settings; they run once, before
+        // this module starts any git operation, and no other module uses libgit2.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(30_000);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+        }
+    });
+}
+
+fn fetch_blocking(settings: &GitSettings, mirror_dir: &Path) -> Result<Revision, SourceError> {
+    let branch = settings.branch.as_str();
+    let head_ref = format!("refs/heads/{branch}");
+    if branch.is_empty() || !git2::Reference::is_valid_name(&head_ref) {
+        return Err(SourceError::InvalidBranch {
+            branch: branch.to_owned(),
+        });
+    }
+    check_repo_path(&settings.path)?;
+    let tracking_ref = format!("refs/remotes/origin/{branch}");
+    let refspec = format!("+{head_ref}:{tracking_ref}");
+    let shown = settings.display_repo();
+
+    let repo = open_or_init_mirror(mirror_dir)?;
+    let url = remote_url(&settings.repo);
+    let mirror_err = |source| SourceError::Mirror {
+        dir: mirror_dir.to_path_buf(),
+        source,
+    };
+    let mut remote = match repo.find_remote("origin") {
+        Ok(remote) if remote.url().ok() == Some(url.as_str()) => remote,
+        Ok(_) => {
+            repo.remote_set_url("origin", &url).map_err(mirror_err)?;
+            repo.find_remote("origin").map_err(mirror_err)?
+        }
+        Err(_) => repo.remote("origin", &url).map_err(mirror_err)?,
+    };
+
+    let asked_for_credentials = Cell::new(false);
+    let refused = Cell::new(false);
+    let credential_error: RefCell<Option<SourceError>> = RefCell::new(None);
+    let result = {
+        let mut tried_key = false;
+        let mut tried_token = false;
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.credentials(|_url, user_from_url, allowed| {
+            asked_for_credentials.set(true);
+            let user = user_from_url.unwrap_or("git");
+            if allowed.contains(CredentialType::USERNAME) {
+                return git2::Cred::username(user);
+            }
+            let refuse = |message: &str| {
+                refused.set(true);
+                Err(git2::Error::new(
+                    ErrorCode::Auth,
+                    git2::ErrorClass::Callback,
+                    message,
+                ))
+            };
+            let Some(file) = settings.credential_file.as_deref() else {
+                return refuse("the repository asks for credentials and none are configured");
+            };
+            if allowed.contains(CredentialType::SSH_KEY) && !tried_key {
+                tried_key = true;
+                return git2::Cred::ssh_key(user, None, file, None);
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !tried_token {
+                tried_token = true;
+                return match read_token(file) {
+                    Ok(token) => git2::Cred::userpass_plaintext(TOKEN_USER, token.expose_secret()),
+                    Err(err) => {
+                        credential_error.replace(Some(err));
+                        refuse("the credential file cannot be read")
+                    }
+                };
+            }
+            refuse("the repository refused the configured credentials")
+        });
+        let mut proxy = ProxyOptions::new();
+        proxy.auto();
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(callbacks)
+            .proxy_options(proxy)
+            .download_tags(AutotagOption::None)
+            .update_fetchhead(false);
+        remote.fetch(&[refspec.as_str()], Some(&mut options), None)
+    };
+    if let Err(source) = result {
+        if let Some(err) = credential_error.into_inner() {
+            return Err(err);
+        }
+        let auth = source.code() == ErrorCode::Auth
+            || refused.get()
+            || (asked_for_credentials.get() && source.class() == git2::ErrorClass::Callback);
+        return Err(if auth {
+            SourceError::Auth {
+                repo: shown,
+                source,
+            }
+        } else {
+            SourceError::Unreachable {
+                repo: shown,
+                source,
+            }
+        });
+    }
+
+    // The advertisement of the last connection says whether the branch still exists; a stale
+    // tracking ref from an earlier fetch must not pass for the branch.
+    let advertised = remote
+        .list()
+        .map_err(|source| SourceError::Unreachable {
+            repo: shown.clone(),
+            source,
+        })?
+        .iter()
+        .find(|head| head.name() == head_ref)
+        .map(|head| head.oid());
+    let Some(advertised) = advertised else {
+        return Err(SourceError::BranchNotFound {
+            repo: shown,
+            branch: branch.to_owned(),
+        });
+    };
+    let commit = repo
+        .find_commit(advertised)
+        .map_err(|source| SourceError::Git {
+            action: "reading the fetched commit",
+            repo: mirror_dir.to_path_buf(),
+            source,
+        })?;
+    Ok(revision_of(&commit))
+}
+
+/// Opens the bare mirror, creating it when the directory is missing or empty.
+fn open_or_init_mirror(dir: &Path) -> Result<Repository, SourceError> {
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+    };
+    let result = if empty {
+        Repository::init_bare(dir)
+    } else {
+        Repository::open_bare(dir)
+    };
+    result.map_err(|source| SourceError::Mirror {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// The URL handed to libgit2: an existing local directory becomes an absolute path (so a
+/// relative `source.repo` keeps meaning the same after a `chdir`); anything else is kept.
+fn remote_url(repo: &str) -> String {
+    if !repo.contains("://") {
+        let path = Path::new(repo);
+        if path.is_dir()
+            && let Ok(absolute) = std::path::absolute(path)
+        {
+            return absolute.to_string_lossy().into_owned();
+        }
+    }
+    repo.to_owned()
+}
+
+/// `repo` with any password of a URL replaced by `***`.
+fn redact(repo: &str) -> String {
+    match url::Url::parse(repo) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => repo.to_owned(),
+    }
+}
+
+/// Reads an HTTPS token: the file's content without surrounding whitespace.
+fn read_token(file: &Path) -> Result<SecretString, SourceError> {
+    let raw = std::fs::read_to_string(file).map_err(|source| SourceError::CredentialFile {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(SourceError::CredentialFile {
+            path: file.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+        });
+    }
+    Ok(SecretString::from(token.to_owned()))
+}
+
+/// Refuses paths that are absolute, empty or climb out of the repository.
+fn check_repo_path(path: &str) -> Result<&Path, SourceError> {
+    let p = Path::new(path);
+    let ok = !path.is_empty()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components().any(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(p)
+    } else {
+        Err(SourceError::InvalidPath {
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Reads `path` from the tree of `commit`, refusing anything but a regular file of at most
+/// [`crate::desired::spec::MAX_FILE_SIZE`] bytes (checked before the blob is inflated).
+fn read_blob(
+    repo: &Repository,
+    repo_path: &Path,
+    commit: &git2::Commit<'_>,
+    path: &str,
+    revision: &str,
+) -> Result<Vec<u8>, SourceError> {
+    let relative = check_repo_path(path)?;
+    // `./users.yaml` names the same entry as `users.yaml`.
+    let relative: PathBuf = relative
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let git_err = |action: &'static str| {
+        move |source| SourceError::Git {
+            action,
+            repo: repo_path.to_path_buf(),
+            source,
+        }
+    };
+    let tree = commit.tree().map_err(git_err("reading a commit tree"))?;
+    let entry = match tree.get_path(&relative) {
+        Ok(entry) => entry,
+        Err(err) if err.code() == ErrorCode::NotFound => {
+            return Err(SourceError::PathNotFound {
+                path: path.to_owned(),
+                revision: revision.to_owned(),
+            });
+        }
+        Err(source) => return Err(git_err("looking up a path")(source)),
+    };
+    // 0o120000 is a symbolic link: its blob is the link target, not the file.
+    if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == 0o120_000 {
+        return Err(SourceError::NotAFile {
+            path: path.to_owned(),
+            revision: revision.to_owned(),
+        });
+    }
+    let odb = repo.odb().map_err(git_err("opening the object database"))?;
+    let (size, _) = odb
+        .read_header(entry.id())
+        .map_err(git_err("reading a blob header"))?;
+    if size >= READ_LIMIT {
+        return Err(SourceError::TooLarge {
+            path: path.to_owned(),
+            revision: revision.to_owned(),
+            size,
+            limit: crate::desired::spec::MAX_FILE_SIZE,
+        });
+    }
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(git_err("reading a blob"))?;
+    Ok(blob.content().to_vec())
+}
+
+/// The [`Revision`] of a commit.
+fn revision_of(commit: &git2::Commit<'_>) -> Revision {
+    let id = commit.id().to_string();
+    let short = commit
+        .as_object()
+        .short_id()
+        .ok()
+        .and_then(|buf| buf.as_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| id.chars().take(7).collect());
+    let author = commit.author();
+    let author = format!(
+        "{} <{}>",
+        String::from_utf8_lossy(author.name_bytes()),
+        String::from_utf8_lossy(author.email_bytes())
+    );
+    let time = DateTime::<Utc>::from_timestamp(commit.time().seconds(), 0).unwrap_or_default();
+    let subject = commit
+        .summary_bytes()
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .unwrap_or_default();
+    Revision {
+        id,
+        short,
+        author,
+        time,
+        subject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        let shown = redact("https://bot:s3cret@git.example/org/repo.git");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("git.example/org/repo.git"), "{shown}");
+        assert_eq!(redact("/srv/git/admins.git"), "/srv/git/admins.git");
+        let settings = GitSettings {
+            repo: "https://bot:s3cret@git.example/org/repo.git".into(),
+            branch: "main".into(),
+            path: "users.yaml".into(),
+            credential_file: None,
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        assert_eq!(
+            redact("git@github.com:org/repo.git"),
+            "git@github.com:org/repo.git"
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_repository_are_refused() {
+        for bad in ["", "/etc/passwd", "../users.yaml", "a/../../b", "."] {
+            assert!(
+                matches!(check_repo_path(bad), Err(SourceError::InvalidPath { .. })),
+                "{bad:?} should be refused"
+            );
+        }
+        for good in ["users.yaml", "./users.yaml", "admins/users.yaml"] {
+            assert!(check_repo_path(good).is_ok(), "{good:?} should be accepted");
+        }
+    }
+}

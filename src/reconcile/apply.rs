@@ -1,0 +1,1118 @@
+//! Executing a plan (design §7, §8; style §11, §12): change by change, recording every result in
+//! `state.json` and `audit.jsonl`. Chooses nothing: what to do is the plan's business.
+//!
+//! - A refused plan writes nothing ([`ApplyError::Refused`]).
+//! - Users run concurrently; one user's changes run in plan order, and after one of them fails
+//!   the rest of that user's changes are skipped (the next reconcile retries them). One user's
+//!   failure never stops the others.
+//! - At most [`ApplyOptions::tenant_concurrency`] tenant changes and
+//!   [`ApplyOptions::portal_concurrency`] portal changes are in flight at once.
+//! - Before repeating a non-idempotent write the executor re-observes: `invite` first looks the
+//!   address up (a guest found is adopted, a member needs nothing), `register` first looks the
+//!   portal user up; after an ambiguous failure (timeout, 5xx) it looks again and never re-POSTs
+//!   blindly.
+//! - Crash safety: after every change the state is saved atomically, and an audit line is
+//!   appended, before that user's next change starts. Whatever point a crash happens at, the next
+//!   reconcile re-observes and converges without duplicates.
+//! - Cancellation: once the token fires no new change starts; changes in flight finish and are
+//!   recorded; the rest are reported as skipped.
+//!
+//! State-only changes (`adopt-guest`, `adopt-portal`, `release-guest`) write no remote system
+//! but change what guestops owns, which an auditor cares about: they get an audit line too, with
+//! system `state`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use crate::reconcile::plan::{Action, Change, Plan, System};
+use crate::reconcile::state::{
+    AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
+};
+use crate::remote::graph::{DirectoryUser, GraphError, Invitation, Tenant};
+use crate::remote::portal::{NewPortalUser, Portal};
+
+/// Called once per finished change (done, failed or skipped), e.g. to draw a progress bar.
+pub type Progress = Arc<dyn Fn(&ChangeOutcome) + Send + Sync>;
+
+/// How to execute a plan.
+#[derive(Clone)]
+pub struct ApplyOptions {
+    /// Tenant changes in flight at most (`tenant.concurrency`); `0` is treated as `1`.
+    pub tenant_concurrency: usize,
+    /// Portal changes in flight at most (`portal.concurrency`); `0` is treated as `1`.
+    pub portal_concurrency: usize,
+    /// The desired-state revision being applied, for state and audit.
+    pub revision: Option<String>,
+    /// Author of that revision (commit author), for the audit log.
+    pub author: Option<String>,
+    /// The clock used for timestamps in state and audit.
+    pub clock: fn() -> DateTime<Utc>,
+    /// Called once per finished change.
+    pub progress: Option<Progress>,
+}
+
+impl Default for ApplyOptions {
+    /// The defaults of the host configuration: 8 tenant and 2 portal changes in flight.
+    fn default() -> Self {
+        Self {
+            tenant_concurrency: 8,
+            portal_concurrency: 2,
+            revision: None,
+            author: None,
+            clock: Utc::now,
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for ApplyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplyOptions")
+            .field("tenant_concurrency", &self.tenant_concurrency)
+            .field("portal_concurrency", &self.portal_concurrency)
+            .field("revision", &self.revision)
+            .field("author", &self.author)
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeResult {
+    /// The change's goal is reached.
+    Done {
+        /// The remote request id (Graph `request-id`), when one was returned.
+        request_id: Option<String>,
+        /// Whether a remote write happened (`false`: state only, or re-observation found the
+        /// work already done).
+        remote_write: bool,
+        /// What re-observation found, when it changed the course (e.g. "adopted").
+        detail: Option<String>,
+    },
+    /// The change failed; the next reconcile retries it.
+    Failed {
+        /// What went wrong and what to do.
+        error: String,
+    },
+    /// The change was not executed.
+    Skipped {
+        /// Why.
+        why: String,
+    },
+}
+
+/// One change and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeOutcome {
+    /// The change from the plan.
+    pub change: Change,
+    /// What became of it.
+    pub result: ChangeResult,
+}
+
+impl ChangeOutcome {
+    /// Whether the change failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.result, ChangeResult::Failed { .. })
+    }
+
+    /// One line for people: the error, the reason for skipping, or what re-observation found.
+    pub fn detail(&self) -> String {
+        match &self.result {
+            ChangeResult::Done { detail, .. } => detail.clone().unwrap_or_else(|| "done".into()),
+            ChangeResult::Failed { error } => error.clone(),
+            ChangeResult::Skipped { why } => why.clone(),
+        }
+    }
+}
+
+/// The outcome of every change of a plan, in plan order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// One per change of the plan, in plan order.
+    pub outcomes: Vec<ChangeOutcome>,
+}
+
+impl ApplyReport {
+    /// Changes whose goal is reached.
+    pub fn succeeded(&self) -> usize {
+        self.count(|r| matches!(r, ChangeResult::Done { .. }))
+    }
+
+    /// Changes that failed.
+    pub fn failed(&self) -> usize {
+        self.count(|r| matches!(r, ChangeResult::Failed { .. }))
+    }
+
+    /// Changes not executed (cancelled, or after a failure of the same user).
+    pub fn skipped(&self) -> usize {
+        self.count(|r| matches!(r, ChangeResult::Skipped { .. }))
+    }
+
+    /// Remote writes that took effect.
+    pub fn writes(&self) -> usize {
+        self.count(|r| {
+            matches!(
+                r,
+                ChangeResult::Done {
+                    remote_write: true,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Whether every change reached its goal.
+    pub fn is_complete(&self) -> bool {
+        self.succeeded() == self.outcomes.len()
+    }
+
+    fn count(&self, f: impl Fn(&ChangeResult) -> bool) -> usize {
+        self.outcomes.iter().filter(|o| f(&o.result)).count()
+    }
+}
+
+/// Why a plan could not be applied as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The plan has policy refusals: nothing was written.
+    #[error(
+        "the plan is refused by policy ({count} refusal(s), first: {first}); nothing was applied: fix users.yaml or the policy, or force the plan"
+    )]
+    Refused {
+        /// Number of refusals.
+        count: usize,
+        /// The first refusal's message.
+        first: String,
+    },
+    /// Progress could not be recorded: no further change was started.
+    #[error(
+        "could not record progress in the state directory, so no further change was started: {source}"
+    )]
+    State {
+        /// The state error (its message says what to fix).
+        #[source]
+        source: StateError,
+        /// What happened before and during the failure.
+        report: ApplyReport,
+    },
+}
+
+/// Executes `plan` against `tenant` and `portal`, recording progress in `store`.
+///
+/// Returns one [`ChangeOutcome`] per change, in plan order. Failed changes are reported, not
+/// returned as errors: the error cases are a refused plan (nothing written) and a state
+/// directory that cannot be written (nothing more started). When every change succeeded and
+/// `opts.revision` is set, it is recorded as the state's last applied revision.
+///
+/// `cancel` stops the start of new changes; changes in flight finish and are recorded.
+///
+/// ```
+/// use guestops::reconcile::apply::{apply, ApplyOptions};
+/// use guestops::remote::graph::fake::FakeTenant;
+/// use guestops::reconcile::plan::{Action, Change, Plan};
+/// use guestops::remote::portal::fake::FakePortal;
+/// use guestops::reconcile::state::StateStore;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let mut store = StateStore::open(dir.path())?;
+/// let plan = Plan {
+///     generated_at: chrono::Utc::now(),
+///     desired_users: 1,
+///     in_sync: 0,
+///     changes: vec![Change {
+///         key: "ana@partner.example".into(),
+///         email: "Ana@partner.example".into(),
+///         action: Action::Invite { display_name: "Ana".into(), send_email: true, message: None },
+///         reason: None,
+///     }],
+///     refusals: vec![],
+///     notices: vec![],
+/// };
+/// let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+/// let opts = ApplyOptions::default();
+/// let report = apply(&plan, &tenant, &portal, &mut store, &opts, &CancellationToken::new()).await?;
+/// assert_eq!(report.writes(), 1);
+/// assert!(store.state().users["ana@partner.example"].guest_owned);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn apply<T: Tenant, P: Portal>(
+    plan: &Plan,
+    tenant: &T,
+    portal: &P,
+    store: &mut StateStore,
+    opts: &ApplyOptions,
+    cancel: &CancellationToken,
+) -> Result<ApplyReport, ApplyError> {
+    if let Some(first) = plan.refusals.first() {
+        return Err(ApplyError::Refused {
+            count: plan.refusals.len(),
+            first: first.message.clone(),
+        });
+    }
+
+    // Changes grouped by user, each group in plan order.
+    let mut groups: BTreeMap<&str, Vec<(usize, &Change)>> = BTreeMap::new();
+    for (i, change) in plan.changes.iter().enumerate() {
+        groups.entry(&change.key).or_default().push((i, change));
+    }
+
+    let executor = Executor {
+        tenant,
+        portal,
+        tenant_slots: Semaphore::new(opts.tenant_concurrency.max(1)),
+        portal_slots: Semaphore::new(opts.portal_concurrency.max(1)),
+        opts,
+        cancel,
+        stop: cancel.child_token(),
+        recorder: Recorder::new(store),
+    };
+    let per_user =
+        futures::future::join_all(groups.into_values().map(|items| executor.run_user(items))).await;
+
+    let mut outcomes: Vec<Option<ChangeOutcome>> = vec![None; plan.changes.len()];
+    for (i, outcome) in per_user.into_iter().flatten() {
+        outcomes[i] = Some(outcome);
+    }
+    let report = ApplyReport {
+        outcomes: outcomes.into_iter().flatten().collect(),
+    };
+
+    let Executor { recorder, .. } = executor;
+    if let Some(source) = recorder.take_error() {
+        return Err(ApplyError::State { source, report });
+    }
+    if report.is_complete()
+        && let Some(revision) = &opts.revision
+    {
+        recorder.set_revision(revision.clone());
+    }
+    if let Err(source) = recorder.flush().await {
+        return Err(ApplyError::State { source, report });
+    }
+    Ok(report)
+}
+
+/// One apply run: the clients, the concurrency bounds and the recorder.
+struct Executor<'a, T, P> {
+    tenant: &'a T,
+    portal: &'a P,
+    tenant_slots: Semaphore,
+    portal_slots: Semaphore,
+    opts: &'a ApplyOptions,
+    /// The caller's token.
+    cancel: &'a CancellationToken,
+    /// Fires with `cancel`, or when the state cannot be saved.
+    stop: CancellationToken,
+    recorder: Recorder<'a>,
+}
+
+/// What executing one change produced, before it is recorded.
+struct Step {
+    result: ChangeResult,
+    effect: Effect,
+    audit: Option<(AuditResult, Option<String>, Option<String>)>,
+}
+
+impl Step {
+    fn done(effect: Effect, request_id: Option<String>, remote_write: bool) -> Self {
+        let audit_result = if remote_write {
+            AuditResult::Ok
+        } else {
+            AuditResult::Skipped
+        };
+        Self {
+            result: ChangeResult::Done {
+                request_id: request_id.clone(),
+                remote_write,
+                detail: None,
+            },
+            effect,
+            audit: Some((audit_result, None, request_id)),
+        }
+    }
+
+    /// A change that only touched guestops' state.
+    fn state_only(effect: Effect) -> Self {
+        let mut step = Self::done(effect, None, false);
+        step.audit = Some((AuditResult::Ok, None, None));
+        step
+    }
+
+    fn with_detail(mut self, detail: String) -> Self {
+        if let ChangeResult::Done { detail: d, .. } = &mut self.result {
+            *d = Some(detail.clone());
+        }
+        if let Some((_, d, _)) = &mut self.audit {
+            *d = Some(detail);
+        }
+        self
+    }
+
+    fn failed(error: String, request_id: Option<String>, effect: Effect) -> Self {
+        Self {
+            result: ChangeResult::Failed {
+                error: error.clone(),
+            },
+            effect,
+            audit: Some((AuditResult::Error, Some(error), request_id)),
+        }
+    }
+
+    fn skipped(why: String) -> Self {
+        Self {
+            result: ChangeResult::Skipped { why: why.clone() },
+            effect: Effect::None,
+            audit: Some((AuditResult::Skipped, Some(why), None)),
+        }
+    }
+}
+
+/// How a change modifies the user's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Effect {
+    /// Nothing to record.
+    None,
+    /// guestops owns this guest; `invited` when guestops posted the invitation.
+    GuestOwned { guest_id: String, invited: bool },
+    /// An invitation was re-sent.
+    Resent { guest_id: String },
+    /// guestops owns this portal user (id when known).
+    PortalOwned { portal_id: Option<String> },
+    /// The portal user was updated (ownership unchanged).
+    PortalUpdated { portal_id: String },
+    /// The portal registration is gone.
+    PortalGone,
+    /// guestops no longer owns the guest; `gone` when it was deleted.
+    GuestReleased { gone: bool },
+    /// A removal failed: remember since when it is pending.
+    RemovalFailed,
+    /// An invitation may have been made (ambiguous error, no guest visible yet).
+    InvitationUnconfirmed,
+}
+
+impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
+    /// Runs one user's changes in order; returns `(plan index, outcome)` pairs.
+    async fn run_user(&self, items: Vec<(usize, &Change)>) -> Vec<(usize, ChangeOutcome)> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut failed = false;
+        for (i, change) in items {
+            let result = if failed {
+                ChangeResult::Skipped {
+                    why: "an earlier change for this user failed; the next reconcile retries"
+                        .to_owned(),
+                }
+            } else {
+                self.run_change(change).await
+            };
+            failed |= matches!(result, ChangeResult::Failed { .. });
+            let outcome = ChangeOutcome {
+                change: change.clone(),
+                result,
+            };
+            if let Some(progress) = &self.opts.progress {
+                progress(&outcome);
+            }
+            out.push((i, outcome));
+        }
+        out
+    }
+
+    fn stopped_why(&self) -> String {
+        if self.cancel.is_cancelled() {
+            "apply was cancelled before this change started".to_owned()
+        } else {
+            "the state could not be saved, so no further change was started".to_owned()
+        }
+    }
+
+    /// Waits for a slot of `system` (none for state-only changes), executes the change and
+    /// records it while still holding the slot.
+    async fn run_change(&self, change: &Change) -> ChangeResult {
+        let slots = match change.action.system() {
+            System::Tenant => Some(&self.tenant_slots),
+            System::Portal => Some(&self.portal_slots),
+            System::State => None,
+        };
+        let _permit: Option<SemaphorePermit<'_>> = match slots {
+            Some(slots) => tokio::select! {
+                biased;
+                () = self.stop.cancelled() => None,
+                permit = slots.acquire() => permit.ok(),
+            },
+            None => None,
+        };
+        if self.stop.is_cancelled() {
+            return ChangeResult::Skipped {
+                why: self.stopped_why(),
+            };
+        }
+
+        let step = self.execute(change).await;
+        let (result_name, detail) = match &step.result {
+            ChangeResult::Done { detail, .. } => ("ok", detail.as_deref()),
+            ChangeResult::Failed { error } => ("failed", Some(error.as_str())),
+            ChangeResult::Skipped { why } => ("skipped", Some(why.as_str())),
+        };
+        tracing::info!(
+            user = %change.email,
+            action = change.action.name(),
+            result = result_name,
+            "change executed"
+        );
+        if let Some(detail) = detail {
+            tracing::debug!(user = %change.email, action = change.action.name(), detail);
+        }
+
+        let now = (self.opts.clock)();
+        let audit = step.audit.map(|(result, detail, request_id)| AuditRecord {
+            time: now,
+            revision: self.opts.revision.clone(),
+            author: self.opts.author.clone(),
+            action: change.action.name().to_owned(),
+            system: change.action.system(),
+            user: change.email.clone(),
+            result,
+            detail,
+            request_id,
+        });
+        if let Err(err) = self.recorder.record(change, step.effect, audit, now).await {
+            tracing::error!(user = %change.email, error = %err, "could not record a change");
+            self.stop.cancel();
+        }
+        step.result
+    }
+
+    /// Executes one change against the remote systems.
+    async fn execute(&self, change: &Change) -> Step {
+        let email = change.email.as_str();
+        match &change.action {
+            Action::AdoptGuest { guest_id } => Step::state_only(Effect::GuestOwned {
+                guest_id: guest_id.clone(),
+                invited: false,
+            }),
+            Action::AdoptPortal { portal_id } => Step::state_only(Effect::PortalOwned {
+                portal_id: Some(portal_id.clone()),
+            }),
+            Action::ReleaseGuest { .. } => Step::state_only(Effect::GuestReleased { gone: false }),
+            Action::Invite {
+                display_name,
+                send_email,
+                message,
+            } => {
+                let invitation = Invitation {
+                    email: email.to_owned(),
+                    display_name: display_name.clone(),
+                    send_email: *send_email,
+                    message: message.clone(),
+                };
+                self.invite(&invitation).await
+            }
+            Action::ResendInvitation {
+                guest_id,
+                display_name,
+                message,
+                ..
+            } => {
+                let invitation = Invitation {
+                    email: email.to_owned(),
+                    display_name: display_name.clone(),
+                    send_email: true,
+                    message: message.clone(),
+                };
+                self.resend(guest_id, &invitation).await
+            }
+            Action::Register { name, role } => {
+                let user = NewPortalUser {
+                    email: email.to_owned(),
+                    name: name.clone(),
+                    role: *role,
+                };
+                self.register(&user).await
+            }
+            Action::UpdatePortal {
+                portal_id,
+                to_name,
+                to_role,
+                ..
+            } => match self.portal.update_user(email, to_name, *to_role).await {
+                Ok(()) => Step::done(
+                    Effect::PortalUpdated {
+                        portal_id: portal_id.clone(),
+                    },
+                    None,
+                    true,
+                ),
+                Err(err) => Step::failed(err.to_string(), None, Effect::None),
+            },
+            Action::Unregister { .. } => match self.portal.delete_user(email).await {
+                Ok(true) => Step::done(Effect::PortalGone, None, true),
+                Ok(false) => Step::done(Effect::PortalGone, None, false)
+                    .with_detail("the portal user was already gone".to_owned()),
+                Err(err) => Step::failed(err.to_string(), None, Effect::RemovalFailed),
+            },
+            Action::DisableGuest { guest_id } => {
+                match self.tenant.set_account_enabled(guest_id, false).await {
+                    Ok(()) => Step::done(Effect::GuestReleased { gone: false }, None, true),
+                    Err(err) => Step::failed(
+                        err.to_string(),
+                        err.request_id().map(str::to_owned),
+                        Effect::RemovalFailed,
+                    ),
+                }
+            }
+            Action::DeleteGuest { guest_id } => match self.tenant.delete_user(guest_id).await {
+                Ok(true) => Step::done(Effect::GuestReleased { gone: true }, None, true),
+                Ok(false) => Step::done(Effect::GuestReleased { gone: true }, None, false)
+                    .with_detail("the guest was already gone".to_owned()),
+                Err(err) => Step::failed(
+                    err.to_string(),
+                    err.request_id().map(str::to_owned),
+                    Effect::RemovalFailed,
+                ),
+            },
+        }
+    }
+
+    /// Re-observes, then invites; after an ambiguous failure looks again instead of re-posting.
+    async fn invite(&self, invitation: &Invitation) -> Step {
+        let email = invitation.email.as_str();
+        match self.tenant.find_by_email(email).await {
+            Ok(found) => {
+                if let Some(step) = adopt_found(&found, email) {
+                    return step;
+                }
+            }
+            Err(err) => {
+                return Step::failed(
+                    format!(
+                        "could not look {email} up before inviting, so no invitation was sent: {err}"
+                    ),
+                    err.request_id().map(str::to_owned),
+                    Effect::None,
+                );
+            }
+        }
+        match self.tenant.invite(invitation).await {
+            Ok(invited) => Step::done(
+                Effect::GuestOwned {
+                    guest_id: invited.user_id,
+                    invited: true,
+                },
+                invited.request_id,
+                true,
+            ),
+            Err(err) if err.is_ambiguous() => {
+                let request_id = err.request_id().map(str::to_owned);
+                match self.tenant.find_by_email(email).await {
+                    Ok(found) => match found.iter().find(|u| u.is_guest()) {
+                        Some(guest) => Step::done(
+                            Effect::GuestOwned {
+                                guest_id: guest.id.clone(),
+                                invited: true,
+                            },
+                            request_id,
+                            true,
+                        )
+                        .with_detail(format!(
+                            "the invitation answered an error ({err}) but the guest exists: recorded as invited"
+                        )),
+                        None => Step::failed(
+                            format!(
+                                "the invitation of {email} may or may not have happened ({err}) and no guest is visible yet; it was not re-sent, the next reconcile looks again"
+                            ),
+                            request_id,
+                            Effect::InvitationUnconfirmed,
+                        ),
+                    },
+                    Err(lookup) => Step::failed(
+                        format!(
+                            "the invitation of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not re-sent, the next reconcile looks again"
+                        ),
+                        request_id,
+                        Effect::InvitationUnconfirmed,
+                    ),
+                }
+            }
+            Err(err) => Step::failed(
+                format!("could not invite {email}: {err}{}", invite_hint(&err)),
+                err.request_id().map(str::to_owned),
+                Effect::None,
+            ),
+        }
+    }
+
+    /// Re-sends a pending invitation, unless it was accepted meanwhile.
+    async fn resend(&self, guest_id: &str, invitation: &Invitation) -> Step {
+        let email = invitation.email.as_str();
+        match self.tenant.get_user(guest_id).await {
+            Ok(Some(user)) if !user.is_pending() => {
+                return Step::skipped(format!(
+                    "the guest {guest_id} is no longer pending acceptance; no invitation re-sent"
+                ));
+            }
+            // Not visible (replication) or still pending: re-sending is what is wanted; Graph
+            // answers an existing address with the existing guest.
+            Ok(_) => {}
+            Err(err) => {
+                return Step::failed(
+                    format!(
+                        "could not read guest {guest_id} before re-sending the invitation of {email}: {err}"
+                    ),
+                    err.request_id().map(str::to_owned),
+                    Effect::None,
+                );
+            }
+        }
+        match self.tenant.invite(invitation).await {
+            Ok(invited) => Step::done(
+                Effect::Resent {
+                    guest_id: invited.user_id,
+                },
+                invited.request_id,
+                true,
+            ),
+            Err(err) => Step::failed(
+                format!(
+                    "could not re-send the invitation of {email}{}: {err}",
+                    if err.is_ambiguous() {
+                        " (it may have been sent; not repeated)"
+                    } else {
+                        ""
+                    }
+                ),
+                err.request_id().map(str::to_owned),
+                Effect::None,
+            ),
+        }
+    }
+
+    /// Re-observes, then registers; after an ambiguous failure looks again.
+    async fn register(&self, user: &NewPortalUser) -> Step {
+        let email = user.email.as_str();
+        match self.portal.find_user(email).await {
+            Ok(Some(existing)) => {
+                return Step::done(
+                    Effect::PortalOwned {
+                        portal_id: Some(existing.id),
+                    },
+                    None,
+                    false,
+                )
+                .with_detail("the portal user already existed: adopted, not created".to_owned());
+            }
+            Ok(None) => {}
+            Err(err) => {
+                return Step::failed(
+                    format!(
+                        "could not look {email} up in the portal before registering, so nothing was created: {err}"
+                    ),
+                    None,
+                    Effect::None,
+                );
+            }
+        }
+        match self.portal.create_user(user).await {
+            Ok(()) => {
+                // Best effort: the portal's POST does not return the id.
+                let portal_id = self.portal.find_user(email).await.ok().flatten().map(|u| u.id);
+                Step::done(Effect::PortalOwned { portal_id }, None, true)
+            }
+            Err(err) if err.is_ambiguous() => match self.portal.find_user(email).await {
+                Ok(Some(found)) => Step::done(
+                    Effect::PortalOwned {
+                        portal_id: Some(found.id),
+                    },
+                    None,
+                    true,
+                )
+                .with_detail(format!(
+                    "the registration answered an error ({err}) but the user exists: recorded as registered"
+                )),
+                Ok(None) => Step::failed(
+                    format!("the registration of {email} may or may not have happened ({err}) and the user is not visible; it was not repeated, the next reconcile looks again"),
+                    None,
+                    Effect::None,
+                ),
+                Err(lookup) => Step::failed(
+                    format!("the registration of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not repeated, the next reconcile looks again"),
+                    None,
+                    Effect::None,
+                ),
+            },
+            Err(err) => Step::failed(format!("could not register {email}: {err}"), None, Effect::None),
+        }
+    }
+}
+
+/// After a look-up before inviting: a guest found is adopted, a member needs nothing.
+/// What to do about an invitation Graph refused, when the refusal is a known case.
+fn invite_hint(err: &GraphError) -> &'static str {
+    let message = err.to_string().to_lowercase();
+    if err.status() == Some(400) && message.contains("already exist") {
+        // No visible account holds the address (it was looked up first): a soft-deleted one does.
+        " — a deleted account still holds this address (deleted users are kept 30 days): \
+         restore it (Entra admin center → Users → Deleted users) to keep its history, or delete \
+         it permanently; the next reconcile then adopts or invites it"
+    } else {
+        ""
+    }
+}
+
+fn adopt_found(found: &[DirectoryUser], email: &str) -> Option<Step> {
+    if let Some(guest) = found.iter().find(|u| u.is_guest()) {
+        return Some(
+            Step::done(
+                Effect::GuestOwned {
+                    guest_id: guest.id.clone(),
+                    invited: false,
+                },
+                None,
+                false,
+            )
+            .with_detail(format!(
+                "a guest ({}) already holds {email}: adopted, no invitation sent",
+                guest.id
+            )),
+        );
+    }
+    if let Some(member) = found.first() {
+        return Some(Step::skipped(format!(
+            "a member account ({}) holds {email}: no invitation needed",
+            member.id
+        )));
+    }
+    None
+}
+
+/// Applies `effect` to the record of `change`'s user at `now`; drops a record left vacant.
+fn apply_effect(
+    users: &mut BTreeMap<String, UserRecord>,
+    change: &Change,
+    effect: Effect,
+    now: DateTime<Utc>,
+) -> bool {
+    if effect == Effect::None {
+        return false;
+    }
+    let record = users
+        .entry(change.key.clone())
+        .or_insert_with(|| UserRecord {
+            email: change.email.clone(),
+            ..UserRecord::default()
+        });
+    record.email.clone_from(&change.email);
+    record.last_change = Some(now);
+    match effect {
+        Effect::None => {}
+        Effect::GuestOwned { guest_id, invited } => {
+            // Another guest than the one recorded: its invitation history is not ours
+            // (the plan's resend and replication rules read these fields).
+            if record.guest_id.as_deref() != Some(guest_id.as_str()) && !invited {
+                record.invited_at = None;
+                record.last_invitation_at = None;
+                record.resend_count = 0;
+            }
+            if record.guest_id.as_deref() != Some(guest_id.as_str()) {
+                // A new invitation is not visible yet; an adopted guest was just read.
+                record.guest_seen = !invited;
+            } else if !invited {
+                record.guest_seen = true;
+            }
+            record.guest_id = Some(guest_id);
+            record.guest_owned = true;
+            record.invitation_unconfirmed_at = None;
+            if invited {
+                record.invited_at.get_or_insert(now);
+                record.last_invitation_at = Some(now);
+            }
+        }
+        Effect::Resent { guest_id } => {
+            // guestops posted an invitation for this guest: it owns it (as after `invite`).
+            record.guest_id = Some(guest_id);
+            record.guest_owned = true;
+            record.resend_count += 1;
+            record.last_invitation_at = Some(now);
+        }
+        Effect::PortalOwned { portal_id } => {
+            if portal_id.is_some() {
+                record.portal_id = portal_id;
+            }
+            record.portal_owned = true;
+        }
+        Effect::PortalUpdated { portal_id } => {
+            record.portal_id.get_or_insert(portal_id);
+        }
+        Effect::PortalGone => {
+            record.portal_owned = false;
+            record.portal_id = None;
+        }
+        Effect::GuestReleased { gone } => {
+            record.guest_owned = false;
+            if gone {
+                record.guest_id = None;
+            }
+        }
+        Effect::RemovalFailed => {
+            record.removal_pending_since.get_or_insert(now);
+        }
+        Effect::InvitationUnconfirmed => {
+            record.invitation_unconfirmed_at = Some(now);
+        }
+    }
+    if !record.guest_owned && !record.portal_owned {
+        // Nothing owned is left: no removal can be pending.
+        record.removal_pending_since = None;
+    }
+    if record.is_vacant() {
+        users.remove(&change.key);
+    }
+    true
+}
+
+/// Serializes state changes and disk writes of concurrent users.
+struct Recorder<'s> {
+    inner: Mutex<RecorderInner<'s>>,
+    /// Held while writing to disk; holds the generation last saved.
+    io: tokio::sync::Mutex<u64>,
+}
+
+struct RecorderInner<'s> {
+    store: &'s mut StateStore,
+    /// Bumped at every state modification.
+    generation: u64,
+    /// The first save failure.
+    error: Option<StateError>,
+}
+
+impl<'s> Recorder<'s> {
+    fn new(store: &'s mut StateStore) -> Self {
+        Self {
+            inner: Mutex::new(RecorderInner {
+                store,
+                generation: 0,
+                error: None,
+            }),
+            io: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RecorderInner<'s>> {
+        // Poisoning only follows a panic elsewhere; the state itself is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `effect` and appends `audit`, then saves the state (unless a later save
+    /// already covered it).
+    async fn record(
+        &self,
+        change: &Change,
+        effect: Effect,
+        audit: Option<AuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        {
+            let mut inner = self.lock();
+            if apply_effect(&mut inner.store.state_mut().users, change, effect, now) {
+                inner.generation += 1;
+            }
+        }
+        let result = self.write(audit).await;
+        if let Err(err) = &result {
+            let mut inner = self.lock();
+            if inner.error.is_none() {
+                inner.error = Some(clone_error(err));
+            }
+        }
+        result
+    }
+
+    /// Appends `audit` (if any) and saves the state if it changed since the last save.
+    async fn write(&self, audit: Option<AuditRecord>) -> Result<(), StateError> {
+        let mut saved = self.io.lock().await;
+        if let Some(record) = audit {
+            let (dir, file) = {
+                let mut inner = self.lock();
+                (inner.store.dir().to_path_buf(), inner.store.audit_handle()?)
+            };
+            blocking(dir, move |dir| append_audit_line(dir, &file, &record)).await?;
+        }
+        let (dir, bytes, generation) = {
+            let inner = self.lock();
+            if inner.generation <= *saved {
+                return Ok(());
+            }
+            (
+                inner.store.dir().to_path_buf(),
+                inner.store.snapshot()?,
+                inner.generation,
+            )
+        };
+        blocking(dir, move |dir| write_snapshot(dir, &bytes)).await?;
+        *saved = generation;
+        Ok(())
+    }
+
+    fn set_revision(&self, revision: String) {
+        let mut inner = self.lock();
+        inner.store.state_mut().revision = Some(revision);
+        inner.generation += 1;
+    }
+
+    /// Saves whatever is not saved yet.
+    async fn flush(&self) -> Result<(), StateError> {
+        self.write(None).await
+    }
+
+    fn take_error(&self) -> Option<StateError> {
+        self.lock().error.take()
+    }
+}
+
+/// Runs a blocking file operation off the async worker threads.
+async fn blocking(
+    dir: PathBuf,
+    f: impl FnOnce(&Path) -> Result<(), StateError> + Send + 'static,
+) -> Result<(), StateError> {
+    let path = dir.clone();
+    match tokio::task::spawn_blocking(move || f(&dir)).await {
+        Ok(result) => result,
+        Err(join) => Err(StateError::Write {
+            path,
+            source: std::io::Error::other(join.to_string()),
+        }),
+    }
+}
+
+/// A copy of a state error for the final report (I/O errors are not `Clone`).
+fn clone_error(err: &StateError) -> StateError {
+    StateError::Write {
+        path: match err {
+            StateError::Write { path, .. }
+            | StateError::Read { path, .. }
+            | StateError::Lock { path, .. }
+            | StateError::Corrupt { path, .. }
+            | StateError::AuditLine { path, .. }
+            | StateError::NewerVersion { path, .. } => path.clone(),
+            StateError::CreateDir { dir, .. } | StateError::Locked { dir } => dir.clone(),
+        },
+        source: std::io::Error::other(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: Action) -> Change {
+        Change {
+            key: "ana@p.example".to_owned(),
+            email: "Ana@p.example".to_owned(),
+            action,
+            reason: None,
+        }
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(s, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn apply_future_is_send() {
+        fn assert_send<F: std::future::Future + Send>(_: F) {}
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        let plan = Plan {
+            generated_at: at(0),
+            desired_users: 0,
+            in_sync: 0,
+            changes: Vec::new(),
+            refusals: Vec::new(),
+            notices: Vec::new(),
+        };
+        let tenant = crate::remote::graph::fake::FakeTenant::new();
+        let portal = crate::remote::portal::fake::FakePortal::new();
+        let opts = ApplyOptions::default();
+        let cancel = CancellationToken::new();
+        // The daemon spawns apply on a multi-threaded runtime.
+        assert_send(apply(&plan, &tenant, &portal, &mut store, &opts, &cancel));
+    }
+
+    #[test]
+    fn invite_then_resend_track_times_and_count() {
+        let mut users = BTreeMap::new();
+        let invite = change(Action::Invite {
+            display_name: "Ana".into(),
+            send_email: true,
+            message: None,
+        });
+        let effect = Effect::GuestOwned {
+            guest_id: "g1".into(),
+            invited: true,
+        };
+        apply_effect(&mut users, &invite, effect, at(10));
+        let resend = change(Action::ResendInvitation {
+            guest_id: "g1".into(),
+            display_name: "Ana".into(),
+            message: None,
+            pending_since: None,
+        });
+        let effect = Effect::Resent {
+            guest_id: "g1".into(),
+        };
+        apply_effect(&mut users, &resend, effect, at(20));
+        let r = &users["ana@p.example"];
+        assert_eq!(r.email, "Ana@p.example");
+        assert!(r.guest_owned);
+        assert_eq!(r.invited_at, Some(at(10)));
+        assert_eq!(r.last_invitation_at, Some(at(20)));
+        assert_eq!(r.resend_count, 1);
+    }
+
+    #[test]
+    fn a_record_with_nothing_owned_is_removed() {
+        let mut users = BTreeMap::new();
+        users.insert(
+            "ana@p.example".to_owned(),
+            UserRecord {
+                email: "Ana@p.example".into(),
+                guest_id: Some("g1".into()),
+                guest_owned: true,
+                portal_owned: true,
+                portal_id: Some("p1".into()),
+                ..UserRecord::default()
+            },
+        );
+        let unregister = change(Action::Unregister {
+            portal_id: "p1".into(),
+        });
+        apply_effect(&mut users, &unregister, Effect::RemovalFailed, at(5));
+        assert_eq!(users["ana@p.example"].removal_pending_since, Some(at(5)));
+        apply_effect(&mut users, &unregister, Effect::PortalGone, at(6));
+        assert!(
+            users["ana@p.example"].guest_owned,
+            "the guest is still owned"
+        );
+        let release = change(Action::DeleteGuest {
+            guest_id: "g1".into(),
+        });
+        apply_effect(
+            &mut users,
+            &release,
+            Effect::GuestReleased { gone: true },
+            at(7),
+        );
+        assert!(users.is_empty(), "{users:?}");
+    }
+}

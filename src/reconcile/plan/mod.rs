@@ -1,0 +1,302 @@
+//! The plan: the pure function of design §7 and its renderings.
+//!
+//! `plan(desired, observed, state, policy, now) -> Plan` takes data and returns data: no I/O,
+//! no clock (`now` is passed in), no randomness. Every safety rule lives here, not in the
+//! executor: fail closed (an incomplete read never reaches this function), adoption instead of
+//! re-invitation, members are not invited, ownership, `prune`, `maxDeletions`, the
+//! empty-desired guard, `allowedDomains`, expiry.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::desired::spec::Role;
+use crate::remote::graph::DirectoryUser;
+use crate::remote::portal::PortalUser;
+
+mod compute;
+mod render;
+
+pub use compute::{GuestIndex, plan};
+pub use render::{
+    GITHUB_COMMENT_LIMIT, MARKDOWN_BUDGET, PlanFormat, RenderOptions, Summary, render, render_with,
+};
+
+/// How long a guest that guestops invited may stay invisible to reads (Entra replication
+/// delay) before it is considered gone and invited again.
+pub const REPLICATION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// At most this many invitation re-sends per guest.
+pub const MAX_RESENDS: u32 = 3;
+
+/// What happens to the tenant guest of a removed administrator (`policy.guestOnRemoval`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestOnRemoval {
+    /// Leave the guest as it is (guestops stops owning it).
+    #[default]
+    Keep,
+    /// `accountEnabled = false` (needs `User.EnableDisableAccount.All`).
+    Disable,
+    /// Delete (soft, restorable for 30 days; needs `User.DeleteRestore.All`).
+    Delete,
+}
+
+/// The policy the plan enforces (from `policy.*` of the host config, plus `--force`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Lower-case domains an address may belong to; empty = any.
+    pub allowed_domains: Vec<String>,
+    /// Act on owned users removed from `users.yaml` or expired.
+    pub prune: bool,
+    /// What to do with the guest of a removed admin.
+    pub guest_on_removal: GuestOnRemoval,
+    /// More removals than this in one plan are refused unless `force`.
+    pub max_deletions: usize,
+    /// Re-send a pending invitation after this long; `None` = never.
+    pub resend_after: Option<Duration>,
+    /// Overrides the `maxDeletions` and empty-desired guards (never the domain policy).
+    pub force: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allowed_domains: Vec::new(),
+            prune: false,
+            guest_on_removal: GuestOnRemoval::Keep,
+            max_deletions: 5,
+            resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
+            force: false,
+        }
+    }
+}
+
+/// What the tenant and the portal hold now, read completely.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Every guest of the tenant.
+    pub guests: Vec<DirectoryUser>,
+    /// Users found by targeted lookups: members, and guests missing from the listing
+    /// (replication) found by address or by the id recorded in state.
+    pub lookups: Vec<DirectoryUser>,
+    /// Every portal user.
+    pub portal_users: Vec<PortalUser>,
+}
+
+/// The system a change acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// Entra ID through Microsoft Graph.
+    Tenant,
+    /// The Power Embedded portal.
+    Portal,
+    /// guestops' own state only (ownership); no remote write.
+    State,
+}
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    /// An existing guest matches: record ownership, never re-invite.
+    AdoptGuest {
+        /// Object id of the guest.
+        guest_id: String,
+    },
+    /// `POST /invitations`.
+    Invite {
+        /// `invitedUserDisplayName`.
+        display_name: String,
+        /// `sendInvitationMessage`.
+        send_email: bool,
+        /// Custom message body.
+        message: Option<String>,
+    },
+    /// Re-send a pending invitation (`POST /invitations` for the same address).
+    ResendInvitation {
+        /// Object id of the pending guest.
+        guest_id: String,
+        /// `invitedUserDisplayName`.
+        display_name: String,
+        /// Custom message body.
+        message: Option<String>,
+        /// Since when the invitation is pending.
+        pending_since: Option<DateTime<Utc>>,
+    },
+    /// An existing portal user matches: record ownership.
+    AdoptPortal {
+        /// Portal id.
+        portal_id: String,
+    },
+    /// `POST /api/user`.
+    Register {
+        /// Display name.
+        name: String,
+        /// Role.
+        role: Role,
+    },
+    /// Read-modify-write `PUT /api/user` changing name and/or role.
+    UpdatePortal {
+        /// Portal id.
+        portal_id: String,
+        /// Name now.
+        from_name: String,
+        /// Name wanted.
+        to_name: String,
+        /// Role now (`None`: a code guestops does not know).
+        from_role: Option<Role>,
+        /// Role wanted.
+        to_role: Role,
+    },
+    /// `DELETE /api/user/{email}` (a removal).
+    Unregister {
+        /// Portal id.
+        portal_id: String,
+    },
+    /// `PATCH /users/{id}` `accountEnabled=false` (a removal, `guestOnRemoval: disable`).
+    DisableGuest {
+        /// Object id.
+        guest_id: String,
+    },
+    /// `DELETE /users/{id}` (a removal, `guestOnRemoval: delete`).
+    DeleteGuest {
+        /// Object id.
+        guest_id: String,
+    },
+    /// Stop owning a guest that is kept (`guestOnRemoval: keep`); no remote write.
+    ReleaseGuest {
+        /// Object id.
+        guest_id: String,
+    },
+}
+
+impl Action {
+    /// The system this action writes to.
+    pub fn system(&self) -> System {
+        match self {
+            Action::Invite { .. }
+            | Action::ResendInvitation { .. }
+            | Action::DisableGuest { .. }
+            | Action::DeleteGuest { .. } => System::Tenant,
+            Action::Register { .. } | Action::UpdatePortal { .. } | Action::Unregister { .. } => {
+                System::Portal
+            }
+            Action::AdoptGuest { .. }
+            | Action::AdoptPortal { .. }
+            | Action::ReleaseGuest { .. } => System::State,
+        }
+    }
+
+    /// Whether this action removes access (counted against `maxDeletions`).
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Action::Unregister { .. } | Action::DisableGuest { .. } | Action::DeleteGuest { .. }
+        )
+    }
+
+    /// Short stable name, e.g. `invite` (the serde tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::AdoptGuest { .. } => "adopt-guest",
+            Action::Invite { .. } => "invite",
+            Action::ResendInvitation { .. } => "resend-invitation",
+            Action::AdoptPortal { .. } => "adopt-portal",
+            Action::Register { .. } => "register",
+            Action::UpdatePortal { .. } => "update-portal",
+            Action::Unregister { .. } => "unregister",
+            Action::DisableGuest { .. } => "disable-guest",
+            Action::DeleteGuest { .. } => "delete-guest",
+            Action::ReleaseGuest { .. } => "release-guest",
+        }
+    }
+}
+
+/// One change for one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Normalized email (identity).
+    pub key: String,
+    /// Email as written in `users.yaml` (or as observed, for removals).
+    pub email: String,
+    /// What to do.
+    pub action: Action,
+    /// Why (the `reason` of `users.yaml`, or e.g. "expired on 2027-03-31").
+    pub reason: Option<String>,
+}
+
+/// A policy refusal: the whole plan is refused (exit 3) and nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Stable code: `max-deletions`, `empty-desired` or `domain-not-allowed`.
+    pub code: String,
+    /// The user concerned, if one.
+    pub email: Option<String>,
+    /// What is refused and why.
+    pub message: String,
+    /// What to do about it.
+    pub help: String,
+}
+
+/// Something worth telling that is not a change (e.g. a removal skipped because `prune` is off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Normalized email, if about one user.
+    pub key: Option<String>,
+    /// Stable code, e.g. `prune-disabled`, `not-owned`, `member`, `awaiting-replication`.
+    pub code: String,
+    /// Human text.
+    pub message: String,
+}
+
+/// The plan: every change that would make observed equal desired, plus refusals and notices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The `now` the plan was computed for.
+    pub generated_at: DateTime<Utc>,
+    /// Desired users in the file.
+    pub desired_users: usize,
+    /// Desired users that need no change.
+    pub in_sync: usize,
+    /// Changes, grouped by user (sorted by key), tenant before portal within a user.
+    pub changes: Vec<Change>,
+    /// Policy refusals; non-empty means nothing is applied.
+    pub refusals: Vec<Refusal>,
+    /// Informational notices.
+    pub notices: Vec<Notice>,
+}
+
+impl Plan {
+    /// No change at all (state-only adoptions count as changes).
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Whether policy refuses this plan.
+    pub fn is_refused(&self) -> bool {
+        !self.refusals.is_empty()
+    }
+
+    /// Number of removals.
+    pub fn removals(&self) -> usize {
+        self.changes
+            .iter()
+            .filter(|c| c.action.is_removal())
+            .count()
+    }
+
+    /// Number of users with at least one removal (what `maxDeletions` limits).
+    pub fn removed_users(&self) -> usize {
+        let mut keys: Vec<&str> = self
+            .changes
+            .iter()
+            .filter(|c| c.action.is_removal())
+            .map(|c| c.key.as_str())
+            .collect();
+        keys.dedup();
+        keys.len()
+    }
+}

@@ -1,0 +1,736 @@
+//! guestops' own state (design §8): `state.json` (ownership and per-user progress),
+//! `audit.jsonl` (one line per remote write) and the instance lock, all under `state.dir`.
+//!
+//! - [`StateStore::open`] creates the directory (mode `0700`), takes an exclusive lock on
+//!   `dir/lock` (a second instance is refused with [`StateError::Locked`]) and loads
+//!   `state.json`. A corrupt file, or one written by a newer guestops, is an error and is never
+//!   overwritten.
+//! - [`StateStore::save`] writes `state.json.tmp`, fsyncs it, renames it over `state.json` and
+//!   fsyncs the directory, so a crash leaves either the old or the new state, never a mix.
+//! - [`StateStore::append_audit`] appends one JSON line to `audit.jsonl` and fsyncs it.
+//! - [`StateStore::read_only`] loads the state without the lock, for `plan` and `status`.
+//!
+//! Nothing here holds a secret: records carry ids, addresses and timestamps only.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::plan::System;
+
+/// Current `state.json` schema version.
+pub const STATE_VERSION: u32 = 1;
+
+/// File name of the state inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// File name of the temporary state written before the rename.
+pub const STATE_TMP_FILE: &str = "state.json.tmp";
+
+/// File name of the audit log inside the state directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// File name of the instance lock inside the state directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// What guestops knows about the users it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// Schema version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Revision of the last applied desired state (commit id, or content hash of a file).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// The commit behind `revision` (author, time, subject), when it came from git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_info: Option<AppliedRevision>,
+    /// Per-user records keyed by normalized email.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            revision: None,
+            revision_info: None,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Whether guestops owns anything at all.
+    pub fn owns_anything(&self) -> bool {
+        self.users.values().any(|u| u.guest_owned || u.portal_owned)
+    }
+}
+
+/// The commit of the last desired state that was fully applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRevision {
+    /// Full commit id.
+    pub id: String,
+    /// `Name <email>` of the commit author.
+    pub author: String,
+    /// Commit time.
+    pub time: DateTime<Utc>,
+    /// First line of the commit message.
+    pub subject: String,
+}
+
+/// Progress and ownership of one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    /// The address as last written in `users.yaml`.
+    pub email: String,
+    /// Object id of the tenant guest.
+    #[serde(default)]
+    pub guest_id: Option<String>,
+    /// Whether guestops invited or adopted the guest.
+    #[serde(default)]
+    pub guest_owned: bool,
+    /// When guestops invited the guest (first invitation).
+    #[serde(default)]
+    pub invited_at: Option<DateTime<Utc>>,
+    /// Invitations re-sent so far.
+    #[serde(default)]
+    pub resend_count: u32,
+    /// When the last invitation (first or re-sent) was posted.
+    #[serde(default)]
+    pub last_invitation_at: Option<DateTime<Utc>>,
+    /// Portal id.
+    #[serde(default)]
+    pub portal_id: Option<String>,
+    /// Whether guestops registered or adopted the portal user.
+    #[serde(default)]
+    pub portal_owned: bool,
+    /// Since when a removal is planned but not done (refused, failing, …).
+    #[serde(default)]
+    pub removal_pending_since: Option<DateTime<Utc>>,
+    /// Time of the last change applied to this user.
+    #[serde(default)]
+    pub last_change: Option<DateTime<Utc>>,
+    /// When an invitation was posted whose outcome is unknown (an ambiguous error, and no
+    /// guest visible afterwards): the guest may exist but still be replicating, so the plan
+    /// does not invite again within [`crate::reconcile::plan::REPLICATION_GRACE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation_unconfirmed_at: Option<DateTime<Utc>>,
+    /// Whether the guest `guest_id` has been visible to reads since it was recorded. A guest
+    /// that was seen and is missing now is gone (deleted behind guestops' back), not
+    /// replicating: it is invited again without waiting for the replication grace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_seen: bool,
+}
+
+impl State {
+    /// Notes which recorded guests `observed` shows (see [`UserRecord::guest_seen`]).
+    /// Returns whether anything changed (the caller saves).
+    pub fn note_seen_guests(&mut self, observed: &crate::reconcile::plan::Observed) -> bool {
+        let visible: std::collections::HashSet<&str> = observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .map(|u| u.id.as_str())
+            .collect();
+        let mut changed = false;
+        for record in self.users.values_mut() {
+            if !record.guest_seen
+                && record
+                    .guest_id
+                    .as_deref()
+                    .is_some_and(|id| visible.contains(id))
+            {
+                record.guest_seen = true;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+impl UserRecord {
+    /// A record with nothing owned and nothing pending carries no information worth keeping:
+    /// [`crate::reconcile::apply`] removes such records from the state.
+    pub fn is_vacant(&self) -> bool {
+        !self.guest_owned
+            && !self.portal_owned
+            && self.removal_pending_since.is_none()
+            && self.invitation_unconfirmed_at.is_none()
+    }
+}
+
+/// The outcome of one audited operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    /// The write happened (or was confirmed by re-observation after an ambiguous error).
+    Ok,
+    /// The write failed.
+    Error,
+    /// No write was needed after re-observation (e.g. the guest already existed and was adopted).
+    Skipped,
+}
+
+/// One line of `audit.jsonl`: one remote write, or one ownership change, of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// When the operation finished.
+    pub time: DateTime<Utc>,
+    /// The desired-state revision being applied (commit id or file hash).
+    pub revision: Option<String>,
+    /// Author of that revision (commit author), when known.
+    pub author: Option<String>,
+    /// The action's stable name, e.g. `invite` ([`crate::reconcile::plan::Action::name`]).
+    pub action: String,
+    /// The system written to.
+    pub system: System,
+    /// The user's email, as written in `users.yaml` (or as observed, for removals).
+    pub user: String,
+    /// What happened.
+    pub result: AuditResult,
+    /// Human detail: the error, or what re-observation found. Never a secret.
+    pub detail: Option<String>,
+    /// The remote request id (Graph `request-id`), when one was returned.
+    pub request_id: Option<String>,
+}
+
+/// A failure to read, write or lock the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state directory could not be created or opened.
+    #[error(
+        "cannot create the state directory {}: {source}; create it or set `state.dir` to a writable directory",
+        dir.display()
+    )]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error(
+        "another guestops holds the state directory {} (lock file {}); stop the other instance (daemon or apply) or use another `state.dir`",
+        dir.display(),
+        dir.join(LOCK_FILE).display()
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The lock file could not be opened or locked for another reason.
+    #[error("cannot lock {}: {source}; check the permissions of the state directory", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file could not be read.
+    #[error("cannot read {}: {source}; check its permissions", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `state.json` is not valid JSON of the expected shape.
+    #[error(
+        "{} is corrupt ({source}); it was left untouched: restore it from a backup, or move it away to let guestops re-adopt users by matching (removals wait until ownership is known again)",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `state.json` was written by a newer guestops.
+    #[error(
+        "{} has schema version {found}, newer than the {supported} this guestops understands; it was left untouched: upgrade guestops",
+        path.display()
+    )]
+    NewerVersion {
+        /// The file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// [`STATE_VERSION`].
+        supported: u32,
+    },
+    /// A line of `audit.jsonl` is not a valid record.
+    #[error(
+        "line {line} of {} is not a valid audit record ({source}); the file is append-only: inspect and repair that line by hand",
+        path.display()
+    )]
+    AuditLine {
+        /// The audit log.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A state file could not be written.
+    #[error("cannot write {}: {source}; check free space and permissions of the state directory", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The state directory, locked for this process while the value lives.
+///
+/// Dropping it releases the lock.
+#[derive(Debug)]
+pub struct StateStore {
+    dir: PathBuf,
+    /// Held for the lock; released on drop.
+    _lock: File,
+    state: State,
+    audit: Option<File>,
+}
+
+impl StateStore {
+    /// Opens the state directory `dir` for writing: creates it (mode `0700`) if missing, takes
+    /// the instance lock and loads `state.json` (missing → an empty [`State`]).
+    ///
+    /// Fails with [`StateError::Locked`] when another guestops holds the directory, and with
+    /// [`StateError::Corrupt`] / [`StateError::NewerVersion`] when `state.json` cannot be used
+    /// (the file is left untouched).
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        create_dir(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = private_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| StateError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::Lock {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        let state = load(dir)?;
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            state,
+            audit: None,
+        })
+    }
+
+    /// Loads the state of `dir` without taking the lock (for `plan` and `status`).
+    /// A missing directory or file gives an empty [`State`]; nothing is created.
+    pub fn read_only(dir: &Path) -> Result<State, StateError> {
+        load(dir)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state as loaded or last modified (not necessarily saved).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The state, for modification; call [`StateStore::save`] afterwards.
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Modifies the state with `f`, then saves it.
+    pub fn update<R>(&mut self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
+        let out = f(&mut self.state);
+        self.save()?;
+        Ok(out)
+    }
+
+    /// Writes `state.json` atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&mut self) -> Result<(), StateError> {
+        let bytes = self.snapshot()?;
+        write_snapshot(&self.dir, &bytes)
+    }
+
+    /// Appends `record` as one line of `audit.jsonl`, then flushes and fsyncs it.
+    pub fn append_audit(&mut self, record: &AuditRecord) -> Result<(), StateError> {
+        let file = open_audit(&mut self.audit, &self.dir)?;
+        append_audit_line(&self.dir, file, record)
+    }
+
+    /// The serialized state, as [`StateStore::save`] would write it.
+    pub(crate) fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        let mut bytes =
+            serde_json::to_vec_pretty(&self.state).map_err(|source| StateError::Write {
+                path: self.dir.join(STATE_FILE),
+                source: io::Error::other(source),
+            })?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// An owned handle on the audit log (for writing from a blocking task).
+    pub(crate) fn audit_handle(&mut self) -> Result<File, StateError> {
+        let path = self.dir.join(AUDIT_FILE);
+        open_audit(&mut self.audit, &self.dir)?
+            .try_clone()
+            .map_err(|source| StateError::Write { path, source })
+    }
+}
+
+/// The audit log of `dir`, opened for appending on first use and kept in `slot`.
+fn open_audit<'f>(slot: &'f mut Option<File>, dir: &Path) -> Result<&'f File, StateError> {
+    let file = match slot.take() {
+        Some(file) => file,
+        None => {
+            let path = dir.join(AUDIT_FILE);
+            private_options()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|source| StateError::Write { path, source })?
+        }
+    };
+    Ok(slot.insert(file))
+}
+
+/// Reads every record of `dir/audit.jsonl` (missing file → none).
+pub fn read_audit(dir: &Path) -> Result<Vec<AuditRecord>, StateError> {
+    let path = dir.join(AUDIT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|source| StateError::AuditLine {
+                path: path.clone(),
+                line: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Writes `bytes` as `dir/state.json` atomically (temp file, fsync, rename, directory fsync).
+/// The temp file is removed if anything fails before the rename.
+pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = dir.join(STATE_TMP_FILE);
+    let target = dir.join(STATE_FILE);
+    let written = (|| -> io::Result<()> {
+        let mut file = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StateError::Write { path: tmp, source });
+    }
+    if let Err(source) = std::fs::rename(&tmp, &target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StateError::Write {
+            path: target,
+            source,
+        });
+    }
+    // Make the rename itself durable.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StateError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Appends one JSON line for `record` to `file` (opened in append mode), flushes and fsyncs.
+pub(crate) fn append_audit_line(
+    dir: &Path,
+    mut file: &File,
+    record: &AuditRecord,
+) -> Result<(), StateError> {
+    let path = dir.join(AUDIT_FILE);
+    let mut line = serde_json::to_vec(record).map_err(|source| StateError::Write {
+        path: path.clone(),
+        source: io::Error::other(source),
+    })?;
+    line.push(b'\n');
+    // One write call per line: appends of whole lines do not interleave.
+    file.write_all(&line)
+        .and_then(|()| file.flush())
+        .and_then(|()| file.sync_data())
+        .map_err(|source| StateError::Write { path, source })
+}
+
+fn load(dir: &Path) -> Result<State, StateError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    /// Only the version, read first so that a newer schema is reported as such.
+    #[derive(Deserialize)]
+    struct Probe {
+        version: u32,
+    }
+    let probe: Probe = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    if probe.version > STATE_VERSION {
+        return Err(StateError::NewerVersion {
+            path,
+            found: probe.version,
+            supported: STATE_VERSION,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
+}
+
+fn create_dir(dir: &Path) -> Result<(), StateError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| StateError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Options creating files readable by the owner only.
+fn private_options() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn recorded_guests_visible_to_a_read_are_noted_as_seen() {
+        let mut state = State::default();
+        for (key, id) in [("ana@x.example", "g-ana"), ("bob@x.example", "g-bob")] {
+            state.users.insert(
+                key.to_owned(),
+                UserRecord {
+                    email: key.to_owned(),
+                    guest_id: Some(id.to_owned()),
+                    guest_owned: true,
+                    ..UserRecord::default()
+                },
+            );
+        }
+        let observed = crate::reconcile::plan::Observed {
+            lookups: vec![crate::remote::graph::DirectoryUser {
+                id: "g-ana".to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(state.note_seen_guests(&observed));
+        assert!(state.users["ana@x.example"].guest_seen);
+        assert!(!state.users["bob@x.example"].guest_seen);
+        assert!(
+            !state.note_seen_guests(&observed),
+            "nothing new the second time"
+        );
+    }
+
+    use super::*;
+
+    fn record(email: &str) -> UserRecord {
+        UserRecord {
+            email: email.to_owned(),
+            guest_id: Some("g-1".to_owned()),
+            guest_owned: true,
+            ..UserRecord::default()
+        }
+    }
+
+    #[test]
+    fn second_open_is_refused_while_the_first_holds_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let first = StateStore::open(&dir).unwrap();
+        let err = StateStore::open(&dir).unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("another guestops"), "{message}");
+        assert!(message.contains(&dir.display().to_string()), "{message}");
+        drop(first);
+        StateStore::open(&dir).expect("the lock is released on drop");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn directory_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let _store = StateStore::open(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn save_is_atomic_and_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        assert_eq!(store.state(), &State::default());
+        store
+            .update(|s| {
+                s.revision = Some("abc".to_owned());
+                s.users
+                    .insert("a@x.example".to_owned(), record("A@x.example"));
+            })
+            .unwrap();
+        assert!(!tmp.path().join(STATE_TMP_FILE).exists());
+        let expected = store.state().clone();
+        drop(store);
+        assert_eq!(StateStore::read_only(tmp.path()).unwrap(), expected);
+        assert_eq!(
+            StateStore::open(tmp.path()).unwrap().state(),
+            &expected,
+            "reopening loads what was saved"
+        );
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_and_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE_FILE);
+        std::fs::write(&path, b"{\"version\": 1, \"users\": [").unwrap();
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("state.json"), "{err}");
+        assert!(matches!(
+            StateStore::read_only(tmp.path()),
+            Err(StateError::Corrupt { .. })
+        ));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"version\": 1, \"users\": [",
+            "the corrupt file is left as it was"
+        );
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = b"{\"version\": 99, \"users\": {\"x\": {\"shape\": \"unknown\"}}}";
+        std::fs::write(tmp.path().join(STATE_FILE), content).unwrap();
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, StateError::NewerVersion { found: 99, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("upgrade guestops"), "{err}");
+        assert_eq!(std::fs::read(tmp.path().join(STATE_FILE)).unwrap(), content);
+    }
+
+    #[test]
+    fn read_only_of_a_missing_dir_is_empty_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("missing");
+        assert_eq!(StateStore::read_only(&dir).unwrap(), State::default());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn read_only_does_not_need_the_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        store
+            .update(|s| s.revision = Some("r1".to_owned()))
+            .unwrap();
+        let state = StateStore::read_only(tmp.path()).unwrap();
+        assert_eq!(state.revision.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn audit_lines_are_appended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        let line = |user: &str, result| AuditRecord {
+            time: DateTime::<Utc>::UNIX_EPOCH,
+            revision: Some("r1".to_owned()),
+            author: None,
+            action: "invite".to_owned(),
+            system: System::Tenant,
+            user: user.to_owned(),
+            result,
+            detail: None,
+            request_id: Some("req-1".to_owned()),
+        };
+        store
+            .append_audit(&line("a@x.example", AuditResult::Ok))
+            .unwrap();
+        drop(store);
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        store
+            .append_audit(&line("b@x.example", AuditResult::Error))
+            .unwrap();
+        let records = read_audit(tmp.path()).unwrap();
+        assert_eq!(
+            records,
+            vec![
+                line("a@x.example", AuditResult::Ok),
+                line("b@x.example", AuditResult::Error)
+            ]
+        );
+        let text = std::fs::read_to_string(tmp.path().join(AUDIT_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.contains("\"result\":\"error\""), "{text}");
+    }
+}

@@ -1,0 +1,479 @@
+//! An in-memory [`super::Tenant`] for unit tests.
+//!
+//! [`FakeTenant`] is a cheap `Clone` handle on shared state, so a test keeps one handle to
+//! seed and inspect while the code under test uses another. It follows Graph's semantics where
+//! guestops relies on them:
+//! - inviting an address that already belongs to a user returns that user (no second guest);
+//! - [`super::Tenant::find_by_email`] matches `mail`, `otherMails`, `identities[].issuerAssignedId`,
+//!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively;
+//! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404.
+//!
+//! Test knobs: [`Fault`]s (fail the next N calls of an operation, optionally only for one
+//! address or id, optionally after the write happened), latency, call counts and the largest
+//! number of calls in flight at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::remote::fake::CallLog;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{DirectoryUser, GraphError, Invitation, Invited, Tenant};
+
+/// A tenant operation, for counting calls and injecting faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TenantOp {
+    /// [`Tenant::list_guests`].
+    ListGuests,
+    /// [`Tenant::find_by_email`].
+    FindByEmail,
+    /// [`Tenant::get_user`].
+    GetUser,
+    /// [`Tenant::invite`].
+    Invite,
+    /// [`Tenant::set_account_enabled`].
+    SetAccountEnabled,
+    /// [`Tenant::delete_user`].
+    DeleteUser,
+}
+
+/// Make matching calls of a [`TenantOp`] fail (see [`crate::remote::fake::Fault`]).
+pub type Fault = crate::remote::fake::Fault<TenantOp>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    users: Vec<DirectoryUser>,
+    deleted: Vec<DirectoryUser>,
+    invitations: Vec<Invitation>,
+    next_id: u64,
+    /// Reads a newly invited guest stays invisible for (replication delay).
+    replication_lag: usize,
+    /// Object id → reads left before the guest becomes visible.
+    hidden: BTreeMap<String, usize>,
+}
+
+impl Inner {
+    /// The users a read sees now; every read brings hidden guests closer to visibility.
+    fn visible(&mut self) -> Vec<DirectoryUser> {
+        let hidden = &self.hidden;
+        let seen = self
+            .users
+            .iter()
+            .filter(|u| !hidden.contains_key(&u.id))
+            .cloned()
+            .collect();
+        self.hidden.retain(|_, left| {
+            *left -= 1;
+            *left > 0
+        });
+        seen
+    }
+}
+
+/// An in-memory tenant; clones share the same directory.
+#[derive(Debug, Clone, Default)]
+pub struct FakeTenant {
+    inner: Arc<Mutex<Inner>>,
+    calls: CallLog<TenantOp>,
+}
+
+impl FakeTenant {
+    /// An empty tenant.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the directory from the others.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a guest with `email` as `mail` (pending acceptance); returns its object id.
+    pub fn add_guest(&self, email: &str, display_name: &str) -> String {
+        let mut inner = self.lock();
+        let user = new_guest(&mut inner, email, display_name);
+        let id = user.id.clone();
+        inner.users.push(user);
+        id
+    }
+
+    /// Adds a member (internal account) with `email` as `mail`; returns its object id.
+    pub fn add_member(&self, email: &str, display_name: &str) -> String {
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = format!("member-{}", inner.next_id);
+        inner.users.push(DirectoryUser {
+            id: id.clone(),
+            display_name: Some(display_name.to_owned()),
+            mail: Some(email.to_owned()),
+            user_principal_name: Some(email.to_owned()),
+            user_type: Some("Member".to_owned()),
+            account_enabled: Some(true),
+            created_date_time: Some(Utc::now()),
+            ..DirectoryUser::default()
+        });
+        id
+    }
+
+    /// Adds any user as given.
+    pub fn add_user(&self, user: DirectoryUser) {
+        self.lock().users.push(user);
+    }
+
+    /// Modifies the user with object id `id` (e.g. to mark an invitation accepted); returns
+    /// whether it exists.
+    pub fn modify_user(&self, id: &str, f: impl FnOnce(&mut DirectoryUser)) -> bool {
+        let mut inner = self.lock();
+        match inner.users.iter_mut().find(|u| u.id == id) {
+            Some(user) => {
+                f(user);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every user (guests and members), soft-deleted ones excluded.
+    pub fn users(&self) -> Vec<DirectoryUser> {
+        self.lock().users.clone()
+    }
+
+    /// One user by object id.
+    pub fn user(&self, id: &str) -> Option<DirectoryUser> {
+        self.lock().users.iter().find(|u| u.id == id).cloned()
+    }
+
+    /// Soft-deleted users.
+    pub fn deleted(&self) -> Vec<DirectoryUser> {
+        self.lock().deleted.clone()
+    }
+
+    /// Every invitation that reached the tenant (including those answered with an injected
+    /// error after taking effect), in order.
+    pub fn invitations(&self) -> Vec<Invitation> {
+        self.lock().invitations.clone()
+    }
+
+    /// Injects a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.calls.inject(fault);
+    }
+
+    /// Guests created by later invitations stay invisible to the next `reads` read calls
+    /// (`list_guests`, `find_by_email`, `get_user`), as Entra's replication delay does.
+    pub fn set_replication_lag(&self, reads: usize) {
+        self.lock().replication_lag = reads;
+    }
+
+    /// Every call answers after `latency` (a `tokio::time` sleep: use a paused clock).
+    pub fn set_latency(&self, latency: Duration) {
+        self.calls.set_latency(latency);
+    }
+
+    /// Calls made of `op`, failed ones included.
+    pub fn calls(&self, op: TenantOp) -> usize {
+        self.calls.calls(op)
+    }
+
+    /// Calls made of every operation.
+    pub fn total_calls(&self) -> usize {
+        self.calls.total_calls()
+    }
+
+    /// The largest number of calls that were in flight at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.calls.max_in_flight()
+    }
+}
+
+fn new_guest(inner: &mut Inner, email: &str, display_name: &str) -> DirectoryUser {
+    inner.next_id += 1;
+    let upn = format!("{}#EXT#@fake.onmicrosoft.com", email.replace('@', "_"));
+    DirectoryUser {
+        id: format!("guest-{}", inner.next_id),
+        display_name: Some(display_name.to_owned()),
+        mail: Some(email.to_owned()),
+        other_mails: vec![email.to_owned()],
+        user_principal_name: Some(upn),
+        user_type: Some("Guest".to_owned()),
+        external_user_state: Some("PendingAcceptance".to_owned()),
+        external_user_state_change_date_time: Some(Utc::now()),
+        creation_type: Some("Invitation".to_owned()),
+        account_enabled: Some(true),
+        created_date_time: Some(Utc::now()),
+        ..DirectoryUser::default()
+    }
+}
+
+/// Whether `user` holds `email` by `mail`, `otherMails`, identities, UPN or guest UPN form.
+pub fn matches_email(user: &DirectoryUser, email: &str) -> bool {
+    let email = email.trim();
+    let eq = |s: &str| s.eq_ignore_ascii_case(email);
+    if user.mail.as_deref().is_some_and(eq) || user.other_mails.iter().any(|m| eq(m)) {
+        return true;
+    }
+    if user
+        .identities
+        .iter()
+        .any(|i| i.issuer_assigned_id.as_deref().is_some_and(eq))
+    {
+        return true;
+    }
+    let Some(upn) = user.user_principal_name.as_deref() else {
+        return false;
+    };
+    if eq(upn) {
+        return true;
+    }
+    let guest_prefix = format!("{}#ext#@", email.replace('@', "_")).to_lowercase();
+    upn.to_lowercase().starts_with(&guest_prefix)
+}
+
+fn api_error(operation: &str, fault: &Fault, request_id: String) -> GraphError {
+    GraphError::Api {
+        operation: operation.to_owned(),
+        status: fault.status,
+        code: if fault.status >= 500 {
+            "ServiceUnavailable".to_owned()
+        } else {
+            "Request_BadRequest".to_owned()
+        },
+        message: format!("injected failure ({})", fault.status),
+        request_id: Some(request_id),
+    }
+}
+
+fn request_id(inner: &mut Inner) -> String {
+    inner.next_id += 1;
+    format!("fake-request-{}", inner.next_id)
+}
+
+impl Tenant for FakeTenant {
+    async fn list_guests(&self) -> Result<Vec<DirectoryUser>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::ListGuests, "").await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error("list guests", &fault, rid));
+        }
+        Ok(inner
+            .users
+            .iter()
+            .filter(|u| u.is_guest())
+            .cloned()
+            .collect())
+    }
+
+    async fn find_by_email(&self, email: &str) -> Result<Vec<DirectoryUser>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::FindByEmail, email).await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error(&format!("find {email}"), &fault, rid));
+        }
+        Ok(inner
+            .visible()
+            .into_iter()
+            .filter(|u| matches_email(u, email))
+            .collect())
+    }
+
+    async fn get_user(&self, id: &str) -> Result<Option<DirectoryUser>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::GetUser, id).await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error(&format!("get user {id}"), &fault, rid));
+        }
+        Ok(inner.visible().into_iter().find(|u| u.id == id))
+    }
+
+    async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::Invite, &invitation.email).await;
+        let mut inner = self.lock();
+        let rid = request_id(&mut inner);
+        let operation = format!("invite {}", invitation.email);
+        if let Some(fault) = &fault
+            && !fault.after_applying
+        {
+            return Err(api_error(&operation, fault, rid));
+        }
+        inner.invitations.push(invitation.clone());
+        let existing = inner
+            .users
+            .iter()
+            .find(|u| matches_email(u, &invitation.email))
+            .cloned();
+        let user = match existing {
+            Some(user) => user,
+            None => {
+                let user = new_guest(&mut inner, &invitation.email, &invitation.display_name);
+                inner.users.push(user.clone());
+                if inner.replication_lag > 0 {
+                    let lag = inner.replication_lag;
+                    inner.hidden.insert(user.id.clone(), lag);
+                }
+                user
+            }
+        };
+        if let Some(fault) = &fault {
+            return Err(api_error(&operation, fault, rid));
+        }
+        let status = if user.is_pending() {
+            "PendingAcceptance"
+        } else {
+            "Completed"
+        };
+        Ok(Invited {
+            user_id: user.id,
+            user_principal_name: user.user_principal_name,
+            status: Some(status.to_owned()),
+            request_id: Some(rid),
+        })
+    }
+
+    async fn set_account_enabled(&self, id: &str, enabled: bool) -> Result<(), GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::SetAccountEnabled, id).await;
+        let mut inner = self.lock();
+        let rid = request_id(&mut inner);
+        let operation = format!("set accountEnabled of {id}");
+        if let Some(fault) = &fault
+            && !fault.after_applying
+        {
+            return Err(api_error(&operation, fault, rid));
+        }
+        let Some(user) = inner.users.iter_mut().find(|u| u.id == id) else {
+            return Err(GraphError::Api {
+                operation,
+                status: 404,
+                code: "Request_ResourceNotFound".to_owned(),
+                message: format!("Resource '{id}' does not exist"),
+                request_id: Some(rid),
+            });
+        };
+        user.account_enabled = Some(enabled);
+        match fault {
+            Some(fault) => Err(api_error(&operation, &fault, rid)),
+            None => Ok(()),
+        }
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<bool, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::DeleteUser, id).await;
+        let mut inner = self.lock();
+        let rid = request_id(&mut inner);
+        let operation = format!("delete user {id}");
+        if let Some(fault) = &fault
+            && !fault.after_applying
+        {
+            return Err(api_error(&operation, fault, rid));
+        }
+        let existed = match inner.users.iter().position(|u| u.id == id) {
+            Some(i) => {
+                let user = inner.users.remove(i);
+                inner.deleted.push(user);
+                true
+            }
+            None => false,
+        };
+        match fault {
+            Some(fault) => Err(api_error(&operation, &fault, rid)),
+            None => Ok(existed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invitation(email: &str) -> Invitation {
+        Invitation {
+            email: email.to_owned(),
+            display_name: "Ana".to_owned(),
+            send_email: true,
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn invite_of_an_existing_address_returns_the_existing_guest() {
+        let tenant = FakeTenant::new();
+        let first = tenant.invite(&invitation("Ana@P.example")).await.unwrap();
+        let second = tenant.invite(&invitation("ana@p.example")).await.unwrap();
+        assert_eq!(first.user_id, second.user_id);
+        assert_eq!(tenant.users().len(), 1);
+        assert_eq!(tenant.invitations().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn find_matches_mail_other_mails_and_guest_upn_case_insensitively() {
+        let tenant = FakeTenant::new();
+        tenant.add_user(DirectoryUser {
+            id: "u1".into(),
+            user_principal_name: Some("Bob_Vendor.example#EXT#@contoso.onmicrosoft.com".into()),
+            user_type: Some("Guest".into()),
+            ..DirectoryUser::default()
+        });
+        tenant.add_user(DirectoryUser {
+            id: "u2".into(),
+            other_mails: vec!["Carol@vendor.example".into()],
+            ..DirectoryUser::default()
+        });
+        let found = |e: &'static str| {
+            let t = tenant.clone();
+            async move {
+                t.find_by_email(e)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|u| u.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(found("bob@VENDOR.example").await, vec!["u1"]);
+        assert_eq!(found("carol@vendor.example").await, vec!["u2"]);
+        assert!(found("bo@vendor.example").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn faults_fail_the_next_calls_only_for_their_target() {
+        let tenant = FakeTenant::new();
+        tenant.inject(Fault::new(TenantOp::Invite, 503).for_target("b@x.example"));
+        tenant.invite(&invitation("a@x.example")).await.unwrap();
+        let err = tenant.invite(&invitation("B@x.example")).await.unwrap_err();
+        assert!(err.is_ambiguous());
+        assert_eq!(tenant.users().len(), 1, "the failed invite did not apply");
+        tenant.invite(&invitation("b@x.example")).await.unwrap();
+        assert_eq!(tenant.calls(TenantOp::Invite), 3);
+    }
+
+    #[tokio::test]
+    async fn replication_lag_hides_new_guests_from_reads() {
+        let tenant = FakeTenant::new();
+        tenant.set_replication_lag(2);
+        let invited = tenant.invite(&invitation("a@x.example")).await.unwrap();
+        assert!(
+            tenant
+                .find_by_email("a@x.example")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(tenant.get_user(&invited.user_id).await.unwrap().is_none());
+        assert_eq!(tenant.list_guests().await.unwrap().len(), 1);
+        // A second invitation still finds the existing guest (writes see everything).
+        let again = tenant.invite(&invitation("a@x.example")).await.unwrap();
+        assert_eq!(again.user_id, invited.user_id);
+    }
+
+    #[tokio::test]
+    async fn after_applying_fault_creates_the_guest_and_reports_an_error() {
+        let tenant = FakeTenant::new();
+        tenant.inject(Fault::new(TenantOp::Invite, 504).after_applying());
+        assert!(tenant.invite(&invitation("a@x.example")).await.is_err());
+        assert_eq!(tenant.users().len(), 1);
+    }
+}

@@ -1,0 +1,890 @@
+//! The Power Embedded HTTP client (`docs/specs/power-embedded.md` §1, design §7).
+//!
+//! Follows the documented behaviour of the API, not the simulator's conveniences:
+//! - every request carries `X-API-Key` and goes through [`crate::remote::http::send`] (429 always
+//!   retried, 5xx/transport only for idempotent requests);
+//! - listings loop `pageNumber=1,2,…` until `hasNextPage` is false, guarded by
+//!   `pageIndex < totalPages` and a hard page cap (fail closed), and de-duplicate by `id`;
+//! - the `email` filter is a contains match, so the client matches exactly itself;
+//! - `POST /api/user` succeeds on 200/201/204 with any body (the body is undocumented);
+//! - `PUT /api/user` sends back every field the GET returned, unknown ones included, because
+//!   leaving a field out may clear it (§4);
+//! - `DELETE /api/user/{email}` percent-encodes the address as one path segment; 404 means
+//!   "already gone".
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::HeaderValue;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::{NewPortalUser, Portal, PortalUser, RoleCodes};
+use crate::config::PortalConfig;
+use crate::desired::spec::Role;
+use crate::remote::http::{self, Idempotency, RetryPolicy, TransportError};
+
+/// Pages a listing may read before it is refused as endless (fail closed).
+pub const DEFAULT_MAX_PAGES: u32 = 10_000;
+
+/// The header that carries the API key.
+pub const API_KEY_HEADER: &str = "X-API-Key";
+
+/// Time allowed to establish a connection (the per-attempt timeout is
+/// [`RetryPolicy::timeout`]; the real API can take about 14 s for one page).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// At most this much of an unparseable error body is kept in an error.
+const MAX_ERROR_BODY: usize = 512;
+
+/// Everything but RFC 3986 unreserved characters is encoded in a path segment (`@` → `%40`,
+/// `'` → `%27`, `+` → `%2B`, `/` → `%2F`).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A failed portal operation.
+///
+/// `operation` names the request (e.g. `GET /api/user page 3`), `user` the address concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalError {
+    /// The portal answered with an error status (generic form, also used by fakes).
+    #[error("the portal answered {status} to {operation}: {message}")]
+    Api {
+        /// What was being done.
+        operation: String,
+        /// HTTP status.
+        status: u16,
+        /// `message` from the body, or the raw body.
+        message: String,
+    },
+
+    /// The portal answered an error status other than 401/403/429 (400 validation, 404, 5xx).
+    #[error(
+        "the portal answered {status} to {operation}{}: {message}{}",
+        for_user(.user),
+        errors_suffix(.errors)
+    )]
+    Rejected {
+        /// What was being done.
+        operation: String,
+        /// The address concerned, if any.
+        user: Option<String>,
+        /// HTTP status.
+        status: u16,
+        /// `message` of the body, or the raw body (truncated).
+        message: String,
+        /// The body's `errors` member (ASP.NET ModelState-like), as compact JSON.
+        errors: Option<String>,
+    },
+
+    /// 401: the key is missing, wrong or revoked.
+    #[error(
+        "the portal refused the API key on {operation} (401): check portal.apiKeyFile / regenerate the key"
+    )]
+    Unauthorized {
+        /// What was being done.
+        operation: String,
+        /// `message` of the body, if any.
+        message: String,
+    },
+
+    /// 403: the key is valid but not allowed on this endpoint (granular keys).
+    #[error(
+        "the API key lacks permission for {endpoint} (403): grant the user endpoints to the key"
+    )]
+    Forbidden {
+        /// Method and path template, e.g. `DELETE /api/user/{email}`.
+        endpoint: String,
+        /// What was being done.
+        operation: String,
+        /// `message` of the body, if any.
+        message: String,
+    },
+
+    /// 429 that outlasted the retry budget.
+    #[error(
+        "the portal kept throttling {operation}{} (429) beyond the retry budget: retry later or lower portal.concurrency",
+        for_user(.user)
+    )]
+    Throttled {
+        /// What was being done.
+        operation: String,
+        /// The address concerned, if any.
+        user: Option<String>,
+    },
+
+    /// The user to update does not exist (any more) in the portal.
+    #[error(
+        "no portal user has the email {email} ({operation}): it was removed meanwhile; the next reconcile re-observes it"
+    )]
+    UserNotFound {
+        /// What was being done.
+        operation: String,
+        /// The address looked for.
+        email: String,
+    },
+
+    /// Several portal users carry the same address (case-insensitively): guestops will not
+    /// guess which one is meant.
+    #[error(
+        "{count} portal users have the email {email}: remove the duplicates in the Administration Portal (Users) so that one remains"
+    )]
+    DuplicateUsers {
+        /// The address.
+        email: String,
+        /// How many users carry it.
+        count: usize,
+    },
+
+    /// A response guestops relies on could not be understood.
+    #[error("the portal's answer to {operation} is malformed: {detail}")]
+    Malformed {
+        /// What was being done.
+        operation: String,
+        /// What is wrong, naming the page, item and field.
+        detail: String,
+    },
+
+    /// No HTTP answer (timeout, connection reset, TLS, …) after the retries allowed.
+    #[error(
+        "{operation}{} got no answer from the portal{}: check portal.baseUrl and the network",
+        for_user(.user),
+        if *.maybe_sent { " (the request may have been processed)" } else { "" }
+    )]
+    Transport {
+        /// What was being done.
+        operation: String,
+        /// The address concerned, if any.
+        user: Option<String>,
+        /// Whether the request may have reached the portal: a write may have happened.
+        maybe_sent: bool,
+        /// The underlying failure.
+        #[source]
+        source: TransportError,
+    },
+
+    /// The listing still had pages after the hard page cap: refused as incomplete.
+    #[error(
+        "{operation} still had more pages after {max_pages} pages: the listing is refused as incomplete (is the portal ignoring pageNumber?)"
+    )]
+    PageCapExceeded {
+        /// The listing.
+        operation: String,
+        /// The cap.
+        max_pages: u32,
+    },
+
+    /// `portal.baseUrl` cannot be used.
+    #[error("portal.baseUrl {url} is not usable: {reason}")]
+    InvalidBaseUrl {
+        /// The configured URL.
+        url: String,
+        /// What to fix.
+        reason: String,
+    },
+
+    /// The API key cannot be sent in a header.
+    #[error(
+        "the portal API key is empty or contains characters an HTTP header cannot carry: check portal.apiKeyFile"
+    )]
+    InvalidApiKey,
+
+    /// `portal.roleCodes` maps two roles to one code.
+    #[error(
+        "portal.roleCodes gives two roles the same code ({codes:?}): give each role its own code"
+    )]
+    InconsistentRoleCodes {
+        /// The configured codes.
+        codes: RoleCodes,
+    },
+
+    /// The HTTP client could not be built (TLS backend).
+    #[error("cannot build the portal HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+fn for_user(user: &Option<String>) -> String {
+    user.as_deref()
+        .map(|u| format!(" for {u}"))
+        .unwrap_or_default()
+}
+
+fn errors_suffix(errors: &Option<String>) -> String {
+    errors
+        .as_deref()
+        .map(|e| format!(" (errors: {e})"))
+        .unwrap_or_default()
+}
+
+impl PortalError {
+    /// Whether a write may have happened despite the error (timeout, 5xx).
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            PortalError::Api { status, .. } | PortalError::Rejected { status, .. } => {
+                *status >= 500
+            }
+            PortalError::Transport { maybe_sent, .. } => *maybe_sent,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status the portal answered, when it answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            PortalError::Api { status, .. } | PortalError::Rejected { status, .. } => Some(*status),
+            PortalError::Unauthorized { .. } => Some(401),
+            PortalError::Forbidden { .. } => Some(403),
+            PortalError::Throttled { .. } => Some(429),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP implementation of [`super::Portal`].
+///
+/// Cheap to clone; clones share the connection pool and the concurrency bound
+/// (`portal.concurrency`). `Debug` never shows the API key.
+#[derive(Clone)]
+pub struct PortalClient {
+    http: reqwest::Client,
+    /// `{baseUrl}/api/user`.
+    user_url: Url,
+    api_key: SecretString,
+    retry: RetryPolicy,
+    role_codes: RoleCodes,
+    max_pages: u32,
+    permits: Arc<Semaphore>,
+}
+
+impl fmt::Debug for PortalClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortalClient")
+            .field("user_url", &self.user_url.as_str())
+            .field("api_key", &"[redacted]")
+            .field("retry", &self.retry)
+            .field("role_codes", &self.role_codes)
+            .field("max_pages", &self.max_pages)
+            .finish()
+    }
+}
+
+/// An HTTP answer: status and body.
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+/// What a request is, for errors and logs.
+struct Op<'a> {
+    /// e.g. `GET /api/user page 2`.
+    operation: String,
+    /// Method and path template, for 403.
+    endpoint: &'static str,
+    /// The address concerned.
+    user: Option<&'a str>,
+}
+
+/// One page of a listing.
+struct Page {
+    items: Vec<Value>,
+    has_more: bool,
+}
+
+impl PortalClient {
+    /// A client for `portal.baseUrl` with `api_key` sent as `X-API-Key`.
+    ///
+    /// `retry.timeout` is the timeout of one attempt: keep it long (30–60 s), the real API
+    /// can take about 14 s for one page. Plain `http://` is refused except on loopback.
+    pub fn new(
+        portal: &PortalConfig,
+        api_key: SecretString,
+        retry: RetryPolicy,
+    ) -> Result<PortalClient, PortalError> {
+        let base = &portal.base_url;
+        let invalid = |reason: &str| PortalError::InvalidBaseUrl {
+            url: base.to_string(),
+            reason: reason.to_owned(),
+        };
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(base) => {}
+            "http" => {
+                return Err(invalid(
+                    "plain http is allowed only on loopback addresses: use https://",
+                ));
+            }
+            _ => return Err(invalid("use an https:// URL")),
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(invalid("it has no host"));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid("remove the query string and fragment"));
+        }
+        let mut root = base.clone();
+        if !root.path().ends_with('/') {
+            let path = format!("{}/", root.path());
+            root.set_path(&path);
+        }
+        let user_url = root
+            .join("api/user")
+            .map_err(|_| invalid("cannot append api/user to it"))?;
+
+        let key = api_key.expose_secret();
+        if key.is_empty() || HeaderValue::from_str(key).is_err() {
+            return Err(PortalError::InvalidApiKey);
+        }
+        if !portal.role_codes.is_consistent() {
+            return Err(PortalError::InconsistentRoleCodes {
+                codes: portal.role_codes,
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("guestops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(PortalError::Client)?;
+        Ok(PortalClient {
+            http,
+            user_url,
+            api_key,
+            retry,
+            role_codes: portal.role_codes,
+            max_pages: DEFAULT_MAX_PAGES,
+            permits: Arc::new(Semaphore::new(portal.concurrency.max(1))),
+        })
+    }
+
+    /// The same client with another hard page cap (at least 1).
+    pub fn with_max_pages(mut self, max_pages: u32) -> Self {
+        self.max_pages = max_pages.max(1);
+        self
+    }
+
+    /// The role mapping in use.
+    pub fn role_codes(&self) -> RoleCodes {
+        self.role_codes
+    }
+
+    /// Sends one request through the shared retry policy; any HTTP answer is returned.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        idempotency: Idempotency,
+        op: &Op<'_>,
+    ) -> Result<Reply, PortalError> {
+        // The semaphore is never closed; without a permit we would merely be less gentle.
+        let _permit = self.permits.acquire().await.ok();
+        let build = || {
+            let mut key = HeaderValue::from_str(self.api_key.expose_secret())
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            key.set_sensitive(true);
+            let request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(API_KEY_HEADER, key)
+                .header(reqwest::header::ACCEPT, "application/json");
+            match body {
+                Some(body) => request.json(body),
+                None => request,
+            }
+        };
+        tracing::debug!(operation = %op.operation, "portal request");
+        let response = http::send(&self.retry, idempotency, build)
+            .await
+            .map_err(|source| self.transport(op, source))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|source| {
+            self.transport(
+                op,
+                TransportError {
+                    source,
+                    maybe_sent: true,
+                    attempts: 1,
+                },
+            )
+        })?;
+        tracing::debug!(operation = %op.operation, status = status.as_u16(), "portal answer");
+        Ok(Reply {
+            status,
+            body: body.to_vec(),
+        })
+    }
+
+    fn transport(&self, op: &Op<'_>, source: TransportError) -> PortalError {
+        PortalError::Transport {
+            operation: op.operation.clone(),
+            user: op.user.map(str::to_owned),
+            maybe_sent: source.maybe_sent,
+            source,
+        }
+    }
+
+    /// A 2xx reply as is, anything else as its typed error.
+    fn check(&self, reply: Reply, op: &Op<'_>) -> Result<Reply, PortalError> {
+        if reply.status.is_success() {
+            Ok(reply)
+        } else {
+            Err(status_error(&reply, op))
+        }
+    }
+
+    /// Every item of every page of `GET /api/user` (optionally filtered by `email`),
+    /// de-duplicated by `id`, in the order served.
+    async fn scan(&self, email: Option<&str>) -> Result<Vec<Value>, PortalError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut items = Vec::new();
+        let mut page: u32 = 1;
+        loop {
+            let mut url = self.user_url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(email) = email {
+                    query.append_pair("email", email);
+                }
+                query.append_pair("pageNumber", &page.to_string());
+            }
+            let op = Op {
+                operation: match email {
+                    Some(_) => format!("GET /api/user?email= page {page}"),
+                    None => format!("GET /api/user page {page}"),
+                },
+                endpoint: "GET /api/user",
+                user: email,
+            };
+            let reply = self.send(Method::GET, url, None, Idempotency::Idempotent, &op);
+            let reply = self.check(reply.await?, &op)?;
+            let parsed =
+                parse_page(&reply.body, page).map_err(|detail| PortalError::Malformed {
+                    operation: op.operation.clone(),
+                    detail,
+                })?;
+            for item in parsed.items {
+                match item.get("id").and_then(Value::as_str) {
+                    Some(id) if !seen.insert(id.to_owned()) => {
+                        tracing::debug!(operation = %op.operation, id, "user listed twice");
+                    }
+                    _ => items.push(item),
+                }
+            }
+            if !parsed.has_more {
+                return Ok(items);
+            }
+            if page >= self.max_pages {
+                return Err(PortalError::PageCapExceeded {
+                    operation: match email {
+                        Some(_) => "GET /api/user?email=".to_owned(),
+                        None => "GET /api/user".to_owned(),
+                    },
+                    max_pages: self.max_pages,
+                });
+            }
+            page += 1;
+        }
+    }
+
+    /// The raw JSON object of the user whose email equals `email` exactly,
+    /// case-insensitively, after trimming.
+    async fn find_raw(&self, email: &str) -> Result<Option<Map<String, Value>>, PortalError> {
+        let wanted = normalize(email);
+        let items = self.scan(Some(email.trim())).await?;
+        let mut matches: Vec<Map<String, Value>> = items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Object(map) => Some(map),
+                _ => None,
+            })
+            .filter(|map| {
+                map.get("email")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| normalize(e) == wanted)
+            })
+            .collect();
+        match matches.len() {
+            0 => Ok(None),
+            1 => Ok(matches.pop()),
+            count => Err(PortalError::DuplicateUsers {
+                email: email.trim().to_owned(),
+                count,
+            }),
+        }
+    }
+
+    fn to_user(&self, item: &Map<String, Value>, origin: &str) -> Result<PortalUser, String> {
+        let id = match item.get("id") {
+            Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+            other => {
+                return Err(format!(
+                    "{origin} has no string `id` (found {})",
+                    shown(other)
+                ));
+            }
+        };
+        let email = match item.get("email") {
+            Some(Value::String(email)) if !email.trim().is_empty() => email.clone(),
+            other => {
+                return Err(format!(
+                    "{origin} (id {id}) has no string `email` (found {})",
+                    shown(other)
+                ));
+            }
+        };
+        let name = match item.get("name") {
+            Some(Value::String(name)) => name.clone(),
+            other => {
+                return Err(format!(
+                    "user {email} has no string `name` (found {})",
+                    shown(other)
+                ));
+            }
+        };
+        let role_code = match item.get("role") {
+            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+            other => {
+                return Err(format!(
+                    "user {email} has no integer `role` code (found {}); check the API version",
+                    shown(other)
+                ));
+            }
+        };
+        Ok(PortalUser {
+            id,
+            email,
+            name,
+            role: role_code.and_then(|c| self.role_codes.role(c)),
+            role_code,
+        })
+    }
+}
+
+impl Portal for PortalClient {
+    async fn list_users(&self) -> Result<Vec<PortalUser>, PortalError> {
+        let items = self.scan(None).await?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(map) => self.to_user(map, &format!("user #{}", i + 1)),
+                _ => Err(format!("user #{} is not a JSON object", i + 1)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|detail| PortalError::Malformed {
+                operation: "GET /api/user".to_owned(),
+                detail,
+            })
+    }
+
+    async fn find_user(&self, email: &str) -> Result<Option<PortalUser>, PortalError> {
+        match self.find_raw(email).await? {
+            None => Ok(None),
+            Some(map) => self
+                .to_user(&map, &format!("the user {}", email.trim()))
+                .map(Some)
+                .map_err(|detail| PortalError::Malformed {
+                    operation: "GET /api/user?email=".to_owned(),
+                    detail,
+                }),
+        }
+    }
+
+    async fn create_user(&self, user: &NewPortalUser) -> Result<(), PortalError> {
+        let email = user.email.trim();
+        let body = serde_json::json!({
+            "email": email,
+            "name": user.name,
+            "role": self.role_codes.code(user.role),
+        });
+        let op = Op {
+            operation: "POST /api/user".to_owned(),
+            endpoint: "POST /api/user",
+            user: Some(email),
+        };
+        let reply = self.send(
+            Method::POST,
+            self.user_url.clone(),
+            Some(&body),
+            Idempotency::NotIdempotent,
+            &op,
+        );
+        // Any 2xx is success; the body is undocumented and deliberately ignored.
+        self.check(reply.await?, &op).map(|_| ())
+    }
+
+    async fn update_user(&self, email: &str, name: &str, role: Role) -> Result<(), PortalError> {
+        let email = email.trim();
+        let Some(mut user) = self.find_raw(email).await? else {
+            return Err(PortalError::UserNotFound {
+                operation: "PUT /api/user".to_owned(),
+                email: email.to_owned(),
+            });
+        };
+        if !matches!(user.get("id"), Some(Value::String(id)) if !id.trim().is_empty()) {
+            return Err(PortalError::Malformed {
+                operation: "GET /api/user?email=".to_owned(),
+                detail: format!("the user {email} has no string `id`, so it cannot be updated"),
+            });
+        }
+        let code = self.role_codes.code(role);
+        let same_name = user.get("name").and_then(Value::as_str) == Some(name);
+        let same_role = user.get("role").and_then(Value::as_i64) == Some(code);
+        if same_name && same_role {
+            tracing::debug!(user = email, "portal user already has this name and role");
+            return Ok(());
+        }
+        user.insert("name".to_owned(), Value::String(name.to_owned()));
+        user.insert("role".to_owned(), Value::from(code));
+        let body = Value::Object(user);
+        let op = Op {
+            operation: "PUT /api/user".to_owned(),
+            endpoint: "PUT /api/user",
+            user: Some(email),
+        };
+        let reply = self.send(
+            Method::PUT,
+            self.user_url.clone(),
+            Some(&body),
+            Idempotency::Idempotent,
+            &op,
+        );
+        let reply = reply.await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Err(PortalError::UserNotFound {
+                operation: op.operation,
+                email: email.to_owned(),
+            });
+        }
+        self.check(reply, &op).map(|_| ())
+    }
+
+    async fn delete_user(&self, email: &str) -> Result<bool, PortalError> {
+        let email = email.trim();
+        let mut url = self.user_url.clone();
+        let path = format!(
+            "{}/{}",
+            url.path(),
+            utf8_percent_encode(email, PATH_SEGMENT)
+        );
+        url.set_path(&path);
+        let op = Op {
+            operation: "DELETE /api/user/{email}".to_owned(),
+            endpoint: "DELETE /api/user/{email}",
+            user: Some(email),
+        };
+        let reply = self
+            .send(Method::DELETE, url, None, Idempotency::Idempotent, &op)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        self.check(reply, &op).map(|_| true)
+    }
+}
+
+/// Lower-case, trimmed: the identity of an address.
+fn normalize(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// A JSON value for an error message (short).
+fn shown(value: Option<&Value>) -> String {
+    match value {
+        None => "nothing".to_owned(),
+        Some(v) => {
+            let text = v.to_string();
+            truncate(&text, 60)
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Parses one page envelope `{pageIndex, totalPages, hasNextPage, hasPreviousPage, data}`.
+///
+/// `data` must be an array; `hasNextPage` decides whether to go on, and `pageIndex >=
+/// totalPages` stops too (when both are present). A bare array is taken as a complete,
+/// unpaged list.
+fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        format!(
+            "page {page} is not JSON ({err}): {}",
+            truncate(&String::from_utf8_lossy(body), 80)
+        )
+    })?;
+    let envelope = match value {
+        Value::Array(items) => {
+            return Ok(Page {
+                items,
+                has_more: false,
+            });
+        }
+        Value::Object(map) => map,
+        other => {
+            return Err(format!(
+                "page {page} is {}, not a page object",
+                shown(Some(&other))
+            ));
+        }
+    };
+    let items = match envelope.get("data") {
+        Some(Value::Array(items)) => items.clone(),
+        other => {
+            return Err(format!(
+                "page {page} has no `data` array (found {})",
+                shown(other)
+            ));
+        }
+    };
+    let index = envelope.get("pageIndex").and_then(Value::as_u64);
+    if let Some(index) = index
+        && index != u64::from(page)
+    {
+        return Err(format!(
+            "pageNumber={page} was answered with pageIndex {index}: the portal does not page as documented (1-based pageNumber)"
+        ));
+    }
+    let total = envelope.get("totalPages").and_then(Value::as_u64);
+    let within = match (index, total) {
+        (Some(index), Some(total)) => Some(index < total),
+        _ => None,
+    };
+    let has_more = match (envelope.get("hasNextPage"), within) {
+        (Some(Value::Bool(next)), within) => *next && within.unwrap_or(true),
+        (None | Some(Value::Null), Some(within)) => within,
+        (other, _) => {
+            return Err(format!(
+                "page {page} has no boolean `hasNextPage` (found {}), so the end of the list is unknown",
+                shown(other)
+            ));
+        }
+    };
+    Ok(Page { items, has_more })
+}
+
+/// The typed error of a non-2xx answer.
+fn status_error(reply: &Reply, op: &Op<'_>) -> PortalError {
+    let (message, errors) = error_body(&reply.body);
+    let operation = op.operation.clone();
+    let user = op.user.map(str::to_owned);
+    match reply.status.as_u16() {
+        401 => PortalError::Unauthorized { operation, message },
+        403 => PortalError::Forbidden {
+            endpoint: op.endpoint.to_owned(),
+            operation,
+            message,
+        },
+        429 => PortalError::Throttled { operation, user },
+        status => PortalError::Rejected {
+            operation,
+            user,
+            status,
+            message,
+            errors,
+        },
+    }
+}
+
+/// `message` (or `title`) and `errors` of an error body, or the raw body.
+fn error_body(body: &[u8]) -> (String, Option<String>) {
+    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+        let message = ["message", "title", "detail", "error"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_str))
+            .map(str::to_owned);
+        let errors = map
+            .get("errors")
+            .filter(|e| !e.is_null())
+            .map(|e| truncate(&e.to_string(), MAX_ERROR_BODY));
+        if message.is_some() || errors.is_some() {
+            return (message.unwrap_or_else(|| "(no message)".to_owned()), errors);
+        }
+    }
+    let raw = String::from_utf8_lossy(body);
+    let raw = raw.trim();
+    if raw.is_empty() {
+        ("(empty body)".to_owned(), None)
+    } else {
+        (truncate(raw, MAX_ERROR_BODY), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_guards() {
+        let page = parse_page(
+            br#"{"pageIndex":2,"totalPages":2,"hasNextPage":true,"data":[{"id":"a"}]}"#,
+            2,
+        )
+        .expect("valid page");
+        assert!(!page.has_more, "pageIndex >= totalPages stops the loop");
+        let page = parse_page(
+            br#"{"pageIndex":1,"totalPages":3,"hasNextPage":true,"data":[]}"#,
+            1,
+        )
+        .expect("valid page");
+        assert!(page.has_more);
+        let page = parse_page(br#"{"pageIndex":1,"totalPages":3,"data":[]}"#, 1)
+            .expect("indexes suffice without hasNextPage");
+        assert!(page.has_more);
+        assert!(parse_page(br#"{"hasNextPage":false}"#, 1).is_err());
+        let ignored = parse_page(
+            br#"{"pageIndex":1,"totalPages":3,"hasNextPage":true,"data":[]}"#,
+            2,
+        );
+        assert!(ignored.is_err(), "a server ignoring pageNumber is caught");
+        assert!(parse_page(br#"{"data":[]}"#, 1).is_err());
+        assert!(parse_page(b"<html>", 1).is_err());
+        let bare = parse_page(br#"[{"id":"a"}]"#, 1).expect("bare array");
+        assert!(!bare.has_more);
+        assert_eq!(bare.items.len(), 1);
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (message, errors) =
+            error_body(br#"{"message":"bad","errors":{"Email":["The Email field is required."]}}"#);
+        assert_eq!(message, "bad");
+        assert_eq!(
+            errors.as_deref(),
+            Some(r#"{"Email":["The Email field is required."]}"#)
+        );
+        assert_eq!(error_body(b"").0, "(empty body)");
+        assert_eq!(error_body(b"Bad Gateway").0, "Bad Gateway");
+    }
+
+    #[test]
+    fn path_segment_encoding() {
+        assert_eq!(
+            utf8_percent_encode("o'brien+x@partner.example", PATH_SEGMENT).to_string(),
+            "o%27brien%2Bx%40partner.example"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Power Embedded: the portal half of an external administrator.
+//!
+//! Owns the portal API client (users list/create/update/delete, `docs/specs/power-embedded.md`)
+//! and the mapping between role names and the portal's numeric codes. Decides nothing.
+//!
+//! [`Portal`] is the seam: [`client::PortalClient`] talks HTTP, [`fake::FakePortal`] is an
+//! in-memory stand-in for unit tests.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::spec::Role;
+
+pub mod client;
+pub mod fake;
+
+pub use client::{PortalClient, PortalError};
+
+/// Role names ↔ the portal's numeric `role` codes, in one place.
+///
+/// The documented mapping is 1 Administrator, 2 Contributor, 3 Viewer, 4 Workspace Contributor;
+/// an old blog post disagrees, so the operator can override it (`portal.roleCodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RoleCodes {
+    /// Code of `administrator`.
+    pub administrator: i64,
+    /// Code of `contributor`.
+    pub contributor: i64,
+    /// Code of `viewer`.
+    pub viewer: i64,
+    /// Code of `workspace-contributor`.
+    pub workspace_contributor: i64,
+}
+
+impl Default for RoleCodes {
+    fn default() -> Self {
+        Self {
+            administrator: 1,
+            contributor: 2,
+            viewer: 3,
+            workspace_contributor: 4,
+        }
+    }
+}
+
+impl RoleCodes {
+    /// The portal code of `role`.
+    pub fn code(&self, role: Role) -> i64 {
+        match role {
+            Role::Administrator => self.administrator,
+            Role::Contributor => self.contributor,
+            Role::Viewer => self.viewer,
+            Role::WorkspaceContributor => self.workspace_contributor,
+        }
+    }
+
+    /// The role of a portal code; `None` for a code guestops does not know.
+    pub fn role(&self, code: i64) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| self.code(*r) == code)
+    }
+
+    /// Whether the four codes are distinct (a mapping that merges two roles is refused).
+    pub fn is_consistent(&self) -> bool {
+        let mut codes = Role::ALL.map(|r| self.code(r));
+        codes.sort_unstable();
+        codes.windows(2).all(|w| w[0] != w[1])
+    }
+}
+
+/// A portal user as listed by `GET /api/user`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortalUser {
+    /// Portal id (GUID).
+    pub id: String,
+    /// Login address, as stored by the portal.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// The `role` code as returned.
+    pub role_code: Option<i64>,
+    /// The role of that code, if guestops knows it.
+    pub role: Option<Role>,
+}
+
+/// A new registration (`POST /api/user`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewPortalUser {
+    /// Login address, as written in `users.yaml`.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// The portal operations guestops needs. Implemented over HTTP by [`PortalClient`].
+pub trait Portal: Send + Sync {
+    /// Every portal user, all pages, de-duplicated by id; read completely or not at all.
+    fn list_users(&self) -> impl Future<Output = Result<Vec<PortalUser>, PortalError>> + Send;
+
+    /// The user whose email equals `email` exactly, case-insensitively (the server's filter is
+    /// a contains match, so the client filters again).
+    fn find_user(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<PortalUser>, PortalError>> + Send;
+
+    /// `POST /api/user`.
+    fn create_user(
+        &self,
+        user: &NewPortalUser,
+    ) -> impl Future<Output = Result<(), PortalError>> + Send;
+
+    /// Read-modify-write: GET the user, change only `name` and `role`, and `PUT /api/user`
+    /// every field the GET returned (unknown fields included).
+    fn update_user(
+        &self,
+        email: &str,
+        name: &str,
+        role: Role,
+    ) -> impl Future<Output = Result<(), PortalError>> + Send;
+
+    /// `DELETE /api/user/{email}`. `Ok(false)` when it was already gone (404).
+    fn delete_user(&self, email: &str) -> impl Future<Output = Result<bool, PortalError>> + Send;
+}

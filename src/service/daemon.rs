@@ -1,0 +1,859 @@
+//! The daemon (`guestops run`, design §9): triggers, the reconcile loop, backoff, systemd
+//! notifications, health and metrics.
+//!
+//! As in kube-rs' controller: triggers only mean "reconcile now" (a new revision, a verified
+//! webhook, a changed file, SIGHUP); reconciles never overlap and bursts coalesce, because the
+//! single loop drains every pending trigger before it reconciles once. A periodic resync runs
+//! even when nothing changed (drift correction; triggers can get lost). Failures back off
+//! exponentially with jitter up to a cap and keep trying; while failing, the retry replaces
+//! the periodic resync (a resync must not defeat the backoff), a new revision or an explicit
+//! trigger still reconciles at once, and a remote's `Retry-After` holds every reconcile.
+//! Before the first valid load, source reads are retried with the same backoff (never more
+//! often than the poll would).
+//!
+//! An invalid `users.yaml` at a new revision changes nothing remote: the last valid desired
+//! state keeps being enforced and the problem is reported (log, metric, `/readyz` detail).
+//! An invalid revision is reported once, not at every poll.
+//! On shutdown the loop stops taking triggers, lets the in-flight writes finish, saves the
+//! state and returns `Ok`; it returns an error when it had to stop because the state
+//! directory cannot be written. `WATCHDOG=1` is sent from the loop on its own timer (idle or
+//! reconciling, for at most [`Settings::max_reconcile_time`]), `READY=1` after the first
+//! valid load, `STATUS=` after each load and reconcile, `STOPPING=1` on the way out.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::desired::source::{GitSource, Revision, SourceError, content_hash, read_file};
+use crate::desired::spec::{self, DesiredState, SpecPolicy};
+use crate::reconcile::apply::{ApplyOptions, ApplyReport};
+use crate::reconcile::plan::{Observed, Plan, Policy};
+use crate::reconcile::state::{AppliedRevision, StateError, StateStore};
+use crate::reconcile::{ObserveError, observe};
+use crate::remote::graph::{GraphError, Tenant};
+use crate::remote::portal::Portal;
+use crate::service::metrics::{Metrics, ReconcileResult};
+use crate::service::server::{Health, Trigger};
+use crate::service::systemd::Notifier;
+
+/// Where the desired state comes from.
+pub trait DesiredSource: Send + Sync {
+    /// The newest revision and the bytes of `users.yaml` at it.
+    fn load(&self) -> impl Future<Output = Result<(Revision, Vec<u8>), SourceError>> + Send;
+
+    /// For logs, e.g. `https://github.com/contoso/admins.git#main:users.yaml`.
+    fn describe(&self) -> String;
+}
+
+impl DesiredSource for GitSource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        let revision = self.fetch().await?;
+        let bytes = self.read(&revision).await?;
+        Ok((revision, bytes))
+    }
+
+    fn describe(&self) -> String {
+        let settings = self.settings();
+        format!(
+            "{}#{}:{}",
+            settings.display_repo(),
+            settings.branch,
+            settings.path
+        )
+    }
+}
+
+/// A plain `users.yaml` file (`--desired FILE`); its revision is the content hash.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl DesiredSource for FileSource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        let path = self.path.clone();
+        let bytes = tokio::task::spawn_blocking(move || read_file(&path))
+            .await
+            .map_err(|e| SourceError::File {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| SourceError::File {
+                path: self.path.clone(),
+                source,
+            })?;
+        let hash = content_hash(&bytes);
+        let revision = Revision {
+            id: format!("sha256:{hash}"),
+            short: format!("sha256:{}", &hash[..12]),
+            author: String::new(),
+            time: Utc::now(),
+            subject: self.path.display().to_string(),
+        };
+        Ok((revision, bytes))
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Timing and limits of the loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often the source is polled for a new revision.
+    pub poll_interval: Duration,
+    /// Full reconcile even without a new revision.
+    pub resync_interval: Duration,
+    /// First retry delay after a failure.
+    pub backoff_base: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// The plan's policy.
+    pub policy: Policy,
+    /// Graph requests in flight at most (also bounds targeted lookups).
+    pub tenant_concurrency: usize,
+    /// Portal requests in flight at most.
+    pub portal_concurrency: usize,
+    /// A reconcile taking longer than this stops the watchdog pings, so systemd restarts a
+    /// hung daemon.
+    pub max_reconcile_time: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(300),
+            resync_interval: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(600),
+            policy: Policy::default(),
+            tenant_concurrency: 8,
+            portal_concurrency: 2,
+            max_reconcile_time: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// The valid desired state being enforced.
+#[derive(Debug, Clone)]
+struct Loaded {
+    revision: Revision,
+    desired: DesiredState,
+}
+
+/// Why one reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The read was incomplete; nothing was written.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// The plan is refused by policy; nothing was written.
+    #[error("the plan is refused by policy: {0}")]
+    Refused(String),
+    /// Some changes failed; the others were applied.
+    #[error("{failed} of {total} changes failed (first: {first})")]
+    ChangesFailed {
+        /// Failed changes.
+        failed: usize,
+        /// All changes.
+        total: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// The state could not be saved: the daemon must not go on writing.
+    #[error(transparent)]
+    Apply(#[from] crate::reconcile::apply::ApplyError),
+    /// The applied revision could not be recorded in the state: the daemon must not go on.
+    #[error(
+        "could not record the applied revision in the state directory: {0}; the daemon stops so that no change goes unrecorded"
+    )]
+    State(#[from] StateError),
+    /// Stopped by shutdown before finishing.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+impl ReconcileError {
+    /// The `Retry-After` the remote asked for, if any.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReconcileError::Observe(ObserveError::Tenant(GraphError::Throttled {
+                retry_after,
+                ..
+            })) => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn metric(&self) -> ReconcileResult {
+        match self {
+            ReconcileError::Refused(_) => ReconcileResult::Refused,
+            _ => ReconcileResult::Error,
+        }
+    }
+
+    /// Whether the state directory cannot be written: going on would make changes that are
+    /// not recorded, so the daemon stops.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Apply(crate::reconcile::apply::ApplyError::State { .. })
+                | ReconcileError::State(_)
+        )
+    }
+}
+
+/// Why the daemon stopped on its own (a clean shutdown is `Ok`).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory could not be written during a reconcile: the daemon stopped so
+    /// that no change goes unrecorded.
+    #[error(
+        "stopped because the state in {} cannot be written ({reason}): free disk space or fix the permissions of state.dir, then restart guestops",
+        dir.display()
+    )]
+    StateUnwritable {
+        /// The state directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// `state.json` could not be saved on shutdown.
+    #[error(
+        "could not save the state on shutdown: {0}; the next start re-observes both systems, but check state.dir"
+    )]
+    SaveOnShutdown(#[source] StateError),
+}
+
+/// The daemon: one target (tenant + portal), one desired source.
+pub struct Daemon<S, T, P> {
+    /// Timing and policy.
+    pub settings: Settings,
+    /// Where `users.yaml` comes from.
+    pub source: S,
+    /// The tenant.
+    pub tenant: T,
+    /// The portal.
+    pub portal: P,
+    /// State, audit and the instance lock.
+    pub store: StateStore,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Readiness for `/readyz`.
+    pub health: Health,
+    /// systemd notifications (disabled outside systemd).
+    pub notifier: Notifier,
+}
+
+/// Exponential backoff with ±20 % jitter: `base · 2^(failures-1)`, capped; at least
+/// `retry_after` when the remote asked for it.
+pub fn backoff_delay(
+    failures: u32,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(max);
+    let jittered = capped.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)).min(max);
+    jittered.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+/// What reading the source found.
+enum Refresh {
+    /// The same revision as the one enforced (or as the invalid one already reported).
+    Unchanged,
+    /// A new valid desired state.
+    New(Loaded),
+    /// The newest revision is invalid (newly reported); the message says why.
+    Invalid(String),
+}
+
+/// The loop's bookkeeping between wake-ups.
+struct Timers {
+    /// When the source is read next.
+    next_poll: Instant,
+    /// When the next periodic resync is due (`None` before the first reconcile).
+    next_resync: Option<Instant>,
+    /// When a failed reconcile is retried (`None` when the last one succeeded).
+    retry_at: Option<Instant>,
+    /// No reconcile before this (the remote's `Retry-After`), whatever the trigger.
+    hold_until: Option<Instant>,
+    /// When the next watchdog ping is due (`None` without a watchdog).
+    next_ping: Option<Instant>,
+}
+
+impl Timers {
+    /// The earliest instant something is due.
+    fn wake(&self, reconcile_pending: bool) -> Instant {
+        // While failing, the retry replaces the periodic resync: resyncs must not defeat the
+        // backoff.
+        let resync = if self.retry_at.is_some() {
+            None
+        } else {
+            self.next_resync
+        };
+        let hold = if reconcile_pending {
+            self.hold_until
+        } else {
+            None
+        };
+        [resync, self.retry_at, hold, self.next_ping]
+            .into_iter()
+            .flatten()
+            .fold(self.next_poll, Instant::min)
+    }
+}
+
+impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
+    /// Runs until `shutdown` is cancelled. `triggers` only mean "reconcile now".
+    ///
+    /// Returns `Ok` after a shutdown (the in-flight changes finished and the state was
+    /// saved), and an error when the daemon had to stop on its own because the state
+    /// directory cannot be written.
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        shutdown: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        // Taken out of `self` so that it can ping while `self` reconciles.
+        let notifier = std::mem::replace(&mut self.notifier, Notifier::disabled());
+        let ping = notifier.watchdog_ping_interval();
+        let mut loaded: Option<Loaded> = None;
+        let mut invalid: Option<String> = None;
+        let mut ready_sent = false;
+        let mut failures: u32 = 0;
+        let mut load_failures: u32 = 0;
+        let mut triggers_open = true;
+        let mut refresh_now = false;
+        let mut reconcile_pending = false;
+        let mut outcome_of_run: Result<(), DaemonError> = Ok(());
+        let mut timers = Timers {
+            next_poll: Instant::now(),
+            next_resync: None,
+            retry_at: None,
+            hold_until: None,
+            next_ping: ping.map(|p| Instant::now() + p),
+        };
+        tracing::info!(source = %self.source.describe(), "guestops daemon started");
+
+        loop {
+            let wake = timers.wake(reconcile_pending);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                trigger = recv_while_open(&mut triggers, triggers_open) => match trigger {
+                    Some(trigger) => {
+                        tracing::info!(?trigger, "reconcile requested");
+                        refresh_now = true;
+                        reconcile_pending = true;
+                    }
+                    // Every sender is gone: only timers remain.
+                    None => {
+                        triggers_open = false;
+                        continue;
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            // Coalesce a burst: whatever else is queued is covered by this round.
+            while let Ok(trigger) = triggers.try_recv() {
+                tracing::debug!(?trigger, "reconcile requested (coalesced)");
+                refresh_now = true;
+                reconcile_pending = true;
+            }
+            let now = Instant::now();
+            if let (Some(p), Some(at)) = (ping, timers.next_ping)
+                && now >= at
+            {
+                let _ = notifier.watchdog();
+                timers.next_ping = Some(now + p);
+            }
+
+            if refresh_now || now >= timers.next_poll {
+                refresh_now = false;
+                timers.next_poll = now + self.settings.poll_interval;
+                let refreshed = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    refreshed = self.refresh(loaded.as_ref(), &mut invalid) => refreshed,
+                };
+                match refreshed {
+                    Ok(Refresh::New(new)) => {
+                        load_failures = 0;
+                        reconcile_pending = true;
+                        let _ = notifier.status(&format!(
+                            "revision {}: loaded ({} users)",
+                            new.revision.short,
+                            new.desired.users.len()
+                        ));
+                        loaded = Some(new);
+                    }
+                    Ok(Refresh::Unchanged) => {}
+                    Ok(Refresh::Invalid(message)) => {
+                        let _ = notifier.status(&message);
+                    }
+                    Err(message) => {
+                        self.health.record_failure(Utc::now(), &message);
+                        tracing::warn!("{message}");
+                        if loaded.is_none() {
+                            load_failures += 1;
+                            // Retry sooner than the poll at first, never later.
+                            let delay = self
+                                .delay(load_failures, None)
+                                .min(self.settings.poll_interval);
+                            timers.next_poll = Instant::now() + delay;
+                            let _ = notifier.status(&format!(
+                                "cannot load users.yaml: {message}; retrying in {}s",
+                                delay.as_secs()
+                            ));
+                        }
+                    }
+                }
+            }
+            let Some(current) = loaded.clone() else {
+                continue;
+            };
+            if !ready_sent {
+                let _ = notifier.ready();
+                ready_sent = true;
+            }
+
+            if timers.retry_at.is_some_and(|at| now >= at)
+                || (timers.retry_at.is_none() && timers.next_resync.is_none_or(|at| now >= at))
+            {
+                reconcile_pending = true;
+            }
+            if !reconcile_pending || timers.hold_until.is_some_and(|hold| now < hold) {
+                continue;
+            }
+            reconcile_pending = false;
+
+            let started = Instant::now();
+            let span = tracing::info_span!(
+                "reconcile",
+                revision = %current.revision.short,
+                users = current.desired.users.len()
+            );
+            let outcome = with_watchdog(
+                &notifier,
+                self.settings.max_reconcile_time,
+                self.reconcile(&current, &shutdown).instrument(span),
+            )
+            .await;
+            let elapsed = started.elapsed();
+            let after = Instant::now();
+            timers.next_resync = Some(after + self.settings.resync_interval);
+            if let Some(p) = ping {
+                // `with_watchdog` pinged while the reconcile ran.
+                timers.next_ping = Some(after + p);
+            }
+            match outcome {
+                Ok(summary) => {
+                    failures = 0;
+                    timers.retry_at = None;
+                    timers.hold_until = None;
+                    self.metrics
+                        .record_reconcile(ReconcileResult::Success, elapsed);
+                    self.metrics.set_last_success(Utc::now().timestamp());
+                    self.health.record_success(Utc::now());
+                    tracing::info!(revision = %current.revision.short, "{summary}");
+                    let mut status = format!("revision {}: {summary}", current.revision.short);
+                    if let Some(invalid) = &invalid {
+                        status.push_str(&format!("; newer revision {invalid} is invalid"));
+                    }
+                    let _ = notifier.status(&status);
+                }
+                Err(ReconcileError::Interrupted) => break,
+                Err(err) => {
+                    self.metrics.record_reconcile(err.metric(), elapsed);
+                    self.health.record_failure(Utc::now(), &err.to_string());
+                    if err.is_fatal() {
+                        tracing::error!(error = %err, "the state cannot be saved: stopping");
+                        let _ = notifier.status(&format!("stopped: {err}"));
+                        outcome_of_run = Err(DaemonError::StateUnwritable {
+                            dir: self.store.dir().to_path_buf(),
+                            reason: err.to_string(),
+                        });
+                        break;
+                    }
+                    failures = failures.saturating_add(1);
+                    let retry_after = err.retry_after();
+                    let delay = self.delay(failures, retry_after);
+                    timers.retry_at = Some(after + delay);
+                    timers.hold_until = retry_after.map(|d| after + d);
+                    tracing::warn!(error = %err, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
+                    let _ = notifier.status(&format!(
+                        "revision {}: {err}; retrying in {}s",
+                        current.revision.short,
+                        delay.as_secs()
+                    ));
+                }
+            }
+        }
+
+        let _ = notifier.stopping();
+        if let Err(err) = self.store.save() {
+            tracing::error!(error = %err, "could not save the state on shutdown");
+            if outcome_of_run.is_ok() {
+                outcome_of_run = Err(DaemonError::SaveOnShutdown(err));
+            }
+        }
+        tracing::info!("guestops daemon stopped");
+        outcome_of_run
+    }
+
+    fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        backoff_delay(
+            failures,
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            retry_after,
+            rand::random::<f64>(),
+        )
+    }
+
+    /// Loads the newest revision. `Err` when the source cannot be read, or when the only
+    /// revision known is invalid (nothing can be enforced yet).
+    ///
+    /// `invalid` remembers the invalid revision last reported, so that it is reported (log,
+    /// metric, `/readyz`) once, not at every poll.
+    async fn refresh(
+        &self,
+        current: Option<&Loaded>,
+        invalid: &mut Option<String>,
+    ) -> Result<Refresh, String> {
+        let (revision, bytes) = self
+            .source
+            .load()
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", self.source.describe()))?;
+        if let Some(current) = current
+            && current.revision.id == revision.id
+        {
+            if invalid.take().is_some() {
+                // The branch went back to the revision being enforced.
+                self.health.set_loaded(&revision.id);
+            }
+            return Ok(Refresh::Unchanged);
+        }
+        if invalid.as_deref() == Some(revision.id.as_str()) {
+            return match current {
+                Some(_) => Ok(Refresh::Unchanged),
+                None => Err(format!(
+                    "users.yaml at {} is invalid and no valid revision was loaded yet",
+                    revision.short
+                )),
+            };
+        }
+        let spec_policy = SpecPolicy {
+            allowed_domains: self.settings.policy.allowed_domains.clone(),
+        };
+        let parsed = spec::parse(&bytes, &spec_policy);
+        match parsed.desired {
+            Some(desired) if !parsed.has_errors() => {
+                tracing::info!(revision = %revision, users = desired.users.len(), "new desired state");
+                *invalid = None;
+                self.health.set_loaded(&revision.id);
+                self.metrics.set_revision(&revision.id);
+                self.metrics.set_desired_users(desired.users.len());
+                Ok(Refresh::New(Loaded { revision, desired }))
+            }
+            _ => {
+                let errors: Vec<String> = parsed
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == spec::Severity::Error)
+                    .map(|d| format!("{}:{}: {} [{}]", d.line, d.column, d.message, d.code))
+                    .collect();
+                let message = format!(
+                    "users.yaml at {} is invalid ({} errors; first: {}); still enforcing {}: fix the file in a new commit (guestops validate shows every error)",
+                    revision.short,
+                    errors.len(),
+                    errors.first().map_or("?", String::as_str),
+                    current.map_or("nothing (no valid revision yet)", |c| c
+                        .revision
+                        .short
+                        .as_str()),
+                );
+                tracing::error!(revision = %revision, errors = ?errors, "{message}");
+                self.health.set_invalid_revision(&revision.id, &message);
+                self.metrics
+                    .record_reconcile(ReconcileResult::Invalid, Duration::ZERO);
+                *invalid = Some(revision.id.clone());
+                match current {
+                    Some(_) => Ok(Refresh::Invalid(message)),
+                    None => Err(message),
+                }
+            }
+        }
+    }
+
+    /// observe → plan → apply, once.
+    async fn reconcile(
+        &mut self,
+        loaded: &Loaded,
+        shutdown: &CancellationToken,
+    ) -> Result<String, ReconcileError> {
+        let observed = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Err(ReconcileError::Interrupted),
+            observed = observe(&loaded.desired, self.store.state(), &self.tenant, &self.portal, self.settings.tenant_concurrency) => observed?,
+        };
+        if self.store.state_mut().note_seen_guests(&observed) {
+            self.store.save()?;
+        }
+        let plan = crate::reconcile::plan::plan(
+            &loaded.desired,
+            &observed,
+            self.store.state(),
+            &self.settings.policy,
+            Utc::now(),
+        );
+        self.metrics.set_drift_from_plan(&plan);
+        self.record_pending(&observed, Utc::now());
+        if plan.is_refused() {
+            let reasons: Vec<&str> = plan.refusals.iter().map(|r| r.message.as_str()).collect();
+            return Err(ReconcileError::Refused(reasons.join("; ")));
+        }
+        if plan.is_empty() {
+            self.record_revision(&loaded.revision)?;
+            return Ok("in sync".into());
+        }
+        let options = ApplyOptions {
+            tenant_concurrency: self.settings.tenant_concurrency,
+            portal_concurrency: self.settings.portal_concurrency,
+            revision: Some(loaded.revision.id.clone()),
+            author: (!loaded.revision.author.is_empty()).then(|| loaded.revision.author.clone()),
+            ..ApplyOptions::default()
+        };
+        let report = crate::reconcile::apply::apply(
+            &plan,
+            &self.tenant,
+            &self.portal,
+            &mut self.store,
+            &options,
+            shutdown,
+        )
+        .await?;
+        self.record_changes(&report);
+        let summary = summarize(&plan, &report, shutdown)?;
+        self.record_revision(&loaded.revision)?;
+        Ok(summary)
+    }
+
+    /// Records in `state.json` that `revision` is fully applied (id, author, time, subject).
+    fn record_revision(&mut self, revision: &Revision) -> Result<(), ReconcileError> {
+        let applied = AppliedRevision {
+            id: revision.id.clone(),
+            author: revision.author.clone(),
+            time: revision.time,
+            subject: revision.subject.clone(),
+        };
+        let state = self.store.state();
+        if state.revision.as_deref() == Some(applied.id.as_str())
+            && state.revision_info.as_ref() == Some(&applied)
+        {
+            return Ok(());
+        }
+        self.store.update(|state| {
+            state.revision = Some(applied.id.clone());
+            state.revision_info = Some(applied);
+        })?;
+        Ok(())
+    }
+
+    fn record_changes(&self, report: &ApplyReport) {
+        for outcome in &report.outcomes {
+            let result = match &outcome.result {
+                crate::reconcile::apply::ChangeResult::Done { .. } => "success",
+                crate::reconcile::apply::ChangeResult::Failed { .. } => "error",
+                crate::reconcile::apply::ChangeResult::Skipped { .. } => "skipped",
+            };
+            self.metrics.record_change(
+                crate::service::metrics::system_label(outcome.change.action.system()),
+                outcome.change.action.name(),
+                result,
+            );
+        }
+    }
+
+    /// Pending invitations of owned guests and the oldest one's age.
+    fn record_pending(&self, observed: &Observed, now: DateTime<Utc>) {
+        let state = self.store.state();
+        let owned: std::collections::HashSet<&str> = state
+            .users
+            .values()
+            .filter(|r| r.guest_owned)
+            .filter_map(|r| r.guest_id.as_deref())
+            .collect();
+        let pending: Vec<DateTime<Utc>> = observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .filter(|g| g.is_pending() && owned.contains(g.id.as_str()))
+            .map(|g| {
+                g.external_user_state_change_date_time
+                    .or(g.created_date_time)
+                    .unwrap_or(now)
+            })
+            .collect();
+        let oldest = pending.iter().min().and_then(|t| (now - *t).to_std().ok());
+        self.metrics.set_pending_invitations(pending.len(), oldest);
+    }
+}
+
+fn summarize(
+    plan: &Plan,
+    report: &ApplyReport,
+    shutdown: &CancellationToken,
+) -> Result<String, ReconcileError> {
+    if report.failed() > 0 {
+        let first = report
+            .outcomes
+            .iter()
+            .find(|o| o.is_failed())
+            .map(|o| {
+                format!(
+                    "{} {}: {}",
+                    o.change.action.name(),
+                    o.change.email,
+                    o.detail()
+                )
+            })
+            .unwrap_or_default();
+        return Err(ReconcileError::ChangesFailed {
+            failed: report.failed(),
+            total: plan.changes.len(),
+            first,
+        });
+    }
+    if shutdown.is_cancelled() && !report.is_complete() {
+        return Err(ReconcileError::Interrupted);
+    }
+    Ok(format!("{} changes applied", report.succeeded()))
+}
+
+/// Runs `work`, pinging the watchdog meanwhile for at most `max_time`.
+async fn with_watchdog<F: Future>(notifier: &Notifier, max_time: Duration, work: F) -> F::Output {
+    let Some(ping) = notifier.watchdog_ping_interval() else {
+        return work.await;
+    };
+    let deadline = Instant::now() + max_time;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            () = tokio::time::sleep(ping) => {
+                if Instant::now() < deadline {
+                    let _ = notifier.watchdog();
+                }
+            }
+        }
+    }
+}
+
+/// The next trigger; never resolves once every sender is gone (`open == false`).
+async fn recv_while_open(triggers: &mut mpsc::Receiver<Trigger>, open: bool) -> Option<Trigger> {
+    if open {
+        triggers.recv().await
+    } else {
+        std::future::pending().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(600);
+        assert_eq!(
+            backoff_delay(1, base, max, None, 0.5),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            backoff_delay(3, base, max, None, 0.5),
+            Duration::from_secs(40)
+        );
+        assert_eq!(backoff_delay(30, base, max, None, 0.5), max);
+        assert!(backoff_delay(1, base, max, None, 0.0) >= Duration::from_secs(8));
+        assert!(backoff_delay(1, base, max, None, 1.0) <= Duration::from_secs(12));
+        assert_eq!(
+            backoff_delay(1, base, max, Some(Duration::from_secs(120)), 0.5),
+            Duration::from_secs(120)
+        );
+    }
+
+    fn timers(now: Instant) -> Timers {
+        Timers {
+            next_poll: now + Duration::from_secs(300),
+            next_resync: Some(now + Duration::from_secs(10)),
+            retry_at: None,
+            hold_until: None,
+            next_ping: None,
+        }
+    }
+
+    #[test]
+    fn while_failing_the_retry_replaces_the_resync() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        assert_eq!(t.wake(false), now + Duration::from_secs(10));
+        t.retry_at = Some(now + Duration::from_secs(40));
+        assert_eq!(
+            t.wake(false),
+            now + Duration::from_secs(40),
+            "a resync must not retry before the backoff delay"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_delays_a_pending_reconcile() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        t.next_resync = None;
+        t.retry_at = Some(now + Duration::from_secs(200));
+        t.hold_until = Some(now + Duration::from_secs(120));
+        assert_eq!(t.wake(false), now + Duration::from_secs(200));
+        assert_eq!(t.wake(true), now + Duration::from_secs(120));
+        t.next_ping = Some(now + Duration::from_secs(5));
+        assert_eq!(t.wake(true), now + Duration::from_secs(5));
+    }
+}
+
+/// Either source, chosen at start-up.
+#[derive(Debug)]
+pub enum AnySource {
+    /// `source.repo` at `source.branch`.
+    Git(GitSource),
+    /// `--desired FILE`.
+    File(FileSource),
+}
+
+impl DesiredSource for AnySource {
+    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
+        match self {
+            AnySource::Git(git) => git.load().await,
+            AnySource::File(file) => file.load().await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AnySource::Git(git) => git.describe(),
+            AnySource::File(file) => file.describe(),
+        }
+    }
+}
