@@ -18,11 +18,13 @@
 //! | [`remote`] | the HTTP edge, the Graph and portal clients, identity matching, in-memory fakes | decide what to change |
 //! | [`reconcile`] | observe → pure plan → apply → record (state, audit), and the views built from an observation (`status`, `import`) | read the config file or the clock inside the plan |
 //! | [`service`] | the daemon loop, the HTTP server, metrics, systemd | reconcile differently from the CLI |
+//! | [`error`] | printing an error chain once | |
 //! | [`config`] | the host configuration and secret loading | be imported by the clients |
 //! | [`sim`] | emulators of Graph, the token endpoint and the portal (written from `docs/specs/`) | share matching code with the clients |
 
 pub mod config;
 pub mod desired;
+pub mod error;
 mod markup;
 pub mod reconcile;
 pub mod remote;

@@ -1,0 +1,27 @@
+//! Errors that read once. Each error type's message says its own part only and returns its
+//! cause from `source()`; whoever prints an error prints the chain once, `: `-joined, with
+//! [`chain`] (or anyhow's `{:#}` at the top level, which does the same).
+
+use std::error::Error;
+use std::fmt::Write as _;
+
+/// `err`'s message followed by each of its causes, `: `-joined.
+///
+/// ```
+/// let io = std::io::Error::other("disk full");
+/// let err = anyhow::Error::new(io).context("cannot save state.json");
+/// assert_eq!(guestops::error::chain(err.as_ref()), "cannot save state.json: disk full");
+/// ```
+pub fn chain(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        // A message that already ends with its cause's text (an older style) is not repeated.
+        if !text.is_empty() && !out.ends_with(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        cause = next.source();
+    }
+    out
+}
