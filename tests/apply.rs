@@ -66,6 +66,7 @@ fn plan(mut changes: Vec<Change>) -> Plan {
         desired_users: changes.len(),
         in_sync: 0,
         changes,
+        refused_changes: Vec::new(),
         refusals: Vec::new(),
         notices: Vec::new(),
     }
@@ -349,6 +350,7 @@ async fn refused_plan_writes_nothing() {
     let mut refused = plan(vec![invite("a@vendor.example")]);
     refused.refusals.push(Refusal {
         code: "max-deletions".to_owned(),
+        scope: guestops::reconcile::plan::RefusalScope::Plan,
         email: None,
         message: "7 removals exceed maxDeletions (5)".to_owned(),
         help: "raise policy.maxDeletions or force".to_owned(),

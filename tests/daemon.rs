@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use guestops::config::{Config, SecretSource};
+use guestops::desired::source::DesiredSource;
 use guestops::desired::source::{Revision, SourceError};
 use guestops::reconcile::state::StateStore;
 use guestops::remote::graph::Tenant as _;
 use guestops::remote::graph::fake::{FakeTenant, Fault, TenantOp};
 use guestops::remote::portal::fake::{FakePortal, PortalOp};
-use guestops::service::daemon::{Daemon, DaemonError, DesiredSource, Settings};
+use guestops::service::daemon::{Daemon, DaemonError, Settings};
 use guestops::service::metrics::Metrics;
 use guestops::service::server::{Health, ReadinessStatus, Trigger};
 use guestops::service::systemd::{NOTIFY_SOCKET, Notifier, WATCHDOG_USEC};
@@ -520,7 +521,10 @@ async fn shutdown_during_a_slow_apply_finishes_the_change_in_flight_saves_state_
     let portal = FakePortal::new();
     portal.set_latency(Duration::from_secs(30));
     let one_at_a_time = Settings {
-        portal_concurrency: 1,
+        reconcile: guestops::reconcile::Settings {
+            portal_concurrency: 1,
+            ..guestops::reconcile::Settings::default()
+        },
         ..settings()
     };
     let d = start(

@@ -622,7 +622,7 @@ fn an_empty_desired_state_is_refused() {
 }
 
 #[test]
-fn an_address_outside_the_allowed_domains_is_refused() {
+fn an_address_outside_the_allowed_domains_is_refused_for_that_user_only() {
     let mut h = Harness::new();
     seed::unrelated(&h.sim, 20, 30);
     h.configure(|c| c.policy.allowed_domains = vec!["partner.example".into()]);
@@ -638,12 +638,24 @@ fn an_address_outside_the_allowed_domains_is_refused() {
         "the refusal names the address:\n{}",
         refused.stdout
     );
-    assert_eq!(h.writes(), 0, "a refused plan writes nothing");
-    assert_eq!(h.invitations("ana.silva@partner.example"), 0);
-    assert_eq!(h.creates("ana.silva@partner.example"), 0);
-    // --force never overrides the domain policy.
+    assert_eq!(
+        h.invitations("eve@elsewhere.example"),
+        0,
+        "the refused user is not invited"
+    );
+    assert_eq!(h.creates("eve@elsewhere.example"), 0, "nor registered");
+    assert_eq!(
+        h.invitations("ana.silva@partner.example"),
+        1,
+        "the others proceed"
+    );
+    assert_eq!(h.creates("ana.silva@partner.example"), 1);
+    // --force never overrides the domain policy, and the next apply repeats nothing for Ana.
+    let writes = h.writes();
     h.apply(&["--force"]).expect_code(3);
-    assert_eq!(h.writes(), 0);
+    assert_eq!(h.invitations("eve@elsewhere.example"), 0);
+    assert_eq!(h.creates("eve@elsewhere.example"), 0);
+    assert_eq!(h.writes(), writes, "nothing else to do");
 }
 
 #[test]
@@ -879,7 +891,9 @@ fn secrets_and_overrides_come_from_the_environment() {
         !run.stdout.contains(seed::CLIENT_SECRET) && !run.stderr.contains(seed::CLIENT_SECRET),
         "the secret is never printed"
     );
-    assert_eq!(h.writes(), 0);
+    assert_eq!(h.invitations("eve@elsewhere.example"), 0);
+    assert_eq!(h.creates("eve@elsewhere.example"), 0);
+    assert_eq!(h.invitations("ana.silva@partner.example"), 1);
 }
 
 #[test]

@@ -726,6 +726,7 @@ fn text_rendering_of_a_plan_in_sync() {
         desired_users: 5,
         in_sync: 5,
         changes: Vec::new(),
+        refused_changes: Vec::new(),
         refusals: Vec::new(),
         notices: Vec::new(),
     };
@@ -738,7 +739,12 @@ fn text_rendering_of_a_plan_in_sync() {
 #[test]
 fn markdown_rendering() {
     let options = RenderOptions {
-        revision: Some("3f2a9c1".to_owned()),
+        revision: Some(guestops::reconcile::plan::PlanRevision {
+            id: "3f2a9c1".to_owned(),
+            short: "3f2a9c1".to_owned(),
+            branch: None,
+            subject: None,
+        }),
         color: false,
     };
     let mut out = Vec::new();
@@ -771,8 +777,11 @@ fn markdown_rendering() {
 fn json_rendering() {
     let json = rendered(&representative_plan(), PlanFormat::Json, false);
     let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
-    assert_eq!(value["version"], 1);
+    assert_eq!(value["version"], 2);
     assert_eq!(value["summary"]["refused"], true);
+    assert_eq!(value["summary"]["refusedChanges"], 2);
+    assert_eq!(value["refusals"][1]["scope"], "user");
+    assert_eq!(value["refusedChanges"][0]["user"], "eve@evil.example");
     insta::assert_snapshot!("json", json);
 }
 

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use guestops::config::Config;
+use guestops::desired::source::Revision;
 use guestops::desired::spec::{self, SpecPolicy};
-use guestops::reconcile::apply::{ApplyOptions, apply};
-use guestops::reconcile::observe_and_plan;
 use guestops::reconcile::plan::{self, PlanFormat};
 use guestops::reconcile::state::StateStore;
+use guestops::reconcile::{Context, Desired, Mode, Settings, Verdict, run_once};
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
+use guestops::remote::portal::RoleCodes;
 use guestops::sim::{Sim, seed};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -122,7 +123,24 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         SecretString::from(seed::API_KEY.to_owned()),
         RetryPolicy::default(),
     )?;
-    let policy = config.policy(false);
+    let settings = Settings::from_config(&config, false);
+    let ctx = Context {
+        tenant: &tenant,
+        portal: &portal,
+        settings: &settings,
+    };
+    let desired = Desired {
+        state: desired,
+        revision: Revision {
+            id: "demo".into(),
+            short: "demo".into(),
+            author: String::new(),
+            time: chrono::Utc::now(),
+            subject: "examples/users.yaml".into(),
+        },
+        branch: None,
+    };
+    let cancel = CancellationToken::new();
     let mut store = StateStore::open(state_dir.path())?;
 
     heading(
@@ -130,17 +148,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         "1. guestops plan — read the tenant and the portal completely, then compute the changes:",
     )?;
     let before = sim.state().counters.clone();
-    let first = observe_and_plan(
-        &desired,
-        store.state(),
-        &tenant,
-        &portal,
-        &policy,
-        config.tenant.concurrency,
-        chrono::Utc::now(),
-    )
-    .await?;
-    plan::render(&first, PlanFormat::Text, color, &mut out)?;
+    let first = run_once(&ctx, &desired, Mode::DryRun(store.state().clone()), &cancel).await?;
+    plan::render(&first.plan, PlanFormat::Text, color, &mut out)?;
     let after = sim.state().counters.clone();
     writeln!(
         out,
@@ -150,21 +159,12 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     )?;
 
     heading(&mut out, "2. guestops apply — make the changes:")?;
-    let options = ApplyOptions {
-        tenant_concurrency: config.tenant.concurrency,
-        portal_concurrency: config.portal.concurrency,
-        revision: Some("demo".into()),
-        ..ApplyOptions::default()
+    let mode = Mode::Apply {
+        store: &mut store,
+        progress: None,
     };
-    let report = apply(
-        &first,
-        &tenant,
-        &portal,
-        &mut store,
-        &options,
-        &CancellationToken::new(),
-    )
-    .await?;
+    let applied = run_once(&ctx, &desired, mode, &cancel).await?;
+    let report = applied.report.clone().unwrap_or_default();
     for outcome in &report.outcomes {
         writeln!(
             out,
@@ -185,7 +185,10 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
             writeln!(
                 out,
                 "  Bob in the portal now: role {}, groups {}, reports {} — his role changed, nothing else.",
-                bob.get("role").unwrap_or(&serde_json::Value::Null),
+                bob.get("role")
+                    .and_then(serde_json::Value::as_i64)
+                    .and_then(|code| RoleCodes::default().role(code))
+                    .map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
                 bob.get("groups")
                     .and_then(|g| g.as_array())
                     .map_or(0, Vec::len),
@@ -206,22 +209,13 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         &mut out,
         "3. guestops plan again — the tenant and the portal now match users.yaml:",
     )?;
-    let second = observe_and_plan(
-        &desired,
-        store.state(),
-        &tenant,
-        &portal,
-        &policy,
-        config.tenant.concurrency,
-        chrono::Utc::now(),
-    )
-    .await?;
-    plan::render(&second, PlanFormat::Text, color, &mut out)?;
+    let second = run_once(&ctx, &desired, Mode::DryRun(store.state().clone()), &cancel).await?;
+    plan::render(&second.plan, PlanFormat::Text, color, &mut out)?;
     writeln!(
         out,
         "  (the new guests are not visible to reads yet; guestops knows it invited them and waits\n   instead of inviting twice)"
     )?;
-    let converged = second.is_empty() && report.failed() == 0;
+    let converged = second.plan.is_empty() && applied.verdict() == Verdict::InSync;
 
     heading(&mut out, "What next")?;
     writeln!(

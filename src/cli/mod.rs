@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use guestops::desired::spec::{self, DesiredState, OutputFormat, SpecPolicy};
+use guestops::desired::spec::{self, OutputFormat, SpecPolicy};
+use guestops::reconcile::Desired;
 
 pub mod apply;
 pub mod demo;
@@ -29,6 +30,20 @@ pub enum Status {
     Changes,
     /// 3
     Refused,
+}
+
+impl Status {
+    /// The exit status of a reconcile: a failed change 1, else a refusal 3, else (with
+    /// `--detailed-exitcode`) pending changes 2, else 0.
+    pub fn of(verdict: guestops::reconcile::Verdict, detailed_exitcode: bool) -> Status {
+        use guestops::reconcile::Verdict;
+        match verdict {
+            Verdict::Failed => Status::Error,
+            Verdict::Refused => Status::Refused,
+            Verdict::Changes if detailed_exitcode => Status::Changes,
+            Verdict::Changes | Verdict::InSync => Status::Success,
+        }
+    }
 }
 
 impl From<Status> for ExitCode {
@@ -55,14 +70,6 @@ pub fn stdout_color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// A validated `users.yaml` and the revision it was read at.
-pub struct Desired {
-    /// The desired state.
-    pub state: DesiredState,
-    /// The commit id, or `sha256:<hex>` of a plain file's content.
-    pub revision: String,
-}
-
 /// Reads and validates `users.yaml`: from `path` when given, else from the configured git
 /// source at the tip of `source.branch` (fetched into the mirror under `state.dir`, read from
 /// the commit tree). Diagnostics go to `err` in the human format; `Ok(None)` means the file
@@ -72,8 +79,8 @@ pub async fn read_desired(
     config: &guestops::config::Config,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<Desired>> {
+    use guestops::desired::source::{AnySource, DesiredSource as _, FileSource};
     use guestops::desired::source::{GitSettings, GitSource};
-    use guestops::service::daemon::{AnySource, DesiredSource as _, FileSource};
     // The same sources, and so the same revisions, as the daemon.
     let source = match path {
         Some(path) => AnySource::File(FileSource {
@@ -87,16 +94,25 @@ pub async fn read_desired(
         }
     };
     let (revision, bytes) = source.load().await?;
-    let (name, revision) = (source.describe(), revision.id);
-    // The domain policy is enforced by the plan (a refusal, exit 3), not by validation.
+    // The domain policy is enforced by the plan (a refused change), not by validation.
     let parsed = spec::parse(&bytes, &SpecPolicy::default());
     if !parsed.diagnostics.is_empty() {
-        spec::render(&parsed.diagnostics, &bytes, &name, OutputFormat::Human, err)?;
+        spec::render(
+            &parsed.diagnostics,
+            &bytes,
+            &source.describe(),
+            OutputFormat::Human,
+            err,
+        )?;
     }
     if parsed.has_errors() {
         return Ok(None);
     }
-    Ok(parsed.desired.map(|state| Desired { state, revision }))
+    Ok(parsed.desired.map(|state| Desired {
+        state,
+        revision,
+        branch: source.branch(),
+    }))
 }
 
 /// Reads a `users.yaml` file (bounded, see [`guestops::desired::source::read_file`]).

@@ -4,8 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use guestops::config::Config;
-use guestops::reconcile::plan::{self, PlanFormat};
+use guestops::reconcile::plan::{self, PlanFormat, RenderOptions};
 use guestops::reconcile::state::StateStore;
+use guestops::reconcile::{Context, Mode, Outcome, Settings, run_once};
+use tokio_util::sync::CancellationToken;
 
 use super::{Status, connect, read_desired, stdout_color};
 
@@ -41,8 +43,8 @@ pub struct TargetArgs {
 /// Arguments of `guestops plan`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 error, 3 refused by policy; with --detailed-exitcode: \
-0 in sync, 2 changes pending."
+    after_help = "Exit codes: 0 ok, 1 error, 3 refused by policy (for some users or the whole \
+plan); with --detailed-exitcode: 0 in sync, 2 changes pending."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -74,27 +76,38 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let Some(Loaded { config, desired }) = load(&args.target.source).await? else {
         return Ok(Status::Error);
     };
-    let state = StateStore::read_only(&config.state.dir)?;
-    let clients = connect(&config)?;
-    super::reading_notice();
-    let plan = guestops::reconcile::observe_and_plan(
-        &desired.state,
-        &state,
-        &clients.tenant,
-        &clients.portal,
-        &config.policy(args.target.force),
-        config.tenant.concurrency,
-        chrono::Utc::now(),
-    )
-    .await?;
+    let outcome = dry_run(&config, &desired, args.target.force).await?;
     let mut out = std::io::stdout().lock();
-    plan::render(&plan, args.target.format, stdout_color(), &mut out)?;
+    let options = RenderOptions {
+        revision: Some(outcome.revision.clone()),
+        color: stdout_color(),
+    };
+    plan::render_with(&outcome.plan, args.target.format, &options, &mut out)?;
     out.flush()?;
-    Ok(if plan.is_refused() {
-        Status::Refused
-    } else if args.detailed_exitcode && !plan.is_empty() {
-        Status::Changes
-    } else {
-        Status::Success
-    })
+    Ok(Status::of(outcome.verdict(), args.detailed_exitcode))
+}
+
+/// One reconcile in dry-run mode against a snapshot of the state (works while a daemon holds
+/// the lock): what `plan`, `status` and `apply --dry-run` show.
+pub async fn dry_run(
+    config: &Config,
+    desired: &guestops::reconcile::Desired,
+    force: bool,
+) -> anyhow::Result<Outcome> {
+    let state = StateStore::read_only(&config.state.dir)?;
+    let clients = connect(config)?;
+    let settings = Settings::from_config(config, force);
+    let ctx = Context {
+        tenant: &clients.tenant,
+        portal: &clients.portal,
+        settings: &settings,
+    };
+    super::reading_notice();
+    Ok(run_once(
+        &ctx,
+        desired,
+        Mode::DryRun(state),
+        &CancellationToken::new(),
+    )
+    .await?)
 }

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use guestops::desired::source::{AnySource, FileSource};
 use guestops::desired::source::{GitSettings, GitSource, watch_file};
 use guestops::reconcile::state::StateStore;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
-use guestops::service::daemon::{AnySource, Daemon, FileSource, Settings};
+use guestops::service::daemon::{Daemon, Settings};
 use guestops::service::metrics::Metrics;
 use guestops::service::server::{
     self, DEFAULT_READY_THRESHOLD, Health, ServerState, Trigger, WebhookConfig,
@@ -109,9 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         settings: Settings {
             poll_interval: config.source.poll_interval,
             resync_interval: config.source.resync_interval,
-            policy: config.policy(false),
-            tenant_concurrency: config.tenant.concurrency,
-            portal_concurrency: config.portal.concurrency,
+            reconcile: guestops::reconcile::Settings::from_config(&config, false),
             ..Settings::default()
         },
         source,

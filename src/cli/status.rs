@@ -3,8 +3,8 @@
 use guestops::reconcile::state::StateStore;
 use guestops::reconcile::status::{self, StatusFormat};
 
+use super::Status;
 use super::plan::{Loaded, SourceArgs, load};
-use super::{Status, connect};
 
 /// Arguments of `guestops status`.
 #[derive(Debug, clap::Args)]
@@ -24,19 +24,11 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let Some(Loaded { config, desired }) = load(&args.source).await? else {
         return Ok(Status::Error);
     };
+    let outcome = super::plan::dry_run(&config, &desired, false).await?;
     let state = StateStore::read_only(&config.state.dir)?;
-    let clients = connect(&config)?;
-    let observed = guestops::reconcile::observe(
-        &desired.state,
-        &state,
-        &clients.tenant,
-        &clients.portal,
-        config.tenant.concurrency,
-    )
-    .await?;
     let rows = status::rows(
         &desired.state,
-        &observed,
+        &outcome.observed,
         &state,
         chrono::Utc::now().date_naive(),
     );

@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::plan::{Action, Change, Plan, System};
+use crate::reconcile::plan::{Action, Change, Plan, RefusalScope, System};
 use crate::reconcile::state::{
     AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
 };
@@ -236,6 +236,7 @@ pub enum ApplyError {
 ///         action: Action::Invite { display_name: "Ana".into(), send_email: true, message: None },
 ///         reason: None,
 ///     }],
+///     refused_changes: vec![],
 ///     refusals: vec![],
 ///     notices: vec![],
 /// };
@@ -255,10 +256,17 @@ pub async fn apply<T: Tenant, P: Portal>(
     opts: &ApplyOptions,
     cancel: &CancellationToken,
 ) -> Result<ApplyReport, ApplyError> {
-    if let Some(first) = plan.refusals.first() {
+    if plan.is_refused() {
+        let plan_wide = plan
+            .refusals
+            .iter()
+            .filter(|r| r.scope == RefusalScope::Plan);
         return Err(ApplyError::Refused {
-            count: plan.refusals.len(),
-            first: first.message.clone(),
+            count: plan_wide.clone().count(),
+            first: plan_wide
+                .map(|r| r.message.clone())
+                .next()
+                .unwrap_or_default(),
         });
     }
 
@@ -302,6 +310,78 @@ pub async fn apply<T: Tenant, P: Portal>(
         return Err(ApplyError::State { source, report });
     }
     Ok(report)
+}
+
+/// `guestops apply --format json`: one document, the plan (`docs/plan-json.md`) with an
+/// `applied` member holding the result of every change (`null` when nothing was applied: a
+/// dry run, a plan refused as a whole, or nothing to do).
+pub fn write_json(
+    plan: &Plan,
+    revision: Option<&crate::reconcile::plan::PlanRevision>,
+    report: Option<&ApplyReport>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        #[serde(flatten)]
+        plan: crate::reconcile::plan::JsonPlan<'a>,
+        applied: Option<Applied<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Applied<'a> {
+        done: usize,
+        failed: usize,
+        skipped: usize,
+        results: Vec<JsonResult<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct JsonResult<'a> {
+        user: &'a str,
+        key: &'a str,
+        system: System,
+        action: &'static str,
+        result: &'static str,
+        remote_write: bool,
+        request_id: Option<&'a str>,
+        detail: Option<String>,
+    }
+    let applied = report.map(|report| Applied {
+        done: report.succeeded(),
+        failed: report.failed(),
+        skipped: report.skipped(),
+        results: report
+            .outcomes
+            .iter()
+            .map(|o| {
+                let (result, remote_write, request_id, detail) = match &o.result {
+                    ChangeResult::Done {
+                        request_id,
+                        remote_write,
+                        detail,
+                    } => ("done", *remote_write, request_id.as_deref(), detail.clone()),
+                    ChangeResult::Failed { error } => ("failed", false, None, Some(error.clone())),
+                    ChangeResult::Skipped { why } => ("skipped", false, None, Some(why.clone())),
+                };
+                JsonResult {
+                    user: &o.change.email,
+                    key: &o.change.key,
+                    system: o.change.action.system(),
+                    action: o.change.action.name(),
+                    result,
+                    remote_write,
+                    request_id,
+                    detail,
+                }
+            })
+            .collect(),
+    });
+    let document = Document {
+        plan: crate::reconcile::plan::json_document(plan, revision),
+        applied,
+    };
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 /// One apply run: the clients, the concurrency bounds and the recorder.
@@ -1038,6 +1118,7 @@ mod tests {
             desired_users: 0,
             in_sync: 0,
             changes: Vec::new(),
+            refused_changes: Vec::new(),
             refusals: Vec::new(),
             notices: Vec::new(),
         };

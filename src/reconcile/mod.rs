@@ -2,6 +2,30 @@
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
 //! from the same observation.
+//!
+//! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
+//! (through [`observe_snapshot`]), the demo and the daemon call it and re-implement none of
+//! them. Its guarantees:
+//!
+//! - an incomplete read fails before any write ([`ObserveError`]);
+//! - a dry run ([`Mode::DryRun`]) reads a snapshot of the state and writes nothing, so it works
+//!   while a daemon holds the lock; it plans exactly as an apply would (the guests seen are
+//!   noted in the snapshot's copy, as an apply notes them in the state);
+//! - a plan refused as a whole (the mass-removal guards) writes nothing; a per-user refusal
+//!   (`allowedDomains`) leaves that user's changes out and applies the others;
+//! - the applied revision is recorded in `state.json` only when every change succeeded and
+//!   nothing was refused;
+//! - every change's result is in the [`Outcome`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::source::Revision;
+use crate::desired::spec::DesiredState;
+use crate::remote::graph::Tenant;
+use crate::remote::portal::Portal;
 
 pub mod apply;
 pub mod import;
@@ -11,3 +35,410 @@ pub mod state;
 pub mod status;
 
 pub use observe::{ObserveError, observe, observe_and_plan};
+
+use apply::{ApplyError, ApplyOptions, ApplyReport, Progress};
+use plan::{Observed, Plan, PlanRevision, Policy};
+use state::{AppliedRevision, State, StateError, StateStore};
+
+/// What a reconcile needs besides the desired state: the two systems and the settings.
+pub struct Context<'a, T, P> {
+    /// Microsoft Graph.
+    pub tenant: &'a T,
+    /// The Power Embedded portal.
+    pub portal: &'a P,
+    /// Policy and concurrency.
+    pub settings: &'a Settings,
+}
+
+/// The policy and the concurrency bounds of a reconcile, built from the host configuration in
+/// one place ([`Settings::from_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The plan's policy.
+    pub policy: Policy,
+    /// Graph requests in flight at most (also bounds the targeted lookups).
+    pub tenant_concurrency: usize,
+    /// Portal requests in flight at most.
+    pub portal_concurrency: usize,
+}
+
+impl Default for Settings {
+    /// The defaults of the host configuration.
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            tenant_concurrency: 8,
+            portal_concurrency: 2,
+        }
+    }
+}
+
+impl Settings {
+    /// `policy.*`, `tenant.concurrency` and `portal.concurrency` of `config`; `force` lifts the
+    /// mass-removal guards (never the domain policy).
+    pub fn from_config(config: &crate::config::Config, force: bool) -> Self {
+        Self {
+            policy: config.policy(force),
+            tenant_concurrency: config.tenant.concurrency,
+            portal_concurrency: config.portal.concurrency,
+        }
+    }
+}
+
+/// A valid desired state and where it was read.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The users.
+    pub state: DesiredState,
+    /// The revision it was read at (a commit, or a file's content hash).
+    pub revision: Revision,
+    /// The branch followed, when it came from git.
+    pub branch: Option<String>,
+}
+
+impl Desired {
+    /// How plans name this revision.
+    pub fn plan_revision(&self) -> PlanRevision {
+        PlanRevision {
+            id: self.revision.id.clone(),
+            short: self.revision.short.clone(),
+            branch: self.branch.clone(),
+            subject: Some(self.revision.subject.clone()).filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Whether a reconcile writes.
+pub enum Mode<'a> {
+    /// Plan only, against this snapshot of the state (`plan`, `status`, `apply --dry-run`).
+    DryRun(State),
+    /// Plan, then apply and record in this store (holding the instance lock).
+    Apply {
+        /// The state, locked.
+        store: &'a mut StateStore,
+        /// Called once per finished change.
+        progress: Option<Progress>,
+    },
+}
+
+/// Pending invitations of owned guests right after a reconcile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Owned guests that have not redeemed their invitation (including the ones invited just
+    /// now and not visible yet).
+    pub count: usize,
+    /// Age of the oldest.
+    pub oldest: Option<Duration>,
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The plan.
+    pub plan: Plan,
+    /// How the plan names its revision.
+    pub revision: PlanRevision,
+    /// What became of each change; `None` for a dry run, a plan refused as a whole, or a plan
+    /// with nothing to do.
+    pub report: Option<ApplyReport>,
+    /// Pending invitations after the reconcile.
+    pub pending: Pending,
+    /// What was read (`status` builds its rows from it).
+    pub observed: Observed,
+    /// How long it took.
+    pub duration: Duration,
+    /// Whether cancellation stopped changes from starting.
+    pub interrupted: bool,
+}
+
+/// How a reconcile ended, in the order of the exit codes' precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A change failed, or the apply was interrupted (exit 1).
+    Failed,
+    /// Policy refused the plan or some users' changes (exit 3).
+    Refused,
+    /// Changes are pending: a dry run with changes (exit 2 with `--detailed-exitcode`).
+    Changes,
+    /// Nothing left to do (exit 0).
+    InSync,
+}
+
+impl Outcome {
+    /// Changes that failed.
+    pub fn failed(&self) -> usize {
+        self.report.as_ref().map_or(0, ApplyReport::failed)
+    }
+
+    /// Refused changes (those of per-user refusals, or every change of a refused plan).
+    pub fn refused_changes(&self) -> usize {
+        if self.plan.is_refused() {
+            self.plan.changes.len() + self.plan.refused_changes.len()
+        } else {
+            self.plan.refused_changes.len()
+        }
+    }
+
+    /// A failed change 1, else a refusal 3, else pending changes 2, else 0.
+    pub fn verdict(&self) -> Verdict {
+        if self.failed() > 0 || self.interrupted {
+            Verdict::Failed
+        } else if self.plan.has_refusals() {
+            Verdict::Refused
+        } else if self.report.is_none() && !self.plan.is_empty() {
+            Verdict::Changes
+        } else {
+            Verdict::InSync
+        }
+    }
+
+    /// One line for logs: `3 changes applied (1 failed), 1 refused; 4 in sync; 1.2s`.
+    pub fn summary(&self) -> String {
+        let mut s = match &self.report {
+            Some(r) => {
+                let mut s = format!("{} changes applied", r.succeeded());
+                if r.failed() > 0 {
+                    s.push_str(&format!(", {} failed", r.failed()));
+                }
+                if r.skipped() > 0 {
+                    s.push_str(&format!(", {} skipped", r.skipped()));
+                }
+                s
+            }
+            None if self.plan.is_refused() => {
+                format!("plan refused ({} changes not made)", self.refused_changes())
+            }
+            None if self.plan.is_empty() => "in sync".to_owned(),
+            None => format!("{} changes planned", self.plan.changes.len()),
+        };
+        if !self.plan.is_refused() && !self.plan.refused_changes.is_empty() {
+            s.push_str(&format!(
+                ", {} refused by policy",
+                self.plan.refused_changes.len()
+            ));
+        }
+        s.push_str(&format!(
+            "; {} of {} users in sync",
+            self.plan.in_sync, self.plan.desired_users
+        ));
+        s
+    }
+}
+
+/// Why a reconcile failed as a whole. Nothing remote was written after the failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The read was incomplete; nothing was written.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// The state could not be saved: no further change was started.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// `state.json` could not be written (noting seen guests, or the applied revision).
+    #[error("could not record the reconcile in the state directory")]
+    State(#[from] StateError),
+    /// Cancelled while reading, before any write.
+    #[error("interrupted before any change was made")]
+    Interrupted,
+}
+
+impl ReconcileError {
+    /// Whether the state directory cannot be written: going on would make changes that are
+    /// not recorded.
+    pub fn is_state_unwritable(&self) -> bool {
+        matches!(
+            self,
+            ReconcileError::Apply(ApplyError::State { .. }) | ReconcileError::State(_)
+        )
+    }
+}
+
+/// observe → note seen guests → plan → guard → apply (unless a dry run) → record, once.
+///
+/// `cancel` stops the read (then [`ReconcileError::Interrupted`]) or the start of new changes
+/// (then [`Outcome::interrupted`]); changes in flight finish and are recorded.
+pub async fn run_once<T: Tenant, P: Portal>(
+    ctx: &Context<'_, T, P>,
+    desired: &Desired,
+    mode: Mode<'_>,
+    cancel: &CancellationToken,
+) -> Result<Outcome, ReconcileError> {
+    let started = tokio::time::Instant::now();
+    let (mut state, store, progress) = match mode {
+        Mode::DryRun(state) => (state, None, None),
+        Mode::Apply { store, progress } => (store.state().clone(), Some(store), progress),
+    };
+    let observed = observe_cancellable(ctx, desired, &state, cancel).await?;
+    let plan = match store {
+        Some(store) => {
+            if store.state_mut().note_seen_guests(&observed) {
+                store.save()?;
+            }
+            let plan = plan_now(ctx, desired, &observed, store.state());
+            let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
+            return Ok(outcome.finish(observed, store.state(), started));
+        }
+        None => {
+            state.note_seen_guests(&observed);
+            plan_now(ctx, desired, &observed, &state)
+        }
+    };
+    let outcome = Outcome {
+        plan,
+        revision: desired.plan_revision(),
+        report: None,
+        pending: Pending::default(),
+        observed: Observed::default(),
+        duration: Duration::ZERO,
+        interrupted: false,
+    };
+    Ok(outcome.finish(observed, &state, started))
+}
+
+fn plan_now<T, P>(
+    ctx: &Context<'_, T, P>,
+    desired: &Desired,
+    observed: &Observed,
+    state: &State,
+) -> Plan {
+    plan::plan(
+        &desired.state,
+        observed,
+        state,
+        &ctx.settings.policy,
+        Utc::now(),
+    )
+}
+
+impl Outcome {
+    /// Fills in what is measured after the reconcile.
+    fn finish(mut self, observed: Observed, state: &State, started: tokio::time::Instant) -> Self {
+        self.pending = pending_invitations(&observed, state, Utc::now());
+        self.observed = observed;
+        self.duration = started.elapsed();
+        self
+    }
+}
+
+async fn observe_cancellable<T: Tenant, P: Portal>(
+    ctx: &Context<'_, T, P>,
+    desired: &Desired,
+    state: &State,
+    cancel: &CancellationToken,
+) -> Result<Observed, ReconcileError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(ReconcileError::Interrupted),
+        observed = observe(
+            &desired.state,
+            state,
+            ctx.tenant,
+            ctx.portal,
+            ctx.settings.tenant_concurrency,
+        ) => Ok(observed?),
+    }
+}
+
+/// Applies `plan` unless it is refused as a whole or empty, then records the revision when
+/// everything succeeded and nothing was refused.
+async fn apply_and_record<T: Tenant, P: Portal>(
+    ctx: &Context<'_, T, P>,
+    desired: &Desired,
+    plan: Plan,
+    store: &mut StateStore,
+    progress: Option<Progress>,
+    cancel: &CancellationToken,
+) -> Result<Outcome, ReconcileError> {
+    let settings = ctx.settings;
+    let mut outcome = Outcome {
+        plan,
+        revision: desired.plan_revision(),
+        report: None,
+        pending: Pending::default(),
+        observed: Observed::default(),
+        duration: Duration::ZERO,
+        interrupted: false,
+    };
+    if !outcome.plan.is_refused() && !outcome.plan.is_empty() {
+        let options = ApplyOptions {
+            tenant_concurrency: settings.tenant_concurrency,
+            portal_concurrency: settings.portal_concurrency,
+            revision: Some(desired.revision.id.clone()),
+            author: Some(desired.revision.author.clone()).filter(|a| !a.is_empty()),
+            progress,
+            ..ApplyOptions::default()
+        };
+        let report = apply::apply(
+            &outcome.plan,
+            ctx.tenant,
+            ctx.portal,
+            store,
+            &options,
+            cancel,
+        )
+        .await?;
+        outcome.interrupted = cancel.is_cancelled() && !report.is_complete();
+        outcome.report = Some(report);
+    }
+    let complete = !outcome.plan.has_refusals()
+        && outcome.report.as_ref().is_none_or(ApplyReport::is_complete);
+    if complete {
+        record_revision(store, &desired.revision)?;
+    }
+    Ok(outcome)
+}
+
+/// Records in `state.json` that `revision` is fully applied (id, author, time, subject).
+fn record_revision(store: &mut StateStore, revision: &Revision) -> Result<(), StateError> {
+    let applied = AppliedRevision {
+        id: revision.id.clone(),
+        author: revision.author.clone(),
+        time: revision.time,
+        subject: revision.subject.clone(),
+    };
+    let state = store.state();
+    if state.revision.as_deref() == Some(applied.id.as_str())
+        && state.revision_info.as_ref() == Some(&applied)
+    {
+        return Ok(());
+    }
+    store.update(|state| {
+        state.revision = Some(applied.id.clone());
+        state.revision_info = Some(applied);
+    })
+}
+
+/// Owned guests whose invitation is not redeemed, from `observed` and `state` as they are
+/// after the reconcile: a guest guestops invited that is not visible yet (replication) counts
+/// as pending since its invitation.
+pub fn pending_invitations(observed: &Observed, state: &State, now: DateTime<Utc>) -> Pending {
+    let seen: std::collections::HashMap<&str, &crate::remote::graph::DirectoryUser> = observed
+        .guests
+        .iter()
+        .chain(observed.lookups.iter())
+        .map(|g| (g.id.as_str(), g))
+        .collect();
+    let since: Vec<DateTime<Utc>> = state
+        .users
+        .values()
+        .filter(|r| r.guest_owned)
+        .filter_map(|r| {
+            let id = r.guest_id.as_deref()?;
+            match seen.get(id) {
+                Some(g) if g.is_pending() => Some(
+                    g.external_user_state_change_date_time
+                        .or(g.created_date_time)
+                        .or(r.invited_at)
+                        .unwrap_or(now),
+                ),
+                Some(_) => None,
+                None if !r.guest_seen => r.invited_at,
+                None => None,
+            }
+        })
+        .collect();
+    Pending {
+        count: since.len(),
+        oldest: since.iter().min().and_then(|t| (now - *t).to_std().ok()),
+    }
+}

@@ -24,86 +24,22 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::desired::source::{GitSource, Revision, SourceError, content_hash, read_file};
-use crate::desired::spec::{self, DesiredState, SpecPolicy};
-use crate::reconcile::apply::{ApplyOptions, ApplyReport};
-use crate::reconcile::plan::{Observed, Plan, Policy};
-use crate::reconcile::state::{AppliedRevision, StateError, StateStore};
-use crate::reconcile::{ObserveError, observe};
+use crate::desired::source::DesiredSource;
+use crate::desired::spec::{self, SpecPolicy};
+use crate::reconcile::ObserveError;
+use crate::reconcile::apply::ChangeResult;
+use crate::reconcile::state::{StateError, StateStore};
 use crate::remote::graph::{GraphError, Tenant};
 use crate::remote::portal::Portal;
 use crate::service::metrics::{Metrics, ReconcileResult};
 use crate::service::server::{Health, Trigger};
 use crate::service::systemd::Notifier;
-
-/// Where the desired state comes from.
-pub trait DesiredSource: Send + Sync {
-    /// The newest revision and the bytes of `users.yaml` at it.
-    fn load(&self) -> impl Future<Output = Result<(Revision, Vec<u8>), SourceError>> + Send;
-
-    /// For logs, e.g. `https://github.com/contoso/admins.git#main:users.yaml`.
-    fn describe(&self) -> String;
-}
-
-impl DesiredSource for GitSource {
-    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
-        let revision = self.fetch().await?;
-        let bytes = self.read(&revision).await?;
-        Ok((revision, bytes))
-    }
-
-    fn describe(&self) -> String {
-        let settings = self.settings();
-        format!(
-            "{}#{}:{}",
-            settings.display_repo(),
-            settings.branch,
-            settings.path
-        )
-    }
-}
-
-/// A plain `users.yaml` file (`--desired FILE`); its revision is the content hash.
-#[derive(Debug, Clone)]
-pub struct FileSource {
-    /// The file.
-    pub path: PathBuf,
-}
-
-impl DesiredSource for FileSource {
-    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
-        let path = self.path.clone();
-        let bytes = tokio::task::spawn_blocking(move || read_file(&path))
-            .await
-            .map_err(|e| SourceError::File {
-                path: self.path.clone(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| SourceError::File {
-                path: self.path.clone(),
-                source,
-            })?;
-        let hash = content_hash(&bytes);
-        let revision = Revision {
-            id: format!("sha256:{hash}"),
-            short: format!("sha256:{}", &hash[..12]),
-            author: String::new(),
-            time: Utc::now(),
-            subject: self.path.display().to_string(),
-        };
-        Ok((revision, bytes))
-    }
-
-    fn describe(&self) -> String {
-        self.path.display().to_string()
-    }
-}
 
 /// Timing and limits of the loop.
 #[derive(Debug, Clone)]
@@ -116,12 +52,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Largest retry delay.
     pub backoff_max: Duration,
-    /// The plan's policy.
-    pub policy: Policy,
-    /// Graph requests in flight at most (also bounds targeted lookups).
-    pub tenant_concurrency: usize,
-    /// Portal requests in flight at most.
-    pub portal_concurrency: usize,
+    /// Policy and concurrency of each reconcile.
+    pub reconcile: crate::reconcile::Settings,
     /// A reconcile taking longer than this stops the watchdog pings, so systemd restarts a
     /// hung daemon.
     pub max_reconcile_time: Duration,
@@ -134,28 +66,22 @@ impl Default for Settings {
             resync_interval: Duration::from_secs(600),
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(600),
-            policy: Policy::default(),
-            tenant_concurrency: 8,
-            portal_concurrency: 2,
+            reconcile: crate::reconcile::Settings::default(),
             max_reconcile_time: Duration::from_secs(1800),
         }
     }
 }
 
 /// The valid desired state being enforced.
-#[derive(Debug, Clone)]
-struct Loaded {
-    revision: Revision,
-    desired: DesiredState,
-}
+type Loaded = crate::reconcile::Desired;
 
-/// Why one reconcile failed.
+/// Why one round of the loop failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// The read was incomplete; nothing was written.
+    /// The reconcile failed as a whole (incomplete read, state not writable, interrupted).
     #[error(transparent)]
-    Observe(#[from] ObserveError),
-    /// The plan is refused by policy; nothing was written.
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+    /// The plan is refused as a whole by policy (a mass-removal guard); nothing was written.
     #[error("the plan is refused by policy: {0}")]
     Refused(String),
     /// Some changes failed; the others were applied.
@@ -168,14 +94,6 @@ pub enum ReconcileError {
         /// The first failure.
         first: String,
     },
-    /// The state could not be saved: the daemon must not go on writing.
-    #[error(transparent)]
-    Apply(#[from] crate::reconcile::apply::ApplyError),
-    /// The applied revision could not be recorded in the state: the daemon must not go on.
-    #[error(
-        "could not record the applied revision in the state directory: {0}; the daemon stops so that no change goes unrecorded"
-    )]
-    State(#[from] StateError),
     /// Stopped by shutdown before finishing.
     #[error("interrupted by shutdown")]
     Interrupted,
@@ -185,10 +103,9 @@ impl ReconcileError {
     /// The `Retry-After` the remote asked for, if any.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ReconcileError::Observe(ObserveError::Tenant(GraphError::Throttled {
-                retry_after,
-                ..
-            })) => *retry_after,
+            ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+                ObserveError::Tenant(GraphError::Throttled { retry_after, .. }),
+            )) => *retry_after,
             _ => None,
         }
     }
@@ -203,11 +120,7 @@ impl ReconcileError {
     /// Whether the state directory cannot be written: going on would make changes that are
     /// not recorded, so the daemon stops.
     fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            ReconcileError::Apply(crate::reconcile::apply::ApplyError::State { .. })
-                | ReconcileError::State(_)
-        )
+        matches!(self, ReconcileError::Reconcile(e) if e.is_state_unwritable())
     }
 }
 
@@ -394,7 +307,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         let _ = notifier.status(&format!(
                             "revision {}: loaded ({} users)",
                             new.revision.short,
-                            new.desired.users.len()
+                            new.state.users.len()
                         ));
                         loaded = Some(new);
                     }
@@ -442,7 +355,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             let span = tracing::info_span!(
                 "reconcile",
                 revision = %current.revision.short,
-                users = current.desired.users.len()
+                users = current.state.users.len()
             );
             let outcome = with_watchdog(
                 &notifier,
@@ -466,7 +379,11 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         .record_reconcile(ReconcileResult::Success, elapsed);
                     self.metrics.set_last_success(Utc::now().timestamp());
                     self.health.record_success(Utc::now());
-                    tracing::info!(revision = %current.revision.short, "{summary}");
+                    tracing::info!(
+                        revision = %current.revision.short,
+                        duration_ms = elapsed.as_millis() as u64,
+                        "reconciled: {summary}"
+                    );
                     let mut status = format!("revision {}: {summary}", current.revision.short);
                     if let Some(invalid) = &invalid {
                         status.push_str(&format!("; newer revision {invalid} is invalid"));
@@ -555,9 +472,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 )),
             };
         }
-        let spec_policy = SpecPolicy {
-            allowed_domains: self.settings.policy.allowed_domains.clone(),
-        };
+        // `allowedDomains` is the plan's business: a refused change for that user only, not
+        // an invalid revision.
+        let spec_policy = SpecPolicy::default();
         let parsed = spec::parse(&bytes, &spec_policy);
         match parsed.desired {
             Some(desired) if !parsed.has_errors() => {
@@ -566,7 +483,11 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 self.health.set_loaded(&revision.id);
                 self.metrics.set_revision(&revision.id);
                 self.metrics.set_desired_users(desired.users.len());
-                Ok(Refresh::New(Loaded { revision, desired }))
+                Ok(Refresh::New(Loaded {
+                    revision,
+                    state: desired,
+                    branch: self.source.branch(),
+                }))
             }
             _ => {
                 let errors: Vec<String> = parsed
@@ -598,149 +519,90 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         }
     }
 
-    /// observe → plan → apply, once.
+    /// One reconcile through [`crate::reconcile::run_once`], then metrics and readiness from
+    /// its outcome; `Ok` carries the summary line.
     async fn reconcile(
         &mut self,
         loaded: &Loaded,
         shutdown: &CancellationToken,
     ) -> Result<String, ReconcileError> {
-        let observed = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Err(ReconcileError::Interrupted),
-            observed = observe(&loaded.desired, self.store.state(), &self.tenant, &self.portal, self.settings.tenant_concurrency) => observed?,
+        let ctx = crate::reconcile::Context {
+            tenant: &self.tenant,
+            portal: &self.portal,
+            settings: &self.settings.reconcile,
         };
-        if self.store.state_mut().note_seen_guests(&observed) {
-            self.store.save()?;
-        }
-        let plan = crate::reconcile::plan::plan(
-            &loaded.desired,
-            &observed,
-            self.store.state(),
-            &self.settings.policy,
-            Utc::now(),
-        );
-        self.metrics.set_drift_from_plan(&plan);
-        self.record_pending(&observed, Utc::now());
+        let mode = crate::reconcile::Mode::Apply {
+            store: &mut self.store,
+            progress: None,
+        };
+        let outcome = match crate::reconcile::run_once(&ctx, loaded, mode, shutdown).await {
+            Ok(outcome) => outcome,
+            Err(crate::reconcile::ReconcileError::Interrupted) => {
+                return Err(ReconcileError::Interrupted);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.record_outcome(&outcome);
+        let plan = &outcome.plan;
         if plan.is_refused() {
             let reasons: Vec<&str> = plan.refusals.iter().map(|r| r.message.as_str()).collect();
             return Err(ReconcileError::Refused(reasons.join("; ")));
         }
-        if plan.is_empty() {
-            self.record_revision(&loaded.revision)?;
-            return Ok("in sync".into());
+        if outcome.failed() > 0 {
+            let first = outcome
+                .report
+                .iter()
+                .flat_map(|r| r.outcomes.iter())
+                .find(|o| o.is_failed())
+                .map(|o| {
+                    format!(
+                        "{} {}: {}",
+                        o.change.action.name(),
+                        o.change.email,
+                        o.detail()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(ReconcileError::ChangesFailed {
+                failed: outcome.failed(),
+                total: plan.changes.len(),
+                first,
+            });
         }
-        let options = ApplyOptions {
-            tenant_concurrency: self.settings.tenant_concurrency,
-            portal_concurrency: self.settings.portal_concurrency,
-            revision: Some(loaded.revision.id.clone()),
-            author: (!loaded.revision.author.is_empty()).then(|| loaded.revision.author.clone()),
-            ..ApplyOptions::default()
-        };
-        let report = crate::reconcile::apply::apply(
-            &plan,
-            &self.tenant,
-            &self.portal,
-            &mut self.store,
-            &options,
-            shutdown,
-        )
-        .await?;
-        self.record_changes(&report);
-        let summary = summarize(&plan, &report, shutdown)?;
-        self.record_revision(&loaded.revision)?;
-        Ok(summary)
+        if outcome.interrupted {
+            return Err(ReconcileError::Interrupted);
+        }
+        Ok(outcome.summary())
     }
 
-    /// Records in `state.json` that `revision` is fully applied (id, author, time, subject).
-    fn record_revision(&mut self, revision: &Revision) -> Result<(), ReconcileError> {
-        let applied = AppliedRevision {
-            id: revision.id.clone(),
-            author: revision.author.clone(),
-            time: revision.time,
-            subject: revision.subject.clone(),
-        };
-        let state = self.store.state();
-        if state.revision.as_deref() == Some(applied.id.as_str())
-            && state.revision_info.as_ref() == Some(&applied)
-        {
-            return Ok(());
-        }
-        self.store.update(|state| {
-            state.revision = Some(applied.id.clone());
-            state.revision_info = Some(applied);
-        })?;
-        Ok(())
-    }
-
-    fn record_changes(&self, report: &ApplyReport) {
-        for outcome in &report.outcomes {
-            let result = match &outcome.result {
-                crate::reconcile::apply::ChangeResult::Done { .. } => "success",
-                crate::reconcile::apply::ChangeResult::Failed { .. } => "error",
-                crate::reconcile::apply::ChangeResult::Skipped { .. } => "skipped",
+    /// Metrics and readiness right after a reconcile: drift, refusals, changes, pending
+    /// invitations (including the ones just sent).
+    fn record_outcome(&self, outcome: &crate::reconcile::Outcome) {
+        self.metrics.set_drift_from_plan(&outcome.plan);
+        self.metrics.set_refused_changes(outcome.refused_changes());
+        self.metrics
+            .set_pending_invitations(outcome.pending.count, outcome.pending.oldest);
+        let refused: Vec<&str> = outcome
+            .plan
+            .refusals
+            .iter()
+            .map(|r| r.message.as_str())
+            .collect();
+        self.health
+            .set_refused((!refused.is_empty()).then(|| refused.join("; ")).as_deref());
+        for change in outcome.report.iter().flat_map(|r| r.outcomes.iter()) {
+            let result = match &change.result {
+                ChangeResult::Done { .. } => "success",
+                ChangeResult::Failed { .. } => "error",
+                ChangeResult::Skipped { .. } => "skipped",
             };
             self.metrics.record_change(
-                crate::service::metrics::system_label(outcome.change.action.system()),
-                outcome.change.action.name(),
+                crate::service::metrics::system_label(change.change.action.system()),
+                change.change.action.name(),
                 result,
             );
         }
     }
-
-    /// Pending invitations of owned guests and the oldest one's age.
-    fn record_pending(&self, observed: &Observed, now: DateTime<Utc>) {
-        let state = self.store.state();
-        let owned: std::collections::HashSet<&str> = state
-            .users
-            .values()
-            .filter(|r| r.guest_owned)
-            .filter_map(|r| r.guest_id.as_deref())
-            .collect();
-        let pending: Vec<DateTime<Utc>> = observed
-            .guests
-            .iter()
-            .chain(observed.lookups.iter())
-            .filter(|g| g.is_pending() && owned.contains(g.id.as_str()))
-            .map(|g| {
-                g.external_user_state_change_date_time
-                    .or(g.created_date_time)
-                    .unwrap_or(now)
-            })
-            .collect();
-        let oldest = pending.iter().min().and_then(|t| (now - *t).to_std().ok());
-        self.metrics.set_pending_invitations(pending.len(), oldest);
-    }
-}
-
-fn summarize(
-    plan: &Plan,
-    report: &ApplyReport,
-    shutdown: &CancellationToken,
-) -> Result<String, ReconcileError> {
-    if report.failed() > 0 {
-        let first = report
-            .outcomes
-            .iter()
-            .find(|o| o.is_failed())
-            .map(|o| {
-                format!(
-                    "{} {}: {}",
-                    o.change.action.name(),
-                    o.change.email,
-                    o.detail()
-                )
-            })
-            .unwrap_or_default();
-        return Err(ReconcileError::ChangesFailed {
-            failed: report.failed(),
-            total: plan.changes.len(),
-            first,
-        });
-    }
-    if shutdown.is_cancelled() && !report.is_complete() {
-        return Err(ReconcileError::Interrupted);
-    }
-    Ok(format!("{} changes applied", report.succeeded()))
 }
 
 /// Runs `work`, pinging the watchdog meanwhile for at most `max_time`.
@@ -830,30 +692,5 @@ mod tests {
         assert_eq!(t.wake(true), now + Duration::from_secs(120));
         t.next_ping = Some(now + Duration::from_secs(5));
         assert_eq!(t.wake(true), now + Duration::from_secs(5));
-    }
-}
-
-/// Either source, chosen at start-up.
-#[derive(Debug)]
-pub enum AnySource {
-    /// `source.repo` at `source.branch`.
-    Git(GitSource),
-    /// `--desired FILE`.
-    File(FileSource),
-}
-
-impl DesiredSource for AnySource {
-    async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
-        match self {
-            AnySource::Git(git) => git.load().await,
-            AnySource::File(file) => file.load().await,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            AnySource::Git(git) => git.describe(),
-            AnySource::File(file) => file.describe(),
-        }
     }
 }

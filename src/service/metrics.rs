@@ -14,6 +14,7 @@
 //! | `guestops_desired_users` | gauge | — | users in the current desired state |
 //! | `guestops_drift` | gauge | `system` (`tenant`, `portal`, `state`), `kind` (the change kind, e.g. `invite`, `register`, `update-portal`, `unregister`) | changes the last plan found necessary |
 //! | `guestops_changes_total` | counter | `system`, `kind`, `result` (e.g. `success`, `error`) | changes executed against a system |
+//! | `guestops_refused_changes` | gauge | — | changes the last plan left out because policy refuses their user (`allowedDomains`) or the whole plan |
 //! | `guestops_pending_invitations` | gauge | — | invited guests that have not redeemed yet |
 //! | `guestops_pending_invitation_oldest_age_seconds` | gauge | — | age of the oldest pending invitation (0 when none) |
 //! | `guestops_last_success_timestamp_seconds` | gauge | — | unix time of the last successful reconcile (0 = never) |
@@ -123,6 +124,7 @@ struct Inner {
     /// a series does not vanish (and alerts resolve on 0, not on absence).
     drift_seen: std::sync::Mutex<Vec<DriftLabels>>,
     changes: Family<ChangeLabels, Counter>,
+    refused_changes: Gauge,
     pending_invitations: Gauge,
     pending_oldest_age: Gauge,
     last_success: Gauge,
@@ -197,6 +199,12 @@ impl Metrics {
             changes.clone(),
         );
 
+        let refused_changes = Gauge::default();
+        registry.register(
+            "guestops_refused_changes",
+            "Changes the last plan left out because policy refuses them",
+            refused_changes.clone(),
+        );
         let pending_invitations = Gauge::default();
         registry.register(
             "guestops_pending_invitations",
@@ -234,6 +242,7 @@ impl Metrics {
                 drift,
                 drift_seen: std::sync::Mutex::new(Vec::new()),
                 changes,
+                refused_changes,
                 pending_invitations,
                 pending_oldest_age,
                 last_success,
@@ -333,6 +342,11 @@ impl Metrics {
         self.inner
             .pending_oldest_age
             .set(saturating_i64(oldest_age.map_or(0, |age| age.as_secs())));
+    }
+
+    /// Sets the refused changes gauge.
+    pub fn set_refused_changes(&self, count: usize) {
+        self.inner.refused_changes.set(saturating_i64(count as u64));
     }
 
     /// Makes `revision` the only series of `guestops_revision_info`.

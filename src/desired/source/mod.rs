@@ -20,9 +20,11 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod any;
 mod git;
 mod watch;
 
+pub use any::{AnySource, DesiredSource, FileSource};
 pub use git::{GitSettings, GitSource, read_at};
 pub use watch::{FileChange, FileWatch, content_hash, read_file, watch_file};
 

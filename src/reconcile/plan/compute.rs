@@ -42,7 +42,9 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
-use super::{Action, Change, GuestOnRemoval, Notice, Observed, Plan, Policy, Refusal};
+use super::{
+    Action, Change, GuestOnRemoval, Notice, Observed, Plan, Policy, Refusal, RefusalScope,
+};
 use super::{MAX_RESENDS, REPLICATION_GRACE};
 use crate::desired::spec::{DesiredState, DesiredUser};
 use crate::reconcile::state::{State, UserRecord};
@@ -380,6 +382,7 @@ struct Builder {
     changes: BTreeMap<String, Vec<Change>>,
     notices: Vec<Notice>,
     user_refusals: Vec<Refusal>,
+    refused_changes: Vec<Change>,
     removed_users: usize,
 }
 
@@ -489,10 +492,16 @@ pub fn plan(
         plan_desired(
             &mut b, key, d, *record, tenant, &portal, desired, policy, now,
         );
-        if b.changes.get(*key).map_or(0, Vec::len) == before {
+        if let Some(refusal) = domain_refusal(d, policy) {
+            // Refused for this user only: the changes are shown, never made.
+            if let Some(mut refused) = b.changes.remove(*key) {
+                refused.sort_by_key(|c| action_rank(&c.action));
+                b.refused_changes.append(&mut refused);
+            }
+            b.user_refusals.push(refusal);
+        } else if b.changes.get(*key).map_or(0, Vec::len) == before {
             in_sync += 1;
         }
-        check_domain(&mut b, d, policy);
     }
 
     // Removals: owned users no longer in users.yaml, and expired users.
@@ -542,6 +551,7 @@ pub fn plan(
             .count();
         refusals.push(Refusal {
             code: "empty-desired".to_owned(),
+            scope: RefusalScope::Plan,
             email: None,
             message: format!(
                 "users.yaml lists no user while guestops owns {owned} user{}: applying would remove every one of them",
@@ -553,12 +563,13 @@ pub fn plan(
     if b.removed_users > policy.max_deletions && !policy.force {
         refusals.push(Refusal {
             code: "max-deletions".to_owned(),
+            scope: RefusalScope::Plan,
             email: None,
             message: format!(
                 "{} users would be removed, more than policy.maxDeletions ({})",
                 b.removed_users, policy.max_deletions
             ),
-            help: "review the removals below; if they are intended, run again with --force or raise policy.maxDeletions in the host configuration".to_owned(),
+            help: "review the removals listed with this plan; if they are intended, run again with --force or raise policy.maxDeletions in the host configuration".to_owned(),
         });
     }
     refusals.append(&mut b.user_refusals);
@@ -577,14 +588,16 @@ pub fn plan(
         desired_users: desired.users.len(),
         in_sync,
         changes,
+        refused_changes: b.refused_changes,
         refusals,
         notices,
     }
 }
 
-fn check_domain(b: &mut Builder, d: &DesiredUser, policy: &Policy) {
+/// The per-user refusal of a desired user whose domain `policy.allowedDomains` does not list.
+fn domain_refusal(d: &DesiredUser, policy: &Policy) -> Option<Refusal> {
     if policy.allowed_domains.is_empty() {
-        return;
+        return None;
     }
     let domain = d.email.domain();
     if policy
@@ -592,10 +605,11 @@ fn check_domain(b: &mut Builder, d: &DesiredUser, policy: &Policy) {
         .iter()
         .any(|a| a.trim().eq_ignore_ascii_case(domain))
     {
-        return;
+        return None;
     }
-    b.user_refusals.push(Refusal {
+    Some(Refusal {
         code: "domain-not-allowed".to_owned(),
+        scope: RefusalScope::User,
         email: Some(d.email.as_str().to_owned()),
         message: format!(
             "{}: domain {domain} is not in policy.allowedDomains ({})",
@@ -603,10 +617,10 @@ fn check_domain(b: &mut Builder, d: &DesiredUser, policy: &Policy) {
             policy.allowed_domains.join(", ")
         ),
         help: format!(
-            "remove {} from users.yaml, or add {domain} to policy.allowedDomains in the host configuration (--force does not override this)",
+            "remove {} from users.yaml, or add {domain} to policy.allowedDomains in the host configuration (--force does not override this); the other users are not affected",
             d.email
         ),
-    });
+    })
 }
 
 /// Changes for one active (desired, not expired) user.

@@ -20,8 +20,10 @@ mod render;
 
 pub use compute::{GuestIndex, plan};
 pub use render::{
-    GITHUB_COMMENT_LIMIT, MARKDOWN_BUDGET, PlanFormat, RenderOptions, Summary, render, render_with,
+    GITHUB_COMMENT_LIMIT, MARKDOWN_BUDGET, PLAN_JSON_VERSION, PlanFormat, PlanRevision,
+    RenderOptions, Summary, render, render_with,
 };
+pub(crate) use render::{JsonPlan, json_document};
 
 /// How long a guest that guestops invited may stay invisible to reads (Entra replication
 /// delay) before it is considered gone and invited again.
@@ -228,11 +230,27 @@ pub struct Change {
     pub reason: Option<String>,
 }
 
-/// A policy refusal: the whole plan is refused (exit 3) and nothing is written.
+/// What a refusal stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusalScope {
+    /// The whole plan: nothing is written (the mass-removal guards).
+    #[default]
+    Plan,
+    /// One user: that user's changes are not made ([`Plan::refused_changes`]); the other
+    /// users proceed (`allowedDomains`).
+    User,
+}
+
+/// A policy refusal (exit 3). A plan-wide one stops every change; a per-user one only that
+/// user's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     /// Stable code: `max-deletions`, `empty-desired` or `domain-not-allowed`.
     pub code: String,
+    /// What the refusal stops.
+    #[serde(default)]
+    pub scope: RefusalScope,
     /// The user concerned, if one.
     pub email: Option<String>,
     /// What is refused and why.
@@ -263,7 +281,11 @@ pub struct Plan {
     pub in_sync: usize,
     /// Changes, grouped by user (sorted by key), tenant before portal within a user.
     pub changes: Vec<Change>,
-    /// Policy refusals; non-empty means nothing is applied.
+    /// Changes of users refused by policy one by one (per-user [`Refusal`]s): shown for review,
+    /// never made. Same order as `changes`.
+    #[serde(default)]
+    pub refused_changes: Vec<Change>,
+    /// Policy refusals: plan-wide ones first (then nothing is applied), then per-user ones.
     pub refusals: Vec<Refusal>,
     /// Informational notices.
     pub notices: Vec<Notice>,
@@ -275,8 +297,13 @@ impl Plan {
         self.changes.is_empty()
     }
 
-    /// Whether policy refuses this plan.
+    /// Whether policy refuses the whole plan (nothing is applied).
     pub fn is_refused(&self) -> bool {
+        self.refusals.iter().any(|r| r.scope == RefusalScope::Plan)
+    }
+
+    /// Whether policy refuses anything: the whole plan or some users (exit 3).
+    pub fn has_refusals(&self) -> bool {
         !self.refusals.is_empty()
     }
 

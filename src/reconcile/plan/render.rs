@@ -34,12 +34,38 @@ pub enum PlanFormat {
     Json,
 }
 
+/// The revision of `users.yaml` a plan was computed for, as its renderings name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanRevision {
+    /// Commit id, or `sha256:<hex>` of a plain file's content.
+    pub id: String,
+    /// The abbreviated id shown to people.
+    pub short: String,
+    /// The branch followed, when the revision came from git.
+    pub branch: Option<String>,
+    /// The commit's first line (for a plain file: its path).
+    pub subject: Option<String>,
+}
+
+impl PlanRevision {
+    /// `Revision 1a2b3c4 on main: Add Ana` (text and Markdown mark the parts up differently).
+    fn describe(&self, id: impl Fn(&str) -> String, text: impl Fn(&str) -> String) -> String {
+        let mut s = format!("Revision {}", id(&self.short));
+        if let Some(branch) = &self.branch {
+            let _ = write!(s, " on {}", id(branch));
+        }
+        if let Some(subject) = self.subject.as_deref().filter(|t| !t.is_empty()) {
+            let _ = write!(s, ": {}", text(subject));
+        }
+        s
+    }
+}
+
 /// Context for a rendering beyond the plan itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderOptions {
-    /// The revision of `users.yaml` the plan was computed for (commit id or content hash);
-    /// shown in the Markdown heading and in the JSON `revision` field.
-    pub revision: Option<String>,
+    /// The revision of `users.yaml` the plan was computed for; named in every format.
+    pub revision: Option<PlanRevision>,
     /// ANSI colours (text format only); set it only when the output is a terminal.
     pub color: bool,
 }
@@ -68,8 +94,10 @@ pub struct Summary {
     pub remove: usize,
     /// `release-guest` changes.
     pub release: usize,
-    /// Policy refusals.
+    /// Policy refusals (plan-wide and per-user).
     pub refusals: usize,
+    /// Changes not made because their user is refused by policy.
+    pub refused_changes: usize,
     /// Notices.
     pub notices: usize,
     /// Whether policy refuses the plan (nothing will be applied).
@@ -84,6 +112,7 @@ impl Summary {
             in_sync: plan.in_sync,
             changes: plan.changes.len(),
             refusals: plan.refusals.len(),
+            refused_changes: plan.refused_changes.len(),
             notices: plan.notices.len(),
             refused: plan.is_refused(),
             ..Summary::default()
@@ -159,14 +188,14 @@ pub fn render_with(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     match format {
-        PlanFormat::Text => out.write_all(text(plan, options.color).as_bytes()),
-        PlanFormat::Markdown => {
-            out.write_all(markdown(plan, options.revision.as_deref()).as_bytes())
+        PlanFormat::Text => {
+            out.write_all(text(plan, options.revision.as_ref(), options.color).as_bytes())
         }
+        PlanFormat::Markdown => out.write_all(markdown(plan, options.revision.as_ref()).as_bytes()),
         PlanFormat::Json => {
             serde_json::to_writer_pretty(
                 &mut *out,
-                &json_document(plan, options.revision.as_deref()),
+                &json_document(plan, options.revision.as_ref()),
             )
             .map_err(io::Error::other)?;
             out.write_all(b"\n")
@@ -327,9 +356,13 @@ fn change_line(c: &Change) -> String {
     line
 }
 
-fn text(plan: &Plan, color: bool) -> String {
+fn text(plan: &Plan, revision: Option<&PlanRevision>, color: bool) -> String {
     let summary = Summary::of(plan);
     let mut out = String::new();
+    if let Some(revision) = revision {
+        out.push_str(&revision.describe(|s| clean(s).into_owned(), |s| clean(s).into_owned()));
+        out.push('\n');
+    }
     out.push_str(&summary.line());
     out.push('\n');
     if !plan.changes.is_empty() {
@@ -344,6 +377,21 @@ fn text(plan: &Plan, color: bool) -> String {
         out.push_str(&paint(&change_line(c), colour, color));
         out.push('\n');
     }
+    if !plan.refused_changes.is_empty() {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(
+                "Refused by policy (these changes are not made; the others are):",
+                BOLD_RED,
+                color
+            )
+        );
+        for c in &plan.refused_changes {
+            let _ = writeln!(out, "  {}", change_line(c));
+        }
+    }
     if !plan.refusals.is_empty() {
         out.push('\n');
         for r in &plan.refusals {
@@ -356,15 +404,17 @@ fn text(plan: &Plan, color: bool) -> String {
                 clean(&r.help)
             );
         }
-        let _ = writeln!(
-            out,
-            "{}",
-            paint(
-                "Refused by policy: nothing will be applied.",
-                BOLD_RED,
-                color
-            )
-        );
+        if plan.is_refused() {
+            let _ = writeln!(
+                out,
+                "{}",
+                paint(
+                    "Refused by policy: nothing will be applied.",
+                    BOLD_RED,
+                    color
+                )
+            );
+        }
     }
     if !plan.notices.is_empty() {
         out.push('\n');
@@ -424,7 +474,7 @@ fn push_limited<T>(
     }
 }
 
-fn markdown(plan: &Plan, revision: Option<&str>) -> String {
+fn markdown(plan: &Plan, revision: Option<&PlanRevision>) -> String {
     let summary = Summary::of(plan);
     let mut out = String::with_capacity(4096);
     out.push_str("## guestops plan\n\n");
@@ -432,8 +482,8 @@ fn markdown(plan: &Plan, revision: Option<&str>) -> String {
         Some(rev) => {
             let _ = writeln!(
                 out,
-                "Revision {} · generated {}\n",
-                code(rev),
+                "{} · generated {}\n",
+                rev.describe(code, md_text),
                 plan.generated_at.to_rfc3339_opts(SecondsFormat::Secs, true)
             );
         }
@@ -448,6 +498,8 @@ fn markdown(plan: &Plan, revision: Option<&str>) -> String {
     let _ = writeln!(out, "**{}**\n", summary.line());
     if plan.is_refused() {
         out.push_str("> [!CAUTION]\n> Refused by policy: nothing will be applied until the refusals below are resolved.\n\n");
+    } else if plan.has_refusals() {
+        out.push_str("> [!WARNING]\n> Refused by policy for some users: their changes are not made until the refusals below are resolved; the other changes are.\n\n");
     }
 
     out.push_str("| action | count |\n|---|---:|\n");
@@ -472,6 +524,21 @@ fn markdown(plan: &Plan, revision: Option<&str>) -> String {
         );
         let end = MARKDOWN_BUDGET.saturating_sub(6_000).max(out.len() + 1_000);
         push_limited(&mut out, &plan.changes, markdown_change_row, end, "changes");
+        out.push('\n');
+    }
+
+    if !plan.refused_changes.is_empty() {
+        out.push_str(
+            "### Refused changes (not made)\n\n|  | user | action | details | reason |\n|---|---|---|---|---|\n",
+        );
+        let end = MARKDOWN_BUDGET.saturating_sub(3_000).max(out.len() + 1_000);
+        push_limited(
+            &mut out,
+            &plan.refused_changes,
+            markdown_change_row,
+            end,
+            "refused changes",
+        );
         out.push('\n');
     }
 
@@ -503,12 +570,15 @@ struct JsonChange<'a> {
 /// The JSON document (`docs/plan-json.md`).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct JsonPlan<'a> {
+pub(crate) struct JsonPlan<'a> {
     version: u32,
     generated_at: String,
     revision: Option<&'a str>,
+    branch: Option<&'a str>,
+    subject: Option<&'a str>,
     summary: Summary,
     changes: Vec<JsonChange<'a>>,
+    refused_changes: Vec<JsonChange<'a>>,
     refusals: &'a [Refusal],
     notices: &'a [Notice],
 }
@@ -553,24 +623,34 @@ fn json_details(action: &Action) -> Value {
     }
 }
 
-fn json_document<'a>(plan: &'a Plan, revision: Option<&'a str>) -> JsonPlan<'a> {
+/// The version of the JSON schema (`docs/plan-json.md`).
+pub const PLAN_JSON_VERSION: u32 = 2;
+
+fn json_change(c: &Change) -> JsonChange<'_> {
+    JsonChange {
+        user: &c.email,
+        key: &c.key,
+        system: c.action.system(),
+        action: c.action.name(),
+        details: json_details(&c.action),
+        reason: c.reason.as_deref(),
+    }
+}
+
+/// The JSON document of `plan` (`docs/plan-json.md`), for embedding in a larger document.
+pub(crate) fn json_document<'a>(
+    plan: &'a Plan,
+    revision: Option<&'a PlanRevision>,
+) -> JsonPlan<'a> {
     JsonPlan {
-        version: 1,
+        version: PLAN_JSON_VERSION,
         generated_at: plan.generated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        revision,
+        revision: revision.map(|r| r.id.as_str()),
+        branch: revision.and_then(|r| r.branch.as_deref()),
+        subject: revision.and_then(|r| r.subject.as_deref()),
         summary: Summary::of(plan),
-        changes: plan
-            .changes
-            .iter()
-            .map(|c| JsonChange {
-                user: &c.email,
-                key: &c.key,
-                system: c.action.system(),
-                action: c.action.name(),
-                details: json_details(&c.action),
-                reason: c.reason.as_deref(),
-            })
-            .collect(),
+        changes: plan.changes.iter().map(json_change).collect(),
+        refused_changes: plan.refused_changes.iter().map(json_change).collect(),
         refusals: &plan.refusals,
         notices: &plan.notices,
     }

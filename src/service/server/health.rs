@@ -55,6 +55,9 @@ pub struct Readiness {
     pub last_error: Option<String>,
     /// A newer revision that could not be loaded because it is invalid.
     pub invalid_revision: Option<InvalidRevision>,
+    /// What policy refused in the last reconcile (a per-user refusal still counts as a
+    /// success), if anything.
+    pub refused: Option<String>,
     /// How long reconciles may fail before the daemon is not ready, in seconds.
     pub ready_threshold_seconds: u64,
 }
@@ -67,6 +70,7 @@ struct HealthState {
     last_failure: Option<DateTime<Utc>>,
     last_error: Option<String>,
     invalid_revision: Option<InvalidRevision>,
+    refused: Option<String>,
 }
 
 /// What the daemon tells `/readyz`. `Clone` shares the state.
@@ -142,6 +146,11 @@ impl Health {
     }
 
     /// Readiness now (by the clock given at construction).
+    /// What policy refused in the last successful reconcile (`None`: nothing).
+    pub fn set_refused(&self, refused: Option<&str>) {
+        self.write().refused = refused.map(truncate);
+    }
+
     pub fn readiness(&self) -> Readiness {
         self.readiness_at((self.clock)())
     }
@@ -172,6 +181,7 @@ impl Health {
             last_failure: state.last_failure,
             last_error: state.last_error.clone(),
             invalid_revision: state.invalid_revision.clone(),
+            refused: state.refused.clone(),
             ready_threshold_seconds: self.ready_threshold.as_secs(),
         }
     }

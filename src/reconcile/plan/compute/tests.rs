@@ -772,8 +772,60 @@ fn domain_outside_allowed_domains_is_refused_even_forced() {
     assert_eq!(refusal_codes(&p), vec!["domain-not-allowed"]);
     assert_eq!(p.refusals[0].email.as_deref(), Some("eve@evil.example"));
     assert!(p.refusals[0].help.contains("allowedDomains"));
-    // The refused changes stay visible to the reviewer.
-    assert!(actions(&p).contains(&("eve@evil.example".to_owned(), "invite")));
+    assert_eq!(
+        p.refusals[0].scope,
+        crate::reconcile::plan::RefusalScope::User
+    );
+    // Refused for Eve only: her changes are shown to the reviewer but never made; Ana proceeds.
+    assert!(!actions(&p).iter().any(|(e, _)| e == "eve@evil.example"));
+    assert!(
+        p.refused_changes
+            .iter()
+            .any(|c| c.key == "eve@evil.example" && c.action.name() == "invite")
+    );
+    assert!(
+        actions(&p)
+            .iter()
+            .any(|(e, a)| e.starts_with("ana") && *a == "invite")
+    );
+    assert!(!p.is_refused());
+    assert!(p.has_refusals());
+}
+
+#[test]
+fn a_refused_user_in_sync_is_still_reported_and_not_counted_in_sync() {
+    let d = desired(vec![user("eve@evil.example", "Eve", Role::Administrator)]);
+    let policy = Policy {
+        allowed_domains: vec!["partner.example".to_owned()],
+        ..Policy::default()
+    };
+    // Eve is fully in place already (owned guest, owned portal admin): nothing to change.
+    let o = observed(
+        vec![guest("g-eve", "eve@evil.example")],
+        vec![portal_user(
+            "p-eve",
+            "eve@evil.example",
+            "Eve",
+            Some(Role::Administrator),
+        )],
+    );
+    let s = state(vec![owned(
+        "eve@evil.example",
+        Some("g-eve"),
+        Some("p-eve"),
+    )]);
+    let without_policy = plan(&d, &o, &s, &Policy::default(), now());
+    assert!(
+        without_policy.changes.is_empty(),
+        "{:?}",
+        without_policy.changes
+    );
+    assert_eq!(without_policy.in_sync, 1);
+
+    let p = plan(&d, &o, &s, &policy, now());
+    assert_eq!(refusal_codes(&p), vec!["domain-not-allowed"]);
+    assert!(p.changes.is_empty() && p.refused_changes.is_empty());
+    assert_eq!(p.in_sync, 0);
 }
 
 #[test]
