@@ -13,10 +13,12 @@ Exit codes:
   0  success (validate: the file is valid; plan: no error; apply: every change done)
   1  error: invalid users.yaml or config, a failed read, or a change that failed
   2  changes pending (plan --detailed-exitcode only, as Terraform)
-  3  refused by policy (allowedDomains, maxDeletions, empty desired state): nothing was written
+  3  refused by policy: the refused changes were not made (allowedDomains refuses one user's
+     changes, the others proceed; maxDeletions and an empty desired state stop the whole plan)
 
 Environment:
-  RUST_LOG            log filter, e.g. guestops=debug (logs go to stderr)
+  RUST_LOG            log filter, e.g. guestops=debug (logs go to stderr; default: info for
+                      `run`, which says what it changed, warn for the other commands)
   GUESTOPS_*          overrides of every config key (see docs/config.md)";
 
 /// guestops: the external administrators of a Power Embedded organization, declared in git.
@@ -56,7 +58,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // A daemon says what it did at its default level; a one-shot command prints its result.
+    init_tracing(if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Validate(args) => cli::validate::run(args),
         Command::Plan(args) => cli::runtime().and_then(|rt| rt.block_on(cli::plan::run(args))),
@@ -78,11 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings). No timestamps when journald
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_filter`). No timestamps when journald
 /// adds its own; no colour unless stderr is a terminal.
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

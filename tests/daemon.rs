@@ -905,3 +905,40 @@ async fn run_with_desired_file_applies_edits_of_the_file() {
     let (code, log) = guestops.terminate().await;
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// A plan read from the git source names its commit, branch and subject in every format, and
+/// works (read-only, a snapshot of the state) while a daemon holds the state lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_from_git_names_the_commit_and_runs_beside_the_daemon() {
+    let repo = Repo::new();
+    let commit = repo.commit(&users_yaml(&[ANA]), "add ana");
+    let setup = Setup::new(&repo).await;
+    let guestops = setup.start(None);
+    wait_for("ana registered", &guestops, || async {
+        setup.registered(ANA.0).then_some(())
+    })
+    .await;
+    let second = repo.commit(&users_yaml(&[ANA, BOB]), "add bob");
+    let config = setup.config.display().to_string();
+
+    let json = support::guestops(&["plan", "--config", &config, "--format", "json"]).await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON document");
+    assert_eq!(doc["revision"], second.as_str(), "{doc}");
+    assert_eq!(doc["branch"], "main");
+    assert_eq!(doc["subject"], "add bob");
+    assert_ne!(second, commit);
+
+    for format in ["text", "markdown"] {
+        let run = support::guestops(&["plan", "--config", &config, "--format", format]).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stdout.contains(&second[..7]) && run.stdout.contains("main"),
+            "{format} names the commit and the branch:\n{}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("add bob"), "{}", run.stdout);
+    }
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -369,3 +369,85 @@ async fn restart_after_sigterm_converges_without_duplicates_and_is_ready_again()
     );
     assert_eq!(messages.last().map(String::as_str), Some("STOPPING=1"));
 }
+
+/// A user outside `policy.allowedDomains` is refused alone: the daemon invites and registers
+/// the others, counts the refused changes, stays ready (a successful reconcile, not a failure
+/// or an invalid revision), says at its default log level what it changed and how long the
+/// reconcile took, and counts the invitation it just sent as pending at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disallowed_user_is_refused_alone_and_the_daemon_says_what_it_did() {
+    const EVE: (&str, &str) = ("eve@elsewhere.example", "Eve");
+    let repo = Repo::new();
+    repo.commit(&users_yaml(&[ANA, EVE]), "add ana and eve");
+    let setup = Setup::new(&repo, false).await;
+    let text = std::fs::read_to_string(&setup.config).expect("config");
+    assert!(text.contains("allowedDomains: []"), "{text}");
+    std::fs::write(
+        &setup.config,
+        text.replace("allowedDomains: []", "allowedDomains: [partner.example]"),
+    )
+    .expect("config");
+    let guestops = Guestops::spawn(
+        &setup.config,
+        setup.listen,
+        &[],
+        &[
+            (CREDENTIALS_DIRECTORY, setup.credentials.as_os_str()),
+            ("RUST_LOG", "".as_ref()),
+        ],
+    );
+    wait_for("ana invited and registered", &guestops, || async {
+        (setup.invitations(ANA.0) == 1 && setup.registered(ANA.0)).then_some(())
+    })
+    .await;
+    let metrics = wait_for("a successful reconcile counted", &guestops, || async {
+        let text = reqwest::get(guestops.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let samples = parse_exposition(&text);
+        sample(&samples, "guestops_reconciles_total{result=\"success\"}")
+            .filter(|n| *n >= 1.0)
+            .map(|_| samples)
+    })
+    .await;
+    assert_eq!(setup.invitations(EVE.0), 0, "{}", guestops.log());
+    assert!(!setup.registered(EVE.0));
+    assert_eq!(
+        sample(&metrics, "guestops_refused_changes"),
+        Some(2.0),
+        "eve's invite and register are refused"
+    );
+    assert_eq!(
+        sample(&metrics, "guestops_pending_invitations"),
+        Some(1.0),
+        "ana's invitation is pending right after the reconcile that sent it"
+    );
+    assert_eq!(
+        sample(&metrics, "guestops_reconciles_total{result=\"refused\"}"),
+        Some(0.0)
+    );
+    let ready = reqwest::get(guestops.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    let body: serde_json::Value = ready.json().await.expect("readyz JSON");
+    assert!(
+        body["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains(EVE.0) && r.contains("allowedDomains")),
+        "{body}"
+    );
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!("invite {}: done", ANA.0))
+            && log.contains(&format!("register {}: done", ANA.0)),
+        "each applied change is logged at the default level:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reconciled:") && l.contains("duration_ms=")),
+        "the reconcile line has its duration:\n{log}"
+    );
+}

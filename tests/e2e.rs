@@ -819,6 +819,41 @@ fn plan_json_is_one_document_listing_the_changes() {
 }
 
 #[test]
+fn apply_json_is_one_document_with_the_result_of_every_change() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 20, 30);
+    h.write_users(&[("ana.silva@partner.example", "Ana Silva", "administrator")]);
+    let run = h.apply(&["--format", "json"]);
+    run.expect_code(0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&run.stdout).expect("stdout is exactly one JSON document");
+    assert_eq!(doc["version"], 2);
+    let planned = doc["changes"].as_array().expect("changes").len();
+    let results = doc["applied"]["results"]
+        .as_array()
+        .expect("applied.results");
+    assert_eq!(results.len(), planned, "one result per change: {doc}");
+    assert!(planned >= 2, "{doc}");
+    for r in results {
+        assert_eq!(r["result"], "done", "{r}");
+        assert_eq!(r["user"], "ana.silva@partner.example");
+    }
+    assert_eq!(doc["applied"]["done"], planned);
+    assert_eq!(doc["applied"]["failed"], 0);
+    assert!(
+        doc["revision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:"))
+    );
+
+    // Nothing left to do: the document says nothing was applied.
+    let again = h.apply(&["--format", "json"]);
+    again.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&again.stdout).expect("one document");
+    assert!(doc["applied"].is_null(), "{doc}");
+}
+
+#[test]
 fn a_second_instance_is_refused_while_one_applies() {
     let h = Harness::new();
     {

@@ -540,19 +540,35 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
         }
 
         let step = self.execute(change).await;
-        let (result_name, detail) = match &step.result {
-            ChangeResult::Done { detail, .. } => ("ok", detail.as_deref()),
-            ChangeResult::Failed { error } => ("failed", Some(error.as_str())),
-            ChangeResult::Skipped { why } => ("skipped", Some(why.as_str())),
-        };
-        tracing::info!(
-            user = %change.email,
-            action = change.action.name(),
-            result = result_name,
-            "change executed"
-        );
-        if let Some(detail) = detail {
-            tracing::debug!(user = %change.email, action = change.action.name(), detail);
+        // One line per change, at the daemon's default level.
+        let (action, user) = (change.action.name(), change.email.as_str());
+        match &step.result {
+            ChangeResult::Done { detail, .. } => tracing::info!(
+                user,
+                action,
+                result = "done",
+                "{action} {user}: done{}",
+                detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+            ChangeResult::Failed { error } => {
+                tracing::warn!(
+                    user,
+                    action,
+                    result = "failed",
+                    "{action} {user} failed: {error}"
+                )
+            }
+            ChangeResult::Skipped { why } => {
+                tracing::info!(
+                    user,
+                    action,
+                    result = "skipped",
+                    "{action} {user} skipped: {why}"
+                )
+            }
         }
 
         let now = (self.opts.clock)();

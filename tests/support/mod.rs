@@ -356,7 +356,8 @@ pub fn free_port() -> std::net::SocketAddr {
 
 impl Guestops {
     /// Starts `guestops run --config config` plus `args`, logging to a file next to the
-    /// config, with `RUST_LOG=guestops=info`, no `GUESTOPS_*` variable and no systemd
+    /// config, with `RUST_LOG=guestops=info` (none at all when `envs` sets `RUST_LOG` to the
+    /// empty string: the daemon's default level), no `GUESTOPS_*` variable and no systemd
     /// variable of the test process, then `envs`.
     pub fn spawn(
         config: &Path,
@@ -392,7 +393,11 @@ impl Guestops {
             }
         }
         for (name, value) in envs {
-            command.env(name, value);
+            if *name == "RUST_LOG" && value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
         }
         let child = command.spawn().expect("guestops starts");
         Guestops {
