@@ -11,7 +11,8 @@ mod cli;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (validate: the file is valid; plan: no error; apply: every change done)
-  1  error: invalid users.yaml or config, a failed read, or a change that failed
+  1  error: invalid users.yaml or config, a failed read, a change that failed, or a usage
+     error (an unknown command or option)
   2  changes pending (plan --detailed-exitcode only, as Terraform)
   3  refused by policy: the refused changes were not made (allowedDomains refuses one user's
      changes, the others proceed; maxDeletions and an empty desired state stop the whole plan)
@@ -57,7 +58,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage(&err),
+    };
     // A daemon says what it did at its default level; a one-shot command prints its result.
     init_tracing(if matches!(cli.command, Command::Run(_)) {
         "info"
@@ -77,12 +81,41 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(status) => status.into(),
+        // The reader of stdout went away (`guestops plan | head`): nobody is left to tell.
+        Err(err) if is_broken_pipe(&err) => cli::Status::Success.into(),
         Err(err) => {
             let mut stderr = std::io::stderr().lock();
             let _ = writeln!(stderr, "error: {err:#}");
             cli::Status::Error.into()
         }
     }
+}
+
+/// Prints what clap has to say: `--help` and `--version` on stdout with exit 0, a usage error
+/// on stderr with exit 1 (2 means "changes pending").
+fn usage(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Nothing to do when the stream is closed (`guestops --help | head -1`).
+    let _ = err.print();
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => cli::Status::Success.into(),
+        _ => cli::Status::Error.into(),
+    }
+}
+
+/// Whether `err` comes from writing to a closed pipe, anywhere in its chain of causes.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>();
+        // An I/O error of a JSON writer wrapped as `io::Error::other(serde_json::Error)`.
+        let wrapped_json = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<serde_json::Error>())
+            .or_else(|| cause.downcast_ref::<serde_json::Error>());
+        io.is_some_and(|io| io.kind() == BrokenPipe)
+            || wrapped_json.is_some_and(|json| json.io_error_kind() == Some(BrokenPipe))
+    })
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default_filter`). No timestamps when journald

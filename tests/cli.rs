@@ -427,3 +427,250 @@ fn demo_converges_and_ends_with_an_empty_plan() {
         "no colour when stdout is not a terminal"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exit codes of usage errors, closed pipes
+
+/// Usage errors exit 1, never 2 (which means "changes pending") nor 0; `--help` and
+/// `--version` exit 0 and print to stdout.
+#[test]
+fn usage_errors_exit_1_and_help_and_version_exit_0() {
+    let dir = tempdir();
+    for args in [
+        &["plan", "--detailed-exitcod"][..],
+        &["aplly"][..],
+        &[][..],
+        &["validate", "--no-such-flag"][..],
+        &["diff", "--from", "HEAD"][..],
+    ] {
+        let run = run_in(dir.path(), args);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains("Usage:"),
+            "`guestops {}` explains the usage on stderr:\n{}",
+            args.join(" "),
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    let run = run_in(dir.path(), &["plan", "--detailed-exitcod"]);
+    assert!(run.stderr.contains("--detailed-exitcode"), "{}", run.stderr);
+
+    let version = run_in(dir.path(), &["--version"]);
+    version.expect_code(0);
+    assert!(
+        version.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        version.stdout
+    );
+    assert!(version.stderr.is_empty(), "{}", version.stderr);
+    for args in [
+        &["--help"][..],
+        &["plan", "--help"][..],
+        &["help", "apply"][..],
+    ] {
+        let help = run_in(dir.path(), args);
+        help.expect_code(0);
+        assert!(help.stdout.contains("Usage:"), "{}", help.stdout);
+        assert!(help.stderr.is_empty(), "{}", help.stderr);
+    }
+}
+
+/// A users.yaml with `n` users, each with a misspelled key: one diagnostic per user.
+fn many_problems(n: usize) -> String {
+    let mut yaml = String::from("apiVersion: guestops/v1\nusers:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - email: user{i}@partner.example\n    nmae: User {i}\n"
+        ));
+    }
+    yaml
+}
+
+/// `guestops … | head`: the reader goes away after a few bytes; guestops ends quietly with
+/// exit 0 instead of "error: Broken pipe" and exit 1.
+#[test]
+fn a_closed_stdout_ends_quietly_with_exit_0() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+
+    let dir = tempdir();
+    std::fs::write(dir.path().join("users.yaml"), many_problems(4000)).expect("write");
+    for format in ["json", "human", "github"] {
+        // The whole output is far larger than a pipe buffer (64 KiB), so guestops is still
+        // writing when the reader goes away.
+        let full = run_in(dir.path(), &["validate", "--format", format, "users.yaml"]);
+        full.expect_code(1);
+        assert!(
+            full.stdout.len() > 256 * 1024,
+            "--format {format} writes {} bytes",
+            full.stdout.len()
+        );
+
+        let mut child = common::guestops_std(dir.path())
+            .current_dir(dir.path())
+            .args(["validate", "--format", format, "users.yaml"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("guestops starts");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).expect("guestops writes");
+        drop(stdout);
+        let output = child.wait_with_output().expect("guestops ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "--format {format}: exit 0 on a closed stdout; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.is_empty(),
+            "--format {format}: quiet, got:\n{stderr}"
+        );
+    }
+}
+
+/// `validate` takes `-c` like the other commands that read the config.
+#[test]
+fn validate_takes_the_config_with_c() {
+    let dir = tempdir();
+    let mut config = guestops::config::Config::for_simulator(
+        &url::Url::parse("http://127.0.0.1:9/").expect("url"),
+        &dir.path().join("state"),
+    );
+    config.policy.allowed_domains = vec!["partner.example".into()];
+    std::fs::write(dir.path().join("config.yaml"), config.to_yaml()).expect("write");
+    let example = repo_file("examples/users.yaml").display().to_string();
+    let without = run_in(dir.path(), &["validate", &example]);
+    without.expect_code(0);
+    let run = run_in(dir.path(), &["validate", "-c", "config.yaml", &example]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("vendor.example"), "{}", run.stdout);
+    let help = run_in(dir.path(), &["validate", "--help"]);
+    assert!(help.stdout.contains("-c, --config"), "{}", help.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booleans, the instance lock
+
+#[test]
+fn a_boolean_spelled_yes_on_or_true_capitalised_is_refused_at_its_line() {
+    let dir = tempdir();
+    let good = sim_config(dir.path());
+    let line = good
+        .lines()
+        .position(|l| l == "  prune: false")
+        .expect("the rendered config has prune")
+        + 1;
+    for spelling in ["yes", "y", "on", "True", "no", "off", "FALSE"] {
+        let config = good.replace("  prune: false", &format!("  prune: {spelling}"));
+        assert_config_refused(&config, "policy.prune");
+        std::fs::write(dir.path().join("config.yaml"), &config).expect("write");
+        let example = repo_file("examples/users.yaml").display().to_string();
+        let run = run_in(dir.path(), &["validate", "-c", "config.yaml", &example]);
+        assert!(
+            run.stderr.contains(&format!(
+                "line {line}, column 10: policy.prune: expected true or false, got `{spelling}`"
+            )),
+            "`prune: {spelling}` is refused at line {line}:\n{}",
+            run.stderr
+        );
+    }
+    for spelling in ["true", "false"] {
+        let config = good.replace("  prune: false", &format!("  prune: {spelling}"));
+        std::fs::write(dir.path().join("config.yaml"), &config).expect("write");
+        let example = repo_file("examples/users.yaml").display().to_string();
+        run_in(dir.path(), &["validate", "-c", "config.yaml", &example]).expect_code(0);
+    }
+}
+
+#[test]
+fn a_held_state_dir_names_the_holder_and_suggests_no_other_state_dir() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("config.yaml"), sim_config(dir.path())).expect("write");
+    let held = guestops::reconcile::state::StateStore::open(&dir.path().join("state"))
+        .expect("the test takes the lock");
+    let example = repo_file("examples/users.yaml").display().to_string();
+    let run = run_in(
+        dir.path(),
+        &["apply", "--config", "config.yaml", "--desired", &example],
+    );
+    run.expect_code(1);
+    let error = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("an error line:\n{}", run.stderr));
+    assert!(
+        error.contains(&format!("pid {}", std::process::id())),
+        "the holder (this test) is named: {error}"
+    );
+    assert!(error.contains("started "), "{error}");
+    assert!(!error.contains("state.dir"), "{error}");
+    assert!(!error.contains("another state"), "{error}");
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relative paths of the config file
+
+/// `state.dir: ./guestops-state` (what `guestops sim` prints) and relative secret files mean
+/// the folder of the config file, wherever guestops runs; a missing state is warned about.
+#[test]
+fn relative_paths_of_the_config_resolve_against_its_folder_wherever_guestops_runs() {
+    use guestops::config::SecretSource;
+
+    let mut h = common::Harness::new();
+    h.configure(|c| {
+        c.state.dir = PathBuf::from("./guestops-state");
+        c.tenant.client_secret = SecretSource::File(PathBuf::from("graph-secret"));
+        c.portal.api_key = SecretSource::File(PathBuf::from("./portal-api-key"));
+    });
+    let config = std::fs::read_to_string(h.config_path()).expect("config written");
+    assert!(config.contains("dir: \"./guestops-state\""), "{config}");
+    h.write_users(&[("ana@partner.example", "Ana Silva", "administrator")]);
+    let state_dir = h.dir.path().join("guestops-state");
+    let elsewhere = tempdir();
+    let run = |cwd: &Path, sub: &str, extra: &[&str]| {
+        Run::from(
+            guestops(cwd)
+                .current_dir(cwd)
+                .arg(sub)
+                .arg("--config")
+                .arg(h.config_path())
+                .arg("--desired")
+                .arg(h.users_path())
+                .args(extra)
+                .output()
+                .expect("guestops runs"),
+        )
+    };
+
+    let first = run(elsewhere.path(), "plan", &[]);
+    first.expect_code(0);
+    let warning = format!("warning: no state.json in {} yet", state_dir.display());
+    assert!(first.stderr.contains(&warning), "{}", first.stderr);
+
+    // Applied from the config's folder, planned from another one: the same state.
+    run(h.dir.path(), "apply", &[]).expect_code(0);
+    assert!(state_dir.join("state.json").is_file());
+    let plan = run(elsewhere.path(), "plan", &["--detailed-exitcode"]);
+    plan.expect_code(0);
+    assert!(
+        plan.stdout.lines().any(|l| l.starts_with("No changes")),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stderr.contains("warning"), "{}", plan.stderr);
+    let status = run(elsewhere.path(), "status", &[]);
+    status.expect_code(0);
+    assert!(!status.stderr.contains("warning"), "{}", status.stderr);
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).expect("list").count(),
+        0,
+        "nothing is written in the working directory"
+    );
+}

@@ -838,3 +838,147 @@ fn an_oversized_config_file_is_refused() {
     assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("big.yaml"), "{err}");
 }
+
+// ---- relative paths and booleans --------------------------------------------------------
+
+/// A config file in `dir` with every path relative, loaded with `env` and the process's
+/// working directory.
+const RELATIVE_PATHS: &str = "\
+source:
+  repo: ../admins
+  credentialFile: secrets/git-token
+tenant:
+  tenantId: contoso.onmicrosoft.com
+  clientId: 11111111-2222-3333-4444-555555555555
+  credential: { kind: clientSecret, secretFile: secrets/graph-secret }
+portal:
+  apiKeyFile: ./secrets/portal-api-key
+state:
+  dir: ./guestops-state
+server:
+  webhookSecretFile: secrets/webhook-secret
+";
+
+#[test]
+fn relative_paths_in_the_file_resolve_against_its_folder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir(&etc).expect("mkdir");
+    let path = write(&etc, "config.yaml", RELATIVE_PATHS);
+    let config = Config::load_with_env(&path, &env_of(&[])).expect("valid");
+    assert_eq!(config.state.dir, etc.join("guestops-state"));
+    assert_eq!(
+        config.tenant.client_secret,
+        SecretSource::File(etc.join("secrets/graph-secret"))
+    );
+    assert_eq!(
+        config.portal.api_key,
+        SecretSource::File(etc.join("secrets/portal-api-key"))
+    );
+    assert_eq!(
+        config.server.webhook_secret,
+        Some(SecretSource::File(etc.join("secrets/webhook-secret")))
+    );
+    assert_eq!(
+        config.source.credential_file,
+        Some(etc.join("secrets/git-token"))
+    );
+    assert_eq!(
+        config.source.repo.as_deref().map(Path::new),
+        Some(etc.join("../admins").as_path())
+    );
+
+    // The secret is read from the file next to the config, wherever guestops runs.
+    std::fs::create_dir(etc.join("secrets")).expect("mkdir");
+    write(
+        &etc.join("secrets"),
+        "graph-secret",
+        "from-the-config-folder\n",
+    );
+    write(&etc.join("secrets"), "portal-api-key", "key\n");
+    write(&etc.join("secrets"), "webhook-secret", "hook\n");
+    let secrets = config
+        .load_secrets_with_env(&env_of(&[]))
+        .expect("the secrets next to the config are read");
+    assert_eq!(
+        secrets.graph_client_secret.expose_secret(),
+        "from-the-config-folder"
+    );
+}
+
+#[test]
+fn absolute_paths_and_remote_repositories_are_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for repo in [
+        "https://github.com/contoso/portal-admins.git",
+        "git@github.com:contoso/portal-admins.git",
+        "ssh://git@github.com/contoso/portal-admins.git",
+        "/srv/git/admins",
+    ] {
+        let text = format!("{MINIMAL}source:\n  repo: {repo}\nstate:\n  dir: /var/lib/x\n");
+        let path = write(tmp.path(), "config.yaml", &text);
+        let config = Config::load_with_env(&path, &env_of(&[])).expect("valid");
+        assert_eq!(config.source.repo.as_deref(), Some(repo));
+        assert_eq!(config.state.dir, Path::new("/var/lib/x"));
+    }
+}
+
+#[test]
+fn relative_paths_from_the_environment_resolve_against_the_working_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = write(tmp.path(), "config.yaml", RELATIVE_PATHS);
+    let cwd = std::env::current_dir().expect("working directory");
+    let env = env_of(&[
+        ("GUESTOPS_STATE_DIR", "env-state"),
+        ("GUESTOPS_PORTAL_API_KEY_FILE", "env-secrets/key"),
+        ("GUESTOPS_SOURCE_REPO", "env-repo"),
+    ]);
+    let config = Config::load_with_env(&path, &env).expect("valid");
+    assert_eq!(config.state.dir, cwd.join("env-state"));
+    assert_eq!(
+        config.portal.api_key,
+        SecretSource::File(cwd.join("env-secrets/key"))
+    );
+    assert_eq!(
+        config.source.repo.as_deref().map(Path::new),
+        Some(cwd.join("env-repo").as_path())
+    );
+    // The keys the environment does not override still resolve against the file's folder.
+    assert_eq!(
+        config.tenant.client_secret,
+        SecretSource::File(tmp.path().join("secrets/graph-secret"))
+    );
+}
+
+#[test]
+fn booleans_are_true_or_false_only_with_the_line_of_the_key() {
+    for spelling in [
+        "yes", "Yes", "y", "Y", "on", "On", "True", "TRUE", "no", "n", "off", "False",
+    ] {
+        let text = format!("{MINIMAL}policy:\n  maxDeletions: 2\n  prune: {spelling}\n");
+        let found = problems(load(&text, &[]));
+        assert_eq!(found.len(), 1, "`prune: {spelling}`: {found:#?}");
+        let problem = problem_for(&found, "policy.prune");
+        assert_eq!(problem.line, Some(6), "`prune: {spelling}`: {problem}");
+        assert!(
+            problem
+                .message
+                .contains(&format!("expected true or false, got `{spelling}`")),
+            "{problem}"
+        );
+        // A flow mapping is read the same way.
+        let text = format!("{MINIMAL}policy: {{ prune: {spelling} }}\n");
+        let found = problems(load(&text, &[]));
+        assert_eq!(problem_for(&found, "policy.prune").line, Some(4));
+    }
+    for (spelling, prune) in [("true", true), ("false", false)] {
+        let text = format!("{MINIMAL}policy:\n  prune: {spelling}\n");
+        assert_eq!(load(&text, &[]).expect("valid").policy.prune, prune);
+    }
+    // The environment override was already strict.
+    let found = problems(load(MINIMAL, &[("GUESTOPS_POLICY_PRUNE", "yes")]));
+    assert_eq!(
+        problem_for(&found, "policy.prune").env_var.as_deref(),
+        Some("GUESTOPS_POLICY_PRUNE")
+    );
+}

@@ -158,6 +158,14 @@ pub fn reading_notice() {
     }
 }
 
+/// Warns on stderr when `state.dir` holds no `state.json` yet (`plan`, `status`, `apply`):
+/// without state guestops owns nothing, which is wrong when `state.dir` names the wrong folder.
+pub fn warn_if_no_state(config: &guestops::config::Config) {
+    if let Some(message) = guestops::reconcile::state::StateStore::warn_if_new(&config.state.dir) {
+        let _ = writeln!(std::io::stderr(), "warning: {message}");
+    }
+}
+
 /// Loads the host config, warning about `GUESTOPS_*` variables that override nothing (a typo
 /// would otherwise be silently ignored).
 pub fn load_config(path: &Path) -> anyhow::Result<guestops::config::Config> {

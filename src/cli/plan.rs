@@ -64,6 +64,7 @@ pub struct Loaded {
 /// (diagnostics already printed).
 pub async fn load(source: &SourceArgs) -> anyhow::Result<Option<Loaded>> {
     let config = super::load_config(&source.config)?;
+    super::warn_if_no_state(&config);
     let mut stderr = std::io::stderr().lock();
     let Some(desired) = read_desired(source.desired.as_deref(), &config, &mut stderr).await? else {
         return Ok(None);

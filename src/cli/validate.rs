@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "human")]
     pub format: OutputFormat,
     /// Also enforce the host policy of this config (policy.allowedDomains). No secrets are read.
-    #[arg(long, env = "GUESTOPS_CONFIG")]
+    #[arg(long, short, env = "GUESTOPS_CONFIG")]
     pub config: Option<PathBuf>,
 }
 

@@ -107,11 +107,50 @@ pub(crate) fn defaults() -> Config {
     }
 }
 
+/// What relative paths of a loaded configuration resolve against.
+#[derive(Debug, Clone)]
+pub(crate) struct PathBase {
+    /// The folder of the config file: relative paths written in the file.
+    pub config_dir: PathBuf,
+    /// The working directory: relative paths from `GUESTOPS_*` variables.
+    pub working_dir: PathBuf,
+}
+
+impl PathBase {
+    /// `path` made absolute against the base of where it came from (`at`).
+    fn resolve(&self, path: PathBuf, at: &At) -> PathBuf {
+        if path.is_absolute() {
+            return path;
+        }
+        let base = match at {
+            At::File { .. } => &self.config_dir,
+            At::Env(_) => &self.working_dir,
+        };
+        let joined = base.join(&path);
+        // `absolute` drops `.` components and, on a relative base, adds the working directory.
+        std::path::absolute(&joined).unwrap_or(joined)
+    }
+}
+
+/// Whether `repo` (a valid `source.repo`) names a local path rather than a URL or an scp-like
+/// address (`git@host:path`, `host:path`): git's rule, a `:` before any `/` means scp-like.
+fn is_local_repo_path(repo: &str) -> bool {
+    if repo.contains("://") {
+        return false;
+    }
+    match repo.find(':') {
+        None => true,
+        Some(colon) => repo[..colon].contains('/'),
+    }
+}
+
 /// Reads typed values out of the flat map, recording problems.
 struct Reader<'a> {
     values: &'a BTreeMap<String, Leaf>,
     problems: &'a mut Vec<Problem>,
     failed: bool,
+    /// `None`: relative paths are kept as written.
+    base: Option<&'a PathBase>,
 }
 
 impl Reader<'_> {
@@ -143,6 +182,20 @@ impl Reader<'_> {
         }
     }
 
+    /// The file path at `key`, resolved against [`PathBase`] when there is one.
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let path = self.get(key, parse_file)?;
+        Some(self.resolve(key, path))
+    }
+
+    /// `path`, read from `key`, resolved against [`PathBase`] when there is one.
+    fn resolve(&self, key: &str, path: PathBuf) -> PathBuf {
+        match (self.base, self.at(key)) {
+            (Some(base), Some(at)) => base.resolve(path, at),
+            _ => path,
+        }
+    }
+
     fn at(&self, key: &str) -> Option<&At> {
         self.values.get(key).map(|leaf| &leaf.at)
     }
@@ -154,9 +207,11 @@ impl Reader<'_> {
     }
 }
 
-/// Interprets every key; `None` when any key is invalid (problems say why).
+/// Interprets every key; `None` when any key is invalid (problems say why). Relative paths
+/// are resolved against `base` when given (see [`PathBase`]), else kept as written.
 pub(crate) fn build(
     values: &BTreeMap<String, Leaf>,
+    base: Option<&PathBase>,
     problems: &mut Vec<Problem>,
 ) -> Option<Config> {
     let mut config = defaults();
@@ -164,11 +219,19 @@ pub(crate) fn build(
         values,
         problems,
         failed: false,
+        base,
     };
 
     // source.*
     let s = &mut config.source;
-    s.repo = r.get("source.repo", parse_repo);
+    s.repo = r.get("source.repo", parse_repo).map(|repo| {
+        if is_local_repo_path(&repo) {
+            let path = r.resolve("source.repo", PathBuf::from(&repo));
+            path.to_string_lossy().into_owned()
+        } else {
+            repo
+        }
+    });
     r.set(&mut s.branch, "source.branch", parse_branch);
     r.set(&mut s.path, "source.path", parse_repo_path);
     r.set(&mut s.poll_interval, "source.pollInterval", parse_interval);
@@ -177,7 +240,7 @@ pub(crate) fn build(
         "source.resyncInterval",
         parse_interval,
     );
-    s.credential_file = r.get("source.credentialFile", parse_file);
+    s.credential_file = r.path("source.credentialFile");
 
     // tenant.*
     let t = &mut config.tenant;
@@ -205,7 +268,7 @@ pub(crate) fn build(
             "unsupported credential kind `{other}`; the only kind is clientSecret"
         )),
     });
-    if let Some(path) = r.get("tenant.credential.secretFile", parse_file) {
+    if let Some(path) = r.path("tenant.credential.secretFile") {
         t.client_secret = SecretSource::File(path);
     }
     r.set(&mut t.cloud, "tenant.cloud", |text| {
@@ -235,7 +298,7 @@ pub(crate) fn build(
     // portal.*
     let p = &mut config.portal;
     r.set(&mut p.base_url, "portal.baseUrl", parse_endpoint);
-    if let Some(path) = r.get("portal.apiKeyFile", parse_file) {
+    if let Some(path) = r.path("portal.apiKeyFile") {
         p.api_key = SecretSource::File(path);
     }
     r.set(&mut p.concurrency, "portal.concurrency", parse_concurrency);
@@ -310,7 +373,9 @@ pub(crate) fn build(
     });
 
     // state.*, server.*
-    r.set(&mut config.state.dir, "state.dir", parse_file);
+    if let Some(dir) = r.path("state.dir") {
+        config.state.dir = dir;
+    }
     r.set(&mut config.server.listen, "server.listen", |text| {
         text.parse::<SocketAddr>().map_err(|_| {
             format!(
@@ -318,7 +383,7 @@ pub(crate) fn build(
             )
         })
     });
-    if let Some(path) = r.get("server.webhookSecretFile", parse_file) {
+    if let Some(path) = r.path("server.webhookSecretFile") {
         config.server.webhook_secret = Some(SecretSource::File(path));
     }
 
@@ -349,7 +414,9 @@ fn parse_bool(text: &str) -> Result<bool, String> {
     match text {
         "true" => Ok(true),
         "false" => Ok(false),
-        other => Err(format!("expected true or false, got `{other}`")),
+        other => Err(format!(
+            "expected true or false, got `{other}`; write one of these two words (yes, no, on, off and other spellings are not booleans here)"
+        )),
     }
 }
 

@@ -371,23 +371,60 @@ fn invalid_message(origin: &str, problems: &[Problem]) -> String {
 impl Config {
     /// Reads and validates the config file at `path`, with overrides from the process
     /// environment. Secrets are not read (see [`Config::load_secrets`]).
+    ///
+    /// A relative path written in the file (`state.dir`, the secret files,
+    /// `source.credentialFile`, a local `source.repo`) is resolved against the folder of the
+    /// file; a relative path from a `GUESTOPS_*` variable against the working directory. The
+    /// loaded paths are absolute.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = read_limited(path)?;
         let env = |name: &str| std::env::var(name).ok();
-        Config::from_yaml_with_env(&text, &path.display().to_string(), &env)
+        Config::load_with_env(path, &env)
+    }
+
+    /// [`Config::load`] with the `GUESTOPS_*` overrides looked up through `env`.
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = read_limited(path)?;
+        let read_error = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let working_dir = std::env::current_dir().map_err(read_error)?;
+        let file = working_dir.join(path);
+        let config_dir = file
+            .parent()
+            .map_or_else(|| working_dir.clone(), Path::to_path_buf);
+        let base = build::PathBase {
+            config_dir,
+            working_dir,
+        };
+        Config::parse(&text, &path.display().to_string(), Some(&base), env)
     }
 
     /// Parses and validates config `text`; `origin` names it in errors (usually the path),
     /// `env` looks up the `GUESTOPS_*` overrides (injected so tests need no process environment).
+    /// There is no file to resolve relative paths against: they are kept as written (see
+    /// [`Config::load`]).
     pub fn from_yaml_with_env(
         text: &str,
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::parse(text, origin, None, env)
+    }
+
+    fn parse(
+        text: &str,
+        origin: &str,
+        base: Option<&build::PathBase>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let config = tree::flatten(text, &mut problems).and_then(|mut values| {
             build::apply_env_overrides(&mut values, env);
-            build::build(&values, &mut problems)
+            build::build(&values, base, &mut problems)
         });
         // File order; problems without a line (overrides, missing keys) last.
         problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));

@@ -16,8 +16,11 @@ use super::Problem;
 /// The shape of a configuration key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
-    /// A scalar (string, number, boolean).
+    /// A scalar (string, number).
     Leaf,
+    /// A boolean: only the plain words `true` and `false` (no YAML 1.1 `yes`, `on`, `y`, nor
+    /// `True`), as from the environment.
+    Bool,
     /// A list of scalars (`[a, b]`; from the environment: comma-separated).
     List,
     /// A mapping of further keys.
@@ -74,7 +77,7 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
         "policy",
         Kind::Section(&[
             ("allowedDomains", Kind::List),
-            ("prune", Kind::Leaf),
+            ("prune", Kind::Bool),
             ("guestOnRemoval", Kind::Leaf),
             ("maxDeletions", Kind::Leaf),
             ("resendAfter", Kind::Leaf),
@@ -147,8 +150,11 @@ pub(crate) struct Leaf {
 pub(crate) enum Node {
     /// `null`, `~` or nothing.
     Null,
-    /// A string, number or boolean.
+    /// A string or number.
     Scalar(String),
+    /// A boolean, in any spelling YAML accepts (`true`, `True`, `yes`, `on`, …); the spelling
+    /// is in the source text at the node's position.
+    Bool(bool),
     /// A sequence.
     Seq(Vec<Spanned<Node>>),
     /// A mapping, in file order.
@@ -170,7 +176,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
         f.write_str("a YAML value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Scalar(v.to_string()))
+        Ok(Node::Bool(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
         Ok(Node::Scalar(v.to_string()))
@@ -250,7 +256,7 @@ pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> Option<BTreeMa
     };
     match &root.value {
         Node::Null => {}
-        Node::Map(entries) => walk_map(entries, SCHEMA, "", &mut out, problems),
+        Node::Map(entries) => walk_map(text, entries, SCHEMA, "", &mut out, problems),
         _ => problems.push(At::from_location(&root.referenced).problem(
             "(file)",
             "must be a mapping with the sections source, tenant, portal, policy, state, server",
@@ -259,7 +265,16 @@ pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> Option<BTreeMa
     Some(out)
 }
 
+/// The text of a scalar as written in `text` at `location`, when the parser knows its span.
+fn literal<'t>(text: &'t str, location: &serde_saphyr::Location) -> Option<&'t str> {
+    let span = location.span();
+    let start = usize::try_from(span.byte_offset()?).ok()?;
+    let len = usize::try_from(span.byte_len()?).ok()?;
+    text.get(start..start.checked_add(len)?)
+}
+
 fn walk_map(
+    text: &str,
     entries: &[(Spanned<String>, Spanned<Node>)],
     schema: &'static [(&'static str, Kind)],
     prefix: &str,
@@ -290,11 +305,33 @@ fn walk_map(
         let at = At::from_location(&value.referenced);
         match (kind, &value.value) {
             (_, Node::Null) => {}
-            (Kind::Leaf, Node::Scalar(text)) => {
+            (Kind::Leaf | Kind::Bool, Node::Scalar(scalar)) => {
                 out.insert(
                     path,
                     Leaf {
-                        raw: Raw::Text(text.clone()),
+                        raw: Raw::Text(scalar.clone()),
+                        at,
+                    },
+                );
+            }
+            (Kind::Leaf, Node::Bool(b)) => {
+                out.insert(
+                    path,
+                    Leaf {
+                        raw: Raw::Text(b.to_string()),
+                        at,
+                    },
+                );
+            }
+            // As written, so that `yes`, `on` or `True` is refused by the boolean parser
+            // rather than read as `true`.
+            (Kind::Bool, Node::Bool(b)) => {
+                let written = literal(text, &value.referenced)
+                    .map_or_else(|| b.to_string(), |l| l.trim().to_owned());
+                out.insert(
+                    path,
+                    Leaf {
+                        raw: Raw::Text(written),
                         at,
                     },
                 );
@@ -304,7 +341,8 @@ fn walk_map(
                 for item in items {
                     let item_at = At::from_location(&item.referenced);
                     match &item.value {
-                        Node::Scalar(text) => list.push((text.clone(), item_at)),
+                        Node::Scalar(scalar) => list.push((scalar.clone(), item_at)),
+                        Node::Bool(b) => list.push((b.to_string(), item_at)),
                         _ => {
                             problems.push(item_at.problem(&path, "list items must be plain values"))
                         }
@@ -319,9 +357,11 @@ fn walk_map(
                 );
             }
             (Kind::Section(inner), Node::Map(entries)) => {
-                walk_map(entries, inner, &path, out, problems);
+                walk_map(text, entries, inner, &path, out, problems);
             }
-            (Kind::Leaf, _) => problems.push(at.problem(&path, "expected a single value")),
+            (Kind::Leaf | Kind::Bool, _) => {
+                problems.push(at.problem(&path, "expected a single value"))
+            }
             (Kind::List, _) => problems.push(at.problem(
                 &path,
                 "expected a list, e.g. [partner.example, vendor.example]",
@@ -442,6 +482,40 @@ mod tests {
         assert_eq!(problems[0].key, "tenant.clientID");
         assert_eq!(problems[0].line, Some(2));
         assert!(problems[0].message.contains("did you mean `clientId`"));
+    }
+
+    #[test]
+    fn booleans_keep_their_spelling_and_other_keys_read_them_as_before() {
+        for (written, expected) in [
+            ("true", "true"),
+            ("false", "false"),
+            ("yes", "yes"),
+            ("y", "y"),
+            ("on", "on"),
+            ("True", "True"),
+            ("FALSE", "FALSE"),
+            ("\"true\"", "true"),
+            ("yes   # a comment", "yes"),
+        ] {
+            let mut problems = Vec::new();
+            let out = flatten(&format!("policy:\n  prune: {written}\n"), &mut problems)
+                .expect("valid YAML");
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(
+                out["policy.prune"].raw,
+                Raw::Text(expected.into()),
+                "`prune: {written}`"
+            );
+            if !written.contains('#') {
+                let flow = flatten(&format!("policy: {{ prune: {written} }}\n"), &mut problems)
+                    .expect("valid YAML");
+                assert_eq!(flow["policy.prune"].raw, Raw::Text(expected.into()));
+            }
+        }
+        // A key that is not a boolean sees a YAML boolean as before.
+        let mut problems = Vec::new();
+        let out = flatten("source:\n  branch: yes\n", &mut problems).expect("valid YAML");
+        assert_eq!(out["source.branch"].raw, Raw::Text("true".into()));
     }
 
     #[test]

@@ -1101,7 +1101,7 @@ fn clone_error(err: &StateError) -> StateError {
             | StateError::Corrupt { path, .. }
             | StateError::AuditLine { path, .. }
             | StateError::NewerVersion { path, .. } => path.clone(),
-            StateError::CreateDir { dir, .. } | StateError::Locked { dir } => dir.clone(),
+            StateError::CreateDir { dir, .. } | StateError::Locked { dir, .. } => dir.clone(),
         },
         source: std::io::Error::other(err.to_string()),
     }

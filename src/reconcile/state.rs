@@ -37,6 +37,60 @@ pub const AUDIT_FILE: &str = "audit.jsonl";
 /// File name of the instance lock inside the state directory.
 pub const LOCK_FILE: &str = "lock";
 
+/// Who holds the instance lock, as written into the lock file by [`StateStore::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    /// Process id of the holder.
+    pub pid: u32,
+    /// When the holder started (took the lock).
+    pub started: DateTime<Utc>,
+}
+
+impl LockHolder {
+    /// The lock file's content: `pid=<pid>` and `started=<RFC 3339>` lines.
+    fn to_file(&self) -> String {
+        format!(
+            "pid={}\nstarted={}\n",
+            self.pid,
+            self.started
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+
+    /// Reads what [`LockHolder::to_file`] wrote; `None` for anything else (an empty file, a
+    /// lock of an older guestops).
+    fn from_file(text: &str) -> Option<LockHolder> {
+        let (mut pid, mut started) = (None, None);
+        for line in text.lines() {
+            match line.trim().split_once('=') {
+                Some(("pid", value)) => pid = value.trim().parse().ok(),
+                Some(("started", value)) => {
+                    started = DateTime::parse_from_rfc3339(value.trim())
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc));
+                }
+                _ => {}
+            }
+        }
+        Some(LockHolder {
+            pid: pid?,
+            started: started?,
+        })
+    }
+}
+
+/// How [`StateError::Locked`] names the holder.
+fn describe_holder(holder: Option<&LockHolder>) -> String {
+    match holder {
+        Some(h) => format!(
+            "pid {}, started {}",
+            h.pid,
+            h.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => "its pid is not recorded in the lock file".to_owned(),
+    }
+}
+
 /// What guestops knows about the users it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -221,13 +275,16 @@ pub enum StateError {
     },
     /// Another process holds the lock.
     #[error(
-        "another guestops holds the state directory {} (lock file {}); stop the other instance (daemon or apply) or use another `state.dir`",
+        "another guestops ({}) holds the state directory {} (lock file {}); wait for it to finish, or stop it if it is a daemon or a hung apply, then try again",
+        describe_holder(holder.as_ref()),
         dir.display(),
         dir.join(LOCK_FILE).display()
     )]
     Locked {
         /// The directory.
         dir: PathBuf,
+        /// The holder, as its lock file names it (`None` when it names none).
+        holder: Option<LockHolder>,
     },
     /// The lock file could not be opened or locked for another reason.
     #[error("cannot lock {}: {source}; check the permissions of the state directory", path.display())]
@@ -311,7 +368,8 @@ pub struct StateStore {
 
 impl StateStore {
     /// Opens the state directory `dir` for writing: creates it (mode `0700`) if missing, takes
-    /// the instance lock and loads `state.json` (missing → an empty [`State`]).
+    /// the instance lock (and writes this process's [`LockHolder`] into the lock file) and
+    /// loads `state.json` (missing → an empty [`State`]).
     ///
     /// Fails with [`StateError::Locked`] when another guestops holds the directory, and with
     /// [`StateError::Corrupt`] / [`StateError::NewerVersion`] when `state.json` cannot be used
@@ -332,8 +390,12 @@ impl StateStore {
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|text| LockHolder::from_file(&text));
                 return Err(StateError::Locked {
                     dir: dir.to_path_buf(),
+                    holder,
                 });
             }
             Err(std::fs::TryLockError::Error(source)) => {
@@ -343,6 +405,14 @@ impl StateStore {
                 });
             }
         }
+        let holder = LockHolder {
+            pid: std::process::id(),
+            started: Utc::now(),
+        };
+        write_holder(&lock, &holder).map_err(|source| StateError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?;
         let state = load(dir)?;
         Ok(StateStore {
             dir: dir.to_path_buf(),
@@ -356,6 +426,27 @@ impl StateStore {
     /// A missing directory or file gives an empty [`State`]; nothing is created.
     pub fn read_only(dir: &Path) -> Result<State, StateError> {
         load(dir)
+    }
+
+    /// Whether `dir` holds a `state.json` (an unreadable directory counts as holding one: the
+    /// read that follows reports the problem).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(STATE_FILE).try_exists().unwrap_or(true)
+    }
+
+    /// A warning for a state directory without `state.json`, naming the folder as an absolute
+    /// path; `None` when there is a state. Without state guestops owns nothing, adopts by
+    /// matching and removes nothing, which is right on a first run and wrong when `state.dir`
+    /// points at the wrong folder.
+    pub fn warn_if_new(dir: &Path) -> Option<String> {
+        if StateStore::exists(dir) {
+            return None;
+        }
+        let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Some(format!(
+            "no {STATE_FILE} in {} yet: guestops owns nothing there (normal on a first run); if guestops ran before, check `state.dir` (a relative path is relative to the config file's folder)",
+            shown.display()
+        ))
     }
 
     /// The state directory.
@@ -410,6 +501,15 @@ impl StateStore {
             .try_clone()
             .map_err(|source| StateError::Write { path, source })
     }
+}
+
+/// Replaces the content of the (locked) lock file by `holder`.
+fn write_holder(mut file: &File, holder: &LockHolder) -> io::Result<()> {
+    use std::io::Seek as _;
+    file.set_len(0)?;
+    file.seek(io::SeekFrom::Start(0))?;
+    file.write_all(holder.to_file().as_bytes())?;
+    file.flush()
 }
 
 /// The audit log of `dir`, opened for appending on first use and kept in `slot`.
@@ -610,6 +710,82 @@ mod tests {
         assert!(message.contains(&dir.display().to_string()), "{message}");
         drop(first);
         StateStore::open(&dir).expect("the lock is released on drop");
+    }
+
+    #[test]
+    fn the_lock_message_names_the_holder_and_no_other_state_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = Utc::now() - chrono::Duration::seconds(1);
+        let _first = StateStore::open(tmp.path()).unwrap();
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        let StateError::Locked { holder, .. } = &err else {
+            panic!("expected Locked, got {err:?}");
+        };
+        let holder = holder.clone().expect("the lock file names its holder");
+        assert_eq!(holder.pid, std::process::id());
+        assert!(holder.started >= before, "{holder:?}");
+        assert!(holder.started <= Utc::now(), "{holder:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                &holder
+                    .started
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("another `state.dir`"), "{message}");
+        assert!(!message.contains("another state.dir"), "{message}");
+    }
+
+    #[test]
+    fn a_lock_file_of_an_older_guestops_is_rewritten_and_read_leniently() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join(LOCK_FILE),
+            "some much longer leftover content\n",
+        )
+        .unwrap();
+        let store = StateStore::open(tmp.path()).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
+        let holder = LockHolder::from_file(&text).expect("rewritten with the holder");
+        assert_eq!(holder.pid, std::process::id());
+        assert!(!text.contains("leftover"), "{text}");
+        drop(store);
+        assert_eq!(LockHolder::from_file(""), None);
+        assert_eq!(LockHolder::from_file("pid=12\n"), None);
+    }
+
+    #[test]
+    fn a_directory_without_state_gets_a_warning_naming_it_absolutely() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh");
+        let warning = StateStore::warn_if_new(&dir).expect("no state.json yet");
+        assert!(warning.contains(&dir.display().to_string()), "{warning}");
+        assert!(!StateStore::exists(&dir));
+        let mut store = StateStore::open(&dir).unwrap();
+        assert!(
+            StateStore::warn_if_new(&dir).is_some(),
+            "opening alone writes no state"
+        );
+        store.save().unwrap();
+        assert!(StateStore::exists(&dir));
+        assert_eq!(StateStore::warn_if_new(&dir), None);
+    }
+
+    #[test]
+    fn the_warning_names_a_relative_directory_as_an_absolute_path() {
+        let warning = StateStore::warn_if_new(Path::new("no-such-guestops-state-dir"))
+            .expect("no state there");
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            warning.contains(&cwd.join("no-such-guestops-state-dir").display().to_string()),
+            "{warning}"
+        );
     }
 
     #[cfg(unix)]

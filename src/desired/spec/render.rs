@@ -252,6 +252,7 @@ fn json(diagnostics: &[Diagnostic], file_name: &str, out: &mut dyn Write) -> io:
         valid: !diagnostics.iter().any(Diagnostic::is_error),
         diagnostics,
     };
-    serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::other)?;
+    // `From` keeps an I/O error (a closed pipe) as it was; `other` would hide its kind.
+    serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::from)?;
     writeln!(out)
 }

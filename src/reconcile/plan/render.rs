@@ -197,7 +197,8 @@ pub fn render_with(
                 &mut *out,
                 &json_document(plan, options.revision.as_ref()),
             )
-            .map_err(io::Error::other)?;
+            // `From` keeps an I/O error (a closed pipe) as it was; `other` would hide its kind.
+            .map_err(io::Error::from)?;
             out.write_all(b"\n")
         }
     }
