@@ -203,6 +203,36 @@ fn detailed_exitcode_is_2_with_changes_and_0_without() {
 }
 
 #[test]
+fn with_a_config_an_address_outside_allowed_domains_fails_the_diff() {
+    let f = fixture();
+    let config = f.dir.path().join("host.yaml");
+    std::fs::write(
+        &config,
+        "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 00000000-0000-0000-0000-000000000001\n\
+portal:\n  baseUrl: https://portal.example/api/\n\
+policy:\n  allowedDomains: [partner.example]\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    // HEAD~2 → HEAD~1 adds dan@partner.example and keeps Bob of vendor.example.
+    let run = diff(
+        f.dir.path(),
+        &["--from", "HEAD~2", "--to", "HEAD~1", "--config", &config],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("GO0301"), "{}", run.stderr);
+    assert!(run.stderr.contains("HEAD~1:users.yaml"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Bob.Stone@vendor.example"),
+        "{}",
+        run.stderr
+    );
+    // Without the config the same diff is fine.
+    let run = diff(f.dir.path(), &["--from", "HEAD~2", "--to", "HEAD~1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
 fn invalid_file_at_the_new_revision_fails_with_positions() {
     let f = fixture();
     let run = diff(f.dir.path(), &["--from", "HEAD~1", "--to", "HEAD"]);

@@ -13,6 +13,7 @@ use super::Status;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Offline: reads both revisions from a local git repository, no credentials. \
+With --config, the newer revision is also checked against policy.allowedDomains. \
 Exit codes: 0 ok, 1 error (including an invalid users.yaml at either revision, reported with \
 positions); with --detailed-exitcode: 0 no change in access, 2 changes."
 )]
@@ -35,15 +36,20 @@ pub struct Args {
     /// Exit 2 when access changes, 0 when not.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Host configuration: the newer revision is also checked against its policy
+    /// (`policy.allowedDomains`), as `validate --config` does. No credential is read.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 fn load(
     args: &Args,
     rev: &str,
+    policy: &SpecPolicy,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<(Side, DesiredState)>> {
     let (revision, bytes) = read_at(&args.repo, rev, &args.path)?;
-    let parsed = spec::parse(&bytes, &SpecPolicy::default());
+    let parsed = spec::parse(&bytes, policy);
     if parsed.has_errors() || parsed.desired.is_none() {
         spec::render(
             &parsed.diagnostics,
@@ -63,9 +69,14 @@ fn load(
 
 /// Runs `guestops diff`.
 pub fn run(args: Args) -> anyhow::Result<Status> {
+    // The host's policy applies to what the change introduces: the newer revision.
+    let policy = match &args.config {
+        Some(path) => super::load_config(path)?.spec_policy(),
+        None => SpecPolicy::default(),
+    };
     let mut stderr = std::io::stderr().lock();
-    let from = load(&args, &args.from, &mut stderr)?;
-    let to = load(&args, &args.to, &mut stderr)?;
+    let from = load(&args, &args.from, &SpecPolicy::default(), &mut stderr)?;
+    let to = load(&args, &args.to, &policy, &mut stderr)?;
     let (Some((from_side, from)), Some((to_side, to))) = (from, to) else {
         return Ok(Status::Error);
     };
