@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod git;
+mod transport;
 mod watch;
 
 pub use git::{GitSettings, GitSource, read_at};
