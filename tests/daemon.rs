@@ -767,11 +767,13 @@ async fn run_follows_commits_of_the_branch_and_keeps_the_last_valid_state() {
         (setup.invitations(BOB.0) == 1 && setup.registered(BOB.0)).then_some(())
     })
     .await;
-    let more = reconciles(&guestops, "success").await.unwrap_or_default();
-    assert!(
-        more > successes,
-        "guestops_reconciles_total moved: {successes} → {more}"
-    );
+    // The counter moves when the reconcile ends, just after its last write: wait for it.
+    wait_for("guestops_reconciles_total moved", &guestops, || async {
+        reconciles(&guestops, "success")
+            .await
+            .filter(|n| *n > successes)
+    })
+    .await;
 
     // An uncommitted edit of the work tree is never applied, across polls and resyncs.
     repo.edit(&users_yaml(&[ANA, BOB, (CARL, "Carl")]));

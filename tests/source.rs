@@ -539,10 +539,151 @@ async fn a_closed_port_is_unreachable_not_an_auth_error() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    for scheme in ["http", "https"] {
+        let mirror = TempDir::new().expect("temp dir");
+        let source = http_source(
+            format!("{scheme}://127.0.0.1:{port}/repo.git"),
+            None,
+            &mirror,
+        );
+
+        let err = source.fetch().await.expect_err("nobody listens");
+
+        assert!(matches!(err, SourceError::Unreachable { .. }), "{err:?}");
+        // The transport tried to connect: HTTPS is supported without OpenSSL.
+        assert!(!format!("{err:?}").contains("unsupported"), "{err:?}");
+    }
+}
+
+/// A loopback smart-HTTP git server for `repo` (the real `git upload-pack`), at
+/// `/org/admins.git` and, redirecting there, `/old/admins.git`; it answers 401 to any request
+/// without `x-access-token:s3cret-token` and records the `Authorization` headers it was sent.
+async fn smart_http_git_server(
+    repo: PathBuf,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::{get, post};
+
+    async fn upload_pack(repo: &Path, advertise: bool, input: Bytes) -> Vec<u8> {
+        use tokio::io::AsyncWriteExt;
+        let mut command = tokio::process::Command::new("git");
+        command.arg("upload-pack").arg("--stateless-rpc");
+        if advertise {
+            command.arg("--advertise-refs");
+        }
+        let mut child = command
+            .arg(repo)
+            .env_remove("GIT_PROTOCOL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run git upload-pack");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(&input)
+            .await
+            .expect("request to upload-pack");
+        drop(stdin);
+        let output = child.wait_with_output().await.expect("upload-pack output");
+        assert!(output.status.success(), "git upload-pack failed");
+        output.stdout
+    }
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let authorized = {
+        let seen = seen.clone();
+        move |headers: &HeaderMap| {
+            let value = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(value) = &value {
+                seen.lock().expect("lock").push(value.clone());
+            }
+            // base64("x-access-token:s3cret-token")
+            value.as_deref() == Some("Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0LXRva2Vu")
+        }
+    };
+    let refuse = || {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
+        )
+            .into_response()
+    };
+    let info_refs = {
+        let (repo, authorized) = (repo.clone(), authorized.clone());
+        move |headers: HeaderMap| async move {
+            if !authorized(&headers) {
+                return refuse();
+            }
+            let service = b"# service=git-upload-pack\n";
+            let mut body = format!("{:04x}", service.len() + 4).into_bytes();
+            body.extend_from_slice(service);
+            body.extend_from_slice(b"0000");
+            body.extend(upload_pack(&repo, true, Bytes::new()).await);
+            let content_type = "application/x-git-upload-pack-advertisement";
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+    };
+    let pack = move |headers: HeaderMap, input: Bytes| async move {
+        if !authorized(&headers) {
+            return refuse();
+        }
+        let body = upload_pack(&repo, false, input).await;
+        let content_type = "application/x-git-upload-pack-result";
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    };
+    let app = axum::Router::new()
+        .route("/org/admins.git/info/refs", get(info_refs))
+        .route("/org/admins.git/git-upload-pack", post(pack))
+        .route(
+            "/old/admins.git/info/refs",
+            get(|| async {
+                Redirect::permanent("/org/admins.git/info/refs?service=git-upload-pack")
+                    .into_response()
+            }),
+        )
+        .fallback(|| async { Response::new(axum::body::Body::empty()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/old/admins.git"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_repository_is_fetched_with_the_token_after_a_401_and_a_redirect() {
+    let upstream = Upstream::new();
+    let first = upstream.commit("main", &[("users.yaml", b"v1\n")], "Grant Ana", T1);
+    let (url, seen) = smart_http_git_server(upstream.path().to_path_buf()).await;
+    let secrets = TempDir::new().expect("temp dir");
+    let token_file = secrets.path().join("git-token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write token");
     let mirror = TempDir::new().expect("temp dir");
-    let source = http_source(format!("http://127.0.0.1:{port}/repo.git"), None, &mirror);
+    let source = http_source(url, Some(token_file), &mirror);
 
-    let err = source.fetch().await.expect_err("nobody listens");
+    let rev = source.fetch().await.expect("fetch over smart HTTP");
+    assert_eq!(rev.id, first.to_string());
+    assert_eq!(source.read(&rev).await.expect("read"), b"v1\n");
 
-    assert!(matches!(err, SourceError::Unreachable { .. }), "{err:?}");
+    // An incremental fetch: the mirror has the first commit and negotiates from it.
+    let second = upstream.commit("main", &[("users.yaml", b"v2\n")], "Grant Bo", T2);
+    let rev = source.fetch().await.expect("second fetch");
+    assert_eq!(rev.id, second.to_string());
+    assert_eq!(source.read(&rev).await.expect("read"), b"v2\n");
+
+    // Nothing was sent before the server asked; afterwards only the token.
+    let seen = seen.lock().expect("lock").clone();
+    assert!(!seen.is_empty(), "the token was sent");
+    assert!(
+        seen.iter()
+            .all(|v| v == "Basic eC1hY2Nlc3MtdG9rZW46czNjcmV0LXRva2Vu"),
+        "{seen:?}"
+    );
 }

@@ -1,22 +1,16 @@
 //! The git half of the source: a bare mirror fetched from the configured repository, and blobs
 //! read from commit trees.
 
-use std::cell::{Cell, RefCell};
+use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use chrono::{DateTime, Utc};
-use git2::{
-    AutotagOption, CredentialType, ErrorCode, FetchOptions, ObjectType, Oid, ProxyOptions,
-    RemoteCallbacks, Repository,
-};
-use secrecy::{ExposeSecret, SecretString};
+use git2::{AutotagOption, ErrorCode, FetchOptions, ObjectType, Oid, Repository};
 
+use super::transport::{self, FetchContext};
 use super::{READ_LIMIT, Revision, SourceError};
 use crate::config::SourceConfig;
-
-/// User name sent with an HTTPS token (GitHub's convention; others ignore the user name).
-const TOKEN_USER: &str = "x-access-token";
 
 /// Where the desired state lives in git (`source.*` of the host configuration).
 ///
@@ -183,14 +177,18 @@ pub fn read_at(repo: &Path, rev: &str, path: &str) -> Result<(Revision, Vec<u8>)
     Ok((revision, bytes))
 }
 
-/// Global libgit2 options, set once: bounded network waits so a dead server cannot hang a
-/// fetch forever.
+/// Global libgit2 settings, made once: the HTTP(S) and SSH transports of [`transport`], and
+/// bounded network waits for the transports libgit2 keeps (`git://`), so that a dead server
+/// cannot hang a fetch forever.
 fn configure_libgit2() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: these calls change process-global libgit2 settings; they run once, before
         // this module starts any git operation, and no other module uses libgit2.
         unsafe {
+            if let Err(err) = transport::register() {
+                tracing::error!(error = %err, "cannot register the git transports: HTTPS and SSH sources will fail");
+            }
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(30_000);
             let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
         }
@@ -198,6 +196,15 @@ fn configure_libgit2() {
 }
 
 fn fetch_blocking(settings: &GitSettings, mirror_dir: &Path) -> Result<Revision, SourceError> {
+    fetch_with(settings, mirror_dir, &transport::ssh_program())
+}
+
+/// [`fetch_blocking`] with the SSH client to run for `ssh://` and scp-like URLs.
+fn fetch_with(
+    settings: &GitSettings,
+    mirror_dir: &Path,
+    ssh_program: &OsStr,
+) -> Result<Revision, SourceError> {
     let branch = settings.branch.as_str();
     let head_ref = format!("refs/heads/{branch}");
     if branch.is_empty() || !git2::Reference::is_valid_name(&head_ref) {
@@ -225,63 +232,23 @@ fn fetch_blocking(settings: &GitSettings, mirror_dir: &Path) -> Result<Revision,
         Err(_) => repo.remote("origin", &url).map_err(mirror_err)?,
     };
 
-    let asked_for_credentials = Cell::new(false);
-    let refused = Cell::new(false);
-    let credential_error: RefCell<Option<SourceError>> = RefCell::new(None);
-    let result = {
-        let mut tried_key = false;
-        let mut tried_token = false;
-        let mut callbacks = RemoteCallbacks::new();
-        callbacks.credentials(|_url, user_from_url, allowed| {
-            asked_for_credentials.set(true);
-            let user = user_from_url.unwrap_or("git");
-            if allowed.contains(CredentialType::USERNAME) {
-                return git2::Cred::username(user);
-            }
-            let refuse = |message: &str| {
-                refused.set(true);
-                Err(git2::Error::new(
-                    ErrorCode::Auth,
-                    git2::ErrorClass::Callback,
-                    message,
-                ))
-            };
-            let Some(file) = settings.credential_file.as_deref() else {
-                return refuse("the repository asks for credentials and none are configured");
-            };
-            if allowed.contains(CredentialType::SSH_KEY) && !tried_key {
-                tried_key = true;
-                return git2::Cred::ssh_key(user, None, file, None);
-            }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !tried_token {
-                tried_token = true;
-                return match read_token(file) {
-                    Ok(token) => git2::Cred::userpass_plaintext(TOKEN_USER, token.expose_secret()),
-                    Err(err) => {
-                        credential_error.replace(Some(err));
-                        refuse("the credential file cannot be read")
-                    }
-                };
-            }
-            refuse("the repository refused the configured credentials")
-        });
-        let mut proxy = ProxyOptions::new();
-        proxy.auto();
+    let context = FetchContext {
+        credential_file: settings.credential_file.clone(),
+        ssh_program: ssh_program.to_owned(),
+        ..FetchContext::default()
+    };
+    let (result, context) = transport::with_fetch(context, || {
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(callbacks)
-            .proxy_options(proxy)
             .download_tags(AutotagOption::None)
             .update_fetchhead(false);
         remote.fetch(&[refspec.as_str()], Some(&mut options), None)
-    };
+    });
     if let Err(source) = result {
-        if let Some(err) = credential_error.into_inner() {
+        if let Some(err) = context.credential_error {
             return Err(err);
         }
-        let auth = source.code() == ErrorCode::Auth
-            || refused.get()
-            || (asked_for_credentials.get() && source.class() == git2::ErrorClass::Callback);
+        let auth = source.code() == ErrorCode::Auth || context.auth_refused;
         return Err(if auth {
             SourceError::Auth {
                 repo: shown,
@@ -363,22 +330,6 @@ fn redact(repo: &str) -> String {
         }
         _ => repo.to_owned(),
     }
-}
-
-/// Reads an HTTPS token: the file's content without surrounding whitespace.
-fn read_token(file: &Path) -> Result<SecretString, SourceError> {
-    let raw = std::fs::read_to_string(file).map_err(|source| SourceError::CredentialFile {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let token = raw.trim();
-    if token.is_empty() {
-        return Err(SourceError::CredentialFile {
-            path: file.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
-        });
-    }
-    Ok(SecretString::from(token.to_owned()))
 }
 
 /// Refuses paths that are absolute, empty or climb out of the repository.
@@ -518,5 +469,128 @@ mod tests {
         for good in ["users.yaml", "./users.yaml", "admins/users.yaml"] {
             assert!(check_repo_path(good).is_ok(), "{good:?} should be accepted");
         }
+    }
+
+    /// An upstream repository with `users.yaml` committed on `main`.
+    fn upstream() -> (tempfile::TempDir, Oid) {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let repo = Repository::init(dir.path()).expect("init");
+        let blob = repo.blob(b"users: []\n").expect("blob");
+        let mut tree = repo.treebuilder(None).expect("treebuilder");
+        tree.insert("users.yaml", blob, 0o100_644).expect("insert");
+        let tree = repo.find_tree(tree.write().expect("tree")).expect("tree");
+        let who = git2::Signature::new("Ana Silva", "ana@partner.example", &git2::Time::new(0, 0))
+            .expect("signature");
+        let id = repo
+            .commit(Some("refs/heads/main"), &who, &who, "Grant Ana", &tree, &[])
+            .expect("commit");
+        (dir, id)
+    }
+
+    /// A stand-in for `ssh` that records its arguments and serves `repo` with the real
+    /// `git upload-pack`, whatever path it is asked for (or just fails, printing `refusal`).
+    fn fake_ssh(dir: &Path, repo: &Path, refusal: Option<&str>) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let program = dir.join("fake-ssh");
+        let args = dir.join("args");
+        let body = match refusal {
+            Some(message) => format!("echo '{message}' >&2\nexit 255"),
+            None => format!("exec git upload-pack '{}'", repo.display()),
+        };
+        let script = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n{body}\n",
+            args.display()
+        );
+        std::fs::write(&program, script).expect("write fake ssh");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        program
+    }
+
+    fn ssh_settings(repo: &str, key: Option<PathBuf>) -> GitSettings {
+        GitSettings {
+            repo: repo.into(),
+            branch: "main".into(),
+            path: "users.yaml".into(),
+            credential_file: key,
+        }
+    }
+
+    #[test]
+    fn an_ssh_repository_is_fetched_through_the_ssh_program_with_the_deploy_key() {
+        configure_libgit2();
+        let (upstream, id) = upstream();
+        let work = tempfile::TempDir::new().expect("temp dir");
+        let key = work.path().join("deploy-key");
+        std::fs::write(&key, "not a real key").expect("write key");
+        let program = fake_ssh(work.path(), upstream.path(), None);
+        let mirror = work.path().join("source.git");
+
+        for (url, command) in [
+            (
+                "git@git.example:org/admins.git",
+                "git-upload-pack 'org/admins.git'",
+            ),
+            (
+                "ssh://git@git.example:2222/org/admins.git",
+                "git-upload-pack '/org/admins.git'",
+            ),
+        ] {
+            let rev = fetch_with(
+                &ssh_settings(url, Some(key.clone())),
+                &mirror,
+                program.as_os_str(),
+            )
+            .expect(url);
+            assert_eq!(rev.id, id.to_string(), "{url}");
+            let args = std::fs::read_to_string(work.path().join("args")).expect("args");
+            let args: Vec<&str> = args.lines().collect();
+            assert!(args.contains(&"BatchMode=yes"), "{args:?}");
+            assert!(args.contains(&"IdentitiesOnly=yes"), "{args:?}");
+            assert!(args.contains(&key.to_str().expect("utf-8")), "{args:?}");
+            assert_eq!(
+                args[args.len() - 2..],
+                ["git@git.example", command],
+                "{args:?}"
+            );
+        }
+        let args = std::fs::read_to_string(work.path().join("args")).expect("args");
+        assert!(args.contains("-p\n2222\n"), "{args}");
+
+        let repo = Repository::open_bare(&mirror).expect("mirror");
+        let commit = repo.find_commit(id).expect("fetched commit");
+        let bytes = read_blob(&repo, &mirror, &commit, "users.yaml", "main").expect("read");
+        assert_eq!(bytes, b"users: []\n");
+    }
+
+    #[test]
+    fn an_ssh_refusal_is_an_auth_error_with_what_ssh_said() {
+        configure_libgit2();
+        let (upstream, _) = upstream();
+        let work = tempfile::TempDir::new().expect("temp dir");
+        let program = fake_ssh(
+            work.path(),
+            upstream.path(),
+            Some("git@git.example: Permission denied (publickey)."),
+        );
+        let err = fetch_with(
+            &ssh_settings("git@git.example:org/admins.git", None),
+            &work.path().join("source.git"),
+            program.as_os_str(),
+        )
+        .expect_err("refused");
+        assert!(matches!(err, SourceError::Auth { .. }), "{err:?}");
+        assert!(
+            format!("{err:?}").contains("Permission denied (publickey)"),
+            "{err:?}"
+        );
+
+        let missing = work.path().join("no-such-key");
+        let err = fetch_with(
+            &ssh_settings("git@git.example:org/admins.git", Some(missing)),
+            &work.path().join("source.git"),
+            program.as_os_str(),
+        )
+        .expect_err("no key");
+        assert!(matches!(err, SourceError::CredentialFile { .. }), "{err:?}");
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod any;
 mod git;
+mod transport;
 mod watch;
 
 pub use any::{AnySource, DesiredSource, FileSource};
