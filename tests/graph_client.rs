@@ -8,6 +8,7 @@ use std::time::Duration;
 use guestops::config::{SecretSource, TenantConfig};
 use guestops::remote::graph::token::{ClientSecretCredential, TokenProblem};
 use guestops::remote::graph::{GraphClient, GraphError, Invitation, Tenant};
+use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
 use guestops::sim::graph::{
     SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_DOMAIN, SIM_TENANT_ID, SimCredentials,
@@ -70,8 +71,12 @@ impl Env {
     }
 
     fn client_with(&self, tenant: &TenantConfig, secret: &str) -> GraphClient {
-        GraphClient::from_config(tenant, SecretString::from(secret.to_owned()), retry())
-            .expect("a valid client configuration")
+        GraphClient::with_client_secret(
+            &tenant.graph_settings(),
+            Credential::new(SecretString::from(secret.to_owned()), "the test's secret"),
+            retry(),
+        )
+        .expect("a valid client configuration")
     }
 
     /// A raw access token, for requests that bypass the client.
@@ -435,20 +440,22 @@ async fn a_temporarily_unavailable_token_endpoint_is_retried() {
 async fn the_credential_can_be_shared_as_a_token_source() {
     let env = start().await;
     let tenant = tenant(&env.base);
-    let http = reqwest::Client::new();
+    let settings = tenant.graph_settings();
+    let edge = guestops::remote::graph::client::edge(&settings, retry()).expect("edge");
     let credential = ClientSecretCredential::new(
-        http.clone(),
+        edge.clone(),
         &tenant.authority_host,
         &tenant.tenant_id,
         &tenant.client_id,
-        SecretString::from(SIM_CLIENT_SECRET.to_owned()),
+        Credential::new(
+            SecretString::from(SIM_CLIENT_SECRET.to_owned()),
+            "the test's secret",
+        ),
         &tenant.cloud.graph_endpoint(),
-        retry(),
     )
     .expect("credential");
     assert!(!format!("{credential:?}").contains(SIM_CLIENT_SECRET));
-    let client =
-        GraphClient::with_http(http, &tenant, Arc::new(credential), retry()).expect("client");
+    let client = GraphClient::new(&settings, Arc::new(credential), edge).expect("client");
     client.list_guests().await.expect("listing");
 }
 
@@ -715,7 +722,11 @@ async fn an_address_that_entra_rejects_is_a_bad_request() {
 async fn plain_http_is_refused_off_loopback() {
     let mut config = tenant(&Url::parse("http://127.0.0.1:1/").expect("url"));
     config.graph_endpoint = Url::parse("http://graph.example.com/").expect("url");
-    let err = GraphClient::from_config(&config, SecretString::from("x".to_owned()), retry())
+    let err = GraphClient::with_client_secret(
+        &config.graph_settings(),
+        Credential::new(SecretString::from("x".to_owned()), "the test's secret"),
+        retry(),
+    )
         .expect_err("plain http to a remote host");
     assert!(err.to_string().contains("https"), "{err}");
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use guestops::config::{PortalConfig, SecretSource};
 use guestops::desired::spec::Role;
+use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
 use guestops::sim::portal::SIM_API_KEY;
@@ -22,6 +23,14 @@ fn fast_retry() -> RetryPolicy {
         max_total_wait: Duration::from_secs(5),
         timeout: Duration::from_secs(20),
     }
+}
+
+/// An API key as if read from the environment variable `GUESTOPS_PORTAL_API_KEY`.
+fn env_key(key: &str) -> Credential {
+    Credential::new(
+        SecretString::from(key),
+        "the environment variable GUESTOPS_PORTAL_API_KEY",
+    )
 }
 
 struct Harness {
@@ -55,8 +64,12 @@ impl Harness {
     }
 
     fn client_with_key(&self, key: &str) -> PortalClient {
-        PortalClient::new(&self.config(), SecretString::from(key), fast_retry())
-            .expect("a loopback client")
+        PortalClient::new(
+            &self.config().portal_settings(),
+            env_key(key),
+            fast_retry(),
+        )
+        .expect("a loopback client")
     }
 
     fn client(&self) -> PortalClient {
@@ -443,10 +456,12 @@ async fn a_wrong_key_gets_the_helpful_message() {
         .expect_err("refused");
     assert!(matches!(err, PortalError::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
+    // The hint names where the key actually came from (here: the environment variable).
     assert!(
-        text.contains("check portal.apiKeyFile / regenerate the key"),
+        text.contains("check the environment variable GUESTOPS_PORTAL_API_KEY / regenerate the key"),
         "{text}"
     );
+    assert!(!text.contains("portal.apiKeyFile"), "{text}");
     assert!(
         !text.contains("not-the-key"),
         "the key is never shown: {text}"
@@ -609,7 +624,11 @@ fn plain_http_is_refused_off_loopback() {
         concurrency: 2,
         role_codes: RoleCodes::default(),
     };
-    let err = PortalClient::new(&config, SecretString::from("k"), RetryPolicy::default())
+    let err = PortalClient::new(
+        &config.portal_settings(),
+        env_key("k"),
+        RetryPolicy::default(),
+    )
         .expect_err("refused");
     assert!(err.to_string().contains("https://"), "{err}");
 }
@@ -626,7 +645,8 @@ async fn no_answer_is_a_transport_error_that_names_the_operation() {
         concurrency: 1,
         role_codes: RoleCodes::default(),
     };
-    let client = PortalClient::new(&config, SecretString::from("k"), fast_retry()).expect("client");
+    let client =
+        PortalClient::new(&config.portal_settings(), env_key("k"), fast_retry()).expect("client");
     let err = client
         .delete_user("hal@partner.example")
         .await

@@ -12,6 +12,7 @@ use guestops::reconcile::apply::{ApplyOptions, apply};
 use guestops::reconcile::observe_and_plan;
 use guestops::reconcile::plan::{self, PlanFormat};
 use guestops::reconcile::state::StateStore;
+use guestops::remote::Credential;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
@@ -112,14 +113,20 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         .desired
         .context("the embedded examples/users.yaml is invalid")?;
 
-    let tenant = GraphClient::from_config(
-        &config.tenant,
-        SecretString::from(seed::CLIENT_SECRET.to_owned()),
+    let tenant = GraphClient::with_client_secret(
+        &config.tenant.graph_settings(),
+        Credential::new(
+            SecretString::from(seed::CLIENT_SECRET.to_owned()),
+            "the demo's built-in client secret",
+        ),
         RetryPolicy::default(),
     )?;
     let portal = PortalClient::new(
-        &config.portal,
-        SecretString::from(seed::API_KEY.to_owned()),
+        &config.portal.portal_settings(),
+        Credential::new(
+            SecretString::from(seed::API_KEY.to_owned()),
+            "the demo's built-in API key",
+        ),
         RetryPolicy::default(),
     )?;
     let policy = config.policy(false);

@@ -36,7 +36,7 @@ use crate::reconcile::apply::{ApplyOptions, ApplyReport};
 use crate::reconcile::plan::{Observed, Plan, Policy};
 use crate::reconcile::state::{AppliedRevision, StateError, StateStore};
 use crate::reconcile::{ObserveError, observe};
-use crate::remote::graph::{GraphError, Tenant};
+use crate::remote::graph::Tenant;
 use crate::remote::portal::Portal;
 use crate::service::metrics::{Metrics, ReconcileResult};
 use crate::service::server::{Health, Trigger};
@@ -185,10 +185,8 @@ impl ReconcileError {
     /// The `Retry-After` the remote asked for, if any.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ReconcileError::Observe(ObserveError::Tenant(GraphError::Throttled {
-                retry_after,
-                ..
-            })) => *retry_after,
+            ReconcileError::Observe(ObserveError::Tenant(err)) => err.retry_after(),
+            ReconcileError::Observe(ObserveError::Portal(err)) => err.retry_after(),
             _ => None,
         }
     }
@@ -476,13 +474,15 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 Err(ReconcileError::Interrupted) => break,
                 Err(err) => {
                     self.metrics.record_reconcile(err.metric(), elapsed);
-                    self.health.record_failure(Utc::now(), &err.to_string());
+                    // The whole chain, once: each error's message says its own part only.
+                    let message = crate::error::chain(&err);
+                    self.health.record_failure(Utc::now(), &message);
                     if err.is_fatal() {
-                        tracing::error!(error = %err, "the state cannot be saved: stopping");
-                        let _ = notifier.status(&format!("stopped: {err}"));
+                        tracing::error!(error = %message, "the state cannot be saved: stopping");
+                        let _ = notifier.status(&format!("stopped: {message}"));
                         outcome_of_run = Err(DaemonError::StateUnwritable {
                             dir: self.store.dir().to_path_buf(),
-                            reason: err.to_string(),
+                            reason: message,
                         });
                         break;
                     }
@@ -491,9 +491,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     let delay = self.delay(failures, retry_after);
                     timers.retry_at = Some(after + delay);
                     timers.hold_until = retry_after.map(|d| after + d);
-                    tracing::warn!(error = %err, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
+                    tracing::warn!(error = %message, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
                     let _ = notifier.status(&format!(
-                        "revision {}: {err}; retrying in {}s",
+                        "revision {}: {message}; retrying in {}s",
                         current.revision.short,
                         delay.as_secs()
                     ));
