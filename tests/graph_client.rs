@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guestops::config::{SecretSource, TenantConfig};
+use guestops::remote::Credential;
 use guestops::remote::graph::token::{ClientSecretCredential, TokenProblem};
 use guestops::remote::graph::{GraphClient, GraphError, Invitation, Tenant};
-use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
 use guestops::sim::graph::{
     SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_DOMAIN, SIM_TENANT_ID, SimCredentials,
@@ -727,6 +727,157 @@ async fn plain_http_is_refused_off_loopback() {
         Credential::new(SecretString::from("x".to_owned()), "the test's secret"),
         retry(),
     )
-        .expect_err("plain http to a remote host");
+    .expect_err("plain http to a remote host");
     assert!(err.to_string().contains("https"), "{err}");
+}
+
+/// The message of the token error of a client whose secret was loaded by the configuration
+/// from `source` (with the injected environment `env`).
+async fn token_error_loaded(
+    env: &Env,
+    source: SecretSource,
+    vars: &[(&str, &str)],
+) -> (TokenProblem, String) {
+    let mut tenant = tenant(&env.base);
+    tenant.client_secret = source;
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let loaded = tenant
+        .client_secret
+        .load_with_env(&lookup)
+        .expect("the secret loads");
+    let client =
+        GraphClient::with_client_secret(&tenant.graph_settings(), loaded.credential(), retry())
+            .expect("client");
+    match client.list_guests().await {
+        Err(err @ GraphError::Token(_)) => (
+            err.token_problem().expect("a token problem"),
+            guestops::error::chain(&err),
+        ),
+        other => panic!("expected a token error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_from_the_environment_is_fixed_in_the_environment() {
+    let env = start().await;
+    let source = SecretSource::CredentialOrEnv {
+        credential: "graph-secret".into(),
+        env: "GUESTOPS_TENANT_CLIENT_SECRET".into(),
+        file_key: "tenant.credential.secretFile".into(),
+    };
+    let (problem, message) = token_error_loaded(
+        &env,
+        source,
+        &[("GUESTOPS_TENANT_CLIENT_SECRET", "some-secret-id")],
+    )
+    .await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(
+        message.contains("the environment variable GUESTOPS_TENANT_CLIENT_SECRET"),
+        "{message}"
+    );
+    assert!(!message.contains("secretFile"), "{message}");
+    assert!(!message.contains("some-secret-id"), "{message}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_from_a_file_or_a_credential_names_that_place() {
+    let env = start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("graph");
+    std::fs::write(&file, "wrong-in-file\n").expect("write");
+    let (problem, message) = token_error_loaded(&env, SecretSource::File(file.clone()), &[]).await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(message.contains(&file.display().to_string()), "{message}");
+
+    let credentials = dir.path().join("creds");
+    std::fs::create_dir(&credentials).expect("mkdir");
+    std::fs::write(credentials.join("graph-secret"), "wrong-in-credential").expect("write");
+    let source = SecretSource::CredentialOrEnv {
+        credential: "graph-secret".into(),
+        env: "GUESTOPS_TENANT_CLIENT_SECRET".into(),
+        file_key: "tenant.credential.secretFile".into(),
+    };
+    let credentials_dir = credentials.display().to_string();
+    let (problem, message) = token_error_loaded(
+        &env,
+        source,
+        &[
+            ("CREDENTIALS_DIRECTORY", credentials_dir.as_str()),
+            (
+                "GUESTOPS_TENANT_CLIENT_SECRET",
+                "not used: the credential wins",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(
+        message.contains("the systemd credential graph-secret"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("GUESTOPS_TENANT_CLIENT_SECRET"),
+        "{message}"
+    );
+    assert!(!message.contains("secretFile"), "{message}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_at_once_naming_the_address() {
+    // A port that was listening and is now closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let base = Url::parse(&format!("http://{addr}/")).expect("url");
+    let client = GraphClient::with_client_secret(
+        &tenant(&base).graph_settings(),
+        Credential::new(SecretString::from("x".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client.list_guests().await.expect_err("nobody listens");
+    let GraphError::Transport {
+        attempts, source, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*attempts, 1, "a refused connection is not retried");
+    assert_eq!(
+        source.kind,
+        guestops::remote::http::TransportKind::ConnectionRefused
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(
+        text.contains("access token"),
+        "the operation is named: {text}"
+    );
+    assert!(!err.is_ambiguous(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_throttle_beyond_the_budget_carries_graphs_retry_after() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        state.graph.add_guest("ana@partner.example", "Ana");
+        // Longer than the whole retry budget (2 s): handed up to the caller, not waited.
+        state.graph_faults.retry_after = Some("90".into());
+    }
+    let client = env.client();
+    client
+        .list_guests()
+        .await
+        .expect("a token and a first read");
+    env.sim.state().graph_faults.throttle_every = Some(1);
+    let err = client.list_guests().await.expect_err("always throttled");
+    assert!(matches!(err, GraphError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
 }

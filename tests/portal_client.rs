@@ -64,12 +64,8 @@ impl Harness {
     }
 
     fn client_with_key(&self, key: &str) -> PortalClient {
-        PortalClient::new(
-            &self.config().portal_settings(),
-            env_key(key),
-            fast_retry(),
-        )
-        .expect("a loopback client")
+        PortalClient::new(&self.config().portal_settings(), env_key(key), fast_retry())
+            .expect("a loopback client")
     }
 
     fn client(&self) -> PortalClient {
@@ -458,7 +454,9 @@ async fn a_wrong_key_gets_the_helpful_message() {
     let text = err.to_string();
     // The hint names where the key actually came from (here: the environment variable).
     assert!(
-        text.contains("check the environment variable GUESTOPS_PORTAL_API_KEY / regenerate the key"),
+        text.contains(
+            "check the environment variable GUESTOPS_PORTAL_API_KEY / regenerate the key"
+        ),
         "{text}"
     );
     assert!(!text.contains("portal.apiKeyFile"), "{text}");
@@ -629,7 +627,7 @@ fn plain_http_is_refused_off_loopback() {
         env_key("k"),
         RetryPolicy::default(),
     )
-        .expect_err("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("https://"), "{err}");
 }
 
@@ -870,4 +868,164 @@ async fn a_plus_address_is_not_mangled_into_a_space() {
             .expect("deleted")
     );
     assert!(h.sim.state().portal.is_empty());
+}
+
+/// A loopback HTTP/1.1 server that records every request head it receives and answers each
+/// with `answer` (given the request head).
+struct RawServer {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl RawServer {
+    async fn start(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> RawServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let answer = std::sync::Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    seen.lock().expect("lock").push(head.clone());
+                    let _ = stream.write_all(answer(&head).as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        RawServer {
+            addr,
+            heads,
+            _task: task,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
+    // "The other origin": answers like a portal would, so that a followed redirect succeeds.
+    let other = RawServer::start(|_| {
+        let body = r#"{"pageIndex":1,"totalPages":1,"hasNextPage":false,"data":[]}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let target = format!("http://{}/api/user?pageNumber=1", other.addr);
+    let portal = RawServer::start(move |head| {
+        let status = if head.starts_with("GET") {
+            "302 Found"
+        } else {
+            "307 Temporary Redirect"
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    })
+    .await;
+    let settings = guestops::remote::portal::PortalSettings {
+        base_url: url::Url::parse(&format!("http://{}/", portal.addr)).expect("url"),
+        concurrency: 1,
+        role_codes: RoleCodes::default(),
+    };
+    let client = PortalClient::new(&settings, env_key("the-secret-key"), fast_retry())
+        .expect("a loopback client");
+
+    let err = client
+        .list_users()
+        .await
+        .expect_err("a redirect is not success");
+    assert!(
+        matches!(&err, PortalError::Redirected { status: 302, location, .. } if location.contains(&other.addr.to_string())),
+        "{err:?}"
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains("not followed"), "{text}");
+    let err = client
+        .create_user(&new_user("ana@partner.example", "Ana", Role::Viewer))
+        .await
+        .expect_err("a redirected POST is not success");
+    assert!(
+        matches!(&err, PortalError::Redirected { status: 307, .. }),
+        "{err:?}"
+    );
+
+    // The portal got both requests, with the key; the other origin got nothing at all.
+    let heads = portal.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.to_ascii_lowercase().contains("x-api-key: the-secret-key")),
+        "{heads:?}"
+    );
+    assert!(other.heads().is_empty(), "{:?}", other.heads());
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_at_once_naming_the_address() {
+    // A port that was listening and is now closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let settings = guestops::remote::portal::PortalSettings {
+        base_url: url::Url::parse(&format!("http://{addr}/")).expect("url"),
+        concurrency: 1,
+        role_codes: RoleCodes::default(),
+    };
+    let client = PortalClient::new(&settings, env_key("k"), fast_retry()).expect("client");
+    let err = client.list_users().await.expect_err("nobody listens");
+    let PortalError::Transport { source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(source.attempts, 1, "a refused connection is not retried");
+    assert_eq!(
+        source.kind,
+        guestops::remote::http::TransportKind::ConnectionRefused
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(text.contains("GET /api/user"), "{text}");
+    assert!(!err.is_ambiguous(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_throttle_beyond_the_budget_carries_the_portals_retry_after() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal_faults.throttle_every = Some(1);
+        // Longer than the whole retry budget of the client (5 s): not waited inside.
+        state.portal_faults.retry_after = Some("120".to_owned());
+    }
+    let err = h.client().list_users().await.expect_err("throttled");
+    assert!(matches!(err, PortalError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert!(err.to_string().contains("Retry-After 120"), "{err}");
+    assert_eq!(
+        h.sim.state().counters.portal_requests,
+        1,
+        "a Retry-After beyond the budget is handed up at once"
+    );
 }

@@ -194,9 +194,7 @@ pub enum ApplyError {
         first: String,
     },
     /// Progress could not be recorded: no further change was started.
-    #[error(
-        "could not record progress in the state directory, so no further change was started: {source}"
-    )]
+    #[error("could not record progress in the state directory, so no further change was started")]
     State {
         /// The state error (its message says what to fix).
         #[source]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
@@ -157,7 +157,8 @@ impl TransportError {
             address: address_of(url),
             attempts,
             limit: 0,
-            source: Some(source),
+            // The URL's query may hold an address or a token; the address is named above.
+            source: Some(source.without_url()),
         }
     }
 }
@@ -253,8 +254,12 @@ impl Request {
     }
 
     /// Adds a secret header (marked sensitive). `Err` when the secret cannot be a header value.
-    pub fn secret_header(mut self, name: HeaderName, secret: &SecretString) -> Result<Self, ()> {
-        let mut value = HeaderValue::from_str(secret.expose_secret()).map_err(|_| ())?;
+    pub fn secret_header(
+        mut self,
+        name: HeaderName,
+        secret: &SecretString,
+    ) -> Result<Self, InvalidHeaderValue> {
+        let mut value = HeaderValue::from_str(secret.expose_secret())?;
         value.set_sensitive(true);
         self.headers.insert(name, value);
         Ok(self)
@@ -262,7 +267,7 @@ impl Request {
 
     /// Adds `Authorization: Bearer <token>` (sensitive). `Err` when the token cannot be a
     /// header value.
-    pub fn bearer(self, token: &SecretString) -> Result<Self, ()> {
+    pub fn bearer(self, token: &SecretString) -> Result<Self, InvalidHeaderValue> {
         let value = SecretString::from(format!("Bearer {}", token.expose_secret()));
         self.secret_header(reqwest::header::AUTHORIZATION, &value)
     }
@@ -554,5 +559,132 @@ mod tests {
         assert!(!is_retryable(StatusCode::GATEWAY_TIMEOUT, NotIdempotent));
         assert!(is_retryable(StatusCode::GATEWAY_TIMEOUT, Idempotent));
         assert!(!is_retryable(StatusCode::NOT_FOUND, Idempotent));
+    }
+
+    /// A loopback server answering the n-th connection (0-based) with `answers[n]` (the last
+    /// one repeated); returns its URL and the number of requests served.
+    async fn serve(answers: Vec<String>) -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url =
+            Url::parse(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("url");
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let answer = answers[n.min(answers.len() - 1)].clone();
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        (url, served)
+    }
+
+    fn answer(status: &str, extra: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            max_total_wait: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_within_the_budget_is_waited_inside_the_edge() {
+        let (url, served) = serve(vec![
+            answer("429 Too Many Requests", "Retry-After: 0\r\n", ""),
+            answer("200 OK", "", "done"),
+        ])
+        .await;
+        let edge = Edge::new(fast(), 1).expect("edge");
+        let reply = edge
+            .send(&Request::new(Method::GET, url), Idempotency::Idempotent)
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, b"done");
+        assert_eq!(reply.attempts, 2);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_budget_is_handed_to_the_caller() {
+        let (url, served) = serve(vec![answer(
+            "429 Too Many Requests",
+            "Retry-After: 3600\r\n",
+            "",
+        )])
+        .await;
+        let edge = Edge::new(fast(), 1).expect("edge");
+        let reply = edge
+            .send(&Request::new(Method::POST, url), Idempotency::NotIdempotent)
+            .await
+            .expect("answered");
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(reply.retry_after, Some(Duration::from_secs(3600)));
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let (url, _) = serve(vec![answer("200 OK", "", &"x".repeat(100))]).await;
+        let edge = Edge::new(fast(), 1).expect("edge").with_max_body(64);
+        let err = edge
+            .send(
+                &Request::new(Method::GET, url.clone()),
+                Idempotency::Idempotent,
+            )
+            .await
+            .expect_err("too large");
+        assert_eq!(err.kind, TransportKind::BodyTooLarge);
+        assert!(err.to_string().contains("64 bytes"), "{err}");
+        let edge = Edge::new(fast(), 1).expect("edge").with_max_body(100);
+        let reply = edge
+            .send(&Request::new(Method::GET, url), Idempotency::Idempotent)
+            .await
+            .expect("exactly the limit is read");
+        assert_eq!(reply.body.len(), 100);
+    }
+
+    #[test]
+    fn only_https_or_loopback_http() {
+        let ok = |u: &str| check_url(&Url::parse(u).expect("url")).is_ok();
+        assert!(ok("https://api.powerembedded.com.br"));
+        assert!(ok("http://127.0.0.1:8080/"));
+        assert!(ok("http://[::1]:8080/"));
+        assert!(ok("http://localhost/"));
+        assert!(!ok("http://api.powerembedded.com.br"));
+        assert!(!ok("ftp://127.0.0.1/"));
+    }
+
+    #[test]
+    fn secret_headers_are_sensitive_and_forms_are_not_shown() {
+        let request = Request::new(Method::POST, Url::parse("https://x.example/").expect("url"))
+            .secret_header(
+                HeaderName::from_static("x-api-key"),
+                &SecretString::from("k3y"),
+            )
+            .expect("a header value")
+            .form(&[("client_secret", "s3cret")]);
+        assert!(request.headers["x-api-key"].is_sensitive());
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("k3y") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }

@@ -796,6 +796,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_portals_retry_after_reaches_the_backoff_too() {
+        use crate::remote::graph::GraphError;
+        use crate::remote::portal::PortalError;
+        let portal = ReconcileError::Observe(ObserveError::Portal(PortalError::Throttled {
+            operation: "GET /api/user page 1".into(),
+            user: None,
+            retry_after: Some(Duration::from_secs(42)),
+        }));
+        assert_eq!(portal.retry_after(), Some(Duration::from_secs(42)));
+        let graph = ReconcileError::Observe(ObserveError::Tenant(GraphError::Throttled {
+            operation: "list the tenant's guests".into(),
+            retry_after: Some(Duration::from_secs(7)),
+            request_id: None,
+        }));
+        assert_eq!(graph.retry_after(), Some(Duration::from_secs(7)));
+        let other = ReconcileError::Observe(ObserveError::Portal(PortalError::Throttled {
+            operation: "GET /api/user page 1".into(),
+            user: None,
+            retry_after: None,
+        }));
+        assert_eq!(other.retry_after(), None);
+    }
+
     fn timers(now: Instant) -> Timers {
         Timers {
             next_poll: now + Duration::from_secs(300),

@@ -1,8 +1,12 @@
-//! The Microsoft Graph HTTP client: [`GraphClient`] implements [`super::Tenant`] over
-//! `reqwest`, following the documented behaviour of Graph (`docs/specs/microsoft-graph.md`):
-//! `$select` always, `$top=999`, `@odata.nextLink` followed verbatim, OData literals escaped,
-//! `429`/`503`/`504` retried through [`crate::remote::http::send`], `POST /invitations` never retried
-//! blindly, a read that fails part-way failing as a whole.
+//! The Microsoft Graph HTTP client: [`GraphClient`] implements [`super::Tenant`] over the
+//! shared HTTP edge ([`crate::remote::http::Edge`]), following the documented behaviour of
+//! Graph (`docs/specs/microsoft-graph.md`): `$select` always, `$top=999`, `@odata.nextLink`
+//! followed verbatim (never to another origin: the bearer token stays with Graph), OData
+//! literals escaped, `POST /invitations` never retried blindly, a read that fails part-way
+//! failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
+//!
+//! Must not: read the configuration (it takes [`GraphSettings`]), retry or time out on its own
+//! (the edge does), or decide what to change (the plan does).
 
 use std::sync::Arc;
 
@@ -140,7 +144,7 @@ impl GraphClient {
             let token = self.token.token().await?;
             let mut request = Request::new(method.clone(), url.clone())
                 .bearer(&token)
-                .map_err(|()| GraphError::Config {
+                .map_err(|_| GraphError::Config {
                     detail: "the access token cannot be sent in a header".into(),
                 })?
                 .header(

@@ -3,7 +3,11 @@
 //!
 //! Tokens are cached and refreshed before they expire; concurrent callers share one refresh.
 //! Token-endpoint errors are mapped from the documented AADSTS codes to a [`TokenProblem`]
-//! that says what to fix. Neither the secret nor a token is ever logged or shown in `Debug`.
+//! that says what to fix, naming where the secret was read from. Neither the secret nor a
+//! token is ever logged or shown in `Debug`.
+//!
+//! Must not import the client ([`super::client`]): the error types it shares with the client
+//! live in [`super::error`], so the dependency goes one way (client → token → error).
 
 use std::fmt;
 use std::future::Future;

@@ -12,6 +12,9 @@
 //!   leaving a field out may clear it (§4);
 //! - `DELETE /api/user/{email}` percent-encodes the address as one path segment; 404 means
 //!   "already gone".
+//!
+//! Must not: read the configuration (it takes [`PortalSettings`]), retry or time out on its
+//! own (the edge does), or decide what to change (the plan does).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -401,7 +404,7 @@ impl PortalClient {
     ) -> Result<Reply, PortalError> {
         let mut request = Request::new(method, url)
             .secret_header(HeaderName::from_static("x-api-key"), self.api_key.secret())
-            .map_err(|()| PortalError::InvalidApiKey {
+            .map_err(|_| PortalError::InvalidApiKey {
                 key_origin: self.api_key.origin().to_owned(),
             })?
             .header(reqwest::header::ACCEPT, "application/json");
