@@ -1,6 +1,8 @@
 //! The Graph client against the emulated tenant on loopback: paging, lookups, invitations,
 //! tokens, throttling and failures, and the simulator's documented quirks.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -880,4 +882,67 @@ async fn a_throttle_beyond_the_budget_carries_graphs_retry_after() {
     let err = client.list_guests().await.expect_err("always throttled");
     assert!(matches!(err, GraphError::Throttled { .. }), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_so_neither_secret_nor_token_leaves() {
+    // "The other origin": would accept anything.
+    let other = support::RawServer::start(|_| {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()
+    })
+    .await;
+    let elsewhere = format!("http://{}/stolen", other.addr);
+    // A token endpoint that issues tokens, and a Graph that redirects every call.
+    let graph = support::RawServer::start(move |head| {
+        if head.contains("/oauth2/v2.0/token") && head.contains("redirect-me") {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        } else if head.contains("/oauth2/v2.0/token") {
+            let body = r#"{"token_type":"Bearer","expires_in":3599,"access_token":"the-token"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        }
+    })
+    .await;
+    let base = Url::parse(&format!("http://{}/", graph.addr)).expect("url");
+
+    let client = GraphClient::with_client_secret(
+        &tenant(&base).graph_settings(),
+        Credential::new(SecretString::from("s3cret".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client
+        .list_guests()
+        .await
+        .expect_err("a redirect is not a listing");
+    assert_eq!(err.status(), Some(302), "{err:?}");
+
+    let mut redirected_token = tenant(&base);
+    redirected_token.tenant_id = "redirect-me".into();
+    let client = GraphClient::with_client_secret(
+        &redirected_token.graph_settings(),
+        Credential::new(SecretString::from("s3cret".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client
+        .list_guests()
+        .await
+        .expect_err("no token behind a redirect");
+    assert_eq!(err.status(), Some(307), "{err:?}");
+
+    let heads = graph.heads();
+    assert!(
+        heads.iter().any(|h| h.contains("Bearer the-token")),
+        "Graph itself got the token: {heads:?}"
+    );
+    assert!(other.heads().is_empty(), "{:?}", other.heads());
 }

@@ -1,5 +1,7 @@
 //! The portal HTTP client against the emulated Power Embedded API on loopback.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -870,60 +872,10 @@ async fn a_plus_address_is_not_mangled_into_a_space() {
     assert!(h.sim.state().portal.is_empty());
 }
 
-/// A loopback HTTP/1.1 server that records every request head it receives and answers each
-/// with `answer` (given the request head).
-struct RawServer {
-    addr: std::net::SocketAddr,
-    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl RawServer {
-    async fn start(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> RawServer {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = heads.clone();
-        let answer = std::sync::Arc::new(answer);
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let seen = seen.clone();
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).into_owned();
-                    seen.lock().expect("lock").push(head.clone());
-                    let _ = stream.write_all(answer(&head).as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        RawServer {
-            addr,
-            heads,
-            _task: task,
-        }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().expect("lock").clone()
-    }
-}
-
 #[tokio::test]
 async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
     // "The other origin": answers like a portal would, so that a followed redirect succeeds.
-    let other = RawServer::start(|_| {
+    let other = support::RawServer::start(|_| {
         let body = r#"{"pageIndex":1,"totalPages":1,"hasNextPage":false,"data":[]}"#;
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -932,7 +884,7 @@ async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
     })
     .await;
     let target = format!("http://{}/api/user?pageNumber=1", other.addr);
-    let portal = RawServer::start(move |head| {
+    let portal = support::RawServer::start(move |head| {
         let status = if head.starts_with("GET") {
             "302 Found"
         } else {

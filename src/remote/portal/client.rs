@@ -393,7 +393,8 @@ impl PortalClient {
         self.role_codes
     }
 
-    /// Sends one request through the shared retry policy; any HTTP answer is returned.
+    /// Sends one request through the edge (permit, retry policy, redirects off); any HTTP
+    /// answer is returned.
     async fn send(
         &self,
         method: Method,
@@ -403,6 +404,7 @@ impl PortalClient {
         op: &Op<'_>,
     ) -> Result<Reply, PortalError> {
         let mut request = Request::new(method, url)
+            // API_KEY_HEADER (header names are case-insensitive; `from_static` wants lower case).
             .secret_header(HeaderName::from_static("x-api-key"), self.api_key.secret())
             .map_err(|_| PortalError::InvalidApiKey {
                 key_origin: self.api_key.origin().to_owned(),
