@@ -628,7 +628,10 @@ async fn a_state_that_cannot_be_saved_stops_new_changes() {
     let ApplyError::State { report, .. } = &err else {
         panic!("expected a state error, got {err:?}");
     };
-    assert!(err.to_string().contains("state.json"), "{err}");
+    // The message says its own part; the state error (naming the file) is its cause, and
+    // the chain is what a person reads.
+    let text = guestops::error::chain(&err);
+    assert!(text.contains("state.json"), "{text}");
     assert_eq!(
         world.tenant.calls(TenantOp::Invite),
         1,

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use guestops::config::{Cloud, Config, ConfigError, Problem, SecretSource, override_variables};
+use guestops::config::{
+    Cloud, Config, ConfigError, Problem, SecretOrigin, SecretSource, override_variables,
+};
 use guestops::reconcile::plan::GuestOnRemoval;
 use guestops::remote::portal::RoleCodes;
 use secrecy::ExposeSecret;
@@ -554,6 +556,77 @@ fn secret_resolution_order_file_then_credential_then_env() {
     assert!(
         secrets.webhook_secret.is_none(),
         "no webhook secret anywhere: webhook off"
+    );
+}
+
+#[test]
+fn a_loaded_secret_knows_where_it_came_from() {
+    let creds = tempfile::tempdir().expect("tempdir");
+    let creds_dir = creds.path().to_str().expect("utf-8 temp path");
+    let explicit = write(creds.path(), "explicit", "from-file\n");
+    write(creds.path(), "graph-secret", "from-credential\n");
+    let env = env_of(&[
+        ("CREDENTIALS_DIRECTORY", creds_dir),
+        ("GUESTOPS_TENANT_CLIENT_SECRET", "from-env"),
+        ("GUESTOPS_PORTAL_API_KEY", "key-from-env"),
+    ]);
+
+    let text = format!(
+        "{MINIMAL}  credential: {{ kind: clientSecret, secretFile: {} }}\n",
+        explicit.display()
+    );
+    let secrets = load(&text, &[])
+        .expect("valid")
+        .load_secrets_with_env(&env)
+        .expect("secrets load");
+    assert_eq!(
+        secrets.graph_client_secret.origin(),
+        &SecretOrigin::File {
+            path: explicit.clone(),
+            key: "tenant.credential.secretFile".to_owned()
+        }
+    );
+    let described = secrets.graph_client_secret.credential();
+    assert!(
+        described.origin().contains(&explicit.display().to_string())
+            && described.origin().contains("tenant.credential.secretFile"),
+        "{}",
+        described.origin()
+    );
+    assert_eq!(
+        secrets.portal_api_key.origin(),
+        &SecretOrigin::Env {
+            var: "GUESTOPS_PORTAL_API_KEY".to_owned()
+        }
+    );
+    assert_eq!(
+        secrets.portal_api_key.credential().origin(),
+        "the environment variable GUESTOPS_PORTAL_API_KEY"
+    );
+
+    let secrets = load(MINIMAL, &[])
+        .expect("valid")
+        .load_secrets_with_env(&env)
+        .expect("secrets load");
+    assert_eq!(
+        secrets.graph_client_secret.origin(),
+        &SecretOrigin::Credential {
+            name: "graph-secret".to_owned(),
+            path: creds.path().join("graph-secret"),
+        }
+    );
+    assert!(
+        secrets
+            .graph_client_secret
+            .credential()
+            .origin()
+            .contains("systemd credential graph-secret"),
+        "{:?}",
+        secrets.graph_client_secret
+    );
+    assert!(
+        !format!("{:?}", secrets.graph_client_secret).contains("from-credential"),
+        "Debug never shows the value"
     );
 }
 

@@ -1,11 +1,14 @@
 //! The Graph client against the emulated tenant on loopback: paging, lookups, invitations,
 //! tokens, throttling and failures, and the simulator's documented quirks.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use guestops::config::{SecretSource, TenantConfig};
+use guestops::remote::Credential;
 use guestops::remote::graph::token::{ClientSecretCredential, TokenProblem};
 use guestops::remote::graph::{GraphClient, GraphError, Invitation, Tenant};
 use guestops::remote::http::RetryPolicy;
@@ -70,8 +73,12 @@ impl Env {
     }
 
     fn client_with(&self, tenant: &TenantConfig, secret: &str) -> GraphClient {
-        GraphClient::from_config(tenant, SecretString::from(secret.to_owned()), retry())
-            .expect("a valid client configuration")
+        GraphClient::with_client_secret(
+            &tenant.graph_settings(),
+            Credential::new(SecretString::from(secret.to_owned()), "the test's secret"),
+            retry(),
+        )
+        .expect("a valid client configuration")
     }
 
     /// A raw access token, for requests that bypass the client.
@@ -435,20 +442,22 @@ async fn a_temporarily_unavailable_token_endpoint_is_retried() {
 async fn the_credential_can_be_shared_as_a_token_source() {
     let env = start().await;
     let tenant = tenant(&env.base);
-    let http = reqwest::Client::new();
+    let settings = tenant.graph_settings();
+    let edge = guestops::remote::graph::client::edge(&settings, retry()).expect("edge");
     let credential = ClientSecretCredential::new(
-        http.clone(),
+        edge.clone(),
         &tenant.authority_host,
         &tenant.tenant_id,
         &tenant.client_id,
-        SecretString::from(SIM_CLIENT_SECRET.to_owned()),
+        Credential::new(
+            SecretString::from(SIM_CLIENT_SECRET.to_owned()),
+            "the test's secret",
+        ),
         &tenant.cloud.graph_endpoint(),
-        retry(),
     )
     .expect("credential");
     assert!(!format!("{credential:?}").contains(SIM_CLIENT_SECRET));
-    let client =
-        GraphClient::with_http(http, &tenant, Arc::new(credential), retry()).expect("client");
+    let client = GraphClient::new(&settings, Arc::new(credential), edge).expect("client");
     client.list_guests().await.expect("listing");
 }
 
@@ -715,7 +724,225 @@ async fn an_address_that_entra_rejects_is_a_bad_request() {
 async fn plain_http_is_refused_off_loopback() {
     let mut config = tenant(&Url::parse("http://127.0.0.1:1/").expect("url"));
     config.graph_endpoint = Url::parse("http://graph.example.com/").expect("url");
-    let err = GraphClient::from_config(&config, SecretString::from("x".to_owned()), retry())
-        .expect_err("plain http to a remote host");
+    let err = GraphClient::with_client_secret(
+        &config.graph_settings(),
+        Credential::new(SecretString::from("x".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect_err("plain http to a remote host");
     assert!(err.to_string().contains("https"), "{err}");
+}
+
+/// The message of the token error of a client whose secret was loaded by the configuration
+/// from `source` (with the injected environment `env`).
+async fn token_error_loaded(
+    env: &Env,
+    source: SecretSource,
+    vars: &[(&str, &str)],
+) -> (TokenProblem, String) {
+    let mut tenant = tenant(&env.base);
+    tenant.client_secret = source;
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let loaded = tenant
+        .client_secret
+        .load_with_env(&lookup)
+        .expect("the secret loads");
+    let client =
+        GraphClient::with_client_secret(&tenant.graph_settings(), loaded.credential(), retry())
+            .expect("client");
+    match client.list_guests().await {
+        Err(err @ GraphError::Token(_)) => (
+            err.token_problem().expect("a token problem"),
+            guestops::error::chain(&err),
+        ),
+        other => panic!("expected a token error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_from_the_environment_is_fixed_in_the_environment() {
+    let env = start().await;
+    let source = SecretSource::CredentialOrEnv {
+        credential: "graph-secret".into(),
+        env: "GUESTOPS_TENANT_CLIENT_SECRET".into(),
+        file_key: "tenant.credential.secretFile".into(),
+    };
+    let (problem, message) = token_error_loaded(
+        &env,
+        source,
+        &[("GUESTOPS_TENANT_CLIENT_SECRET", "some-secret-id")],
+    )
+    .await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(
+        message.contains("the environment variable GUESTOPS_TENANT_CLIENT_SECRET"),
+        "{message}"
+    );
+    assert!(!message.contains("secretFile"), "{message}");
+    assert!(!message.contains("some-secret-id"), "{message}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_from_a_file_or_a_credential_names_that_place() {
+    let env = start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("graph");
+    std::fs::write(&file, "wrong-in-file\n").expect("write");
+    let (problem, message) = token_error_loaded(&env, SecretSource::File(file.clone()), &[]).await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(message.contains(&file.display().to_string()), "{message}");
+
+    let credentials = dir.path().join("creds");
+    std::fs::create_dir(&credentials).expect("mkdir");
+    std::fs::write(credentials.join("graph-secret"), "wrong-in-credential").expect("write");
+    let source = SecretSource::CredentialOrEnv {
+        credential: "graph-secret".into(),
+        env: "GUESTOPS_TENANT_CLIENT_SECRET".into(),
+        file_key: "tenant.credential.secretFile".into(),
+    };
+    let credentials_dir = credentials.display().to_string();
+    let (problem, message) = token_error_loaded(
+        &env,
+        source,
+        &[
+            ("CREDENTIALS_DIRECTORY", credentials_dir.as_str()),
+            (
+                "GUESTOPS_TENANT_CLIENT_SECRET",
+                "not used: the credential wins",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(problem, TokenProblem::WrongSecret);
+    assert!(
+        message.contains("the systemd credential graph-secret"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("GUESTOPS_TENANT_CLIENT_SECRET"),
+        "{message}"
+    );
+    assert!(!message.contains("secretFile"), "{message}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_at_once_naming_the_address() {
+    // A port that was listening and is now closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let base = Url::parse(&format!("http://{addr}/")).expect("url");
+    let client = GraphClient::with_client_secret(
+        &tenant(&base).graph_settings(),
+        Credential::new(SecretString::from("x".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client.list_guests().await.expect_err("nobody listens");
+    let GraphError::Transport {
+        attempts, source, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*attempts, 1, "a refused connection is not retried");
+    assert_eq!(
+        source.kind,
+        guestops::remote::http::TransportKind::ConnectionRefused
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(
+        text.contains("access token"),
+        "the operation is named: {text}"
+    );
+    assert!(!err.is_ambiguous(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_throttle_beyond_the_budget_carries_graphs_retry_after() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        state.graph.add_guest("ana@partner.example", "Ana");
+        // Longer than the whole retry budget (2 s): handed up to the caller, not waited.
+        state.graph_faults.retry_after = Some("90".into());
+    }
+    let client = env.client();
+    client
+        .list_guests()
+        .await
+        .expect("a token and a first read");
+    env.sim.state().graph_faults.throttle_every = Some(1);
+    let err = client.list_guests().await.expect_err("always throttled");
+    assert!(matches!(err, GraphError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_so_neither_secret_nor_token_leaves() {
+    // "The other origin": would accept anything.
+    let other = support::RawServer::start(|_| {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()
+    })
+    .await;
+    let elsewhere = format!("http://{}/stolen", other.addr);
+    // A token endpoint that issues tokens, and a Graph that redirects every call.
+    let graph = support::RawServer::start(move |head| {
+        if head.contains("/oauth2/v2.0/token") && head.contains("redirect-me") {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        } else if head.contains("/oauth2/v2.0/token") {
+            let body = r#"{"token_type":"Bearer","expires_in":3599,"access_token":"the-token"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        }
+    })
+    .await;
+    let base = Url::parse(&format!("http://{}/", graph.addr)).expect("url");
+
+    let client = GraphClient::with_client_secret(
+        &tenant(&base).graph_settings(),
+        Credential::new(SecretString::from("s3cret".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client
+        .list_guests()
+        .await
+        .expect_err("a redirect is not a listing");
+    assert_eq!(err.status(), Some(302), "{err:?}");
+
+    let mut redirected_token = tenant(&base);
+    redirected_token.tenant_id = "redirect-me".into();
+    let client = GraphClient::with_client_secret(
+        &redirected_token.graph_settings(),
+        Credential::new(SecretString::from("s3cret".to_owned()), "the test's secret"),
+        retry(),
+    )
+    .expect("client");
+    let err = client
+        .list_guests()
+        .await
+        .expect_err("no token behind a redirect");
+    assert_eq!(err.status(), Some(307), "{err:?}");
+
+    let heads = graph.heads();
+    assert!(
+        heads.iter().any(|h| h.contains("Bearer the-token")),
+        "Graph itself got the token: {heads:?}"
+    );
+    assert!(other.heads().is_empty(), "{:?}", other.heads());
 }

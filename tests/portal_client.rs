@@ -1,10 +1,13 @@
 //! The portal HTTP client against the emulated Power Embedded API on loopback.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use guestops::config::{PortalConfig, SecretSource};
 use guestops::desired::spec::Role;
+use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
 use guestops::sim::portal::SIM_API_KEY;
@@ -22,6 +25,14 @@ fn fast_retry() -> RetryPolicy {
         max_total_wait: Duration::from_secs(5),
         timeout: Duration::from_secs(20),
     }
+}
+
+/// An API key as if read from the environment variable `GUESTOPS_PORTAL_API_KEY`.
+fn env_key(key: &str) -> Credential {
+    Credential::new(
+        SecretString::from(key),
+        "the environment variable GUESTOPS_PORTAL_API_KEY",
+    )
 }
 
 struct Harness {
@@ -55,7 +66,7 @@ impl Harness {
     }
 
     fn client_with_key(&self, key: &str) -> PortalClient {
-        PortalClient::new(&self.config(), SecretString::from(key), fast_retry())
+        PortalClient::new(&self.config().portal_settings(), env_key(key), fast_retry())
             .expect("a loopback client")
     }
 
@@ -443,10 +454,14 @@ async fn a_wrong_key_gets_the_helpful_message() {
         .expect_err("refused");
     assert!(matches!(err, PortalError::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
+    // The hint names where the key actually came from (here: the environment variable).
     assert!(
-        text.contains("check portal.apiKeyFile / regenerate the key"),
+        text.contains(
+            "check the environment variable GUESTOPS_PORTAL_API_KEY / regenerate the key"
+        ),
         "{text}"
     );
+    assert!(!text.contains("portal.apiKeyFile"), "{text}");
     assert!(
         !text.contains("not-the-key"),
         "the key is never shown: {text}"
@@ -609,8 +624,12 @@ fn plain_http_is_refused_off_loopback() {
         concurrency: 2,
         role_codes: RoleCodes::default(),
     };
-    let err = PortalClient::new(&config, SecretString::from("k"), RetryPolicy::default())
-        .expect_err("refused");
+    let err = PortalClient::new(
+        &config.portal_settings(),
+        env_key("k"),
+        RetryPolicy::default(),
+    )
+    .expect_err("refused");
     assert!(err.to_string().contains("https://"), "{err}");
 }
 
@@ -626,7 +645,8 @@ async fn no_answer_is_a_transport_error_that_names_the_operation() {
         concurrency: 1,
         role_codes: RoleCodes::default(),
     };
-    let client = PortalClient::new(&config, SecretString::from("k"), fast_retry()).expect("client");
+    let client =
+        PortalClient::new(&config.portal_settings(), env_key("k"), fast_retry()).expect("client");
     let err = client
         .delete_user("hal@partner.example")
         .await
@@ -850,4 +870,114 @@ async fn a_plus_address_is_not_mangled_into_a_space() {
             .expect("deleted")
     );
     assert!(h.sim.state().portal.is_empty());
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
+    // "The other origin": answers like a portal would, so that a followed redirect succeeds.
+    let other = support::RawServer::start(|_| {
+        let body = r#"{"pageIndex":1,"totalPages":1,"hasNextPage":false,"data":[]}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await;
+    let target = format!("http://{}/api/user?pageNumber=1", other.addr);
+    let portal = support::RawServer::start(move |head| {
+        let status = if head.starts_with("GET") {
+            "302 Found"
+        } else {
+            "307 Temporary Redirect"
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    })
+    .await;
+    let settings = guestops::remote::portal::PortalSettings {
+        base_url: url::Url::parse(&format!("http://{}/", portal.addr)).expect("url"),
+        concurrency: 1,
+        role_codes: RoleCodes::default(),
+    };
+    let client = PortalClient::new(&settings, env_key("the-secret-key"), fast_retry())
+        .expect("a loopback client");
+
+    let err = client
+        .list_users()
+        .await
+        .expect_err("a redirect is not success");
+    assert!(
+        matches!(&err, PortalError::Redirected { status: 302, location, .. } if location.contains(&other.addr.to_string())),
+        "{err:?}"
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains("not followed"), "{text}");
+    let err = client
+        .create_user(&new_user("ana@partner.example", "Ana", Role::Viewer))
+        .await
+        .expect_err("a redirected POST is not success");
+    assert!(
+        matches!(&err, PortalError::Redirected { status: 307, .. }),
+        "{err:?}"
+    );
+
+    // The portal got both requests, with the key; the other origin got nothing at all.
+    let heads = portal.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.to_ascii_lowercase().contains("x-api-key: the-secret-key")),
+        "{heads:?}"
+    );
+    assert!(other.heads().is_empty(), "{:?}", other.heads());
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_at_once_naming_the_address() {
+    // A port that was listening and is now closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let settings = guestops::remote::portal::PortalSettings {
+        base_url: url::Url::parse(&format!("http://{addr}/")).expect("url"),
+        concurrency: 1,
+        role_codes: RoleCodes::default(),
+    };
+    let client = PortalClient::new(&settings, env_key("k"), fast_retry()).expect("client");
+    let err = client.list_users().await.expect_err("nobody listens");
+    let PortalError::Transport { source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(source.attempts, 1, "a refused connection is not retried");
+    assert_eq!(
+        source.kind,
+        guestops::remote::http::TransportKind::ConnectionRefused
+    );
+    let text = guestops::error::chain(&err);
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(text.contains("GET /api/user"), "{text}");
+    assert!(!err.is_ambiguous(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_throttle_beyond_the_budget_carries_the_portals_retry_after() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal_faults.throttle_every = Some(1);
+        // Longer than the whole retry budget of the client (5 s): not waited inside.
+        state.portal_faults.retry_after = Some("120".to_owned());
+    }
+    let err = h.client().list_users().await.expect_err("throttled");
+    assert!(matches!(err, PortalError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert!(err.to_string().contains("Retry-After 120"), "{err}");
+    assert_eq!(
+        h.sim.state().counters.portal_requests,
+        1,
+        "a Retry-After beyond the budget is handed up at once"
+    );
 }

@@ -427,9 +427,18 @@ fn webhook_is_on_only_when_a_secret_is_provided() {
         &|_| None,
     )
     .expect("valid config");
+    use guestops::config::{LoadedSecret, SecretOrigin};
+    let from_env = |value: &str, var: &str| {
+        LoadedSecret::new(
+            SecretString::from(value),
+            SecretOrigin::Env {
+                var: var.to_owned(),
+            },
+        )
+    };
     let mut secrets = guestops::config::Secrets {
-        graph_client_secret: SecretString::from("g"),
-        portal_api_key: SecretString::from("p"),
+        graph_client_secret: from_env("g", "GUESTOPS_TENANT_CLIENT_SECRET"),
+        portal_api_key: from_env("p", "GUESTOPS_PORTAL_API_KEY"),
         webhook_secret: None,
     };
     assert!(WebhookConfig::from_config(&config, &secrets).is_none());

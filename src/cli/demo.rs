@@ -12,6 +12,7 @@ use guestops::desired::spec::{self, SpecPolicy};
 use guestops::reconcile::plan::{self, PlanFormat};
 use guestops::reconcile::state::StateStore;
 use guestops::reconcile::{Context, Desired, Mode, Settings, Verdict, run_once};
+use guestops::remote::Credential;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
@@ -113,14 +114,20 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         .desired
         .context("the embedded examples/users.yaml is invalid")?;
 
-    let tenant = GraphClient::from_config(
-        &config.tenant,
-        SecretString::from(seed::CLIENT_SECRET.to_owned()),
+    let tenant = GraphClient::with_client_secret(
+        &config.tenant.graph_settings(),
+        Credential::new(
+            SecretString::from(seed::CLIENT_SECRET.to_owned()),
+            "the demo's built-in client secret",
+        ),
         RetryPolicy::default(),
     )?;
     let portal = PortalClient::new(
-        &config.portal,
-        SecretString::from(seed::API_KEY.to_owned()),
+        &config.portal.portal_settings(),
+        Credential::new(
+            SecretString::from(seed::API_KEY.to_owned()),
+            "the demo's built-in API key",
+        ),
         RetryPolicy::default(),
     )?;
     let settings = Settings::from_config(&config, false);

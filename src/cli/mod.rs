@@ -133,15 +133,15 @@ pub struct Clients {
 pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
     use guestops::remote::http::RetryPolicy;
     let secret = config.tenant.client_secret.load()?;
-    let tenant = guestops::remote::graph::GraphClient::from_config(
-        &config.tenant,
-        secret,
+    let tenant = guestops::remote::graph::GraphClient::with_client_secret(
+        &config.tenant.graph_settings(),
+        secret.credential(),
         RetryPolicy::default(),
     )?;
     let api_key = config.portal.api_key.load()?;
     let portal = guestops::remote::portal::PortalClient::new(
-        &config.portal,
-        api_key,
+        &config.portal.portal_settings(),
+        api_key.credential(),
         RetryPolicy::default(),
     )?;
     Ok(Clients { tenant, portal })

@@ -54,14 +54,14 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let config = super::load_config(&args.config)?;
     let secrets = config.load_secrets()?;
     let store = StateStore::open(&config.state.dir)?;
-    let tenant = GraphClient::from_config(
-        &config.tenant,
-        secrets.graph_client_secret.clone(),
+    let tenant = GraphClient::with_client_secret(
+        &config.tenant.graph_settings(),
+        secrets.graph_client_secret.credential(),
         RetryPolicy::default(),
     )?;
     let portal = PortalClient::new(
-        &config.portal,
-        secrets.portal_api_key.clone(),
+        &config.portal.portal_settings(),
+        secrets.portal_api_key.credential(),
         RetryPolicy::default(),
     )?;
     let notifier = Notifier::from_env().context("cannot talk to systemd (NOTIFY_SOCKET)")?;

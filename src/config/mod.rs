@@ -26,7 +26,7 @@ mod render;
 mod secret;
 mod tree;
 
-pub use secret::{CREDENTIALS_DIRECTORY, Secrets};
+pub use secret::{CREDENTIALS_DIRECTORY, LoadedSecret, SecretOrigin, Secrets};
 
 /// Where the host configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/guestops/config.yaml";
@@ -177,6 +177,19 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
+    /// The settings of the Graph client (`remote` does not read the configuration).
+    pub fn graph_settings(&self) -> crate::remote::graph::GraphSettings {
+        crate::remote::graph::GraphSettings {
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            authority_host: self.authority_host.clone(),
+            graph_endpoint: self.graph_endpoint.clone(),
+            resource: self.cloud.graph_endpoint(),
+            invite_redirect_url: self.invite_redirect_url.clone(),
+            concurrency: self.concurrency,
+        }
+    }
+
     /// The OAuth scope of the client-credentials grant: the Graph resource of `cloud` +
     /// `/.default` (`https://graph.microsoft.com/.default`), whatever `graphEndpoint` says.
     pub fn scope(&self) -> String {
@@ -198,6 +211,17 @@ pub struct PortalConfig {
     pub concurrency: usize,
     /// Role names ↔ portal codes.
     pub role_codes: RoleCodes,
+}
+
+impl PortalConfig {
+    /// The settings of the portal client (`remote` does not read the configuration).
+    pub fn portal_settings(&self) -> crate::remote::portal::PortalSettings {
+        crate::remote::portal::PortalSettings {
+            base_url: self.base_url.clone(),
+            concurrency: self.concurrency,
+            role_codes: self.role_codes,
+        }
+    }
 }
 
 /// `policy.*`.
@@ -510,7 +534,9 @@ impl Config {
                 .api_key
                 .load_required(env, secret::PORTAL_API_KEY.file_key)?,
             webhook_secret: match &self.server.webhook_secret {
-                Some(source) => source.load_labelled(env, secret::WEBHOOK_SECRET.file_key)?,
+                Some(source) => source
+                    .load_labelled(env, secret::WEBHOOK_SECRET.file_key)?
+                    .map(|loaded| loaded.value().clone()),
                 None => None,
             },
         })

@@ -2,10 +2,11 @@
 //! `$CREDENTIALS_DIRECTORY/<name>`, else an environment variable. Values are
 //! [`SecretString`]s: never in argv, never logged, redacted in `Debug`.
 
+use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, SecretSource};
 
@@ -68,14 +69,97 @@ fn what_of(credential: &str) -> String {
         .unwrap_or_else(|| format!("secret `{credential}`"))
 }
 
+/// Where a loaded secret was read from: named in hints about a refused secret, so that the
+/// operator fixes the place actually used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretOrigin {
+    /// A file named by a config key (or a path given directly).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The key that names it, e.g. `tenant.credential.secretFile`.
+        key: String,
+    },
+    /// A systemd credential, `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential {
+        /// The credential name, e.g. `graph-secret`.
+        name: String,
+        /// The file it was read from.
+        path: PathBuf,
+    },
+    /// An environment variable.
+    Env {
+        /// The variable, e.g. `GUESTOPS_TENANT_CLIENT_SECRET`.
+        var: String,
+    },
+}
+
+impl fmt::Display for SecretOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretOrigin::File { path, key } => write!(f, "the file {} ({key})", path.display()),
+            SecretOrigin::Credential { name, path } => write!(
+                f,
+                "the systemd credential {name} ({}, LoadCredential=)",
+                path.display()
+            ),
+            SecretOrigin::Env { var } => write!(f, "the environment variable {var}"),
+        }
+    }
+}
+
+/// A secret and where it was read from. `Debug` never shows the value.
+#[derive(Clone)]
+pub struct LoadedSecret {
+    value: SecretString,
+    origin: SecretOrigin,
+}
+
+impl LoadedSecret {
+    /// `value`, read from `origin`.
+    pub fn new(value: SecretString, origin: SecretOrigin) -> Self {
+        LoadedSecret { value, origin }
+    }
+
+    /// Where it was read from.
+    pub fn origin(&self) -> &SecretOrigin {
+        &self.origin
+    }
+
+    /// The value.
+    pub fn value(&self) -> &SecretString {
+        &self.value
+    }
+
+    /// The secret for a remote client, its origin described for hints.
+    pub fn credential(&self) -> crate::remote::Credential {
+        crate::remote::Credential::new(self.value.clone(), self.origin.to_string())
+    }
+}
+
+impl ExposeSecret<str> for LoadedSecret {
+    fn expose_secret(&self) -> &str {
+        self.value.expose_secret()
+    }
+}
+
+impl fmt::Debug for LoadedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedSecret")
+            .field("value", &"[REDACTED]")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
 /// The secrets a command needs, loaded by [`super::Config::load_secrets`].
 /// `Debug` shows `[REDACTED]` for every value.
 #[derive(Debug)]
 pub struct Secrets {
-    /// The Graph client secret (client-credentials grant).
-    pub graph_client_secret: SecretString,
-    /// The portal `X-API-Key`.
-    pub portal_api_key: SecretString,
+    /// The Graph client secret (client-credentials grant), and where it was read from.
+    pub graph_client_secret: LoadedSecret,
+    /// The portal `X-API-Key`, and where it was read from.
+    pub portal_api_key: LoadedSecret,
     /// The GitHub webhook HMAC secret; `None` when none is provided (webhook off).
     pub webhook_secret: Option<SecretString>,
 }
@@ -83,7 +167,7 @@ pub struct Secrets {
 impl SecretSource {
     /// Reads the secret, looking up `CREDENTIALS_DIRECTORY` and variables in the process
     /// environment.
-    pub fn load(&self) -> Result<SecretString, ConfigError> {
+    pub fn load(&self) -> Result<LoadedSecret, ConfigError> {
         let env = |name: &str| std::env::var(name).ok();
         self.load_with_env(&env)
     }
@@ -92,7 +176,7 @@ impl SecretSource {
     pub fn load_with_env(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<SecretString, ConfigError> {
+    ) -> Result<LoadedSecret, ConfigError> {
         self.load_required(env, "secret file")
     }
 
@@ -101,7 +185,7 @@ impl SecretSource {
         &self,
         env: &dyn Fn(&str) -> Option<String>,
         file_key: &str,
-    ) -> Result<SecretString, ConfigError> {
+    ) -> Result<LoadedSecret, ConfigError> {
         match self.load_labelled(env, file_key)? {
             Some(secret) => Ok(secret),
             None => Err(self.missing()),
@@ -114,7 +198,7 @@ impl SecretSource {
     pub fn load_optional_with_env(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Option<SecretString>, ConfigError> {
+    ) -> Result<Option<LoadedSecret>, ConfigError> {
         self.load_labelled(env, "secret file")
     }
 
@@ -123,9 +207,17 @@ impl SecretSource {
         &self,
         env: &dyn Fn(&str) -> Option<String>,
         file_key: &str,
-    ) -> Result<Option<SecretString>, ConfigError> {
+    ) -> Result<Option<LoadedSecret>, ConfigError> {
         match self {
-            SecretSource::File(path) => read_secret_file(path, file_key).map(Some),
+            SecretSource::File(path) => read_secret_file(path, file_key).map(|value| {
+                Some(LoadedSecret::new(
+                    value,
+                    SecretOrigin::File {
+                        path: path.clone(),
+                        key: file_key.to_owned(),
+                    },
+                ))
+            }),
             SecretSource::Env(var) => from_env(var, var, env),
             SecretSource::CredentialOrEnv {
                 credential,
@@ -135,8 +227,14 @@ impl SecretSource {
                 if let Some(dir) = env(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty()) {
                     let path = Path::new(&dir).join(credential);
                     if path.exists() {
-                        return read_secret_file(&path, &format!("credential {credential}"))
-                            .map(Some);
+                        let value = read_secret_file(&path, &format!("credential {credential}"))?;
+                        return Ok(Some(LoadedSecret::new(
+                            value,
+                            SecretOrigin::Credential {
+                                name: credential.clone(),
+                                path,
+                            },
+                        )));
                     }
                 }
                 from_env(var, credential, env)
@@ -171,7 +269,7 @@ fn from_env(
     var: &str,
     key: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<SecretString>, ConfigError> {
+) -> Result<Option<LoadedSecret>, ConfigError> {
     match env(var) {
         None => Ok(None),
         Some(value) => {
@@ -182,7 +280,12 @@ fn from_env(
                     place: format!("environment variable {var}"),
                 })
             } else {
-                Ok(Some(SecretString::from(value)))
+                Ok(Some(LoadedSecret::new(
+                    SecretString::from(value),
+                    SecretOrigin::Env {
+                        var: var.to_owned(),
+                    },
+                )))
             }
         }
     }

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::chain;
 use crate::reconcile::plan::{Action, Change, Plan, RefusalScope, System};
 use crate::reconcile::state::{
     AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
@@ -193,9 +194,7 @@ pub enum ApplyError {
         first: String,
     },
     /// Progress could not be recorded: no further change was started.
-    #[error(
-        "could not record progress in the state directory, so no further change was started: {source}"
-    )]
+    #[error("could not record progress in the state directory, so no further change was started")]
     State {
         /// The state error (its message says what to fix).
         #[source]
@@ -650,19 +649,19 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                     None,
                     true,
                 ),
-                Err(err) => Step::failed(err.to_string(), None, Effect::None),
+                Err(err) => Step::failed(chain(&err), None, Effect::None),
             },
             Action::Unregister { .. } => match self.portal.delete_user(email).await {
                 Ok(true) => Step::done(Effect::PortalGone, None, true),
                 Ok(false) => Step::done(Effect::PortalGone, None, false)
                     .with_detail("the portal user was already gone".to_owned()),
-                Err(err) => Step::failed(err.to_string(), None, Effect::RemovalFailed),
+                Err(err) => Step::failed(chain(&err), None, Effect::RemovalFailed),
             },
             Action::DisableGuest { guest_id } => {
                 match self.tenant.set_account_enabled(guest_id, false).await {
                     Ok(()) => Step::done(Effect::GuestReleased { gone: false }, None, true),
                     Err(err) => Step::failed(
-                        err.to_string(),
+                        chain(&err),
                         err.request_id().map(str::to_owned),
                         Effect::RemovalFailed,
                     ),
@@ -673,7 +672,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 Ok(false) => Step::done(Effect::GuestReleased { gone: true }, None, false)
                     .with_detail("the guest was already gone".to_owned()),
                 Err(err) => Step::failed(
-                    err.to_string(),
+                    chain(&err),
                     err.request_id().map(str::to_owned),
                     Effect::RemovalFailed,
                 ),
@@ -693,7 +692,8 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             Err(err) => {
                 return Step::failed(
                     format!(
-                        "could not look {email} up before inviting, so no invitation was sent: {err}"
+                        "could not look {email} up before inviting, so no invitation was sent: {err}",
+                        err = chain(&err)
                     ),
                     err.request_id().map(str::to_owned),
                     Effect::None,
@@ -723,11 +723,11 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                         )
                         .with_detail(format!(
                             "the invitation answered an error ({err}) but the guest exists: recorded as invited"
-                        )),
+                        , err = chain(&err))),
                         None => Step::failed(
                             format!(
                                 "the invitation of {email} may or may not have happened ({err}) and no guest is visible yet; it was not re-sent, the next reconcile looks again"
-                            ),
+                            , err = chain(&err)),
                             request_id,
                             Effect::InvitationUnconfirmed,
                         ),
@@ -735,14 +735,18 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                     Err(lookup) => Step::failed(
                         format!(
                             "the invitation of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not re-sent, the next reconcile looks again"
-                        ),
+                        , err = chain(&err), lookup = chain(&lookup)),
                         request_id,
                         Effect::InvitationUnconfirmed,
                     ),
                 }
             }
             Err(err) => Step::failed(
-                format!("could not invite {email}: {err}{}", invite_hint(&err)),
+                format!(
+                    "could not invite {email}: {}{}",
+                    chain(&err),
+                    invite_hint(&err)
+                ),
                 err.request_id().map(str::to_owned),
                 Effect::None,
             ),
@@ -764,7 +768,8 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             Err(err) => {
                 return Step::failed(
                     format!(
-                        "could not read guest {guest_id} before re-sending the invitation of {email}: {err}"
+                        "could not read guest {guest_id} before re-sending the invitation of {email}: {err}",
+                        err = chain(&err)
                     ),
                     err.request_id().map(str::to_owned),
                     Effect::None,
@@ -781,12 +786,13 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             ),
             Err(err) => Step::failed(
                 format!(
-                    "could not re-send the invitation of {email}{}: {err}",
+                    "could not re-send the invitation of {email}{}: {}",
                     if err.is_ambiguous() {
                         " (it may have been sent; not repeated)"
                     } else {
                         ""
-                    }
+                    },
+                    chain(&err)
                 ),
                 err.request_id().map(str::to_owned),
                 Effect::None,
@@ -812,7 +818,8 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             Err(err) => {
                 return Step::failed(
                     format!(
-                        "could not look {email} up in the portal before registering, so nothing was created: {err}"
+                        "could not look {email} up in the portal before registering, so nothing was created: {err}",
+                        err = chain(&err)
                     ),
                     None,
                     Effect::None,
@@ -835,19 +842,19 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 )
                 .with_detail(format!(
                     "the registration answered an error ({err}) but the user exists: recorded as registered"
-                )),
+                , err = chain(&err))),
                 Ok(None) => Step::failed(
-                    format!("the registration of {email} may or may not have happened ({err}) and the user is not visible; it was not repeated, the next reconcile looks again"),
+                    format!("the registration of {email} may or may not have happened ({err}) and the user is not visible; it was not repeated, the next reconcile looks again", err = chain(&err)),
                     None,
                     Effect::None,
                 ),
                 Err(lookup) => Step::failed(
-                    format!("the registration of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not repeated, the next reconcile looks again"),
+                    format!("the registration of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not repeated, the next reconcile looks again", err = chain(&err), lookup = chain(&lookup)),
                     None,
                     Effect::None,
                 ),
             },
-            Err(err) => Step::failed(format!("could not register {email}: {err}"), None, Effect::None),
+            Err(err) => Step::failed(format!("could not register {email}: {err}", err = chain(&err)), None, Effect::None),
         }
     }
 }
@@ -855,7 +862,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
 /// After a look-up before inviting: a guest found is adopted, a member needs nothing.
 /// What to do about an invitation Graph refused, when the refusal is a known case.
 fn invite_hint(err: &GraphError) -> &'static str {
-    let message = err.to_string().to_lowercase();
+    let message = chain(err).to_lowercase();
     if err.status() == Some(400) && message.contains("already exist") {
         // No visible account holds the address (it was looked up first): a soft-deleted one does.
         " — a deleted account still holds this address (deleted users are kept 30 days): \
@@ -1103,7 +1110,7 @@ fn clone_error(err: &StateError) -> StateError {
             | StateError::NewerVersion { path, .. } => path.clone(),
             StateError::CreateDir { dir, .. } | StateError::Locked { dir, .. } => dir.clone(),
         },
-        source: std::io::Error::other(err.to_string()),
+        source: std::io::Error::other(chain(err)),
     }
 }
 

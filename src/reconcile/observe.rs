@@ -17,14 +17,15 @@ use crate::reconcile::state::State;
 use crate::remote::graph::{DirectoryUser, GraphError, Tenant};
 use crate::remote::portal::{Portal, PortalError};
 
-/// Why observation failed. Nothing was written.
+/// Why observation failed. Nothing was written. The message says so; the remote's error is
+/// the [`source`](std::error::Error::source) (print with [`crate::error::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
     /// Reading the tenant failed.
-    #[error("could not read the tenant completely, so nothing was changed: {0}")]
+    #[error("could not read the tenant completely, so nothing was changed")]
     Tenant(#[from] GraphError),
     /// Reading the portal failed.
-    #[error("could not read the portal completely, so nothing was changed: {0}")]
+    #[error("could not read the portal completely, so nothing was changed")]
     Portal(#[from] PortalError),
 }
 

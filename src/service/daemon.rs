@@ -35,7 +35,7 @@ use crate::desired::spec::{self, SpecPolicy};
 use crate::reconcile::ObserveError;
 use crate::reconcile::apply::ChangeResult;
 use crate::reconcile::state::{StateError, StateStore};
-use crate::remote::graph::{GraphError, Tenant};
+use crate::remote::graph::Tenant;
 use crate::remote::portal::Portal;
 use crate::service::metrics::{Metrics, ReconcileResult};
 use crate::service::server::{Health, Trigger};
@@ -104,8 +104,11 @@ impl ReconcileError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
-                ObserveError::Tenant(GraphError::Throttled { retry_after, .. }),
-            )) => *retry_after,
+                ObserveError::Tenant(err),
+            )) => err.retry_after(),
+            ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+                ObserveError::Portal(err),
+            )) => err.retry_after(),
             _ => None,
         }
     }
@@ -393,13 +396,15 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 Err(ReconcileError::Interrupted) => break,
                 Err(err) => {
                     self.metrics.record_reconcile(err.metric(), elapsed);
-                    self.health.record_failure(Utc::now(), &err.to_string());
+                    // The whole chain, once: each error's message says its own part only.
+                    let message = crate::error::chain(&err);
+                    self.health.record_failure(Utc::now(), &message);
                     if err.is_fatal() {
-                        tracing::error!(error = %err, "the state cannot be saved: stopping");
-                        let _ = notifier.status(&format!("stopped: {err}"));
+                        tracing::error!(error = %message, "the state cannot be saved: stopping");
+                        let _ = notifier.status(&format!("stopped: {message}"));
                         outcome_of_run = Err(DaemonError::StateUnwritable {
                             dir: self.store.dir().to_path_buf(),
-                            reason: err.to_string(),
+                            reason: message,
                         });
                         break;
                     }
@@ -408,9 +413,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     let delay = self.delay(failures, retry_after);
                     timers.retry_at = Some(after + delay);
                     timers.hold_until = retry_after.map(|d| after + d);
-                    tracing::warn!(error = %err, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
+                    tracing::warn!(error = %message, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
                     let _ = notifier.status(&format!(
-                        "revision {}: {err}; retrying in {}s",
+                        "revision {}: {message}; retrying in {}s",
                         current.revision.short,
                         delay.as_secs()
                     ));
@@ -656,6 +661,36 @@ mod tests {
             backoff_delay(1, base, max, Some(Duration::from_secs(120)), 0.5),
             Duration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn the_portals_retry_after_reaches_the_backoff_too() {
+        use crate::remote::graph::GraphError;
+        use crate::remote::portal::PortalError;
+        let portal = ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+            ObserveError::Portal(PortalError::Throttled {
+                operation: "GET /api/user page 1".into(),
+                user: None,
+                retry_after: Some(Duration::from_secs(42)),
+            }),
+        ));
+        assert_eq!(portal.retry_after(), Some(Duration::from_secs(42)));
+        let graph = ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+            ObserveError::Tenant(GraphError::Throttled {
+                operation: "list the tenant's guests".into(),
+                retry_after: Some(Duration::from_secs(7)),
+                request_id: None,
+            }),
+        ));
+        assert_eq!(graph.retry_after(), Some(Duration::from_secs(7)));
+        let other = ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+            ObserveError::Portal(PortalError::Throttled {
+                operation: "GET /api/user page 1".into(),
+                user: None,
+                retry_after: None,
+            }),
+        ));
+        assert_eq!(other.retry_after(), None);
     }
 
     fn timers(now: Instant) -> Timers {

@@ -23,11 +23,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::Sim;
-use crate::remote::graph::ObjectIdentity;
 
 pub mod filter;
 
@@ -147,6 +147,20 @@ impl Default for SimCredentials {
             token_lifetime: Duration::from_secs(3599),
         }
     }
+}
+
+/// A sign-in identity of an emulated user (`objectIdentity` in the Graph CSDL). The
+/// simulator's own type: it is written from the spec and must not share the client's types or
+/// matching (a shared mistake would go unnoticed).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectIdentity {
+    /// `signInType`, e.g. `federated`, `emailAddress`, `userPrincipalName`.
+    pub sign_in_type: Option<String>,
+    /// `issuer`.
+    pub issuer: Option<String>,
+    /// `issuerAssignedId`.
+    pub issuer_assigned_id: Option<String>,
 }
 
 /// A user of the emulated tenant (guest or member).

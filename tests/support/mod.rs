@@ -1,5 +1,5 @@
-//! Helpers of tests/daemon.rs and tests/server.rs: the Prometheus text checker and a scratch
-//! git repository.
+//! Helpers of the integration tests: the Prometheus text checker, a scratch git repository,
+//! and a raw loopback HTTP server that records what it receives.
 
 #![allow(dead_code)]
 
@@ -458,5 +458,58 @@ pub async fn guestops(args: &[&str]) -> Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A loopback HTTP/1.1 server that records every request head it receives and answers each
+/// with `answer` (given the request head).
+pub struct RawServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl RawServer {
+    /// Starts serving on a fresh loopback port.
+    pub async fn start(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> RawServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let answer = std::sync::Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    seen.lock().expect("lock").push(head.clone());
+                    let _ = stream.write_all(answer(&head).as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        RawServer {
+            addr,
+            heads,
+            _task: task,
+        }
+    }
+
+    /// Every request head received so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
     }
 }

@@ -63,10 +63,9 @@ impl Email {
     }
 }
 
-/// The identity key of an address: trimmed and lower-cased.
-pub fn normalize_email(address: &str) -> String {
-    address.trim().to_lowercase()
-}
+/// The identity key of an address: trimmed and lower-cased (one definition, in
+/// [`crate::remote::identity`]; the desired side and the remote side must agree).
+pub use crate::remote::identity::normalize_email;
 
 impl PartialEq for Email {
     fn eq(&self, other: &Self) -> bool {

@@ -67,33 +67,7 @@ pub(crate) fn action_rank(action: &Action) -> u8 {
     }
 }
 
-/// Trimmed and lower-cased, borrowing when the input already is.
-fn lower(s: &str) -> Cow<'_, str> {
-    let t = s.trim();
-    if t.chars().any(char::is_uppercase) {
-        Cow::Owned(t.to_lowercase())
-    } else {
-        Cow::Borrowed(t)
-    }
-}
-
-/// Calls `f` with `s` trimmed and lower-cased, without a heap allocation for short ASCII input.
-fn with_lower<R>(s: &str, f: impl FnOnce(&str) -> R) -> R {
-    let t = s.trim();
-    let mut buf = [0u8; 256];
-    if t.is_ascii() && t.len() <= buf.len() {
-        let out = &mut buf[..t.len()];
-        out.copy_from_slice(t.as_bytes());
-        out.make_ascii_lowercase();
-        // Lower-casing ASCII keeps it ASCII, hence valid UTF-8.
-        match std::str::from_utf8(out) {
-            Ok(l) => f(l),
-            Err(_) => f(&t.to_lowercase()),
-        }
-    } else {
-        f(&t.to_lowercase())
-    }
-}
+use crate::remote::identity::{self, Key, normalized as lower, with_normalized as with_lower};
 
 /// One or more positions under one key (most keys hold exactly one user).
 #[derive(Debug, Clone)]
@@ -146,10 +120,11 @@ impl<'a> MultiIndex<'a> {
 /// Tenant users (guests and looked-up members) indexed for matching a desired email
 /// (design §7 step 1).
 ///
-/// Keys, all trimmed and lower-cased: `mail`, every `otherMails`, every
-/// `identities[].issuerAssignedId`, and the user principal name. A UPN containing `#EXT#` (any
-/// case) is indexed by its part before `#EXT#`, which matches a desired address `e` when it
-/// equals `e` with `@` replaced by `_`; a UPN without `#EXT#` matches as is. Users are also
+/// Keys are [`identity::keys`], all trimmed and lower-cased: `mail`, every `otherMails`, every
+/// `identities[].issuerAssignedId`, and the user principal name. A guest UPN
+/// `local_domain#EXT#@tenant` (any case) is indexed by its `local_domain` part, which matches a
+/// desired address `e` when it equals `e` with `@` replaced by `_`; a UPN without that form
+/// matches as is. Users are also
 /// found by object id (the guest id recorded in state).
 ///
 /// Users are de-duplicated by id: the first occurrence wins (build it from
@@ -182,28 +157,10 @@ impl<'a> GuestIndex<'a> {
             };
             index.users.push(user);
             index.by_id.insert(user.id.as_str(), pos);
-            if let Some(mail) = &user.mail {
-                index.by_address.insert(lower(mail), pos);
-            }
-            for other in &user.other_mails {
-                index.by_address.insert(lower(other), pos);
-            }
-            for identity in &user.identities {
-                if let Some(id) = &identity.issuer_assigned_id {
-                    index.by_address.insert(lower(id), pos);
-                }
-            }
-            if let Some(upn) = &user.user_principal_name {
-                let upn = lower(upn);
-                match upn.find("#ext#") {
-                    Some(at) => {
-                        let prefix = match upn {
-                            Cow::Borrowed(s) => Cow::Borrowed(&s[..at]),
-                            Cow::Owned(s) => Cow::Owned(s[..at].to_owned()),
-                        };
-                        index.by_ext_upn.insert(prefix, pos);
-                    }
-                    None => index.by_address.insert(upn, pos),
+            for key in identity::keys(user) {
+                match key {
+                    Key::Address(address) => index.by_address.insert(address, pos),
+                    Key::GuestUpn(local) => index.by_ext_upn.insert(local, pos),
                 }
             }
         }
@@ -215,7 +172,7 @@ impl<'a> GuestIndex<'a> {
     pub fn find(&self, email_normalized: &str, known_id: Option<&str>) -> Vec<&'a DirectoryUser> {
         let mut positions: Vec<u32> = self.by_address.get(email_normalized).to_vec();
         if email_normalized.contains('@') {
-            let ext = email_normalized.replace('@', "_");
+            let ext = identity::guest_upn_local_part(email_normalized);
             positions.extend_from_slice(self.by_ext_upn.get(&ext));
         }
         if let Some(pos) = known_id.and_then(|id| self.by_id.get(id)) {
@@ -260,7 +217,7 @@ impl<'k> Relevant<'k> {
         let keys = || desired.users.keys().chain(state.users.keys());
         Relevant {
             addresses: keys().map(String::as_str).collect(),
-            ext_upns: keys().map(|k| k.replace('@', "_")).collect(),
+            ext_upns: keys().map(|k| identity::guest_upn_local_part(k)).collect(),
             ids: state
                 .users
                 .values()
@@ -271,18 +228,10 @@ impl<'k> Relevant<'k> {
 
     /// Whether any key of `u` (as [`GuestIndex`] indexes it) is relevant.
     fn directory_user(&self, u: &DirectoryUser) -> bool {
-        let address = |s: &str| with_lower(s, |l| self.addresses.contains(l));
         self.ids.contains(u.id.as_str())
-            || u.mail.as_deref().is_some_and(address)
-            || u.other_mails.iter().any(|m| address(m))
-            || u.identities
-                .iter()
-                .any(|i| i.issuer_assigned_id.as_deref().is_some_and(address))
-            || u.user_principal_name.as_deref().is_some_and(|upn| {
-                with_lower(upn, |upn| match upn.find("#ext#") {
-                    Some(at) => self.ext_upns.contains(&upn[..at]),
-                    None => self.addresses.contains(upn),
-                })
+            || identity::keys(u).any(|key| match key {
+                Key::Address(address) => self.addresses.contains(address.as_ref()),
+                Key::GuestUpn(local) => self.ext_upns.contains(local.as_ref()),
             })
     }
 }

@@ -1,211 +1,28 @@
-//! The Microsoft Graph HTTP client: [`GraphClient`] implements [`super::Tenant`] over
-//! `reqwest`, following the documented behaviour of Graph (`docs/specs/microsoft-graph.md`):
-//! `$select` always, `$top=999`, `@odata.nextLink` followed verbatim, OData literals escaped,
-//! `429`/`503`/`504` retried through [`crate::remote::http::send`], `POST /invitations` never retried
-//! blindly, a read that fails part-way failing as a whole.
+//! The Microsoft Graph HTTP client: [`GraphClient`] implements [`super::Tenant`] over the
+//! shared HTTP edge ([`crate::remote::http::Edge`]), following the documented behaviour of
+//! Graph (`docs/specs/microsoft-graph.md`): `$select` always, `$top=999`, `@odata.nextLink`
+//! followed verbatim (never to another origin: the bearer token stays with Graph), OData
+//! literals escaped, `POST /invitations` never retried blindly, a read that fails part-way
+//! failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
+//!
+//! Must not: read the configuration (it takes [`GraphSettings`]), retry or time out on its own
+//! (the edge does), or decide what to change (the plan does).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 use url::Url;
 
-use super::token::{ClientSecretCredential, TokenProblem, TokenSource};
-use super::{DirectoryUser, Invitation, Invited, ObjectIdentity, Tenant, USER_SELECT};
-use crate::config::TenantConfig;
-use crate::remote::http::{self, Idempotency, RetryPolicy};
-
-/// A failed Graph operation. Keeps Graph's `code`, `message` and `request-id`.
-#[derive(Debug, thiserror::Error)]
-pub enum GraphError {
-    /// Graph answered with an error status.
-    #[error("Graph answered {status} {code} to {operation}: {message}{}", api_advice(*.status, .code))]
-    Api {
-        /// What was being done, e.g. `list guests`.
-        operation: String,
-        /// HTTP status.
-        status: u16,
-        /// `error.code`.
-        code: String,
-        /// `error.message`.
-        message: String,
-        /// `innerError.request-id` or the `request-id` header.
-        request_id: Option<String>,
-    },
-
-    /// Graph kept answering `429 Too Many Requests` for longer than the retry budget allows.
-    #[error(
-        "Graph kept throttling {operation} (429) beyond the retry budget{}; nothing was changed by \
-         the refused request: retry later, or lower tenant.concurrency",
-        .retry_after.map(|d| format!(" (last Retry-After {}s)", d.as_secs_f64())).unwrap_or_default()
-    )]
-    Throttled {
-        /// What was being done.
-        operation: String,
-        /// The last `Retry-After`, if any.
-        retry_after: Option<Duration>,
-        /// The `request-id` of the last response.
-        request_id: Option<String>,
-    },
-
-    /// No access token could be obtained.
-    #[error("{0}")]
-    Token(Box<TokenFailure>),
-
-    /// The request got no HTTP response (connection, TLS, timeout).
-    #[error(
-        "could not reach Graph to {operation} after {attempts} attempt(s){}: {source}; check \
-         tenant.graphEndpoint / tenant.authorityHost and the network",
-        if *.maybe_sent { " (the request may have been processed)" } else { "" }
-    )]
-    Transport {
-        /// What was being done.
-        operation: String,
-        /// The underlying error.
-        #[source]
-        source: reqwest::Error,
-        /// Whether the request may have reached Graph (a write may have happened).
-        maybe_sent: bool,
-        /// Attempts made.
-        attempts: usize,
-    },
-
-    /// Graph answered success with a body that does not have the documented shape.
-    #[error("Graph answered {operation} with an unexpected response: {detail}")]
-    Malformed {
-        /// What was being done.
-        operation: String,
-        /// What was wrong.
-        detail: String,
-        /// The `request-id` header, if any.
-        request_id: Option<String>,
-    },
-
-    /// A listing did not end within the page guard.
-    #[error(
-        "{operation} did not end after {pages} pages of @odata.nextLink; the listing was \
-         abandoned (nothing is assumed about the rest)"
-    )]
-    TooManyPages {
-        /// What was being done.
-        operation: String,
-        /// Pages read.
-        pages: usize,
-    },
-
-    /// The client cannot be built from the configuration.
-    #[error("invalid Graph client configuration: {detail}")]
-    Config {
-        /// What is wrong and how to fix it.
-        detail: String,
-    },
-}
-
-/// Why the token endpoint refused, with what to fix ([`GraphError::Token`]).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "could not get a Graph access token from {token_url}: {} ({error}{}{}: {description})",
-    .problem.advice(),
-    codes_suffix(.error_codes),
-    .trace_id.as_deref().map(|t| format!(", trace id {t}")).unwrap_or_default()
-)]
-pub struct TokenFailure {
-    /// The classified problem (what to fix).
-    pub problem: TokenProblem,
-    /// HTTP status of the token endpoint.
-    pub status: u16,
-    /// The OAuth `error` value, e.g. `invalid_client`.
-    pub error: String,
-    /// The AADSTS `error_codes`.
-    pub error_codes: Vec<u64>,
-    /// First line of `error_description`.
-    pub description: String,
-    /// `trace_id`, for a support request.
-    pub trace_id: Option<String>,
-    /// `correlation_id`, for a support request.
-    pub correlation_id: Option<String>,
-    /// The token endpoint that refused.
-    pub token_url: String,
-}
-
-fn codes_suffix(codes: &[u64]) -> String {
-    codes.iter().map(|c| format!(", AADSTS{c}")).collect()
-}
-
-/// What to do about an error status, by status and Graph code.
-fn api_advice(status: u16, code: &str) -> &'static str {
-    match (status, code) {
-        (403, _) => {
-            " — the app lacks an application permission: grant User.Invite.All (invitations) and \
-             User.Read.All (reads), plus User.EnableDisableAccount.All to disable or \
-             User.DeleteRestore.All to delete guests, with admin consent"
-        }
-        (401, _) => {
-            " — Graph refused the access token: check tenant.tenantId and tenant.cloud (the \
-             token must be issued for the Graph of that cloud)"
-        }
-        (400, "Request_UnsupportedQuery") => {
-            " — this query needs advanced query support; this is a guestops bug, please report it"
-        }
-        (404, _) => " — the object does not exist (or is not replicated yet)",
-        (s, _) if s >= 500 => " — Graph failed; it is retried on the next reconcile",
-        _ => "",
-    }
-}
-
-impl GraphError {
-    /// The Graph `request-id`, for the audit log.
-    pub fn request_id(&self) -> Option<&str> {
-        match self {
-            GraphError::Api { request_id, .. }
-            | GraphError::Throttled { request_id, .. }
-            | GraphError::Malformed { request_id, .. } => request_id.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// Whether a write may have happened despite the error (timeout, 5xx): the caller must
-    /// look the user up before repeating the write.
-    pub fn is_ambiguous(&self) -> bool {
-        match self {
-            GraphError::Api { status, .. } => *status >= 500 || *status == 408,
-            GraphError::Transport { maybe_sent, .. } => *maybe_sent,
-            GraphError::Malformed { .. } => true,
-            _ => false,
-        }
-    }
-
-    /// The HTTP status Graph answered, when it answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            GraphError::Api { status, .. } => Some(*status),
-            GraphError::Token(failure) => Some(failure.status),
-            GraphError::Throttled { .. } => Some(429),
-            _ => None,
-        }
-    }
-
-    /// The token problem, when no token could be obtained.
-    pub fn token_problem(&self) -> Option<TokenProblem> {
-        match self {
-            GraphError::Token(failure) => Some(failure.problem),
-            _ => None,
-        }
-    }
-
-    /// Graph's `error.code`, when Graph answered with an error body.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            GraphError::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
+use super::error::GraphError;
+use super::token::{ClientSecretCredential, TokenSource};
+use super::{
+    DirectoryUser, GraphSettings, Invitation, Invited, ObjectIdentity, Tenant, USER_SELECT,
+};
+use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy};
+use crate::remote::{Credential, identity};
 
 /// The default bound on pages of one listing (999 users each: about ten million users).
 pub const DEFAULT_MAX_PAGES: usize = 10_000;
@@ -213,119 +30,78 @@ pub const DEFAULT_MAX_PAGES: usize = 10_000;
 /// The HTTP implementation of [`super::Tenant`].
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
+    edge: Edge,
     /// `{graphEndpoint}/v1.0/`.
     root: Url,
     token: Arc<dyn TokenSource>,
-    retry: RetryPolicy,
     invite_redirect_url: String,
     max_pages: usize,
-    limit: Arc<Semaphore>,
 }
 
-/// Builds the shared `reqwest` client (rustls, no redirects: Graph does not redirect API calls
-/// and a redirect must not carry the bearer token elsewhere).
-pub fn http_client() -> Result<reqwest::Client, GraphError> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("guestops/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|err| GraphError::Config {
-            detail: format!("cannot build the HTTP client: {err}"),
-        })
+/// The edge of a Graph client: `settings.concurrency` requests in flight, retrying by `retry`.
+pub fn edge(settings: &GraphSettings, retry: RetryPolicy) -> Result<Edge, GraphError> {
+    Edge::new(retry, settings.concurrency).map_err(GraphError::Client)
 }
 
 /// Refuses plain `http://` except on loopback (design §5).
 fn check_scheme(url: &Url, key: &str) -> Result<(), GraphError> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                None => false,
-            };
-            if loopback {
-                Ok(())
-            } else {
-                Err(GraphError::Config {
-                    detail: format!(
-                        "{key} `{url}` uses plain http; use https (http is allowed on loopback only)"
-                    ),
-                })
-            }
-        }
-        other => Err(GraphError::Config {
-            detail: format!("{key} `{url}` has scheme `{other}`; use https"),
-        }),
-    }
+    http::check_url(url).map_err(|reason| GraphError::Config {
+        detail: format!("{key} `{url}`: {reason}"),
+    })
 }
 
 impl GraphClient {
-    /// A client for the tenant in `tenant`, authenticating with `token`, retrying by `retry`.
+    /// A client for the tenant of `settings`, authenticating with `token`, sending through
+    /// `edge` (see [`edge`]; share it with the token source).
     pub fn new(
-        tenant: &TenantConfig,
+        settings: &GraphSettings,
         token: Arc<dyn TokenSource>,
-        retry: RetryPolicy,
+        edge: Edge,
     ) -> Result<GraphClient, GraphError> {
-        Self::with_http(http_client()?, tenant, token, retry)
-    }
-
-    /// Like [`GraphClient::new`] but sharing an existing `reqwest` client.
-    pub fn with_http(
-        http: reqwest::Client,
-        tenant: &TenantConfig,
-        token: Arc<dyn TokenSource>,
-        retry: RetryPolicy,
-    ) -> Result<GraphClient, GraphError> {
-        check_scheme(&tenant.graph_endpoint, "tenant.graphEndpoint")?;
-        let mut root = tenant.graph_endpoint.clone();
+        check_scheme(&settings.graph_endpoint, "tenant.graphEndpoint")?;
+        let mut root = settings.graph_endpoint.clone();
         root.set_query(None);
         root.set_fragment(None);
         root.path_segments_mut()
             .map_err(|()| GraphError::Config {
                 detail: format!(
                     "tenant.graphEndpoint `{}` is not a base URL; use e.g. https://graph.microsoft.com",
-                    tenant.graph_endpoint
+                    settings.graph_endpoint
                 ),
             })?
             .pop_if_empty()
             .push("v1.0")
             .push("");
         Ok(GraphClient {
-            http,
+            edge,
             root,
             token,
-            retry,
-            invite_redirect_url: tenant.invite_redirect_url.clone(),
+            invite_redirect_url: settings.invite_redirect_url.clone(),
             max_pages: DEFAULT_MAX_PAGES,
-            limit: Arc::new(Semaphore::new(tenant.concurrency.max(1))),
         })
     }
 
-    /// A client that authenticates with the client secret `secret` (already loaded from
-    /// `tenant.client_secret`) through a [`ClientSecretCredential`].
-    pub fn from_config(
-        tenant: &TenantConfig,
-        secret: SecretString,
+    /// A client that authenticates with the client secret `secret` through a
+    /// [`ClientSecretCredential`] sharing the client's edge.
+    pub fn with_client_secret(
+        settings: &GraphSettings,
+        secret: Credential,
         retry: RetryPolicy,
     ) -> Result<GraphClient, GraphError> {
-        check_scheme(&tenant.authority_host, "tenant.authorityHost")?;
-        let http = http_client()?;
+        check_scheme(&settings.graph_endpoint, "tenant.graphEndpoint")?;
+        let edge = edge(settings, retry)?;
         let credential = ClientSecretCredential::new(
-            http.clone(),
-            &tenant.authority_host,
-            &tenant.tenant_id,
-            &tenant.client_id,
+            edge.clone(),
+            &settings.authority_host,
+            &settings.tenant_id,
+            &settings.client_id,
             secret,
             // The scope names Graph as a resource (its identifier in the configured cloud), not
             // the URL requests go to: a `graphEndpoint` override (a proxy, a test double) does
             // not change which resource the token is for.
-            &tenant.cloud.graph_endpoint(),
-            retry.clone(),
+            &settings.resource,
         )?;
-        Self::with_http(http, tenant, Arc::new(credential), retry)
+        Self::new(settings, Arc::new(credential), edge)
     }
 
     /// Changes the bound on pages of one listing (default [`DEFAULT_MAX_PAGES`]).
@@ -350,8 +126,8 @@ impl GraphClient {
         url
     }
 
-    /// Sends one logical request: bounded concurrency, bearer token, `client-request-id`,
-    /// the shared retry policy, one token refresh after a `401`. Success statuses are returned;
+    /// Sends one logical request through the edge (bounded concurrency, the shared retry
+    /// policy): bearer token, `client-request-id`, one token refresh after a `401`. Success statuses are returned;
     /// error statuses become [`GraphError`] unless `accept` lets them through.
     async fn execute(
         &self,
@@ -362,45 +138,33 @@ impl GraphClient {
         idempotency: Idempotency,
         accept: &[StatusCode],
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), GraphError> {
-        let _permit = self.limit.acquire().await.map_err(|_| GraphError::Config {
-            detail: "the Graph client was shut down".into(),
-        })?;
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let mut refreshed = false;
         loop {
             let token = self.token.token().await?;
-            let response = http::send(&self.retry, idempotency, || {
-                let mut request = self
-                    .http
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(token.expose_secret())
-                    .header("client-request-id", client_request_id.as_str());
-                if let Some(body) = body {
-                    request = request.json(body);
-                }
-                request
-            })
-            .await
-            .map_err(|err| GraphError::Transport {
-                operation: operation.to_owned(),
-                maybe_sent: err.maybe_sent,
-                attempts: err.attempts,
-                source: err.source,
-            })?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let retry_after = http::retry_after(&response);
-            let bytes = response
-                .bytes()
+            let mut request = Request::new(method.clone(), url.clone())
+                .bearer(&token)
+                .map_err(|_| GraphError::Config {
+                    detail: "the access token cannot be sent in a header".into(),
+                })?
+                .header(
+                    HeaderName::from_static("client-request-id"),
+                    &client_request_id,
+                );
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let reply = self
+                .edge
+                .send(&request, idempotency)
                 .await
-                .map_err(|source| GraphError::Transport {
-                    operation: operation.to_owned(),
-                    source,
-                    maybe_sent: true,
-                    attempts: 1,
-                })?;
+                .map_err(|err| GraphError::transport(operation, err))?;
+            let status = reply.status;
+            let headers = reply.headers;
+            let retry_after = reply.retry_after;
+            let bytes = reply.body;
             if status.is_success() || accept.contains(&status) {
-                return Ok((status, headers, bytes.to_vec()));
+                return Ok((status, headers, bytes));
             }
             let request_id = header_request_id(&headers);
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -506,16 +270,10 @@ impl GraphClient {
 /// and `127.0.0.1`): a local Graph double may name itself either way, and the token stays on
 /// the machine.
 fn same_loopback_service(a: &Url, b: &Url) -> bool {
-    let loopback = |url: &Url| match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     a.scheme() == b.scheme()
         && a.port_or_known_default() == b.port_or_known_default()
-        && loopback(a)
-        && loopback(b)
+        && http::is_loopback(a)
+        && http::is_loopback(b)
 }
 
 /// Characters encoded in a query value: everything but unreserved characters and the OData
@@ -556,38 +314,22 @@ pub fn odata_string(value: &str) -> String {
 }
 
 /// The `$filter` that finds every user holding `email` by `mail`, `otherMails`, UPN or the
-/// guest UPN form `local_domain#EXT#…`, using only filters that work without advanced queries.
+/// guest UPN form `local_domain#EXT#…` ([`identity::guest_upn_local_part`]), using only filters
+/// that work without advanced queries. Directory `eq` is case-insensitive; the results are
+/// matched again with [`identity::holds_address`].
 pub fn email_filter(email: &str) -> String {
     let literal = odata_string(email);
     let mut filter = format!(
         "mail eq {literal} or otherMails/any(x:x eq {literal}) or userPrincipalName eq {literal}"
     );
     if email.contains('@') {
-        let guest_prefix = format!("{}#EXT#", email.replace('@', "_"));
+        let guest_prefix = format!("{}#EXT#", identity::guest_upn_local_part(email));
         filter.push_str(&format!(
             " or startsWith(userPrincipalName,{})",
             odata_string(&guest_prefix)
         ));
     }
     filter
-}
-
-/// Whether `user` holds `email` (lower-cased) by mail, otherMails, UPN, guest UPN form or a
-/// sign-in identity.
-pub fn holds_email(user: &DirectoryUser, email: &str) -> bool {
-    let email = email.trim().to_lowercase();
-    let eq = |s: &str| s.trim().to_lowercase() == email;
-    let guest_prefix = format!("{}#ext#", email.replace('@', "_"));
-    user.mail.as_deref().is_some_and(eq)
-        || user.other_mails.iter().any(|m| eq(m))
-        || user.user_principal_name.as_deref().is_some_and(|upn| {
-            let upn = upn.to_lowercase();
-            upn == email || upn.starts_with(&guest_prefix)
-        })
-        || user
-            .identities
-            .iter()
-            .any(|i| i.issuer_assigned_id.as_deref().is_some_and(eq))
 }
 
 fn header_request_id(headers: &HeaderMap) -> Option<String> {
@@ -728,7 +470,7 @@ impl Tenant for GraphClient {
         let users = self.list_all(&operation, url).await?;
         Ok(users
             .into_iter()
-            .filter(|u| holds_email(u, email))
+            .filter(|u| identity::holds_address(u, email))
             .collect())
     }
 
@@ -872,23 +614,6 @@ mod tests {
         assert!(!query.contains('#'));
         assert!(!query.contains(' '));
         assert!(encode_query(&[("$filter", "mail eq 'a+b@x.example'")]).contains("a%2Bb"));
-    }
-
-    #[test]
-    fn holds_email_is_case_insensitive_and_knows_the_guest_upn() {
-        let user = DirectoryUser {
-            id: "1".into(),
-            user_principal_name: Some("Ana.Silva_Partner.example#EXT#@sim.onmicrosoft.com".into()),
-            ..Default::default()
-        };
-        assert!(holds_email(&user, "ana.silva@partner.example"));
-        assert!(!holds_email(&user, "ana@partner.example"));
-        let member = DirectoryUser {
-            id: "2".into(),
-            other_mails: vec!["Bob@Vendor.example".into()],
-            ..Default::default()
-        };
-        assert!(holds_email(&member, "bob@vendor.example"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! guestops relies on them:
 //! - inviting an address that already belongs to a user returns that user (no second guest);
 //! - [`super::Tenant::find_by_email`] matches `mail`, `otherMails`, `identities[].issuerAssignedId`,
-//!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively;
+//!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively — through
+//!   [`crate::remote::identity`], the same matching as the client and the plan;
 //! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404.
 //!
 //! Test knobs: [`Fault`]s (fail the next N calls of an operation, optionally only for one
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::remote::fake::CallLog;
+use crate::remote::identity;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -190,7 +192,7 @@ impl FakeTenant {
 
 fn new_guest(inner: &mut Inner, email: &str, display_name: &str) -> DirectoryUser {
     inner.next_id += 1;
-    let upn = format!("{}#EXT#@fake.onmicrosoft.com", email.replace('@', "_"));
+    let upn = identity::guest_upn(email, "fake.onmicrosoft.com");
     DirectoryUser {
         id: format!("guest-{}", inner.next_id),
         display_name: Some(display_name.to_owned()),
@@ -205,30 +207,6 @@ fn new_guest(inner: &mut Inner, email: &str, display_name: &str) -> DirectoryUse
         created_date_time: Some(Utc::now()),
         ..DirectoryUser::default()
     }
-}
-
-/// Whether `user` holds `email` by `mail`, `otherMails`, identities, UPN or guest UPN form.
-pub fn matches_email(user: &DirectoryUser, email: &str) -> bool {
-    let email = email.trim();
-    let eq = |s: &str| s.eq_ignore_ascii_case(email);
-    if user.mail.as_deref().is_some_and(eq) || user.other_mails.iter().any(|m| eq(m)) {
-        return true;
-    }
-    if user
-        .identities
-        .iter()
-        .any(|i| i.issuer_assigned_id.as_deref().is_some_and(eq))
-    {
-        return true;
-    }
-    let Some(upn) = user.user_principal_name.as_deref() else {
-        return false;
-    };
-    if eq(upn) {
-        return true;
-    }
-    let guest_prefix = format!("{}#ext#@", email.replace('@', "_")).to_lowercase();
-    upn.to_lowercase().starts_with(&guest_prefix)
 }
 
 fn api_error(operation: &str, fault: &Fault, request_id: String) -> GraphError {
@@ -276,7 +254,7 @@ impl Tenant for FakeTenant {
         Ok(inner
             .visible()
             .into_iter()
-            .filter(|u| matches_email(u, email))
+            .filter(|u| identity::holds_address(u, email))
             .collect())
     }
 
@@ -304,7 +282,7 @@ impl Tenant for FakeTenant {
         let existing = inner
             .users
             .iter()
-            .find(|u| matches_email(u, &invitation.email))
+            .find(|u| identity::holds_address(u, &invitation.email))
             .cloned();
         let user = match existing {
             Some(user) => user,

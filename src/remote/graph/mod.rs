@@ -4,7 +4,9 @@
 //! (`docs/specs/microsoft-graph.md`). Decides nothing: the plan does.
 //!
 //! [`Tenant`] is the seam: [`client::GraphClient`] talks HTTP, [`fake::FakeTenant`] is an
-//! in-memory stand-in for unit tests.
+//! in-memory stand-in for unit tests. Errors live in [`error`], imported by both the client
+//! and the token flow ([`token`]); the token flow never imports the client. The client takes
+//! [`GraphSettings`], never `crate::config`.
 
 use std::future::Future;
 
@@ -12,10 +14,34 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod client;
+pub mod error;
 pub mod fake;
 pub mod token;
 
-pub use client::{GraphClient, GraphError};
+pub use client::GraphClient;
+pub use error::{GraphError, TokenFailure, TokenProblem};
+
+/// What the Graph client needs to know about the tenant (built from `tenant.*` by the
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphSettings {
+    /// Tenant GUID or primary domain.
+    pub tenant_id: String,
+    /// Application (client) id of the app registration.
+    pub client_id: String,
+    /// Token authority, e.g. `https://login.microsoftonline.com`.
+    pub authority_host: url::Url,
+    /// Where Graph requests go, e.g. `https://graph.microsoft.com` (a proxy or a test double
+    /// may stand in).
+    pub graph_endpoint: url::Url,
+    /// Graph's resource identifier in the tenant's cloud: the token scope is
+    /// `{resource}/.default`, whatever `graph_endpoint` says.
+    pub resource: url::Url,
+    /// Where an invited guest lands after redeeming.
+    pub invite_redirect_url: String,
+    /// Graph requests in flight at most.
+    pub concurrency: usize,
+}
 
 /// The `$select` list used for every user read.
 pub const USER_SELECT: &str = "id,displayName,mail,otherMails,userPrincipalName,userType,externalUserState,externalUserStateChangeDateTime,creationType,identities,accountEnabled,createdDateTime";

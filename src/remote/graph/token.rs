@@ -3,7 +3,11 @@
 //!
 //! Tokens are cached and refreshed before they expire; concurrent callers share one refresh.
 //! Token-endpoint errors are mapped from the documented AADSTS codes to a [`TokenProblem`]
-//! that says what to fix. Neither the secret nor a token is ever logged or shown in `Debug`.
+//! that says what to fix, naming where the secret was read from. Neither the secret nor a
+//! token is ever logged or shown in `Debug`.
+//!
+//! Must not import the client ([`super::client`]): the error types it shares with the client
+//! live in [`super::error`], so the dependency goes one way (client → token → error).
 
 use std::fmt;
 use std::future::Future;
@@ -16,8 +20,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::{GraphError, TokenFailure};
-use crate::remote::http::{self, Idempotency, RetryPolicy};
+pub use super::error::TokenProblem;
+use super::error::{GraphError, TokenFailure};
+use crate::remote::Credential;
+use crate::remote::http::{Edge, Idempotency, Request};
 
 /// A boxed token future, so that [`TokenSource`] stays dyn-compatible.
 pub type TokenFuture<'a> =
@@ -53,133 +59,6 @@ impl TokenSource for StaticToken {
     fn token(&self) -> TokenFuture<'_> {
         let token = self.0.clone();
         Box::pin(async move { Ok(token) })
-    }
-}
-
-/// What went wrong at the token endpoint, from `error` and `error_codes`, phrased as what to fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenProblem {
-    /// AADSTS7000215: the secret is not the app's secret.
-    WrongSecret,
-    /// AADSTS7000222: the secret has expired.
-    ExpiredSecret,
-    /// AADSTS7000218: no secret was sent.
-    MissingSecret,
-    /// AADSTS700016: no such application in the tenant.
-    UnknownApp,
-    /// AADSTS90002 (or `invalid_request` "tenant not found"): no such tenant in this cloud.
-    UnknownTenant,
-    /// AADSTS7000112: the application is disabled.
-    AppDisabled,
-    /// AADSTS500011 / `invalid_resource`: the Graph endpoint does not belong to this cloud/tenant.
-    WrongResource,
-    /// AADSTS70011 / 700022 / 700023 / `invalid_scope`: the scope was refused.
-    InvalidScope,
-    /// `temporarily_unavailable` / AADSTS90024 (or 90055 throttling), still failing after retries.
-    Unavailable,
-    /// `invalid_client` without a more precise code.
-    ClientAuthentication,
-    /// `unauthorized_client` without a more precise code.
-    UnauthorizedClient,
-    /// Anything else.
-    Other,
-}
-
-impl TokenProblem {
-    /// Classifies a token-endpoint error: `error` decides the family, `error_codes` refine it.
-    pub fn classify(error: &str, codes: &[u64], description: &str) -> Self {
-        let has = |c: u64| codes.contains(&c);
-        if error == "temporarily_unavailable" || has(90024) || has(90055) {
-            return Self::Unavailable;
-        }
-        if has(7000215) {
-            return Self::WrongSecret;
-        }
-        if has(7000222) {
-            return Self::ExpiredSecret;
-        }
-        if has(7000218) {
-            return Self::MissingSecret;
-        }
-        if has(700016) {
-            return Self::UnknownApp;
-        }
-        if has(90002) {
-            return Self::UnknownTenant;
-        }
-        if has(7000112) {
-            return Self::AppDisabled;
-        }
-        if has(500011) || error == "invalid_resource" {
-            return Self::WrongResource;
-        }
-        if has(70011) || has(700022) || has(700023) || error == "invalid_scope" {
-            return Self::InvalidScope;
-        }
-        let lower = description.to_ascii_lowercase();
-        match error {
-            "invalid_request" if lower.contains("tenant") && lower.contains("not found") => {
-                Self::UnknownTenant
-            }
-            "invalid_client" => Self::ClientAuthentication,
-            "unauthorized_client" => Self::UnauthorizedClient,
-            _ => Self::Other,
-        }
-    }
-
-    /// What the operator should do about it.
-    pub fn advice(self) -> &'static str {
-        match self {
-            Self::WrongSecret => {
-                "the client secret is wrong: put the secret VALUE (shown once when the secret was \
-                 created), not the secret ID, in tenant.credential.secretFile"
-            }
-            Self::ExpiredSecret => {
-                "the client secret has expired: create a new secret for the app registration \
-                 (Certificates & secrets) and update the secret file"
-            }
-            Self::MissingSecret => {
-                "no client secret was sent: check that the secret file is not empty"
-            }
-            Self::UnknownApp => {
-                "the application was not found in the tenant: check tenant.clientId (the \
-                 Application (client) ID) and tenant.tenantId, and that the app is consented in \
-                 that tenant"
-            }
-            Self::UnknownTenant => {
-                "the tenant was not found: check tenant.tenantId (GUID or primary domain) and \
-                 tenant.cloud / tenant.authorityHost"
-            }
-            Self::AppDisabled => {
-                "the application is disabled in the tenant: enable its service principal \
-                 (Enterprise applications → Properties → Enabled for users to sign-in)"
-            }
-            Self::WrongResource => {
-                "Graph of this cloud is not known to the tenant: check tenant.cloud (global, usgov, \
-                 usgov-dod, china) and tenant.authorityHost; tokens of one cloud do not work in \
-                 another"
-            }
-            Self::InvalidScope => {
-                "the scope was refused: it is the Graph resource of tenant.cloud + /.default, \
-                 e.g. https://graph.microsoft.com/.default; check tenant.cloud"
-            }
-            Self::Unavailable => {
-                "the identity platform is temporarily unavailable or throttling: retry later"
-            }
-            Self::ClientAuthentication => {
-                "client authentication failed: check tenant.clientId and the client secret"
-            }
-            Self::UnauthorizedClient => {
-                "the application may not use this flow in this tenant: check tenant.clientId, \
-                 tenant.tenantId and the app registration"
-            }
-            Self::Other => "the token request was refused: see the error description",
-        }
-    }
-
-    /// Whether retrying the same request may help.
-    pub fn is_transient(self) -> bool {
-        self == Self::Unavailable
     }
 }
 
@@ -224,12 +103,11 @@ struct Cached {
 
 /// The OAuth 2.0 client-credentials flow with a client secret.
 pub struct ClientSecretCredential {
-    http: reqwest::Client,
+    edge: Edge,
     token_url: Url,
     client_id: String,
-    secret: SecretString,
+    secret: Credential,
     scope: String,
-    retry: RetryPolicy,
     refresh_margin: Duration,
     cache: Mutex<Option<Cached>>,
 }
@@ -240,7 +118,7 @@ impl fmt::Debug for ClientSecretCredential {
             .field("token_url", &self.token_url.as_str())
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
-            .field("secret", &"[redacted]")
+            .field("secret", &self.secret)
             .finish_non_exhaustive()
     }
 }
@@ -268,16 +146,22 @@ pub fn default_scope(graph_endpoint: &Url) -> String {
 
 impl ClientSecretCredential {
     /// A credential for `client_id` in `tenant` at `authority_host`, asking for
-    /// `{graph_endpoint}/.default`. `http` is shared with the Graph client.
+    /// `{graph_endpoint}/.default`. `edge` is shared with the Graph client (its retry policy
+    /// and concurrency bound apply to token requests too). `secret`'s origin is named in the
+    /// advice when the token endpoint refuses the secret.
     pub fn new(
-        http: reqwest::Client,
+        edge: Edge,
         authority_host: &Url,
         tenant: &str,
         client_id: &str,
-        secret: SecretString,
+        secret: Credential,
         graph_endpoint: &Url,
-        retry: RetryPolicy,
     ) -> Result<Self, GraphError> {
+        if let Err(reason) = crate::remote::http::check_url(authority_host) {
+            return Err(GraphError::Config {
+                detail: format!("tenant.authorityHost `{authority_host}`: {reason}"),
+            });
+        }
         if tenant.trim().is_empty() {
             return Err(GraphError::Config {
                 detail: "tenant.tenantId is empty; set the tenant GUID or its primary domain"
@@ -290,12 +174,11 @@ impl ClientSecretCredential {
             });
         }
         Ok(Self {
-            http,
+            edge,
             token_url: token_url(authority_host, tenant.trim())?,
             client_id: client_id.trim().to_owned(),
             secret,
             scope: default_scope(graph_endpoint),
-            retry,
             refresh_margin: DEFAULT_REFRESH_MARGIN,
             cache: Mutex::new(None),
         })
@@ -334,31 +217,19 @@ impl ClientSecretCredential {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let response = http::send(&self.retry, Idempotency::Idempotent, || {
-                self.http.post(self.token_url.clone()).form(&[
-                    ("client_id", self.client_id.as_str()),
-                    ("client_secret", self.secret.expose_secret()),
-                    ("scope", self.scope.as_str()),
-                    ("grant_type", "client_credentials"),
-                ])
-            })
-            .await
-            .map_err(|err| GraphError::Transport {
-                operation: OPERATION.into(),
-                maybe_sent: err.maybe_sent,
-                attempts: err.attempts,
-                source: err.source,
-            })?;
-            let status = response.status();
-            let bytes = response
-                .bytes()
+            let request = Request::new(reqwest::Method::POST, self.token_url.clone()).form(&[
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.secret.secret().expose_secret()),
+                ("scope", self.scope.as_str()),
+                ("grant_type", "client_credentials"),
+            ]);
+            let reply = self
+                .edge
+                .send(&request, Idempotency::Idempotent)
                 .await
-                .map_err(|source| GraphError::Transport {
-                    operation: OPERATION.into(),
-                    maybe_sent: true,
-                    attempts: attempt,
-                    source,
-                })?;
+                .map_err(|err| GraphError::transport(OPERATION, err))?;
+            let status = reply.status;
+            let bytes = reply.body;
             if status.is_success() {
                 let parsed: TokenResponse =
                     serde_json::from_slice(&bytes).map_err(|err| GraphError::Malformed {
@@ -400,12 +271,12 @@ impl ClientSecretCredential {
             let body: TokenErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
             let description = first_line(&body.error_description);
             let problem = TokenProblem::classify(&body.error, &body.error_codes, &description);
-            if problem.is_transient() && attempt <= self.retry.max_retries {
-                let delay = self
-                    .retry
+            let retry = self.edge.retry();
+            if problem.is_transient() && attempt <= retry.max_retries {
+                let delay = retry
                     .base_delay
                     .saturating_mul(1 << (attempt - 1).min(10))
-                    .min(self.retry.max_delay);
+                    .min(retry.max_delay);
                 tracing::debug!(
                     error = %body.error,
                     delay_ms = delay.as_millis() as u64,
@@ -427,6 +298,7 @@ impl ClientSecretCredential {
                 trace_id: body.trace_id,
                 correlation_id: body.correlation_id,
                 token_url: self.token_url.to_string(),
+                secret_origin: Some(self.secret.origin().to_owned()),
             })));
         }
     }
@@ -506,7 +378,7 @@ mod tests {
             TokenProblem::classify("invalid_client", &[], ""),
             ClientAuthentication
         );
-        assert!(WrongSecret.advice().contains("VALUE"));
+        assert!(WrongSecret.advice(None).contains("VALUE"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The Power Embedded HTTP client (`docs/specs/power-embedded.md` §1, design §7).
 //!
 //! Follows the documented behaviour of the API, not the simulator's conveniences:
-//! - every request carries `X-API-Key` and goes through [`crate::remote::http::send`] (429 always
-//!   retried, 5xx/transport only for idempotent requests);
+//! - every request carries `X-API-Key` (a sensitive header) and goes through the shared
+//!   [`Edge`] (redirects off, so the key never follows one; 429 always retried, 5xx/transport
+//!   only for idempotent requests);
 //! - listings loop `pageNumber=1,2,…` until `hasNextPage` is false, guarded by
 //!   `pageIndex < totalPages` and a hard page cap (fail closed), and de-duplicate by `id`;
 //! - the `email` filter is a contains match, so the client matches exactly itself;
@@ -11,35 +12,32 @@
 //!   leaving a field out may clear it (§4);
 //! - `DELETE /api/user/{email}` percent-encodes the address as one path segment; 404 means
 //!   "already gone".
+//!
+//! Must not: read the configuration (it takes [`PortalSettings`]), retry or time out on its
+//! own (the edge does), or decide what to change (the plan does).
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
-use tokio::sync::Semaphore;
 use url::Url;
 
-use super::{NewPortalUser, Portal, PortalUser, RoleCodes};
-use crate::config::PortalConfig;
+use super::{NewPortalUser, Portal, PortalSettings, PortalUser, RoleCodes};
 use crate::desired::spec::Role;
-use crate::remote::http::{self, Idempotency, RetryPolicy, TransportError};
+use crate::remote::Credential;
+use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy, TransportError};
+use crate::remote::identity;
 
 /// Pages a listing may read before it is refused as endless (fail closed).
 pub const DEFAULT_MAX_PAGES: u32 = 10_000;
 
 /// The header that carries the API key.
 pub const API_KEY_HEADER: &str = "X-API-Key";
-
-/// Time allowed to establish a connection (the per-attempt timeout is
-/// [`RetryPolicy::timeout`]; the real API can take about 14 s for one page).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// At most this much of an unparseable error body is kept in an error.
 const MAX_ERROR_BODY: usize = 512;
@@ -89,11 +87,13 @@ pub enum PortalError {
 
     /// 401: the key is missing, wrong or revoked.
     #[error(
-        "the portal refused the API key on {operation} (401): check portal.apiKeyFile / regenerate the key"
+        "the portal refused the API key on {operation} (401): check {key_origin} / regenerate the key"
     )]
     Unauthorized {
         /// What was being done.
         operation: String,
+        /// Where the key was read from (a file and its key, a credential, a variable).
+        key_origin: String,
         /// `message` of the body, if any.
         message: String,
     },
@@ -113,14 +113,17 @@ pub enum PortalError {
 
     /// 429 that outlasted the retry budget.
     #[error(
-        "the portal kept throttling {operation}{} (429) beyond the retry budget: retry later or lower portal.concurrency",
-        for_user(.user)
+        "the portal kept throttling {operation}{} (429) beyond the retry budget{}: retry later or lower portal.concurrency",
+        for_user(.user),
+        .retry_after.map(|d| format!(" (last Retry-After {}s)", d.as_secs_f64())).unwrap_or_default()
     )]
     Throttled {
         /// What was being done.
         operation: String,
         /// The address concerned, if any.
         user: Option<String>,
+        /// The last `Retry-After`, if any.
+        retry_after: Option<Duration>,
     },
 
     /// The user to update does not exist (any more) in the portal.
@@ -184,6 +187,20 @@ pub enum PortalError {
         max_pages: u32,
     },
 
+    /// The portal answered with a redirect. Redirects are not followed: the API key must not
+    /// travel to wherever it points.
+    #[error(
+        "the portal answered {operation} with a redirect ({status}) to {location}, which is not followed so that the API key stays with portal.baseUrl: set portal.baseUrl to the API's final address"
+    )]
+    Redirected {
+        /// What was being done.
+        operation: String,
+        /// HTTP status (3xx).
+        status: u16,
+        /// The `Location` header.
+        location: String,
+    },
+
     /// `portal.baseUrl` cannot be used.
     #[error("portal.baseUrl {url} is not usable: {reason}")]
     InvalidBaseUrl {
@@ -195,9 +212,12 @@ pub enum PortalError {
 
     /// The API key cannot be sent in a header.
     #[error(
-        "the portal API key is empty or contains characters an HTTP header cannot carry: check portal.apiKeyFile"
+        "the portal API key is empty or contains characters an HTTP header cannot carry: check {key_origin}"
     )]
-    InvalidApiKey,
+    InvalidApiKey {
+        /// Where the key was read from.
+        key_origin: String,
+    },
 
     /// `portal.roleCodes` maps two roles to one code.
     #[error(
@@ -248,6 +268,15 @@ impl PortalError {
             _ => None,
         }
     }
+
+    /// How long the portal asked to wait (`Retry-After` of a throttle that outlasted the
+    /// retry budget), for the daemon's backoff.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PortalError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// The HTTP implementation of [`super::Portal`].
@@ -256,32 +285,33 @@ impl PortalError {
 /// (`portal.concurrency`). `Debug` never shows the API key.
 #[derive(Clone)]
 pub struct PortalClient {
-    http: reqwest::Client,
+    edge: Edge,
     /// `{baseUrl}/api/user`.
     user_url: Url,
-    api_key: SecretString,
-    retry: RetryPolicy,
+    api_key: Credential,
     role_codes: RoleCodes,
     max_pages: u32,
-    permits: Arc<Semaphore>,
 }
 
 impl fmt::Debug for PortalClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PortalClient")
             .field("user_url", &self.user_url.as_str())
-            .field("api_key", &"[redacted]")
-            .field("retry", &self.retry)
+            .field("api_key", &self.api_key)
+            .field("retry", self.edge.retry())
             .field("role_codes", &self.role_codes)
             .field("max_pages", &self.max_pages)
             .finish()
     }
 }
 
-/// An HTTP answer: status and body.
+/// An HTTP answer: status, body and `Retry-After`.
 struct Reply {
     status: StatusCode,
     body: Vec<u8>,
+    retry_after: Option<Duration>,
+    /// The `Location` of a redirect (not followed).
+    location: Option<String>,
 }
 
 /// What a request is, for errors and logs.
@@ -301,30 +331,21 @@ struct Page {
 }
 
 impl PortalClient {
-    /// A client for `portal.baseUrl` with `api_key` sent as `X-API-Key`.
+    /// A client for `settings.base_url` with `api_key` sent as `X-API-Key`.
     ///
     /// `retry.timeout` is the timeout of one attempt: keep it long (30–60 s), the real API
     /// can take about 14 s for one page. Plain `http://` is refused except on loopback.
     pub fn new(
-        portal: &PortalConfig,
-        api_key: SecretString,
+        settings: &PortalSettings,
+        api_key: Credential,
         retry: RetryPolicy,
     ) -> Result<PortalClient, PortalError> {
-        let base = &portal.base_url;
+        let base = &settings.base_url;
         let invalid = |reason: &str| PortalError::InvalidBaseUrl {
             url: base.to_string(),
             reason: reason.to_owned(),
         };
-        match base.scheme() {
-            "https" => {}
-            "http" if is_loopback(base) => {}
-            "http" => {
-                return Err(invalid(
-                    "plain http is allowed only on loopback addresses: use https://",
-                ));
-            }
-            _ => return Err(invalid("use an https:// URL")),
-        }
+        http::check_url(base).map_err(|reason| invalid(&reason))?;
         if base.cannot_be_a_base() || base.host().is_none() {
             return Err(invalid("it has no host"));
         }
@@ -340,28 +361,24 @@ impl PortalClient {
             .join("api/user")
             .map_err(|_| invalid("cannot append api/user to it"))?;
 
-        let key = api_key.expose_secret();
+        let key = api_key.secret().expose_secret();
         if key.is_empty() || HeaderValue::from_str(key).is_err() {
-            return Err(PortalError::InvalidApiKey);
-        }
-        if !portal.role_codes.is_consistent() {
-            return Err(PortalError::InconsistentRoleCodes {
-                codes: portal.role_codes,
+            return Err(PortalError::InvalidApiKey {
+                key_origin: api_key.origin().to_owned(),
             });
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("guestops/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(PortalError::Client)?;
+        if !settings.role_codes.is_consistent() {
+            return Err(PortalError::InconsistentRoleCodes {
+                codes: settings.role_codes,
+            });
+        }
+        let edge = Edge::new(retry, settings.concurrency).map_err(PortalError::Client)?;
         Ok(PortalClient {
-            http,
+            edge,
             user_url,
             api_key,
-            retry,
-            role_codes: portal.role_codes,
+            role_codes: settings.role_codes,
             max_pages: DEFAULT_MAX_PAGES,
-            permits: Arc::new(Semaphore::new(portal.concurrency.max(1))),
         })
     }
 
@@ -376,7 +393,8 @@ impl PortalClient {
         self.role_codes
     }
 
-    /// Sends one request through the shared retry policy; any HTTP answer is returned.
+    /// Sends one request through the edge (permit, retry policy, redirects off); any HTTP
+    /// answer is returned.
     async fn send(
         &self,
         method: Method,
@@ -385,41 +403,33 @@ impl PortalClient {
         idempotency: Idempotency,
         op: &Op<'_>,
     ) -> Result<Reply, PortalError> {
-        // The semaphore is never closed; without a permit we would merely be less gentle.
-        let _permit = self.permits.acquire().await.ok();
-        let build = || {
-            let mut key = HeaderValue::from_str(self.api_key.expose_secret())
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-            key.set_sensitive(true);
-            let request = self
-                .http
-                .request(method.clone(), url.clone())
-                .header(API_KEY_HEADER, key)
-                .header(reqwest::header::ACCEPT, "application/json");
-            match body {
-                Some(body) => request.json(body),
-                None => request,
-            }
-        };
+        let mut request = Request::new(method, url)
+            // API_KEY_HEADER (header names are case-insensitive; `from_static` wants lower case).
+            .secret_header(HeaderName::from_static("x-api-key"), self.api_key.secret())
+            .map_err(|_| PortalError::InvalidApiKey {
+                key_origin: self.api_key.origin().to_owned(),
+            })?
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         tracing::debug!(operation = %op.operation, "portal request");
-        let response = http::send(&self.retry, idempotency, build)
+        let reply = self
+            .edge
+            .send(&request, idempotency)
             .await
             .map_err(|source| self.transport(op, source))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|source| {
-            self.transport(
-                op,
-                TransportError {
-                    source,
-                    maybe_sent: true,
-                    attempts: 1,
-                },
-            )
-        })?;
-        tracing::debug!(operation = %op.operation, status = status.as_u16(), "portal answer");
+        tracing::debug!(operation = %op.operation, status = reply.status.as_u16(), "portal answer");
+        let location = reply
+            .headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Reply {
-            status,
-            body: body.to_vec(),
+            status: reply.status,
+            body: reply.body,
+            retry_after: reply.retry_after,
+            location,
         })
     }
 
@@ -437,7 +447,7 @@ impl PortalClient {
         if reply.status.is_success() {
             Ok(reply)
         } else {
-            Err(status_error(&reply, op))
+            Err(status_error(&reply, op, self.api_key.origin()))
         }
     }
 
@@ -498,7 +508,7 @@ impl PortalClient {
     /// The raw JSON object of the user whose email equals `email` exactly,
     /// case-insensitively, after trimming.
     async fn find_raw(&self, email: &str) -> Result<Option<Map<String, Value>>, PortalError> {
-        let wanted = normalize(email);
+        let wanted = identity::normalize_email(email);
         let items = self.scan(Some(email.trim())).await?;
         let mut matches: Vec<Map<String, Value>> = items
             .into_iter()
@@ -509,7 +519,7 @@ impl PortalClient {
             .filter(|map| {
                 map.get("email")
                     .and_then(Value::as_str)
-                    .is_some_and(|e| normalize(e) == wanted)
+                    .is_some_and(|e| identity::normalize_email(e) == wanted)
             })
             .collect();
         match matches.len() {
@@ -692,20 +702,6 @@ impl Portal for PortalClient {
     }
 }
 
-/// Lower-case, trimmed: the identity of an address.
-fn normalize(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
 /// A JSON value for an error message (short).
 fn shown(value: Option<&Value>) -> String {
     match value {
@@ -786,19 +782,37 @@ fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
     Ok(Page { items, has_more })
 }
 
-/// The typed error of a non-2xx answer.
-fn status_error(reply: &Reply, op: &Op<'_>) -> PortalError {
+/// The typed error of a non-2xx answer; `key_origin` says where the API key came from.
+fn status_error(reply: &Reply, op: &Op<'_>, key_origin: &str) -> PortalError {
     let (message, errors) = error_body(&reply.body);
     let operation = op.operation.clone();
     let user = op.user.map(str::to_owned);
+    if reply.status.is_redirection() {
+        return PortalError::Redirected {
+            operation,
+            status: reply.status.as_u16(),
+            location: reply
+                .location
+                .clone()
+                .unwrap_or_else(|| "(no Location)".to_owned()),
+        };
+    }
     match reply.status.as_u16() {
-        401 => PortalError::Unauthorized { operation, message },
+        401 => PortalError::Unauthorized {
+            operation,
+            key_origin: key_origin.to_owned(),
+            message,
+        },
         403 => PortalError::Forbidden {
             endpoint: op.endpoint.to_owned(),
             operation,
             message,
         },
-        429 => PortalError::Throttled { operation, user },
+        429 => PortalError::Throttled {
+            operation,
+            user,
+            retry_after: reply.retry_after,
+        },
         status => PortalError::Rejected {
             operation,
             user,

@@ -4,7 +4,8 @@
 //! and the mapping between role names and the portal's numeric codes. Decides nothing.
 //!
 //! [`Portal`] is the seam: [`client::PortalClient`] talks HTTP, [`fake::FakePortal`] is an
-//! in-memory stand-in for unit tests.
+//! in-memory stand-in for unit tests. The client takes [`PortalSettings`], never
+//! `crate::config`.
 
 use std::future::Future;
 
@@ -16,6 +17,17 @@ pub mod client;
 pub mod fake;
 
 pub use client::{PortalClient, PortalError};
+
+/// What the portal client needs to know (built from `portal.*` by the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalSettings {
+    /// API root, e.g. `https://api.powerembedded.com.br`.
+    pub base_url: url::Url,
+    /// Portal requests in flight at most.
+    pub concurrency: usize,
+    /// Role names ↔ portal codes.
+    pub role_codes: RoleCodes,
+}
 
 /// Role names ↔ the portal's numeric `role` codes, in one place.
 ///
