@@ -283,15 +283,7 @@ pub async fn run_once<T: Tenant, P: Portal>(
             plan_now(ctx, desired, &observed, &state)
         }
     };
-    let outcome = Outcome {
-        plan,
-        revision: desired.plan_revision(),
-        report: None,
-        pending: Pending::default(),
-        observed: Observed::default(),
-        duration: Duration::ZERO,
-        interrupted: false,
-    };
+    let outcome = Outcome::planned(plan, desired);
     Ok(outcome.finish(observed, &state, started))
 }
 
@@ -311,6 +303,19 @@ fn plan_now<T, P>(
 }
 
 impl Outcome {
+    /// The outcome of a plan before anything is applied or measured.
+    fn planned(plan: Plan, desired: &Desired) -> Self {
+        Self {
+            plan,
+            revision: desired.plan_revision(),
+            report: None,
+            pending: Pending::default(),
+            observed: Observed::default(),
+            duration: Duration::ZERO,
+            interrupted: false,
+        }
+    }
+
     /// Fills in what is measured after the reconcile.
     fn finish(mut self, observed: Observed, state: &State, started: tokio::time::Instant) -> Self {
         self.pending = pending_invitations(&observed, state, Utc::now());
@@ -350,15 +355,7 @@ async fn apply_and_record<T: Tenant, P: Portal>(
     cancel: &CancellationToken,
 ) -> Result<Outcome, ReconcileError> {
     let settings = ctx.settings;
-    let mut outcome = Outcome {
-        plan,
-        revision: desired.plan_revision(),
-        report: None,
-        pending: Pending::default(),
-        observed: Observed::default(),
-        duration: Duration::ZERO,
-        interrupted: false,
-    };
+    let mut outcome = Outcome::planned(plan, desired);
     if !outcome.plan.is_refused() && !outcome.plan.is_empty() {
         let options = ApplyOptions {
             tenant_concurrency: settings.tenant_concurrency,
