@@ -674,3 +674,21 @@ fn relative_paths_of_the_config_resolve_against_its_folder_wherever_guestops_run
         "nothing is written in the working directory"
     );
 }
+
+/// An error's cause is printed once: a missing config file names the OS error one time.
+#[test]
+fn a_missing_config_file_prints_its_cause_once() {
+    let dir = tempdir();
+    let run = run_in(
+        dir.path(),
+        &["plan", "--config", "/nonexistent/guestops/config.yaml"],
+    );
+    run.expect_code(1);
+    assert_eq!(
+        run.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("/nonexistent/guestops/config.yaml"));
+}

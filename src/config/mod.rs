@@ -295,14 +295,13 @@ impl fmt::Display for Problem {
 pub enum ConfigError {
     /// The config file could not be read.
     #[error(
-        "cannot read the host configuration {path}: {source}; check the path given with --config (default {DEFAULT_CONFIG_PATH}) and that guestops may read it"
+        "cannot read the host configuration {path}: {error}; check the path given with --config (default {DEFAULT_CONFIG_PATH}) and that guestops may read it"
     )]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error, shown in the message (before the hint), so not also a `source()`.
+        error: std::io::Error,
     },
     /// The config file is larger than [`MAX_CONFIG_SIZE`].
     #[error(
@@ -411,9 +410,9 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let text = read_limited(path)?;
-        let read_error = |source| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let working_dir = std::env::current_dir().map_err(read_error)?;
         let file = working_dir.join(path);
@@ -582,9 +581,9 @@ pub fn unrecognized_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> V
 fn read_limited(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read as _;
 
-    let read_error = |source| ConfigError::Read {
+    let read_error = |error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
     let mut bytes = Vec::new();
