@@ -19,6 +19,7 @@ use guestops::service::systemd::Notifier;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::Status;
 
@@ -68,6 +69,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let metrics = Metrics::new();
     let health = Health::new(DEFAULT_READY_THRESHOLD);
     let shutdown = CancellationToken::new();
+    // Every task this command spawns, awaited before it returns.
+    let tasks = TaskTracker::new();
     // Capacity 1: a burst of triggers leaves one pending reconcile.
     let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(1);
 
@@ -77,9 +80,16 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
             let (watch, mut changes) = watch_file(path.clone(), Duration::from_millis(500))?;
             _watch = Some(watch);
             let tx = trigger_tx.clone();
-            tokio::spawn(async move {
-                while changes.recv().await.is_some() {
-                    let _ = tx.try_send(Trigger::FileChanged);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        change = changes.recv() => match change {
+                            Some(_) => { let _ = tx.try_send(Trigger::FileChanged); }
+                            None => break,
+                        },
+                    }
                 }
             });
             AnySource::File(FileSource { path: path.clone() })
@@ -103,8 +113,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         webhook: WebhookConfig::from_config(&config, &secrets),
         trigger: trigger_tx.clone(),
     };
-    let server = tokio::spawn(server::serve(listener, server_state, shutdown.clone()));
-    signals.spawn(shutdown.clone(), trigger_tx);
+    let server = tasks.spawn(server::serve(listener, server_state, shutdown.clone()));
+    signals.spawn(&tasks, shutdown.clone(), trigger_tx);
 
     let daemon = Daemon {
         settings: Settings {
@@ -123,11 +133,14 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     };
     let stopped = daemon.run(trigger_rx, shutdown.clone()).await;
     shutdown.cancel();
+    tasks.close();
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server stopped with an error"),
         Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
     }
+    // The signal handler and the file-watch forwarder end with `shutdown`.
+    tasks.wait().await;
     stopped?;
     Ok(Status::Success)
 }
@@ -151,11 +164,17 @@ impl Signals {
         })
     }
 
-    /// SIGTERM/SIGINT stop the daemon; SIGHUP asks for a reconcile.
-    fn spawn(mut self, shutdown: CancellationToken, trigger: mpsc::Sender<Trigger>) {
-        tokio::spawn(async move {
+    /// SIGTERM/SIGINT stop the daemon; SIGHUP asks for a reconcile. Ends with `shutdown`.
+    fn spawn(
+        mut self,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+        trigger: mpsc::Sender<Trigger>,
+    ) {
+        tasks.spawn(async move {
             loop {
                 tokio::select! {
+                    () = shutdown.cancelled() => return,
                     _ = self.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                     _ = self.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                     _ = self.hup.recv() => {

@@ -50,9 +50,9 @@ pub struct Context<'a, T, P> {
     pub settings: &'a Settings,
 }
 
-/// The policy and the concurrency bounds of a reconcile, built from the host configuration in
-/// one place ([`Settings::from_config`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The policy, the concurrency bounds and the clock of a reconcile, built from the host
+/// configuration in one place ([`Settings::from_config`]).
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// The plan's policy.
     pub policy: Policy,
@@ -60,6 +60,8 @@ pub struct Settings {
     pub tenant_concurrency: usize,
     /// Portal requests in flight at most.
     pub portal_concurrency: usize,
+    /// The wall clock: the plan's `now`, the timestamps of state and audit.
+    pub clock: fn() -> DateTime<Utc>,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             policy: Policy::default(),
             tenant_concurrency: 8,
             portal_concurrency: 2,
+            clock: Utc::now,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Settings {
             policy: config.policy(force),
             tenant_concurrency: config.tenant.concurrency,
             portal_concurrency: config.portal.concurrency,
+            clock: Utc::now,
         }
     }
 }
@@ -276,7 +280,7 @@ pub async fn run_once<T: Tenant, P: Portal>(
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
             let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
-            return Ok(outcome.finish(observed, store.state(), started));
+            return Ok(outcome.finish(observed, store.state(), (ctx.settings.clock)(), started));
         }
         None => {
             state.note_seen_guests(&observed);
@@ -284,7 +288,7 @@ pub async fn run_once<T: Tenant, P: Portal>(
         }
     };
     let outcome = Outcome::planned(plan, desired);
-    Ok(outcome.finish(observed, &state, started))
+    Ok(outcome.finish(observed, &state, (ctx.settings.clock)(), started))
 }
 
 fn plan_now<T, P>(
@@ -298,7 +302,7 @@ fn plan_now<T, P>(
         observed,
         state,
         &ctx.settings.policy,
-        Utc::now(),
+        (ctx.settings.clock)(),
     )
 }
 
@@ -317,8 +321,14 @@ impl Outcome {
     }
 
     /// Fills in what is measured after the reconcile.
-    fn finish(mut self, observed: Observed, state: &State, started: tokio::time::Instant) -> Self {
-        self.pending = pending_invitations(&observed, state, Utc::now());
+    fn finish(
+        mut self,
+        observed: Observed,
+        state: &State,
+        now: DateTime<Utc>,
+        started: tokio::time::Instant,
+    ) -> Self {
+        self.pending = pending_invitations(&observed, state, now);
         self.observed = observed;
         self.duration = started.elapsed();
         self
@@ -363,7 +373,7 @@ async fn apply_and_record<T: Tenant, P: Portal>(
             revision: Some(desired.revision.id.clone()),
             author: Some(desired.revision.author.clone()).filter(|a| !a.is_empty()),
             progress,
-            ..ApplyOptions::default()
+            clock: settings.clock,
         };
         let report = apply::apply(
             &outcome.plan,

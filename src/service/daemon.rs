@@ -1,7 +1,9 @@
 //! The daemon (`guestops run`, design §9): triggers, the reconcile loop, backoff, systemd
 //! notifications, health and metrics.
 //!
-//! As in kube-rs' controller: triggers only mean "reconcile now" (a new revision, a verified
+//! As in kube-rs' controller: each reconcile ends in an [`Action`] (requeue after the resync
+//! interval), a failure goes through the pure [`error_policy`] (backoff, holding for a
+//! `Retry-After` of Graph or the portal), and triggers only mean "reconcile now" (a new revision, a verified
 //! webhook, a changed file, SIGHUP); reconciles never overlap and bursts coalesce, because the
 //! single loop drains every pending trigger before it reconciles once. A periodic resync runs
 //! even when nothing changed (drift correction; triggers can get lost). Failures back off
@@ -24,7 +26,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -184,6 +185,49 @@ pub fn backoff_delay(
     jittered.max(retry_after.unwrap_or(Duration::ZERO))
 }
 
+/// What the loop does after a reconcile, as kube-rs' `Action`: reconcile again after
+/// `requeue_after` unless a trigger comes first, and never before `not_before` (a remote's
+/// `Retry-After`) whatever the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    /// The next reconcile, at the latest.
+    pub requeue_after: Duration,
+    /// No reconcile before this, even on a trigger.
+    pub not_before: Option<Duration>,
+}
+
+impl Action {
+    /// Reconcile again after `after` (or at the next trigger).
+    pub fn requeue(after: Duration) -> Action {
+        Action {
+            requeue_after: after,
+            not_before: None,
+        }
+    }
+}
+
+/// The error policy: the `failures`-th failure in a row becomes the next delay
+/// ([`backoff_delay`], at least the `Retry-After` Graph *or* the portal asked for), and that
+/// `Retry-After` holds every trigger. Pure: `jitter` in `[0, 1]` is passed in.
+pub fn error_policy(
+    err: &ReconcileError,
+    failures: u32,
+    settings: &Settings,
+    jitter: f64,
+) -> Action {
+    let retry_after = err.retry_after();
+    Action {
+        requeue_after: backoff_delay(
+            failures,
+            settings.backoff_base,
+            settings.backoff_max,
+            retry_after,
+            jitter,
+        ),
+        not_before: retry_after,
+    }
+}
+
 /// What reading the source found.
 enum Refresh {
     /// The same revision as the one enforced (or as the invalid one already reported).
@@ -319,7 +363,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         let _ = notifier.status(&message);
                     }
                     Err(message) => {
-                        self.health.record_failure(Utc::now(), &message);
+                        self.health
+                            .record_failure((self.settings.reconcile.clock)(), &message);
                         tracing::warn!("{message}");
                         if loaded.is_none() {
                             load_failures += 1;
@@ -368,20 +413,21 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             .await;
             let elapsed = started.elapsed();
             let after = Instant::now();
-            timers.next_resync = Some(after + self.settings.resync_interval);
             if let Some(p) = ping {
                 // `with_watchdog` pinged while the reconcile ran.
                 timers.next_ping = Some(after + p);
             }
             match outcome {
-                Ok(summary) => {
+                Ok((action, summary)) => {
                     failures = 0;
+                    timers.next_resync = Some(after + action.requeue_after);
                     timers.retry_at = None;
                     timers.hold_until = None;
                     self.metrics
                         .record_reconcile(ReconcileResult::Success, elapsed);
-                    self.metrics.set_last_success(Utc::now().timestamp());
-                    self.health.record_success(Utc::now());
+                    let now = (self.settings.reconcile.clock)();
+                    self.metrics.set_last_success(now.timestamp());
+                    self.health.record_success(now);
                     tracing::info!(
                         revision = %current.revision.short,
                         duration_ms = elapsed.as_millis() as u64,
@@ -398,7 +444,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     self.metrics.record_reconcile(err.metric(), elapsed);
                     // The whole chain, once: each error's message says its own part only.
                     let message = crate::error::chain(&err);
-                    self.health.record_failure(Utc::now(), &message);
+                    self.health
+                        .record_failure((self.settings.reconcile.clock)(), &message);
                     if err.is_fatal() {
                         tracing::error!(error = %message, "the state cannot be saved: stopping");
                         let _ = notifier.status(&format!("stopped: {message}"));
@@ -409,10 +456,13 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         break;
                     }
                     failures = failures.saturating_add(1);
-                    let retry_after = err.retry_after();
-                    let delay = self.delay(failures, retry_after);
+                    let action =
+                        error_policy(&err, failures, &self.settings, rand::random::<f64>());
+                    let delay = action.requeue_after;
+                    // The resync timer restarts too; while failing the retry replaces it.
+                    timers.next_resync = Some(after + self.settings.resync_interval);
                     timers.retry_at = Some(after + delay);
-                    timers.hold_until = retry_after.map(|d| after + d);
+                    timers.hold_until = action.not_before.map(|d| after + d);
                     tracing::warn!(error = %message, retry_in_secs = delay.as_secs(), failures, "reconcile failed");
                     let _ = notifier.status(&format!(
                         "revision {}: {message}; retrying in {}s",
@@ -525,12 +575,12 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
     }
 
     /// One reconcile through [`crate::reconcile::run_once`], then metrics and readiness from
-    /// its outcome; `Ok` carries the summary line.
+    /// its outcome; `Ok` carries what to do next and the summary line.
     async fn reconcile(
         &mut self,
         loaded: &Loaded,
         shutdown: &CancellationToken,
-    ) -> Result<String, ReconcileError> {
+    ) -> Result<(Action, String), ReconcileError> {
         let ctx = crate::reconcile::Context {
             tenant: &self.tenant,
             portal: &self.portal,
@@ -577,7 +627,10 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         if outcome.interrupted {
             return Err(ReconcileError::Interrupted);
         }
-        Ok(outcome.summary())
+        Ok((
+            Action::requeue(self.settings.resync_interval),
+            outcome.summary(),
+        ))
     }
 
     /// Metrics and readiness right after a reconcile: drift, refusals, changes, pending
@@ -691,6 +744,43 @@ mod tests {
             }),
         ));
         assert_eq!(other.retry_after(), None);
+    }
+
+    #[test]
+    fn the_error_policy_backs_off_and_holds_for_either_services_retry_after() {
+        use crate::remote::portal::PortalError;
+        let settings = Settings {
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(600),
+            ..Settings::default()
+        };
+        let throttled = |retry_after| {
+            ReconcileError::Reconcile(crate::reconcile::ReconcileError::Observe(
+                ObserveError::Portal(PortalError::Throttled {
+                    operation: "GET /api/user page 1".into(),
+                    user: None,
+                    retry_after,
+                }),
+            ))
+        };
+        // A long Retry-After from the portal: the next reconcile waits for it, even on a trigger.
+        let action = error_policy(
+            &throttled(Some(Duration::from_secs(300))),
+            1,
+            &settings,
+            0.5,
+        );
+        assert_eq!(action.requeue_after, Duration::from_secs(300));
+        assert_eq!(action.not_before, Some(Duration::from_secs(300)));
+        // Without one: plain exponential backoff, and a trigger may retry earlier.
+        let action = error_policy(&throttled(None), 3, &settings, 0.5);
+        assert_eq!(action, Action::requeue(Duration::from_secs(40)));
+        // A refused plan backs off like any failure.
+        let refused = ReconcileError::Refused("7 removals".into());
+        assert_eq!(
+            error_policy(&refused, 1, &settings, 0.5),
+            Action::requeue(Duration::from_secs(10))
+        );
     }
 
     fn timers(now: Instant) -> Timers {

@@ -46,8 +46,8 @@ use super::{
     Action, Change, GuestOnRemoval, Notice, Observed, Plan, Policy, Refusal, RefusalScope,
 };
 use super::{MAX_RESENDS, REPLICATION_GRACE};
+use super::{State, UserRecord};
 use crate::desired::spec::{DesiredState, DesiredUser};
-use crate::reconcile::state::{State, UserRecord};
 use crate::remote::graph::DirectoryUser;
 use crate::remote::portal::PortalUser;
 

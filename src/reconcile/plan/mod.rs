@@ -5,6 +5,13 @@
 //! executor: fail closed (an incomplete read never reaches this function), adoption instead of
 //! re-invitation, members are not invited, ownership, `prune`, `maxDeletions`, the
 //! empty-desired guard, `allowedDomains`, expiry.
+//!
+//! Dependencies, on purpose: the desired state ([`crate::desired::spec`]), address matching
+//! ([`crate::remote::identity`]) and the records the two clients read, as plain data
+//! ([`crate::remote::graph::DirectoryUser`], [`crate::remote::portal::PortalUser`]; no trait,
+//! no client, so the plan can be handed a million observed guests without a conversion). The
+//! owned set it reads is its own type ([`owned`]), which the state store persists; it imports
+//! no client, store or daemon module.
 
 use std::time::Duration;
 
@@ -16,7 +23,10 @@ use crate::remote::graph::DirectoryUser;
 use crate::remote::portal::PortalUser;
 
 mod compute;
+pub mod owned;
 mod render;
+
+pub use owned::{State, UserRecord};
 
 pub use compute::{GuestIndex, plan};
 pub use render::{

@@ -1,0 +1,144 @@
+//! What guestops owns and remembers per user: the data the plan reads (`plan(…, owned, …)`)
+//! and [`crate::reconcile::state`] persists as `state.json`. Plain data: no I/O here; the plan
+//! module defines it so that the plan depends on no store.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Observed;
+
+/// Current `state.json` schema version.
+pub const STATE_VERSION: u32 = 1;
+
+/// What guestops knows about the users it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// Schema version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Revision of the last applied desired state (commit id, or content hash of a file).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// The commit behind `revision` (author, time, subject), when it came from git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_info: Option<AppliedRevision>,
+    /// Per-user records keyed by normalized email.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            revision: None,
+            revision_info: None,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Whether guestops owns anything at all.
+    pub fn owns_anything(&self) -> bool {
+        self.users.values().any(|u| u.guest_owned || u.portal_owned)
+    }
+}
+
+/// The commit of the last desired state that was fully applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRevision {
+    /// Full commit id.
+    pub id: String,
+    /// `Name <email>` of the commit author.
+    pub author: String,
+    /// Commit time.
+    pub time: DateTime<Utc>,
+    /// First line of the commit message.
+    pub subject: String,
+}
+
+/// Progress and ownership of one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    /// The address as last written in `users.yaml`.
+    pub email: String,
+    /// Object id of the tenant guest.
+    #[serde(default)]
+    pub guest_id: Option<String>,
+    /// Whether guestops invited or adopted the guest.
+    #[serde(default)]
+    pub guest_owned: bool,
+    /// When guestops invited the guest (first invitation).
+    #[serde(default)]
+    pub invited_at: Option<DateTime<Utc>>,
+    /// Invitations re-sent so far.
+    #[serde(default)]
+    pub resend_count: u32,
+    /// When the last invitation (first or re-sent) was posted.
+    #[serde(default)]
+    pub last_invitation_at: Option<DateTime<Utc>>,
+    /// Portal id.
+    #[serde(default)]
+    pub portal_id: Option<String>,
+    /// Whether guestops registered or adopted the portal user.
+    #[serde(default)]
+    pub portal_owned: bool,
+    /// Since when a removal is planned but not done (refused, failing, …).
+    #[serde(default)]
+    pub removal_pending_since: Option<DateTime<Utc>>,
+    /// Time of the last change applied to this user.
+    #[serde(default)]
+    pub last_change: Option<DateTime<Utc>>,
+    /// When an invitation was posted whose outcome is unknown (an ambiguous error, and no
+    /// guest visible afterwards): the guest may exist but still be replicating, so the plan
+    /// does not invite again within [`crate::reconcile::plan::REPLICATION_GRACE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation_unconfirmed_at: Option<DateTime<Utc>>,
+    /// Whether the guest `guest_id` has been visible to reads since it was recorded. A guest
+    /// that was seen and is missing now is gone (deleted behind guestops' back), not
+    /// replicating: it is invited again without waiting for the replication grace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_seen: bool,
+}
+
+impl State {
+    /// Notes which recorded guests `observed` shows (see [`UserRecord::guest_seen`]).
+    /// Returns whether anything changed (the caller saves).
+    pub fn note_seen_guests(&mut self, observed: &Observed) -> bool {
+        let visible: std::collections::HashSet<&str> = observed
+            .guests
+            .iter()
+            .chain(observed.lookups.iter())
+            .map(|u| u.id.as_str())
+            .collect();
+        let mut changed = false;
+        for record in self.users.values_mut() {
+            if !record.guest_seen
+                && record
+                    .guest_id
+                    .as_deref()
+                    .is_some_and(|id| visible.contains(id))
+            {
+                record.guest_seen = true;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+impl UserRecord {
+    /// A record with nothing owned and nothing pending carries no information worth keeping:
+    /// [`crate::reconcile::apply`] removes such records from the state.
+    pub fn is_vacant(&self) -> bool {
+        !self.guest_owned
+            && !self.portal_owned
+            && self.removal_pending_since.is_none()
+            && self.invitation_unconfirmed_at.is_none()
+    }
+}
