@@ -85,7 +85,8 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => cli::Status::Success.into(),
         Err(err) => {
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err:#}");
+            // Each cause once, even where a message shows its cause before a hint.
+            let _ = writeln!(stderr, "error: {}", guestops::error::chain(err.as_ref()));
             cli::Status::Error.into()
         }
     }

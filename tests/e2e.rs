@@ -1049,3 +1049,21 @@ fn removed_and_expired_users_are_removed_and_their_guests_disabled() {
     drop(state);
     assert_second_apply_clean(&h);
 }
+
+#[test]
+fn a_corrupt_state_json_is_reported_with_its_cause_once() {
+    let h = Harness::new();
+    h.write_users(&[("ana.silva@partner.example", "Ana Silva", "administrator")]);
+    std::fs::create_dir_all(h.state_dir()).expect("state dir");
+    std::fs::write(h.state_dir().join("state.json"), "not json").expect("write");
+    let run = h.plan(&[]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("is corrupt"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("expected ").count(),
+        1,
+        "the JSON error appears once:\n{}",
+        run.stderr
+    );
+    assert_eq!(h.writes(), 0);
+}
