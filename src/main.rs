@@ -1,7 +1,6 @@
 //! The `guestops` command line: parses arguments, sets up tracing, dispatches to
 //! `cli::<subcommand>` and maps the result to an exit code. The work is in the library.
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -60,10 +59,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return usage(&err),
+        Err(err) => return cli::usage(&err),
     };
     // A daemon says what it did at its default level; a one-shot command prints its result.
-    init_tracing(if matches!(cli.command, Command::Run(_)) {
+    cli::init_tracing(if matches!(cli.command, Command::Run(_)) {
         "info"
     } else {
         "warn"
@@ -79,60 +78,5 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
     };
-    match result {
-        Ok(status) => status.into(),
-        // The reader of stdout went away (`guestops plan | head`): nobody is left to tell.
-        Err(err) if is_broken_pipe(&err) => cli::Status::Success.into(),
-        Err(err) => {
-            let mut stderr = std::io::stderr().lock();
-            // Each cause once, even where a message shows its cause before a hint.
-            let _ = writeln!(stderr, "error: {}", guestops::error::chain(err.as_ref()));
-            cli::Status::Error.into()
-        }
-    }
-}
-
-/// Prints what clap has to say: `--help` and `--version` on stdout with exit 0, a usage error
-/// on stderr with exit 1 (2 means "changes pending").
-fn usage(err: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    // Nothing to do when the stream is closed (`guestops --help | head -1`).
-    let _ = err.print();
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => cli::Status::Success.into(),
-        _ => cli::Status::Error.into(),
-    }
-}
-
-/// Whether `err` comes from writing to a closed pipe, anywhere in its chain of causes.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    use std::io::ErrorKind::BrokenPipe;
-    err.chain().any(|cause| {
-        let io = cause.downcast_ref::<std::io::Error>();
-        // An I/O error of a JSON writer wrapped as `io::Error::other(serde_json::Error)`.
-        let wrapped_json = io
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<serde_json::Error>())
-            .or_else(|| cause.downcast_ref::<serde_json::Error>());
-        io.is_some_and(|io| io.kind() == BrokenPipe)
-            || wrapped_json.is_some_and(|json| json.io_error_kind() == Some(BrokenPipe))
-    })
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default: `default_filter`). No timestamps when journald
-/// adds its own; no colour unless stderr is a terminal.
-fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    if journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    cli::finish(result)
 }

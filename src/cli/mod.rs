@@ -79,20 +79,9 @@ pub async fn read_desired(
     config: &guestops::config::Config,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<Desired>> {
-    use guestops::desired::source::{AnySource, DesiredSource as _, FileSource};
-    use guestops::desired::source::{GitSettings, GitSource};
+    use guestops::desired::source::{AnySource, DesiredSource as _};
     // The same sources, and so the same revisions, as the daemon.
-    let source = match path {
-        Some(path) => AnySource::File(FileSource {
-            path: path.to_owned(),
-        }),
-        None => {
-            let settings = GitSettings::from_config(&config.source).context(
-                "no users.yaml to read: set source.repo in the config, or pass --desired FILE",
-            )?;
-            AnySource::Git(GitSource::new(settings, config.state.dir.join("mirror")))
-        }
-    };
+    let source = AnySource::choose(path, config)?;
     let (revision, bytes) = source.load().await?;
     // The domain policy is enforced by the plan (a refused change), not by validation.
     let parsed = spec::parse(&bytes, &SpecPolicy::default());
@@ -177,4 +166,63 @@ pub fn load_config(path: &Path) -> anyhow::Result<guestops::config::Config> {
         tracing::warn!(variable = %name, "unknown GUESTOPS_* variable ignored: see docs/config.md for the names");
     }
     Ok(guestops::config::Config::load(path)?)
+}
+
+/// The exit code of a command's result: its status, or `error: …` with each cause once and
+/// exit 1; a closed stdout (`guestops plan | head`) ends quietly with 0, nobody is left to tell.
+pub fn finish(result: anyhow::Result<Status>) -> ExitCode {
+    match result {
+        Ok(status) => status.into(),
+        Err(err) if is_broken_pipe(&err) => Status::Success.into(),
+        Err(err) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {}", guestops::error::chain(err.as_ref()));
+            Status::Error.into()
+        }
+    }
+}
+
+/// Prints what clap has to say: `--help` and `--version` on stdout with exit 0, a usage error
+/// on stderr with exit 1 (2 means "changes pending").
+pub fn usage(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Nothing to do when the stream is closed (`guestops --help | head -1`).
+    let _ = err.print();
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Status::Success.into(),
+        _ => Status::Error.into(),
+    }
+}
+
+/// Whether `err` comes from writing to a closed pipe, anywhere in its chain of causes.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>();
+        // An I/O error of a JSON writer wrapped as `io::Error::other(serde_json::Error)`.
+        let wrapped_json = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<serde_json::Error>())
+            .or_else(|| cause.downcast_ref::<serde_json::Error>());
+        io.is_some_and(|io| io.kind() == BrokenPipe)
+            || wrapped_json.is_some_and(|json| json.io_error_kind() == Some(BrokenPipe))
+    })
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_filter`). No timestamps when journald
+/// adds its own; no colour unless stderr is a terminal.
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use guestops::desired::source::{AnySource, FileSource};
-use guestops::desired::source::{GitSettings, GitSource, watch_file};
+use guestops::desired::source::AnySource;
+use guestops::desired::source::watch_file;
 use guestops::reconcile::state::StateStore;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
@@ -92,15 +92,9 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
                     }
                 }
             });
-            AnySource::File(FileSource { path: path.clone() })
+            AnySource::choose(Some(path), &config)?
         }
-        None => {
-            let settings = GitSettings::from_config(&config.source).context(
-                "no source.repo configured: set source.repo to the git repository of users.yaml, \
-                 or pass --desired FILE",
-            )?;
-            AnySource::Git(GitSource::new(settings, config.state.dir.join("mirror")))
-        }
+        None => AnySource::choose(None, &config)?,
     };
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

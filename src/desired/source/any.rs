@@ -81,6 +81,29 @@ impl DesiredSource for FileSource {
     }
 }
 
+impl AnySource {
+    /// The source every command and the daemon read: `desired` (`--desired FILE`) when given,
+    /// else `source.repo` at `source.branch`, mirrored under `state.dir`.
+    pub fn choose(
+        desired: Option<&std::path::Path>,
+        config: &crate::config::Config,
+    ) -> Result<AnySource, SourceError> {
+        match desired {
+            Some(path) => Ok(AnySource::File(FileSource {
+                path: path.to_owned(),
+            })),
+            None => {
+                let settings = super::GitSettings::from_config(&config.source)
+                    .ok_or(SourceError::NotConfigured)?;
+                Ok(AnySource::Git(GitSource::new(
+                    settings,
+                    config.state.dir.join("mirror"),
+                )))
+            }
+        }
+    }
+}
+
 /// Either source, chosen at start-up.
 #[derive(Debug)]
 pub enum AnySource {

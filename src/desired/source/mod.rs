@@ -59,6 +59,11 @@ impl std::fmt::Display for Revision {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
+    /// Neither `source.repo` nor `--desired FILE`.
+    #[error(
+        "no users.yaml to read: set source.repo to the git repository of users.yaml, or pass --desired FILE"
+    )]
+    NotConfigured,
     /// `source.branch` is not a valid branch name.
     #[error("`{branch}` is not a valid git branch name: check source.branch")]
     InvalidBranch {
