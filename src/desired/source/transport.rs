@@ -28,6 +28,7 @@ use git2::{Error, ErrorClass, ErrorCode};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::SourceError;
+use crate::error::chain;
 
 /// User name sent with an HTTPS token (GitHub's convention; others ignore the user name).
 pub(super) const TOKEN_USER: &str = "x-access-token";
@@ -129,18 +130,6 @@ fn net_error(message: impl std::fmt::Display) -> Error {
 fn auth_error(message: &str) -> Error {
     context(|ctx| ctx.auth_refused = true);
     Error::new(ErrorCode::Auth, ErrorClass::Http, message)
-}
-
-/// An error and its causes on one line (reqwest's own message omits the cause).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn unsupported(service: Service) -> Error {
