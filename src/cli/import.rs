@@ -19,14 +19,8 @@ apply adopts the written users (no invitation, no portal write for them).
 Exit codes: 0 written, 1 error (config, an incomplete read, or an existing --output file \
 without --force).")]
 pub struct Args {
-    /// Host configuration file.
-    #[arg(
-        long,
-        short,
-        env = "GUESTOPS_CONFIG",
-        default_value = "/etc/guestops/config.yaml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Write users.yaml to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -41,7 +35,7 @@ pub struct Args {
 
 /// Runs `guestops import`.
 pub async fn run(args: Args) -> anyhow::Result<Status> {
-    let config = load_config(&args.config)?;
+    let config = load_config(&args.config.config)?;
     if let Some(path) = &args.output
         && !args.force
         && path.exists()

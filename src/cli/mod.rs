@@ -1,7 +1,7 @@
 //! One module per subcommand. `anyhow` lives here and in `main` only.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -18,6 +18,19 @@ pub mod run;
 pub mod sim;
 pub mod status;
 pub mod validate;
+
+/// `--config` of the commands that read the host configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Host configuration file.
+    #[arg(
+        long,
+        short,
+        env = "GUESTOPS_CONFIG",
+        default_value = "/etc/guestops/config.yaml"
+    )]
+    pub config: PathBuf,
+}
 
 /// What a command ended with; maps to the documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

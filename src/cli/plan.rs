@@ -14,14 +14,8 @@ use super::{Status, connect, read_desired, stdout_color};
 /// Where the config and users.yaml come from (`plan`, `apply`, `status`, `run`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
-    /// Host configuration file.
-    #[arg(
-        long,
-        short,
-        env = "GUESTOPS_CONFIG",
-        default_value = "/etc/guestops/config.yaml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Read users.yaml from this file instead of the configured git source.
     #[arg(long, value_name = "FILE")]
     pub desired: Option<PathBuf>,
@@ -63,7 +57,7 @@ pub struct Loaded {
 /// Loads the config and the desired state; `Ok(None)` when users.yaml is invalid
 /// (diagnostics already printed).
 pub async fn load(source: &SourceArgs) -> anyhow::Result<Option<Loaded>> {
-    let config = super::load_config(&source.config)?;
+    let config = super::load_config(&source.config.config)?;
     super::warn_if_no_state(&config);
     let mut stderr = std::io::stderr().lock();
     let Some(desired) = read_desired(source.desired.as_deref(), &config, &mut stderr).await? else {

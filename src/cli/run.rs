@@ -34,14 +34,8 @@ Exit code 1 when it cannot start (bad config, missing secret, state locked by an
 or when the state directory stops being writable (it stops rather than make unrecorded changes)."
 )]
 pub struct Args {
-    /// Host configuration file.
-    #[arg(
-        long,
-        short,
-        env = "GUESTOPS_CONFIG",
-        default_value = "/etc/guestops/config.yaml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: super::ConfigArg,
     /// Follow this users.yaml file (watched for changes) instead of the configured git source.
     #[arg(long, value_name = "FILE")]
     pub desired: Option<PathBuf>,
@@ -52,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     // First, so that a SIGTERM or SIGHUP during start-up is handled rather than killing the
     // process with the signal's default action.
     let signals = Signals::install()?;
-    let config = super::load_config(&args.config)?;
+    let config = super::load_config(&args.config.config)?;
     let secrets = config.load_secrets()?;
     let store = StateStore::open(&config.state.dir)?;
     let tenant = GraphClient::with_client_secret(
