@@ -34,7 +34,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     };
     let format = args.target.format;
     let outcome = if args.dry_run {
-        dry_run(&config, &desired, args.target.force).await?
+        let state = StateStore::read_only(&config.state.dir)?;
+        dry_run(&config, &desired, args.target.force, state).await?
     } else {
         // Taken before reading anything, so that two instances never plan against each other.
         let mut store = StateStore::open(&config.state.dir)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use guestops::config::Config;
 use guestops::reconcile::plan::{self, PlanFormat, RenderOptions};
-use guestops::reconcile::state::StateStore;
+use guestops::reconcile::state::{State, StateStore};
 use guestops::reconcile::{Context, Mode, Outcome, Settings, run_once};
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let Some(Loaded { config, desired }) = load(&args.target.source).await? else {
         return Ok(Status::Error);
     };
-    let outcome = dry_run(&config, &desired, args.target.force).await?;
+    let state = StateStore::read_only(&config.state.dir)?;
+    let outcome = dry_run(&config, &desired, args.target.force, state).await?;
     let mut out = std::io::stdout().lock();
     let options = RenderOptions {
         revision: Some(outcome.revision.clone()),
@@ -82,14 +83,14 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     Ok(Status::of(outcome.verdict(), args.detailed_exitcode))
 }
 
-/// One reconcile in dry-run mode against a snapshot of the state (works while a daemon holds
-/// the lock): what `plan`, `status` and `apply --dry-run` show.
+/// One reconcile in dry-run mode against `state`, a snapshot of the state read without the
+/// lock (so it works while a daemon holds it): what `plan`, `status` and `apply --dry-run` show.
 pub async fn dry_run(
     config: &Config,
     desired: &guestops::reconcile::Desired,
     force: bool,
+    state: State,
 ) -> anyhow::Result<Outcome> {
-    let state = StateStore::read_only(&config.state.dir)?;
     let clients = connect(config)?;
     let settings = Settings::from_config(config, force);
     let ctx = Context {

@@ -24,8 +24,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let Some(Loaded { config, desired }) = load(&args.source).await? else {
         return Ok(Status::Error);
     };
-    let outcome = super::plan::dry_run(&config, &desired, false).await?;
     let state = StateStore::read_only(&config.state.dir)?;
+    let outcome = super::plan::dry_run(&config, &desired, false, state.clone()).await?;
     let rows = status::rows(
         &desired.state,
         &outcome.observed,

@@ -268,27 +268,25 @@ pub async fn run_once<T: Tenant, P: Portal>(
     cancel: &CancellationToken,
 ) -> Result<Outcome, ReconcileError> {
     let started = tokio::time::Instant::now();
-    let (mut state, store, progress) = match mode {
-        Mode::DryRun(state) => (state, None, None),
-        Mode::Apply { store, progress } => (store.state().clone(), Some(store), progress),
-    };
-    let observed = observe_cancellable(ctx, desired, &state, cancel).await?;
-    let plan = match store {
-        Some(store) => {
+    match mode {
+        Mode::DryRun(mut state) => {
+            let observed = observe_cancellable(ctx, desired, &state, cancel).await?;
+            // As an apply would note them, in the snapshot only.
+            state.note_seen_guests(&observed);
+            let plan = plan_now(ctx, desired, &observed, &state);
+            let outcome = Outcome::planned(plan, desired);
+            Ok(outcome.finish(observed, &state, (ctx.settings.clock)(), started))
+        }
+        Mode::Apply { store, progress } => {
+            let observed = observe_cancellable(ctx, desired, store.state(), cancel).await?;
             if store.state_mut().note_seen_guests(&observed) {
                 store.save()?;
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
             let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
-            return Ok(outcome.finish(observed, store.state(), (ctx.settings.clock)(), started));
+            Ok(outcome.finish(observed, store.state(), (ctx.settings.clock)(), started))
         }
-        None => {
-            state.note_seen_guests(&observed);
-            plan_now(ctx, desired, &observed, &state)
-        }
-    };
-    let outcome = Outcome::planned(plan, desired);
-    Ok(outcome.finish(observed, &state, (ctx.settings.clock)(), started))
+    }
 }
 
 fn plan_now<T, P>(
