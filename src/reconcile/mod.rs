@@ -34,7 +34,7 @@ pub mod plan;
 pub mod state;
 pub mod status;
 
-pub use observe::{ObserveError, observe, observe_and_plan};
+pub use observe::{ObserveError, observe};
 
 use apply::{ApplyError, ApplyOptions, ApplyReport, Progress};
 use plan::{Observed, Plan, PlanRevision, Policy};

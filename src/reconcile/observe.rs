@@ -1,5 +1,5 @@
-//! observe → plan → apply, once. Shared by `guestops plan`, `apply`, `status`, `import`, the demo
-//! and the daemon, so that every entry point takes the same path.
+//! The observe step: reading the tenant and the portal completely. Called by
+//! [`crate::reconcile::run_once`] (every reconcile) and by `guestops import`; it never writes.
 //!
 //! Observation is complete or fails: both listings are read in full (a failed page fails the
 //! read), then targeted lookups fill in what a listing cannot show — members with a desired
@@ -8,11 +8,10 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::desired::spec::DesiredState;
-use crate::reconcile::plan::{GuestIndex, Observed, Plan, Policy};
+use crate::reconcile::plan::{GuestIndex, Observed};
 use crate::reconcile::state::State;
 use crate::remote::graph::{DirectoryUser, GraphError, Tenant};
 use crate::remote::portal::{Portal, PortalError};
@@ -96,20 +95,4 @@ fn lookups_needed(
         .map(str::to_owned)
         .collect();
     (by_email, by_id)
-}
-
-/// Observes and plans: the read-only half of a reconcile.
-pub async fn observe_and_plan<T: Tenant, P: Portal>(
-    desired: &DesiredState,
-    state: &State,
-    tenant: &T,
-    portal: &P,
-    policy: &Policy,
-    concurrency: usize,
-    now: DateTime<Utc>,
-) -> Result<Plan, ObserveError> {
-    let observed = observe(desired, state, tenant, portal, concurrency).await?;
-    Ok(crate::reconcile::plan::plan(
-        desired, &observed, state, policy, now,
-    ))
 }

@@ -1,7 +1,7 @@
 use chrono::{TimeZone, Utc};
 
 use super::*;
-use crate::reconcile::plan::{Action, Policy, System};
+use crate::reconcile::plan::{Action, System};
 use crate::remote::graph::fake::{FakeTenant, Fault, TenantOp};
 use crate::remote::portal::fake::FakePortal;
 
@@ -102,17 +102,31 @@ async fn applying_the_imported_file_invites_and_registers_nobody() {
     let import = import(&tenant, &portal, &ImportOptions::default()).await;
     let parsed = spec::parse(import.to_yaml().as_bytes(), &SpecPolicy::default());
     let desired = parsed.desired.expect("valid");
-    let plan = crate::reconcile::observe_and_plan(
-        &desired,
-        &State::default(),
-        &tenant,
-        &portal,
-        &Policy::default(),
-        4,
-        Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
-    )
-    .await
-    .expect("plan");
+    let settings = crate::reconcile::Settings {
+        clock: || Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
+        ..crate::reconcile::Settings::default()
+    };
+    let ctx = crate::reconcile::Context {
+        tenant: &tenant,
+        portal: &portal,
+        settings: &settings,
+    };
+    let desired = crate::reconcile::Desired {
+        state: desired,
+        revision: crate::desired::source::Revision {
+            id: "imported".into(),
+            short: "imported".into(),
+            author: String::new(),
+            time: Utc::now(),
+            subject: String::new(),
+        },
+        branch: None,
+    };
+    let mode = crate::reconcile::Mode::DryRun(State::default());
+    let plan = crate::reconcile::run_once(&ctx, &desired, mode, &Default::default())
+        .await
+        .expect("plan")
+        .plan;
     assert!(!plan.is_refused(), "{:?}", plan.refusals);
     let remote: Vec<&Action> = plan
         .changes
