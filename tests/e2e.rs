@@ -537,6 +537,9 @@ fn killed_mid_apply_the_next_apply_converges_without_duplicates() {
             "{email} has one guest"
         );
     }
+    assert_second_apply_clean(&h);
+    // A registration learns its portal id at the next listing (the portal's POST returns none):
+    // after the clean apply, state.json knows every guest and portal user.
     let state = guestops::reconcile::state::StateStore::read_only(&h.state_dir())
         .expect("state.json valid");
     assert_eq!(state.users.len(), users.len());
@@ -547,7 +550,6 @@ fn killed_mid_apply_the_next_apply_converges_without_duplicates() {
             .all(|u| u.guest_id.is_some() && u.portal_id.is_some()),
         "state.json knows every guest and portal user: {state:?}"
     );
-    assert_second_apply_clean(&h);
 }
 
 /// Applies `users` once with prune on, so guestops owns them.

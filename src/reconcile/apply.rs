@@ -7,9 +7,11 @@
 //!   failure never stops the others.
 //! - At most [`ApplyOptions::tenant_concurrency`] tenant changes and
 //!   [`ApplyOptions::portal_concurrency`] portal changes are in flight at once.
-//! - Before repeating a non-idempotent write the executor re-observes: `invite` first looks the
-//!   address up (a guest found is adopted, a member needs nothing), `register` first looks the
-//!   portal user up; after an ambiguous failure (timeout, 5xx) it looks again and never re-POSTs
+//! - `register` is one `POST`: the plan comes from this reconcile's complete portal listing,
+//!   so it neither looks the user up first nor reads it back (the portal's `POST` returns no
+//!   id; the next listing tells it, [`crate::reconcile::plan::State::learn_portal_ids`]).
+//!   `invite` still looks the address up first (a guest found is adopted, a member needs
+//!   nothing). After an ambiguous failure (timeout, 5xx) both look again and never re-POST
 //!   blindly.
 //! - Crash safety: after every change the state is saved atomically, and an audit line is
 //!   appended, before that user's next change starts. Whatever point a crash happens at, the next
@@ -48,7 +50,7 @@ pub struct ApplyOptions {
     pub tenant_concurrency: usize,
     /// Portal changes in flight at most (`portal.concurrency`); `0` is treated as `1`.
     pub portal_concurrency: usize,
-    /// The desired-state revision being applied, for state and audit.
+    /// The desired-state revision being applied, for the audit log.
     pub revision: Option<String>,
     /// Author of that revision (commit author), for the audit log.
     pub author: Option<String>,
@@ -208,8 +210,8 @@ pub enum ApplyError {
 ///
 /// Returns one [`ChangeOutcome`] per change, in plan order. Failed changes are reported, not
 /// returned as errors: the error cases are a refused plan (nothing written) and a state
-/// directory that cannot be written (nothing more started). When every change succeeded and
-/// `opts.revision` is set, it is recorded as the state's last applied revision.
+/// directory that cannot be written (nothing more started). `opts.revision` goes into the audit
+/// lines; whether the revision is fully applied is [`crate::reconcile::run_once`]'s to record.
 ///
 /// `cancel` stops the start of new changes; changes in flight finish and are recorded.
 ///
@@ -299,11 +301,6 @@ pub async fn apply<T: Tenant, P: Portal>(
     let Executor { recorder, .. } = executor;
     if let Some(source) = recorder.take_error() {
         return Err(ApplyError::State { source, report });
-    }
-    if report.is_complete()
-        && let Some(revision) = &opts.revision
-    {
-        recorder.set_revision(revision.clone());
     }
     if let Err(source) = recorder.flush().await {
         return Err(ApplyError::State { source, report });
@@ -681,6 +678,8 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
     }
 
     /// Re-observes, then invites; after an ambiguous failure looks again instead of re-posting.
+    /// Re-observes, then invites; after an ambiguous failure looks again instead of re-posting.
+    /// (The look-up first stays until a directory cache kept by delta queries answers it.)
     async fn invite(&self, invitation: &Invitation) -> Step {
         let email = invitation.email.as_str();
         match self.tenant.find_by_email(email).await {
@@ -801,37 +800,13 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
     }
 
     /// Re-observes, then registers; after an ambiguous failure looks again.
+    /// One `POST`: this reconcile's complete portal listing showed the address missing. The
+    /// portal's `POST` returns no id; the next listing tells it. After an ambiguous answer the
+    /// user is looked up instead of posting again.
     async fn register(&self, user: &NewPortalUser) -> Step {
         let email = user.email.as_str();
-        match self.portal.find_user(email).await {
-            Ok(Some(existing)) => {
-                return Step::done(
-                    Effect::PortalOwned {
-                        portal_id: Some(existing.id),
-                    },
-                    None,
-                    false,
-                )
-                .with_detail("the portal user already existed: adopted, not created".to_owned());
-            }
-            Ok(None) => {}
-            Err(err) => {
-                return Step::failed(
-                    format!(
-                        "could not look {email} up in the portal before registering, so nothing was created: {err}",
-                        err = chain(&err)
-                    ),
-                    None,
-                    Effect::None,
-                );
-            }
-        }
         match self.portal.create_user(user).await {
-            Ok(()) => {
-                // Best effort: the portal's POST does not return the id.
-                let portal_id = self.portal.find_user(email).await.ok().flatten().map(|u| u.id);
-                Step::done(Effect::PortalOwned { portal_id }, None, true)
-            }
+            Ok(()) => Step::done(Effect::PortalOwned { portal_id: None }, None, true),
             Err(err) if err.is_ambiguous() => match self.portal.find_user(email).await {
                 Ok(Some(found)) => Step::done(
                     Effect::PortalOwned {
@@ -1065,12 +1040,6 @@ impl<'s> Recorder<'s> {
         blocking(dir, move |dir| write_snapshot(dir, &bytes)).await?;
         *saved = generation;
         Ok(())
-    }
-
-    fn set_revision(&self, revision: String) {
-        let mut inner = self.lock();
-        inner.store.state_mut().revision = Some(revision);
-        inner.generation += 1;
     }
 
     /// Saves whatever is not saved yet.

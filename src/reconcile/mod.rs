@@ -273,13 +273,16 @@ pub async fn run_once<T: Tenant, P: Portal>(
             let observed = observe_cancellable(ctx, desired, &state, cancel).await?;
             // As an apply would note them, in the snapshot only.
             state.note_seen_guests(&observed);
+            state.learn_portal_ids(&observed);
             let plan = plan_now(ctx, desired, &observed, &state);
             let outcome = Outcome::planned(plan, desired);
             Ok(outcome.finish(observed, &state, (ctx.settings.clock)(), started))
         }
         Mode::Apply { store, progress } => {
             let observed = observe_cancellable(ctx, desired, store.state(), cancel).await?;
-            if store.state_mut().note_seen_guests(&observed) {
+            let state = store.state_mut();
+            let seen = state.note_seen_guests(&observed);
+            if state.learn_portal_ids(&observed) || seen {
                 store.save()?;
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
@@ -445,5 +448,171 @@ pub fn pending_invitations(observed: &Observed, state: &State, now: DateTime<Utc
     Pending {
         count: since.len(),
         oldest: since.iter().min().and_then(|t| (now - *t).to_std().ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::spec::{self, SpecPolicy};
+    use crate::remote::graph::fake::{FakeTenant, TenantOp};
+    use crate::remote::portal::fake::{FakePortal, PortalOp};
+
+    fn desired(yaml_users: &str) -> Desired {
+        let text = format!("apiVersion: guestops/v1\nusers:\n{yaml_users}");
+        let parsed = spec::parse(text.as_bytes(), &SpecPolicy::default());
+        assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+        Desired {
+            state: parsed.desired.expect("valid"),
+            revision: Revision {
+                id: "c0ffee".into(),
+                short: "c0ffee".into(),
+                author: "Reviewer <r@contoso.example>".into(),
+                time: Utc::now(),
+                subject: "add admins".into(),
+            },
+            branch: Some("main".into()),
+        }
+    }
+
+    const ANA_AND_EVE: &str = "  - email: ana@partner.example\n    name: Ana\n  - email: eve@elsewhere.example\n    name: Eve\n";
+
+    async fn apply_once(
+        tenant: &FakeTenant,
+        portal: &FakePortal,
+        settings: &Settings,
+        desired: &Desired,
+        store: &mut StateStore,
+    ) -> Outcome {
+        let ctx = Context {
+            tenant,
+            portal,
+            settings,
+        };
+        let mode = Mode::Apply {
+            store,
+            progress: None,
+        };
+        run_once(&ctx, desired, mode, &CancellationToken::new())
+            .await
+            .expect("reconcile")
+    }
+
+    #[tokio::test]
+    async fn a_complete_reconcile_records_its_revision_and_a_refusal_does_not() {
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let d = desired(ANA_AND_EVE);
+
+        let mut refusing = Settings::default();
+        refusing.policy.allowed_domains = vec!["partner.example".into()];
+        let refused = apply_once(&tenant, &portal, &refusing, &d, &mut store).await;
+        assert_eq!(refused.verdict(), Verdict::Refused);
+        assert_eq!(refused.failed(), 0);
+        assert!(portal.user("ana@partner.example").is_some(), "Ana proceeds");
+        assert!(
+            portal.user("eve@elsewhere.example").is_none(),
+            "Eve is refused"
+        );
+        assert_eq!(
+            store.state().revision,
+            None,
+            "a refusal leaves the revision unclaimed"
+        );
+
+        let done = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert_eq!(done.verdict(), Verdict::InSync, "{:?}", done.report);
+        assert_eq!(store.state().revision.as_deref(), Some("c0ffee"));
+        let info = store.state().revision_info.clone().expect("revision info");
+        assert_eq!(info.subject, "add admins");
+        assert_eq!(info.author, "Reviewer <r@contoso.example>");
+    }
+
+    #[tokio::test]
+    async fn a_failed_change_leaves_the_revision_unclaimed() {
+        use crate::remote::portal::fake::PortalFault;
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        portal.inject(PortalFault::new(PortalOp::CreateUser, 400));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let d = desired("  - email: ana@partner.example\n    name: Ana\n");
+        let outcome = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert_eq!(outcome.verdict(), Verdict::Failed);
+        assert_eq!(store.state().revision, None);
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_one_post_and_the_next_listing_tells_its_id() {
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let d = desired("  - email: ana@partner.example\n    name: Ana\n");
+        apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert_eq!(portal.calls(PortalOp::CreateUser), 1);
+        assert_eq!(
+            portal.calls(PortalOp::FindUser),
+            0,
+            "no look-up, no read-back"
+        );
+        assert_eq!(portal.calls(PortalOp::ListUsers), 1);
+        assert_eq!(store.state().users["ana@partner.example"].portal_id, None);
+
+        let again = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert!(again.plan.is_empty(), "{:?}", again.plan.changes);
+        let id = portal.user("ana@partner.example").expect("registered").id;
+        assert_eq!(
+            store.state().users["ana@partner.example"]
+                .portal_id
+                .as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(portal.calls(PortalOp::CreateUser), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_after_lost_state_adopts_instead_of_duplicating() {
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let d = desired("  - email: ana@partner.example\n    name: Ana\n");
+        let first = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(first.path()).expect("state");
+        apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        drop(store);
+        // state.json lost: a fresh state directory.
+        let second = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(second.path()).expect("state");
+        let outcome = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert_eq!(outcome.report.as_ref().map(ApplyReport::writes), Some(0));
+        assert_eq!(tenant.calls(TenantOp::Invite), 1);
+        assert_eq!(portal.calls(PortalOp::CreateUser), 1);
+        let ana = &store.state().users["ana@partner.example"];
+        assert!(ana.guest_owned && ana.portal_owned);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_writes_nothing_and_plans_what_an_apply_would() {
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let d = desired(ANA_AND_EVE);
+        let ctx = Context {
+            tenant: &tenant,
+            portal: &portal,
+            settings: &Settings::default(),
+        };
+        let dry = run_once(
+            &ctx,
+            &d,
+            Mode::DryRun(State::default()),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("dry run");
+        assert_eq!(dry.verdict(), Verdict::Changes);
+        assert!(dry.report.is_none());
+        assert_eq!(tenant.calls(TenantOp::Invite), 0);
+        assert_eq!(portal.calls(PortalOp::CreateUser), 0);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let applied = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
+        assert_eq!(applied.plan.changes, dry.plan.changes);
     }
 }

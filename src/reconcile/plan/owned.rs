@@ -130,6 +130,42 @@ impl State {
         }
         changed
     }
+
+    /// Records the portal id of owned portal users whose id is not known yet (a registration
+    /// learns it at the next listing: the portal's `POST` returns none). An address held by
+    /// several portal users stays unknown. Returns whether anything changed (the caller saves).
+    pub fn learn_portal_ids(&mut self, observed: &Observed) -> bool {
+        let mut missing: std::collections::HashMap<String, Option<&str>> = self
+            .users
+            .iter()
+            .filter(|(_, r)| r.portal_owned && r.portal_id.is_none())
+            .map(|(key, _)| (key.clone(), None))
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        let mut ambiguous = std::collections::HashSet::new();
+        for user in &observed.portal_users {
+            let key = crate::remote::identity::normalize_email(&user.email);
+            if let Some(slot) = missing.get_mut(&key) {
+                if slot.is_some() {
+                    ambiguous.insert(key);
+                } else {
+                    *slot = Some(user.id.as_str());
+                }
+            }
+        }
+        let mut changed = false;
+        for (key, id) in missing {
+            if let (Some(id), false) = (id, ambiguous.contains(&key))
+                && let Some(record) = self.users.get_mut(&key)
+            {
+                record.portal_id = Some(id.to_owned());
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 impl UserRecord {
