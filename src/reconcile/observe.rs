@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::desired::spec::DesiredState;
 use crate::reconcile::plan::{GuestIndex, Observed};
 use crate::reconcile::state::State;
-use crate::remote::graph::{DirectoryUser, GraphError, Tenant};
+use crate::remote::graph::{DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant};
 use crate::remote::portal::{Portal, PortalError};
 
 /// Why observation failed. Nothing was written. The message says so; the remote's error is
@@ -30,7 +30,9 @@ pub enum ObserveError {
 
 /// Reads the tenant and the portal completely.
 ///
-/// `concurrency` bounds the targeted lookups in flight.
+/// The targeted lookups go [`MAX_BATCH_REQUESTS`] at a time ([`Tenant::find_by_emails`],
+/// [`Tenant::get_users`]: one `$batch` each over HTTP); `concurrency` bounds those groups in
+/// flight.
 pub async fn observe<T: Tenant, P: Portal>(
     desired: &DesiredState,
     state: &State,
@@ -49,18 +51,22 @@ pub async fn observe<T: Tenant, P: Portal>(
     );
 
     let (by_email, by_id) = lookups_needed(desired, state, &guests);
+    let by_email: Vec<String> = by_email.into_iter().collect();
+    let by_id: Vec<String> = by_id.into_iter().collect();
+    // Groups of one `$batch` each, at most `concurrency` groups in flight.
     let concurrency = concurrency.max(1);
-    let mut lookups: Vec<DirectoryUser> = futures::stream::iter(by_email)
-        .map(|email| async move { tenant.find_by_email(&email).await })
+    let mut lookups: Vec<DirectoryUser> = futures::stream::iter(by_email.chunks(MAX_BATCH_REQUESTS))
+        .map(|emails| tenant.find_by_emails(emails))
         .buffer_unordered(concurrency)
         .try_concat()
         .await?;
-    let found: Vec<Option<DirectoryUser>> = futures::stream::iter(by_id)
-        .map(|id| async move { tenant.get_user(&id).await })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    lookups.extend(found.into_iter().flatten());
+    let found: Vec<Vec<Option<DirectoryUser>>> =
+        futures::stream::iter(by_id.chunks(MAX_BATCH_REQUESTS))
+            .map(|ids| tenant.get_users(ids))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+    lookups.extend(found.into_iter().flatten().flatten());
     // Deterministic regardless of completion order.
     lookups.sort_by(|a, b| a.id.cmp(&b.id));
     lookups.dedup_by(|a, b| a.id == b.id);
