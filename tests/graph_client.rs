@@ -952,7 +952,11 @@ async fn redirects_are_not_followed_so_neither_secret_nor_token_leaves() {
 
 fn batch_counts(env: &Env) -> (u64, u64, u64) {
     let c = env.sim.state().counters.clone();
-    (c.graph_requests, c.graph_batches, c.graph_batch_inner_requests)
+    (
+        c.graph_requests,
+        c.graph_batches,
+        c.graph_batch_inner_requests,
+    )
 }
 
 #[tokio::test]
@@ -960,7 +964,9 @@ async fn forty_five_lookups_go_in_three_batches_and_are_matched_by_id() {
     let env = start().await;
     let (emails, guest_ids) = {
         let mut state = env.sim.state();
-        let emails: Vec<String> = (0..45).map(|i| format!("g{i:02}@partner.example")).collect();
+        let emails: Vec<String> = (0..45)
+            .map(|i| format!("g{i:02}@partner.example"))
+            .collect();
         // Every other address has a guest; the rest are unknown.
         let ids: Vec<String> = emails
             .iter()
@@ -973,7 +979,10 @@ async fn forty_five_lookups_go_in_three_batches_and_are_matched_by_id() {
     client.list_guests().await.expect("a token and a listing");
     let before = batch_counts(&env);
 
-    let found = client.find_by_emails(&emails).await.expect("batched lookup");
+    let found = client
+        .find_by_emails(&emails)
+        .await
+        .expect("batched lookup");
 
     let after = batch_counts(&env);
     assert_eq!(
@@ -982,7 +991,10 @@ async fn forty_five_lookups_go_in_three_batches_and_are_matched_by_id() {
         "45 lookups: three requests on the wire (20 + 20 + 5), 45 inner ones"
     );
     let found_ids: BTreeSet<String> = found.iter().map(|u| u.id.clone()).collect();
-    assert_eq!(found_ids, guest_ids.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(
+        found_ids,
+        guest_ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
     assert_eq!(found.len(), 23, "each guest once, under its own address");
 
     // By id: one answer per id, in the order asked, although the simulator answers each
@@ -1079,7 +1091,7 @@ async fn an_inner_failure_fails_the_whole_lookup_and_is_never_not_found() {
     assert_eq!((batches, inner), (6, 2 + 5));
 
     let err = client
-        .get_users(&[id.clone()])
+        .get_users(std::slice::from_ref(&id))
         .await
         .expect_err("a 500 for an id is not a missing user");
     assert_eq!(err.status(), Some(500), "{err:?}");

@@ -55,14 +55,17 @@ pub async fn observe<T: Tenant, P: Portal>(
     let by_id: Vec<String> = by_id.into_iter().collect();
     // Groups of one `$batch` each, at most `concurrency` groups in flight.
     let concurrency = concurrency.max(1);
-    let mut lookups: Vec<DirectoryUser> = futures::stream::iter(by_email.chunks(MAX_BATCH_REQUESTS))
-        .map(|emails| tenant.find_by_emails(emails))
-        .buffer_unordered(concurrency)
-        .try_concat()
-        .await?;
+    // Owned groups: a future borrowing from the stream's items is not `Send` for every
+    // lifetime, which a spawned daemon needs.
+    let mut lookups: Vec<DirectoryUser> =
+        futures::stream::iter(by_email.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|emails| async move { tenant.find_by_emails(&emails).await })
+            .buffer_unordered(concurrency)
+            .try_concat()
+            .await?;
     let found: Vec<Vec<Option<DirectoryUser>>> =
-        futures::stream::iter(by_id.chunks(MAX_BATCH_REQUESTS))
-            .map(|ids| tenant.get_users(ids))
+        futures::stream::iter(by_id.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|ids| async move { tenant.get_users(&ids).await })
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;

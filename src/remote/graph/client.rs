@@ -406,7 +406,9 @@ impl GraphClient {
                 .parse::<usize>()
                 .ok()
                 .filter(|i| pending.contains(i))
-                .ok_or_else(|| malformed(format!("an answer to unknown request `{}`", response.id)))?;
+                .ok_or_else(|| {
+                    malformed(format!("an answer to unknown request `{}`", response.id))
+                })?;
             if answered.iter().any(|(i, _)| *i == index) {
                 return Err(malformed(format!(
                     "request `{}` was answered twice",

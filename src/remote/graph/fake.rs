@@ -513,7 +513,11 @@ mod tests {
         assert_eq!(tenant.calls(TenantOp::FindByEmail), 0);
         tenant.inject(Fault::new(TenantOp::FindByEmail, 503).for_target("bob@x.example"));
         let err = tenant.find_by_emails(&emails).await.unwrap_err();
-        assert_eq!(err.status(), Some(503), "one failed address fails the batch");
+        assert_eq!(
+            err.status(),
+            Some(503),
+            "one failed address fails the batch"
+        );
         tenant.inject(Fault::new(TenantOp::GetUser, 500).for_target(&ana));
         assert!(tenant.get_users(&ids).await.is_err());
     }
