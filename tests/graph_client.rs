@@ -1142,3 +1142,36 @@ async fn inner_throttling_beyond_the_budget_fails_with_its_retry_after() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
     assert_eq!(batch_counts(&env).1, 1, "not waited for, not resent");
 }
+
+#[tokio::test]
+async fn a_batched_lookup_with_more_pages_is_read_to_the_end() {
+    let env = start().await;
+    let (member, guest) = {
+        let mut state = env.sim.state();
+        state.graph.set_page_size_cap(Some(1));
+        let member = state.graph.add_member(
+            "ana.m@sim.onmicrosoft.com",
+            Some("ana@partner.example"),
+            "Ana M",
+        );
+        let guest = state.graph.add_guest("ana@partner.example", "Ana");
+        (member, guest)
+    };
+    let client = env.client();
+    client.list_guests().await.expect("a token and a listing");
+    let before = batch_counts(&env);
+
+    let found = client
+        .find_by_emails(&["ana@partner.example".to_owned()])
+        .await
+        .expect("batched lookup");
+
+    let ids: BTreeSet<String> = found.into_iter().map(|u| u.id).collect();
+    assert_eq!(ids, BTreeSet::from([member, guest]));
+    let after = batch_counts(&env);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2, 1),
+        "one batch, then the inner answer's nextLink read directly"
+    );
+}

@@ -105,3 +105,57 @@ fn lookups_needed(
         .collect();
     (by_email, by_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::desired::spec::{self, SpecPolicy};
+    use crate::reconcile::state::UserRecord;
+    use crate::remote::graph::fake::{FakeTenant, TenantOp};
+    use crate::remote::portal::fake::FakePortal;
+
+    // Issue 7: the targeted lookups go in groups of one `$batch`, `concurrency` groups at once.
+    #[tokio::test]
+    async fn targeted_lookups_are_batched_within_the_concurrency_bound() {
+        let mut yaml = String::from("apiVersion: guestops/v1\nusers:\n");
+        for i in 0..45 {
+            yaml.push_str(&format!(
+                "  - email: user{i:02}@partner.example\n    name: U{i}\n"
+            ));
+        }
+        let desired = spec::parse(yaml.as_bytes(), &SpecPolicy::default())
+            .desired
+            .expect("a valid users.yaml");
+        assert_eq!(desired.users.len(), 45);
+        let tenant = FakeTenant::new();
+        let member = tenant.add_member("user07@partner.example", "A member");
+        // 21 guests guestops invited that the listing does not show (gone, or not replicated).
+        let mut state = State::default();
+        for i in 0..21 {
+            state.users.insert(
+                format!("old{i}@partner.example"),
+                UserRecord {
+                    email: format!("old{i}@partner.example"),
+                    guest_id: Some(format!("gone-{i}")),
+                    ..UserRecord::default()
+                },
+            );
+        }
+        // Latency keeps batches in flight long enough to overlap; no timing is asserted.
+        tenant.set_latency(Duration::from_millis(5));
+
+        let observed = observe(&desired, &state, &tenant, &FakePortal::new(), 2)
+            .await
+            .expect("observe");
+
+        assert_eq!(tenant.calls(TenantOp::FindByEmails), 3, "20 + 20 + 5");
+        assert_eq!(tenant.calls(TenantOp::GetUsers), 2, "20 + 1");
+        assert_eq!(tenant.calls(TenantOp::FindByEmail), 0);
+        assert_eq!(tenant.calls(TenantOp::GetUser), 0);
+        assert_eq!(tenant.max_in_flight(), 2, "two batches at once, never more");
+        let ids: Vec<&str> = observed.lookups.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, [member.as_str()]);
+    }
+}

@@ -5,6 +5,13 @@
 //! literals escaped, `POST /invitations` never retried blindly, a read that fails part-way
 //! failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
 //!
+//! Batched lookups ([`Tenant::find_by_emails`], [`Tenant::get_users`]) send the URLs of the
+//! single lookups, [`MAX_BATCH_REQUESTS`] to a `POST /$batch` (§4), correlate the answers by
+//! `id` (never by position), check every inner status (a failed inner request fails the whole
+//! lookup; only a `404` of a read by id means "not found"), and send throttled (`429`) or
+//! failed (`5xx`) inner requests again after the longest inner `Retry-After`, within the
+//! edge's [`RetryPolicy`].
+//!
 //! Must not: read the configuration (it takes [`GraphSettings`]), retry or time out on its own
 //! (the edge does), or decide what to change (the plan does).
 

@@ -91,7 +91,7 @@ pub async fn batch(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> R
         if let Some(dep) = failed_dependency {
             let answer = error_response(
                 StatusCode::FAILED_DEPENDENCY,
-                "Failed Dependency",
+                "FailedDependency",
                 &format!("The request depends on request '{dep}', which did not succeed."),
             );
             let (status, value) = inner_value(&inner.id, answer).await;
@@ -510,6 +510,10 @@ mod tests {
             "Request_ResourceNotFound"
         );
         assert_eq!(by_id(&body, "2")["status"], 424);
+        assert_eq!(
+            by_id(&body, "2")["body"]["error"]["code"],
+            "FailedDependency"
+        );
         assert_eq!(by_id(&body, "3")["status"], 200);
         assert_eq!(by_id(&body, "3")["body"]["id"], json!(id));
         assert_eq!(by_id(&body, "4")["status"], 200, "its dependency succeeded");
