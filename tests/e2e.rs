@@ -1069,3 +1069,29 @@ fn a_corrupt_state_json_is_reported_with_its_cause_once() {
     );
     assert_eq!(h.writes(), 0);
 }
+
+/// Issue 7: the targeted lookups of unlisted addresses go 20 to a `$batch`, so a plan of 45 new
+/// administrators costs the listing and three batches, not 45 more requests.
+#[test]
+fn lookups_of_unlisted_addresses_are_batched() {
+    let h = Harness::new();
+    let users = new_users("batched", 45);
+    h.write_users(&as_refs(&users));
+
+    let before = h.counters();
+    let plan = h.plan(&["--detailed-exitcode"]);
+    plan.expect_code(2);
+    assert!(plan.stdout.contains("45 to invite"), "{}", plan.stdout);
+    let read = h.counters();
+    assert_eq!(read.graph_batches - before.graph_batches, 3, "{read:?}");
+    assert_eq!(
+        read.graph_batch_inner_requests - before.graph_batch_inner_requests,
+        45,
+        "{read:?}"
+    );
+    assert_eq!(
+        read.graph_requests - before.graph_requests,
+        1 + 3,
+        "one page of guests and three batches: {read:?}"
+    );
+}

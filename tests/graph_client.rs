@@ -946,3 +946,232 @@ async fn redirects_are_not_followed_so_neither_secret_nor_token_leaves() {
     );
     assert!(other.heads().is_empty(), "{:?}", other.heads());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Batched lookups (`POST /$batch`, docs/specs/microsoft-graph.md §4)
+
+fn batch_counts(env: &Env) -> (u64, u64, u64) {
+    let c = env.sim.state().counters.clone();
+    (
+        c.graph_requests,
+        c.graph_batches,
+        c.graph_batch_inner_requests,
+    )
+}
+
+#[tokio::test]
+async fn forty_five_lookups_go_in_three_batches_and_are_matched_by_id() {
+    let env = start().await;
+    let (emails, guest_ids) = {
+        let mut state = env.sim.state();
+        let emails: Vec<String> = (0..45)
+            .map(|i| format!("g{i:02}@partner.example"))
+            .collect();
+        // Every other address has a guest; the rest are unknown.
+        let ids: Vec<String> = emails
+            .iter()
+            .step_by(2)
+            .map(|e| state.graph.add_guest(e, "G"))
+            .collect();
+        (emails, ids)
+    };
+    let client = env.client();
+    client.list_guests().await.expect("a token and a listing");
+    let before = batch_counts(&env);
+
+    let found = client
+        .find_by_emails(&emails)
+        .await
+        .expect("batched lookup");
+
+    let after = batch_counts(&env);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        (3, 3, 45),
+        "45 lookups: three requests on the wire (20 + 20 + 5), 45 inner ones"
+    );
+    let found_ids: BTreeSet<String> = found.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(
+        found_ids,
+        guest_ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(found.len(), 23, "each guest once, under its own address");
+
+    // By id: one answer per id, in the order asked, although the simulator answers each
+    // batch in reverse; an unknown id is the only "None".
+    let mut ids: Vec<String> = guest_ids.clone();
+    ids.insert(7, "00000000-0000-0000-0000-00000000dead".into());
+    let before = batch_counts(&env);
+    let read = client.get_users(&ids).await.expect("batched reads");
+    let after = batch_counts(&env);
+    assert_eq!((after.1 - before.1, after.2 - before.2), (2, 24));
+    assert_eq!(read.len(), ids.len());
+    for (id, user) in ids.iter().zip(&read) {
+        match user {
+            Some(user) => assert_eq!(&user.id, id),
+            None => assert_eq!(id, "00000000-0000-0000-0000-00000000dead"),
+        }
+    }
+    assert!(read[7].is_none());
+    assert_eq!(read.iter().filter(|u| u.is_some()).count(), 23);
+    assert_eq!(
+        read[0].as_ref().and_then(|u| u.mail.as_deref()),
+        Some("g00@partner.example"),
+        "the batched read selects the same properties as a direct one"
+    );
+}
+
+#[tokio::test]
+async fn a_member_found_by_a_batch_is_still_a_member() {
+    let env = start().await;
+    let (member, guest) = {
+        let mut state = env.sim.state();
+        let member = state.graph.add_member(
+            "carla@sim.onmicrosoft.com",
+            Some("Carla.Lima@Contoso.example"),
+            "Carla",
+        );
+        let guest = state.graph.add_guest("Ana.Silva@Partner.example", "Ana");
+        (member, guest)
+    };
+    let client = env.client();
+    let found = client
+        .find_by_emails(&[
+            "carla.lima@contoso.example".to_owned(),
+            "ANA.SILVA@partner.EXAMPLE".to_owned(),
+        ])
+        .await
+        .expect("batched lookup");
+    let carla = found.iter().find(|u| u.id == member).expect("the member");
+    assert_eq!(carla.user_type.as_deref(), Some("Member"));
+    assert!(!carla.is_guest());
+    let ana = found.iter().find(|u| u.id == guest).expect("the guest");
+    assert!(ana.is_guest() && ana.is_pending());
+    assert_eq!(found.len(), 2);
+}
+
+#[tokio::test]
+async fn an_inner_failure_fails_the_whole_lookup_and_is_never_not_found() {
+    let env = start().await;
+    let id = {
+        let mut state = env.sim.state();
+        state.graph.add_guest("ana@partner.example", "Ana");
+        let id = state.graph.add_guest("bob@partner.example", "Bob");
+        state.graph_faults.fail.push(FailRule {
+            method: Some("GET".into()),
+            path_prefix: "/v1.0/users".into(),
+            query_contains: Some("bob".into()),
+            status: 500,
+            times: None,
+            after_processing: false,
+        });
+        state.graph_faults.fail.push(FailRule {
+            method: Some("GET".into()),
+            path_prefix: format!("/v1.0/users/{id}"),
+            query_contains: None,
+            status: 500,
+            times: None,
+            after_processing: false,
+        });
+        id
+    };
+    let client = env.client();
+    let emails = [
+        "ana@partner.example".to_owned(),
+        "bob@partner.example".to_owned(),
+    ];
+    let err = client
+        .find_by_emails(&emails)
+        .await
+        .expect_err("an inner 500 fails the lookup");
+    assert_eq!(err.status(), Some(500), "{err:?}");
+    assert!(err.to_string().contains("bob@partner.example"), "{err}");
+    // Retried like a direct read (5 retries), then given up.
+    let (_, batches, inner) = batch_counts(&env);
+    assert_eq!((batches, inner), (6, 2 + 5));
+
+    let err = client
+        .get_users(std::slice::from_ref(&id))
+        .await
+        .expect_err("a 500 for an id is not a missing user");
+    assert_eq!(err.status(), Some(500), "{err:?}");
+    assert!(err.to_string().contains(&id), "{err}");
+}
+
+#[tokio::test]
+async fn inner_429s_are_retried_after_their_retry_after() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..5 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph_batch_faults.throttle_inner = 2;
+        state.graph_batch_faults.inner_retry_after = Some("0.01".into());
+    }
+    let emails: Vec<String> = (0..5).map(|i| format!("g{i}@partner.example")).collect();
+    let client = env.client();
+
+    let found = client.find_by_emails(&emails).await.expect("retried");
+
+    assert_eq!(found.len(), 5);
+    let (_, batches, inner) = batch_counts(&env);
+    assert_eq!(
+        (batches, inner),
+        (2, 5 + 2),
+        "only the two throttled lookups are sent again, in one more batch"
+    );
+    assert_eq!(env.sim.state().counters.throttled, 2);
+}
+
+#[tokio::test]
+async fn inner_throttling_beyond_the_budget_fails_with_its_retry_after() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        state.graph.add_guest("ana@partner.example", "Ana");
+        state.graph_batch_faults.throttle_inner = 1;
+        state.graph_batch_faults.inner_retry_after = Some("3600".into());
+    }
+    let err = env
+        .client()
+        .find_by_emails(&["ana@partner.example".to_owned()])
+        .await
+        .expect_err("a retry-after beyond the budget");
+    assert!(matches!(err, GraphError::Throttled { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
+    assert_eq!(batch_counts(&env).1, 1, "not waited for, not resent");
+}
+
+#[tokio::test]
+async fn a_batched_lookup_with_more_pages_is_read_to_the_end() {
+    let env = start().await;
+    let (member, guest) = {
+        let mut state = env.sim.state();
+        state.graph.set_page_size_cap(Some(1));
+        let member = state.graph.add_member(
+            "ana.m@sim.onmicrosoft.com",
+            Some("ana@partner.example"),
+            "Ana M",
+        );
+        let guest = state.graph.add_guest("ana@partner.example", "Ana");
+        (member, guest)
+    };
+    let client = env.client();
+    client.list_guests().await.expect("a token and a listing");
+    let before = batch_counts(&env);
+
+    let found = client
+        .find_by_emails(&["ana@partner.example".to_owned()])
+        .await
+        .expect("batched lookup");
+
+    let ids: BTreeSet<String> = found.into_iter().map(|u| u.id).collect();
+    assert_eq!(ids, BTreeSet::from([member, guest]));
+    let after = batch_counts(&env);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2, 1),
+        "one batch, then the inner answer's nextLink read directly"
+    );
+}

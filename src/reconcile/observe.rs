@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::desired::spec::DesiredState;
 use crate::reconcile::plan::{GuestIndex, Observed};
 use crate::reconcile::state::State;
-use crate::remote::graph::{DirectoryUser, GraphError, Tenant};
+use crate::remote::graph::{DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant};
 use crate::remote::portal::{Portal, PortalError};
 
 /// Why observation failed. Nothing was written. The message says so; the remote's error is
@@ -30,7 +30,9 @@ pub enum ObserveError {
 
 /// Reads the tenant and the portal completely.
 ///
-/// `concurrency` bounds the targeted lookups in flight.
+/// The targeted lookups go [`MAX_BATCH_REQUESTS`] at a time ([`Tenant::find_by_emails`],
+/// [`Tenant::get_users`]: one `$batch` each over HTTP); `concurrency` bounds those groups in
+/// flight.
 pub async fn observe<T: Tenant, P: Portal>(
     desired: &DesiredState,
     state: &State,
@@ -49,18 +51,25 @@ pub async fn observe<T: Tenant, P: Portal>(
     );
 
     let (by_email, by_id) = lookups_needed(desired, state, &guests);
+    let by_email: Vec<String> = by_email.into_iter().collect();
+    let by_id: Vec<String> = by_id.into_iter().collect();
+    // Groups of one `$batch` each, at most `concurrency` groups in flight.
     let concurrency = concurrency.max(1);
-    let mut lookups: Vec<DirectoryUser> = futures::stream::iter(by_email)
-        .map(|email| async move { tenant.find_by_email(&email).await })
-        .buffer_unordered(concurrency)
-        .try_concat()
-        .await?;
-    let found: Vec<Option<DirectoryUser>> = futures::stream::iter(by_id)
-        .map(|id| async move { tenant.get_user(&id).await })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    lookups.extend(found.into_iter().flatten());
+    // Owned groups: a future borrowing from the stream's items is not `Send` for every
+    // lifetime, which a spawned daemon needs.
+    let mut lookups: Vec<DirectoryUser> =
+        futures::stream::iter(by_email.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|emails| async move { tenant.find_by_emails(&emails).await })
+            .buffer_unordered(concurrency)
+            .try_concat()
+            .await?;
+    let found: Vec<Vec<Option<DirectoryUser>>> =
+        futures::stream::iter(by_id.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|ids| async move { tenant.get_users(&ids).await })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+    lookups.extend(found.into_iter().flatten().flatten());
     // Deterministic regardless of completion order.
     lookups.sort_by(|a, b| a.id.cmp(&b.id));
     lookups.dedup_by(|a, b| a.id == b.id);
@@ -95,4 +104,58 @@ fn lookups_needed(
         .map(str::to_owned)
         .collect();
     (by_email, by_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::desired::spec::{self, SpecPolicy};
+    use crate::reconcile::state::UserRecord;
+    use crate::remote::graph::fake::{FakeTenant, TenantOp};
+    use crate::remote::portal::fake::FakePortal;
+
+    // Issue 7: the targeted lookups go in groups of one `$batch`, `concurrency` groups at once.
+    #[tokio::test]
+    async fn targeted_lookups_are_batched_within_the_concurrency_bound() {
+        let mut yaml = String::from("apiVersion: guestops/v1\nusers:\n");
+        for i in 0..45 {
+            yaml.push_str(&format!(
+                "  - email: user{i:02}@partner.example\n    name: U{i}\n"
+            ));
+        }
+        let desired = spec::parse(yaml.as_bytes(), &SpecPolicy::default())
+            .desired
+            .expect("a valid users.yaml");
+        assert_eq!(desired.users.len(), 45);
+        let tenant = FakeTenant::new();
+        let member = tenant.add_member("user07@partner.example", "A member");
+        // 21 guests guestops invited that the listing does not show (gone, or not replicated).
+        let mut state = State::default();
+        for i in 0..21 {
+            state.users.insert(
+                format!("old{i}@partner.example"),
+                UserRecord {
+                    email: format!("old{i}@partner.example"),
+                    guest_id: Some(format!("gone-{i}")),
+                    ..UserRecord::default()
+                },
+            );
+        }
+        // Latency keeps batches in flight long enough to overlap; no timing is asserted.
+        tenant.set_latency(Duration::from_millis(5));
+
+        let observed = observe(&desired, &state, &tenant, &FakePortal::new(), 2)
+            .await
+            .expect("observe");
+
+        assert_eq!(tenant.calls(TenantOp::FindByEmails), 3, "20 + 20 + 5");
+        assert_eq!(tenant.calls(TenantOp::GetUsers), 2, "20 + 1");
+        assert_eq!(tenant.calls(TenantOp::FindByEmail), 0);
+        assert_eq!(tenant.calls(TenantOp::GetUser), 0);
+        assert_eq!(tenant.max_in_flight(), 2, "two batches at once, never more");
+        let ids: Vec<&str> = observed.lookups.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, [member.as_str()]);
+    }
 }

@@ -152,6 +152,12 @@ impl<Op: Ord + Copy> CallLog<Op> {
         } else {
             tokio::time::sleep(latency).await;
         }
+        (guard, self.take_fault(op, target))
+    }
+
+    /// The fault to apply to one item of a call (an address of a batched lookup), if any,
+    /// without counting a call: the call itself was counted by [`Self::enter`].
+    pub(crate) fn take_fault(&self, op: Op, target: &str) -> Option<Fault<Op>> {
         let mut log = self.lock();
         let hit = log.faults.iter().position(|f| {
             f.op == op
@@ -166,6 +172,6 @@ impl<Op: Ord + Copy> CallLog<Op> {
             fault.clone()
         });
         log.faults.retain(|f| f.times > 0);
-        (guard, fault)
+        fault
     }
 }

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::Sim;
 
+pub mod batch;
 pub mod filter;
 
 use filter::{CollectionProp, Filter, FilterError, Prop, Subject};
@@ -678,6 +679,7 @@ pub fn routes() -> Router<Sim> {
             get(get_user).patch(patch_user).delete(delete_user),
         )
         .route("/v1.0/invitations", post(invite))
+        .route("/v1.0/$batch", post(batch::batch))
         .layer(middleware::from_fn(request_ids))
 }
 

@@ -80,6 +80,11 @@ pub struct Counters {
     pub injected_failures: u64,
     /// Successful writes (invitations, portal POST/PUT/DELETE, Graph PATCH/DELETE).
     pub writes: u64,
+    /// Accepted `POST /v1.0/$batch` requests (also counted in `graph_requests`).
+    pub graph_batches: u64,
+    /// Inner requests of accepted batches (not counted in `graph_requests`: they are not
+    /// requests on the wire).
+    pub graph_batch_inner_requests: u64,
 }
 
 /// Everything the emulators hold, behind one lock.
@@ -93,6 +98,8 @@ pub struct SimState {
     pub graph_faults: Faults,
     /// Portal faults.
     pub portal_faults: Faults,
+    /// Faults of Graph's `$batch` (inner throttling).
+    pub graph_batch_faults: graph::batch::BatchFaults,
     /// What was served.
     pub counters: Counters,
 }
@@ -168,6 +175,12 @@ fn system_of(path: &str) -> SystemKind {
 /// The fault-injection layer: latency, periodic 429, rule-based failures.
 async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> Response {
     let system = system_of(request.uri().path());
+    // An inner request of a `$batch`: the batch itself was counted, delayed and throttled on
+    // the wire; only the rules that match requests apply to it.
+    let inner = request
+        .extensions()
+        .get::<graph::batch::InnerRequest>()
+        .is_some();
     let is_token = request.uri().path().ends_with("/oauth2/v2.0/token");
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
@@ -176,6 +189,7 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
     let (latency, injected) = {
         let mut state = sim.state();
         let count = match (system, is_token) {
+            _ if inner => 0,
             (SystemKind::Graph, true) => {
                 state.counters.token_requests += 1;
                 state.counters.token_requests
@@ -193,10 +207,15 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             SystemKind::Graph => &mut state.graph_faults,
             SystemKind::Portal => &mut state.portal_faults,
         };
-        let latency = faults.latency;
+        let latency = if inner {
+            Duration::ZERO
+        } else {
+            faults.latency
+        };
         let retry_after = faults.retry_after.clone();
         let mut injected: Option<(u16, bool)> = None;
         if !is_token
+            && !inner
             && faults
                 .throttle_every
                 .is_some_and(|n| n > 0 && count % n == 0)

@@ -5,10 +5,18 @@
 //! literals escaped, `POST /invitations` never retried blindly, a read that fails part-way
 //! failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
 //!
+//! Batched lookups ([`Tenant::find_by_emails`], [`Tenant::get_users`]) send the URLs of the
+//! single lookups, [`MAX_BATCH_REQUESTS`] to a `POST /$batch` (§4), correlate the answers by
+//! `id` (never by position), check every inner status (a failed inner request fails the whole
+//! lookup; only a `404` of a read by id means "not found"), and send throttled (`429`) or
+//! failed (`5xx`) inner requests again after the longest inner `Retry-After`, within the
+//! edge's [`RetryPolicy`].
+//!
 //! Must not: read the configuration (it takes [`GraphSettings`]), retry or time out on its own
 //! (the edge does), or decide what to change (the plan does).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -19,7 +27,8 @@ use url::Url;
 use super::error::GraphError;
 use super::token::{ClientSecretCredential, TokenSource};
 use super::{
-    DirectoryUser, GraphSettings, Invitation, Invited, ObjectIdentity, Tenant, USER_SELECT,
+    DirectoryUser, GraphSettings, Invitation, Invited, MAX_BATCH_REQUESTS, ObjectIdentity, Tenant,
+    USER_SELECT,
 };
 use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy};
 use crate::remote::{Credential, identity};
@@ -264,6 +273,230 @@ impl GraphClient {
         }
         Ok(url)
     }
+
+    /// The URL [`Tenant::find_by_email`] reads first for `email` (trimmed).
+    fn email_lookup_url(&self, email: &str) -> Url {
+        let filter = email_filter(email);
+        let query = encode_query(&[
+            ("$filter", &filter),
+            ("$select", USER_SELECT),
+            ("$top", "999"),
+        ]);
+        self.url(&["users"], Some(&query))
+    }
+
+    /// The URL [`Tenant::get_user`] reads for `id`.
+    fn user_url(&self, id: &str) -> Url {
+        let query = encode_query(&[("$select", USER_SELECT)]);
+        self.url(&["users", id], Some(&query))
+    }
+
+    /// `url` relative to the version root, as `$batch` wants it (`/users?…`).
+    fn relative(&self, url: &Url) -> String {
+        let rest = url.as_str().strip_prefix(self.root.as_str()).unwrap_or("");
+        format!("/{rest}")
+    }
+
+    /// GETs every URL of `urls` through `POST /$batch`es of at most [`MAX_BATCH_REQUESTS`]
+    /// (sent together; the edge bounds how many are in flight) and returns one inner answer
+    /// per URL, in the order of `urls`. Inner answers with a retryable status (`429`, and the
+    /// `5xx` the edge retries for reads) are sent again in a later batch, after the longest
+    /// inner `Retry-After` (or a backoff), within the edge's [`RetryPolicy`]; past it the
+    /// failed answer is returned for the caller to turn into an error.
+    async fn batch_get(&self, operation: &str, urls: &[Url]) -> Result<Vec<Inner>, GraphError> {
+        let chunks = urls
+            .chunks(MAX_BATCH_REQUESTS)
+            .map(|chunk| self.batch_get_chunk(operation, chunk));
+        let answers = futures::future::try_join_all(chunks).await?;
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// [`Self::batch_get`] of at most [`MAX_BATCH_REQUESTS`] URLs.
+    async fn batch_get_chunk(
+        &self,
+        operation: &str,
+        urls: &[Url],
+    ) -> Result<Vec<Inner>, GraphError> {
+        let policy = self.edge.retry().clone();
+        let mut answers: Vec<Option<Inner>> = (0..urls.len()).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..urls.len()).collect();
+        let mut backoff = policy.base_delay;
+        let mut waited = Duration::ZERO;
+        let mut retries = 0;
+        while !pending.is_empty() {
+            let replies = self.batch_once(operation, urls, &pending).await?;
+            let mut again = Vec::new();
+            let mut longest: Option<Duration> = None;
+            for (index, inner) in replies {
+                if http::is_retryable(inner.status, Idempotency::Idempotent) {
+                    again.push(index);
+                    if inner.status == StatusCode::TOO_MANY_REQUESTS
+                        && let Some(after) = inner.retry_after
+                    {
+                        longest = Some(longest.map_or(after, |l| l.max(after)));
+                    }
+                }
+                answers[index] = Some(inner);
+            }
+            if again.is_empty() {
+                break;
+            }
+            let delay = longest.unwrap_or(backoff);
+            if retries >= policy.max_retries || waited + delay > policy.max_total_wait {
+                tracing::debug!(
+                    operation,
+                    failed = again.len(),
+                    "inner batch requests still failing beyond the retry budget"
+                );
+                break;
+            }
+            tracing::debug!(
+                operation,
+                retrying = again.len(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying throttled or failed inner batch requests"
+            );
+            tokio::time::sleep(delay).await;
+            waited += delay;
+            retries += 1;
+            backoff = (backoff * 2).min(policy.max_delay);
+            pending = again;
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.ok_or_else(|| GraphError::Malformed {
+                    operation: operation.to_owned(),
+                    detail: "a batch request was never answered".into(),
+                    request_id: None,
+                })
+            })
+            .collect()
+    }
+
+    /// One `POST /$batch` of the URLs at `pending` (ids are their indexes); every id must be
+    /// answered exactly once, in any order.
+    async fn batch_once(
+        &self,
+        operation: &str,
+        urls: &[Url],
+        pending: &[usize],
+    ) -> Result<Vec<(usize, Inner)>, GraphError> {
+        let requests: Vec<Value> = pending
+            .iter()
+            .map(|&i| json!({ "id": i.to_string(), "method": "GET", "url": self.relative(&urls[i]) }))
+            .collect();
+        let body = json!({ "requests": requests });
+        let url = self.url(&["$batch"], None);
+        // A batch of reads changes nothing: the edge may resend it.
+        let (_, headers, bytes) = self
+            .execute(
+                operation,
+                Method::POST,
+                &url,
+                Some(&body),
+                Idempotency::Idempotent,
+                &[],
+            )
+            .await?;
+        let malformed = |detail: String| GraphError::Malformed {
+            operation: operation.to_owned(),
+            detail,
+            request_id: header_request_id(&headers),
+        };
+        let parsed: BatchResponse = serde_json::from_slice(&bytes)
+            .map_err(|err| malformed(format!("not a batch response: {err}")))?;
+        let mut answered = Vec::with_capacity(pending.len());
+        for response in parsed.responses {
+            let index = response
+                .id
+                .parse::<usize>()
+                .ok()
+                .filter(|i| pending.contains(i))
+                .ok_or_else(|| {
+                    malformed(format!("an answer to unknown request `{}`", response.id))
+                })?;
+            if answered.iter().any(|(i, _)| *i == index) {
+                return Err(malformed(format!(
+                    "request `{}` was answered twice",
+                    response.id
+                )));
+            }
+            let status = StatusCode::from_u16(response.status)
+                .map_err(|_| malformed(format!("inner status {} is not HTTP", response.status)))?;
+            let header = |name: &str| {
+                response
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .and_then(|(_, v)| v.as_str())
+            };
+            let retry_after = header("retry-after")
+                .and_then(|v| http::parse_retry_after(v, std::time::SystemTime::now()));
+            let request_id = header("request-id").map(str::to_owned);
+            answered.push((
+                index,
+                Inner {
+                    status,
+                    retry_after,
+                    request_id,
+                    body: response.body,
+                },
+            ));
+        }
+        if answered.len() != pending.len() {
+            return Err(malformed(format!(
+                "{} of {} batch requests were not answered",
+                pending.len() - answered.len(),
+                pending.len()
+            )));
+        }
+        Ok(answered)
+    }
+
+    /// The error of a failed inner answer (fail closed: never "not found").
+    fn inner_error(operation: &str, inner: &Inner) -> GraphError {
+        if inner.status == StatusCode::TOO_MANY_REQUESTS {
+            return GraphError::Throttled {
+                operation: operation.to_owned(),
+                retry_after: inner.retry_after,
+                request_id: inner.request_id.clone(),
+            };
+        }
+        let bytes = serde_json::to_vec(&inner.body).unwrap_or_default();
+        let error = parse_error(&bytes);
+        GraphError::Api {
+            operation: operation.to_owned(),
+            status: inner.status.as_u16(),
+            code: error.code,
+            message: error.message,
+            request_id: error.request_id.or_else(|| inner.request_id.clone()),
+        }
+    }
+}
+
+/// One inner answer of a `$batch`.
+struct Inner {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+    body: Value,
+}
+
+/// `{"responses":[{"id","status","headers","body"}]}`.
+#[derive(Deserialize)]
+struct BatchResponse {
+    responses: Vec<BatchAnswer>,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: serde_json::Map<String, Value>,
+    #[serde(default)]
+    body: Value,
 }
 
 /// Whether `a` and `b` are the same port on this machine under two loopback names (`localhost`
@@ -459,13 +692,7 @@ impl Tenant for GraphClient {
 
     async fn find_by_email(&self, email: &str) -> Result<Vec<DirectoryUser>, GraphError> {
         let email = email.trim();
-        let filter = email_filter(email);
-        let query = encode_query(&[
-            ("$filter", &filter),
-            ("$select", USER_SELECT),
-            ("$top", "999"),
-        ]);
-        let url = self.url(&["users"], Some(&query));
+        let url = self.email_lookup_url(email);
         let operation = format!("look up users holding {email}");
         let users = self.list_all(&operation, url).await?;
         Ok(users
@@ -475,8 +702,7 @@ impl Tenant for GraphClient {
     }
 
     async fn get_user(&self, id: &str) -> Result<Option<DirectoryUser>, GraphError> {
-        let query = encode_query(&[("$select", USER_SELECT)]);
-        let url = self.url(&["users", id], Some(&query));
+        let url = self.user_url(id);
         let operation = format!("read user {id}");
         let (status, headers, bytes) = self
             .execute(
@@ -498,6 +724,66 @@ impl Tenant for GraphClient {
                 request_id: header_request_id(&headers),
             })?;
         Ok(Some(user.into()))
+    }
+
+    async fn find_by_emails(&self, emails: &[String]) -> Result<Vec<DirectoryUser>, GraphError> {
+        let emails: Vec<&str> = emails.iter().map(|e| e.trim()).collect();
+        let urls: Vec<Url> = emails.iter().map(|e| self.email_lookup_url(e)).collect();
+        let batch_operation = format!("look up the users holding {} addresses", emails.len());
+        let answers = self.batch_get(&batch_operation, &urls).await?;
+        let mut users = Vec::new();
+        for (email, inner) in emails.into_iter().zip(answers) {
+            let operation = format!("look up users holding {email}");
+            if inner.status != StatusCode::OK {
+                return Err(Self::inner_error(&operation, &inner));
+            }
+            let page: Page =
+                serde_json::from_value(inner.body).map_err(|err| GraphError::Malformed {
+                    operation: operation.clone(),
+                    detail: format!("the batched lookup is not a user collection: {err}"),
+                    request_id: inner.request_id.clone(),
+                })?;
+            let mut found: Vec<DirectoryUser> =
+                page.value.into_iter().map(DirectoryUser::from).collect();
+            if let Some(link) = page.next_link {
+                // Further pages are read directly, following the nextLink verbatim.
+                let next = self.check_next_link(&operation, &link, &HeaderMap::new())?;
+                found.extend(self.list_all(&operation, next).await?);
+            }
+            users.extend(
+                found
+                    .into_iter()
+                    .filter(|u| identity::holds_address(u, email)),
+            );
+        }
+        Ok(users)
+    }
+
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<DirectoryUser>>, GraphError> {
+        let urls: Vec<Url> = ids.iter().map(|id| self.user_url(id)).collect();
+        let batch_operation = format!("read {} users", ids.len());
+        let answers = self.batch_get(&batch_operation, &urls).await?;
+        let mut users = Vec::with_capacity(ids.len());
+        for (id, inner) in ids.iter().zip(answers) {
+            let operation = format!("read user {id}");
+            match inner.status {
+                StatusCode::OK => {
+                    let user: WireUser = serde_json::from_value(inner.body).map_err(|err| {
+                        GraphError::Malformed {
+                            operation,
+                            detail: format!("not a user object: {err}"),
+                            request_id: inner.request_id.clone(),
+                        }
+                    })?;
+                    users.push(Some(user.into()));
+                }
+                // The only answer that means "no such user" (or not replicated yet), as for
+                // a direct read.
+                StatusCode::NOT_FOUND => users.push(None),
+                _ => return Err(Self::inner_error(&operation, &inner)),
+            }
+        }
+        Ok(users)
     }
 
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {

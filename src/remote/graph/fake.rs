@@ -7,7 +7,9 @@
 //! - [`super::Tenant::find_by_email`] matches `mail`, `otherMails`, `identities[].issuerAssignedId`,
 //!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively — through
 //!   [`crate::remote::identity`], the same matching as the client and the plan;
-//! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404.
+//! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404;
+//! - a batched lookup ([`super::Tenant::find_by_emails`], [`super::Tenant::get_users`]) is one
+//!   call that succeeds or fails as a whole; each of its items is a read (replication lag).
 //!
 //! Test knobs: [`Fault`]s (fail the next N calls of an operation, optionally only for one
 //! address or id, optionally after the write happened), latency, call counts and the largest
@@ -33,6 +35,12 @@ pub enum TenantOp {
     FindByEmail,
     /// [`Tenant::get_user`].
     GetUser,
+    /// [`Tenant::find_by_emails`]: one call per batch (its addresses are not counted as
+    /// [`TenantOp::FindByEmail`] calls, but a `FindByEmail` fault for one of them fails it).
+    FindByEmails,
+    /// [`Tenant::get_users`]: one call per batch (a `GetUser` fault for one of its ids fails
+    /// it).
+    GetUsers,
     /// [`Tenant::invite`].
     Invite,
     /// [`Tenant::set_account_enabled`].
@@ -268,6 +276,47 @@ impl Tenant for FakeTenant {
         Ok(inner.visible().into_iter().find(|u| u.id == id))
     }
 
+    async fn find_by_emails(&self, emails: &[String]) -> Result<Vec<DirectoryUser>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::FindByEmails, "").await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error("find users by address", &fault, rid));
+        }
+        let mut found = Vec::new();
+        for email in emails {
+            if let Some(fault) = self.calls.take_fault(TenantOp::FindByEmail, email) {
+                let rid = request_id(&mut inner);
+                return Err(api_error(&format!("find {email}"), &fault, rid));
+            }
+            found.extend(
+                inner
+                    .visible()
+                    .into_iter()
+                    .filter(|u| identity::holds_address(u, email)),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<DirectoryUser>>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::GetUsers, "").await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error("get users", &fault, rid));
+        }
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(fault) = self.calls.take_fault(TenantOp::GetUser, id) {
+                let rid = request_id(&mut inner);
+                return Err(api_error(&format!("get user {id}"), &fault, rid));
+            }
+            found.push(inner.visible().into_iter().find(|u| &u.id == id));
+        }
+        Ok(found)
+    }
+
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
         let (_guard, fault) = self.calls.enter(TenantOp::Invite, &invitation.email).await;
         let mut inner = self.lock();
@@ -445,6 +494,32 @@ mod tests {
         // A second invitation still finds the existing guest (writes see everything).
         let again = tenant.invite(&invitation("a@x.example")).await.unwrap();
         assert_eq!(again.user_id, invited.user_id);
+    }
+
+    #[tokio::test]
+    async fn a_batched_lookup_is_one_call_and_fails_as_a_whole() {
+        let tenant = FakeTenant::new();
+        let ana = tenant.add_guest("ana@x.example", "Ana");
+        tenant.add_member("bob@x.example", "Bob");
+        let emails = ["ANA@x.example", "bob@x.example", "nobody@x.example"].map(String::from);
+        let found = tenant.find_by_emails(&emails).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let ids = [ana.clone(), "gone".to_owned()];
+        let read = tenant.get_users(&ids).await.unwrap();
+        assert_eq!(read[0].as_ref().map(|u| u.id.as_str()), Some(ana.as_str()));
+        assert!(read[1].is_none());
+        assert_eq!(tenant.calls(TenantOp::FindByEmails), 1);
+        assert_eq!(tenant.calls(TenantOp::GetUsers), 1);
+        assert_eq!(tenant.calls(TenantOp::FindByEmail), 0);
+        tenant.inject(Fault::new(TenantOp::FindByEmail, 503).for_target("bob@x.example"));
+        let err = tenant.find_by_emails(&emails).await.unwrap_err();
+        assert_eq!(
+            err.status(),
+            Some(503),
+            "one failed address fails the batch"
+        );
+        tenant.inject(Fault::new(TenantOp::GetUser, 500).for_target(&ana));
+        assert!(tenant.get_users(&ids).await.is_err());
     }
 
     #[tokio::test]

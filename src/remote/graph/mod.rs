@@ -43,6 +43,9 @@ pub struct GraphSettings {
     pub concurrency: usize,
 }
 
+/// The most requests Graph takes in one `POST /$batch` (`docs/specs/microsoft-graph.md` §4).
+pub const MAX_BATCH_REQUESTS: usize = 20;
+
 /// The `$select` list used for every user read.
 pub const USER_SELECT: &str = "id,displayName,mail,otherMails,userPrincipalName,userType,externalUserState,externalUserStateChangeDateTime,creationType,identities,accountEnabled,createdDateTime";
 
@@ -161,6 +164,38 @@ pub trait Tenant: Send + Sync {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<DirectoryUser>, GraphError>> + Send;
+
+    /// [`Tenant::find_by_email`] for every address of `emails`, all of them or none: the users
+    /// holding any of them (a user holding two is returned twice). [`GraphClient`] sends the
+    /// lookups [`MAX_BATCH_REQUESTS`] to a `$batch`; the default looks them up one by one.
+    fn find_by_emails(
+        &self,
+        emails: &[String],
+    ) -> impl Future<Output = Result<Vec<DirectoryUser>, GraphError>> + Send {
+        async move {
+            let mut users = Vec::new();
+            for email in emails {
+                users.extend(self.find_by_email(email).await?);
+            }
+            Ok(users)
+        }
+    }
+
+    /// [`Tenant::get_user`] for every id of `ids`, all of them or none: one answer per id, in
+    /// the order of `ids` (`None`: 404). [`GraphClient`] sends the reads
+    /// [`MAX_BATCH_REQUESTS`] to a `$batch`; the default reads them one by one.
+    fn get_users(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<DirectoryUser>>, GraphError>> + Send {
+        async move {
+            let mut users = Vec::with_capacity(ids.len());
+            for id in ids {
+                users.push(self.get_user(id).await?);
+            }
+            Ok(users)
+        }
+    }
 
     /// `POST /invitations`. Not retried blindly: after an ambiguous failure the caller looks
     /// the address up first.
