@@ -8,6 +8,7 @@ use guestops::config::{
     Cloud, Config, ConfigError, Problem, SecretOrigin, SecretSource, override_variables,
 };
 use guestops::reconcile::plan::GuestOnRemoval;
+use guestops::remote::pace::WriteRate;
 use guestops::remote::portal::RoleCodes;
 use secrecy::ExposeSecret;
 
@@ -123,6 +124,11 @@ fn every_default() {
         "https://api.powerembedded.com.br/"
     );
     assert_eq!(config.portal.concurrency, 2);
+    assert_eq!(config.portal.max_writes_per_second, 2.0);
+    let portal_rate = config.portal.portal_settings().write_rate;
+    assert_eq!(portal_rate.interval(), Duration::from_millis(500));
+    assert_eq!(portal_rate.burst(), 1, "portal writes go one at a time");
+    assert_eq!(config.tenant.graph_settings().write_rate, WriteRate::GRAPH);
     assert_eq!(config.portal.role_codes, RoleCodes::default());
     assert!(matches!(
         &config.portal.api_key,
@@ -276,6 +282,7 @@ fn every_key_has_a_working_override() {
         ("portal.baseUrl", "https://pe.example"),
         ("portal.apiKeyFile", "/etc/guestops/pe"),
         ("portal.concurrency", "1"),
+        ("portal.maxWritesPerSecond", "0.5"),
         ("portal.roleCodes.administrator", "11"),
         ("portal.roleCodes.contributor", "12"),
         ("portal.roleCodes.viewer", "13"),
@@ -453,6 +460,16 @@ fn unsupported_values_are_refused() {
         ),
         ("GUESTOPS_TENANT_CONCURRENCY", "0", "tenant.concurrency"),
         (
+            "GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND",
+            "0",
+            "portal.maxWritesPerSecond",
+        ),
+        (
+            "GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND",
+            "-1",
+            "portal.maxWritesPerSecond",
+        ),
+        (
             "GUESTOPS_POLICY_GUEST_ON_REMOVAL",
             "purge",
             "policy.guestOnRemoval",
@@ -486,6 +503,52 @@ fn unsupported_values_are_refused() {
         assert_eq!(problems[0].key, *key);
         assert_eq!(problems[0].env_var.as_deref(), Some(*var));
     }
+}
+
+#[test]
+fn portal_max_writes_per_second_is_a_positive_rate() {
+    let with = |value: &str| format!("{MINIMAL}portal:\n  maxWritesPerSecond: {value}\n");
+
+    let config = load(&with("0.5"), &[]).expect("half a write per second is valid");
+    assert_eq!(config.portal.max_writes_per_second, 0.5);
+    assert_eq!(
+        config.portal.portal_settings().write_rate.interval(),
+        Duration::from_secs(2),
+        "one write every 2 s"
+    );
+    assert_eq!(
+        load(&with("10"), &[])
+            .expect("valid")
+            .portal
+            .max_writes_per_second,
+        10.0
+    );
+
+    for bad in ["0", "-2", "fast", "1,5", "5000"] {
+        let problems = problems(load(&with(bad), &[]));
+        assert_eq!(problems.len(), 1, "{bad}: {problems:#?}");
+        let p = problem_for(&problems, "portal.maxWritesPerSecond");
+        assert_eq!((p.line, p.column), (Some(5), Some(23)), "{bad}: {p}");
+        assert!(p.message.contains(bad), "{bad}: {p}");
+    }
+    let zero = problems(load(&with("0"), &[]));
+    assert!(zero[0].message.contains("greater than 0"), "{}", zero[0]);
+
+    // The variable wins over the file, and a bad one is reported naming the variable.
+    let config = load(
+        &with("0.5"),
+        &[("GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND", "4")],
+    )
+    .expect("valid");
+    assert_eq!(config.portal.max_writes_per_second, 4.0);
+    let problems = problems(load(
+        &with("0.5"),
+        &[("GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND", "0")],
+    ));
+    assert_eq!(
+        problems[0].env_var.as_deref(),
+        Some("GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND")
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use guestops::config::{PortalConfig, SecretSource};
 use guestops::desired::spec::Role;
 use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
+use guestops::remote::pace::WriteRate;
 use guestops::remote::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
 use guestops::sim::portal::SIM_API_KEY;
 use guestops::sim::{FailRule, Sim};
@@ -25,6 +26,11 @@ fn fast_retry() -> RetryPolicy {
         max_total_wait: Duration::from_secs(5),
         timeout: Duration::from_secs(20),
     }
+}
+
+/// A portal write rate that does not slow the suite down (pacing has tests of its own).
+fn fast_writes() -> WriteRate {
+    WriteRate::per_second(1000.0, 1).expect("a valid rate")
 }
 
 /// An API key as if read from the environment variable `GUESTOPS_PORTAL_API_KEY`.
@@ -61,6 +67,8 @@ impl Harness {
             base_url: self.base.clone(),
             api_key: SecretSource::Env("UNUSED".to_owned()),
             concurrency: 2,
+            // Fast enough not to slow the suite; pacing has tests of its own.
+            max_writes_per_second: 1000.0,
             role_codes: RoleCodes::default(),
         }
     }
@@ -622,6 +630,7 @@ fn plain_http_is_refused_off_loopback() {
         base_url: url::Url::parse("http://api.powerembedded.com.br").expect("url"),
         api_key: SecretSource::Env("UNUSED".to_owned()),
         concurrency: 2,
+        max_writes_per_second: 2.0,
         role_codes: RoleCodes::default(),
     };
     let err = PortalClient::new(
@@ -643,6 +652,7 @@ async fn no_answer_is_a_transport_error_that_names_the_operation() {
         base_url: url::Url::parse(&format!("http://{addr}/")).expect("url"),
         api_key: SecretSource::Env("UNUSED".to_owned()),
         concurrency: 1,
+        max_writes_per_second: 1000.0,
         role_codes: RoleCodes::default(),
     };
     let client =
@@ -898,6 +908,7 @@ async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
     let settings = guestops::remote::portal::PortalSettings {
         base_url: url::Url::parse(&format!("http://{}/", portal.addr)).expect("url"),
         concurrency: 1,
+        write_rate: fast_writes(),
         role_codes: RoleCodes::default(),
     };
     let client = PortalClient::new(&settings, env_key("the-secret-key"), fast_retry())
@@ -943,6 +954,7 @@ async fn a_refused_connection_fails_at_once_naming_the_address() {
     let settings = guestops::remote::portal::PortalSettings {
         base_url: url::Url::parse(&format!("http://{addr}/")).expect("url"),
         concurrency: 1,
+        write_rate: fast_writes(),
         role_codes: RoleCodes::default(),
     };
     let client = PortalClient::new(&settings, env_key("k"), fast_retry()).expect("client");
@@ -980,4 +992,120 @@ async fn a_throttle_beyond_the_budget_carries_the_portals_retry_after() {
         1,
         "a Retry-After beyond the budget is handed up at once"
     );
+}
+
+// Paced writes (`portal.maxWritesPerSecond`), on tokio's paused clock: virtual time jumps from
+// timer to timer, so these tests measure pacing in virtual seconds and take no wall time.
+
+/// No retries, and attempt timeouts far beyond any pacing wait.
+fn patient_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 0,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(10),
+        max_total_wait: Duration::from_secs(60),
+        timeout: Duration::from_secs(3600),
+    }
+}
+
+impl Harness {
+    fn paced_client(&self, max_writes_per_second: f64) -> PortalClient {
+        let config = PortalConfig {
+            max_writes_per_second,
+            concurrency: 4,
+            ..self.config()
+        };
+        PortalClient::new(
+            &config.portal_settings(),
+            env_key(SIM_API_KEY),
+            patient_retry(),
+        )
+        .expect("a loopback client")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_registrations_are_spaced_by_max_writes_per_second() {
+    let h = Harness::start().await;
+    let client = h.paced_client(2.0);
+    let start = tokio::time::Instant::now();
+    let registrations: Vec<_> = (0..6)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let email = format!("paced{i}@partner.example");
+                client
+                    .create_user(&new_user(&email, "Paced", Role::Administrator))
+                    .await
+                    .expect("registered");
+                start.elapsed()
+            })
+        })
+        .collect();
+
+    // 2 writes per second, one at a time: slots at 0, 0.5 s, 1 s, … Within the first 1.2 s
+    // at most three registrations reach the portal, although four could be in flight.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let early = h.sim.state().counters.writes;
+    assert!(
+        (1..=3).contains(&early),
+        "{early} writes in the first 1.2 s"
+    );
+
+    let mut done = Vec::new();
+    for registration in registrations {
+        done.push(registration.await.expect("a registration"));
+    }
+    done.sort();
+    assert_eq!(h.sim.state().counters.writes, 6);
+    assert!(
+        done[5] >= Duration::from_millis(2500),
+        "6 writes at 2 per second take at least 2.5 s: {done:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_on_a_read_pauses_the_writes() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal_faults.retry_after = Some("30".to_owned());
+        state.portal_faults.fail.push(FailRule {
+            method: Some("GET".to_owned()),
+            path_prefix: "/api/user".to_owned(),
+            query_contains: None,
+            status: 429,
+            times: Some(1),
+            after_processing: false,
+        });
+    }
+    let client = h.paced_client(1000.0);
+    let start = tokio::time::Instant::now();
+    let err = client
+        .find_user("ana@partner.example")
+        .await
+        .expect_err("throttled, no retries allowed");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)), "{err:?}");
+
+    // Another writer of the same client (a clone shares the pacer) waits out the Retry-After.
+    let writer = client.clone();
+    let registration = tokio::spawn(async move {
+        writer
+            .create_user(&new_user("ana@partner.example", "Ana", Role::Administrator))
+            .await
+            .expect("registered after the pause");
+        start.elapsed()
+    });
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        h.sim.state().portal.creates_for("ana@partner.example"),
+        0,
+        "no write during the pause"
+    );
+    let registered_at = registration.await.expect("the registration");
+    assert!(
+        registered_at >= Duration::from_secs(30),
+        "{registered_at:?}"
+    );
+    assert_eq!(h.sim.state().portal.creates_for("ana@partner.example"), 1);
 }

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::desired::spec::Role;
 use crate::reconcile::plan::GuestOnRemoval;
+use crate::remote::pace::WriteRate;
 use crate::remote::portal::RoleCodes;
 
 /// Default of `portal.baseUrl`.
@@ -31,6 +32,15 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/guestops";
 /// Upper bound of `tenant.concurrency` and `portal.concurrency`.
 pub(crate) const MAX_CONCURRENCY: usize = 256;
+/// Default of `portal.maxWritesPerSecond`: design §5's value. The portal documents no limit
+/// (`docs/specs/power-embedded.md` §1.8: run requests one at a time, back off on 429), so
+/// writes go one at a time, half a second apart.
+pub(crate) const DEFAULT_PORTAL_MAX_WRITES_PER_SECOND: f64 = 2.0;
+/// [`DEFAULT_PORTAL_MAX_WRITES_PER_SECOND`] as a rate: one write every 500 ms, one at a time.
+pub(crate) const DEFAULT_PORTAL_WRITE_RATE: WriteRate =
+    WriteRate::every(Duration::from_millis(500), 1);
+/// Upper bound of `portal.maxWritesPerSecond`.
+pub(crate) const MAX_PORTAL_WRITES_PER_SECOND: f64 = 1000.0;
 
 /// Replaces values by their `GUESTOPS_*` override. An empty variable resets the key to its
 /// default.
@@ -87,6 +97,7 @@ pub(crate) fn defaults() -> Config {
             base_url: Url::parse(DEFAULT_PORTAL_BASE_URL).expect("constant portal URL"),
             api_key: PORTAL_API_KEY.source(),
             concurrency: 2,
+            max_writes_per_second: DEFAULT_PORTAL_MAX_WRITES_PER_SECOND,
             role_codes: RoleCodes::default(),
         },
         policy: PolicyConfig {
@@ -302,6 +313,11 @@ pub(crate) fn build(
         p.api_key = SecretSource::File(path);
     }
     r.set(&mut p.concurrency, "portal.concurrency", parse_concurrency);
+    r.set(
+        &mut p.max_writes_per_second,
+        "portal.maxWritesPerSecond",
+        parse_writes_per_second,
+    );
     let problems_before_codes = r.problems.len();
     let codes = &mut p.role_codes;
     r.set(
@@ -426,6 +442,24 @@ fn parse_concurrency(text: &str) -> Result<usize, String> {
         _ => Err(format!(
             "expected a whole number from 1 to {MAX_CONCURRENCY}, got `{text}`"
         )),
+    }
+}
+
+/// A rate: a decimal number greater than 0 and at most [`MAX_PORTAL_WRITES_PER_SECOND`]
+/// (`2`, `0.5`; no exponent, sign, `inf` or `NaN`).
+fn parse_writes_per_second(text: &str) -> Result<f64, String> {
+    let help = "write a number of writes per second greater than 0, e.g. 2, or 0.5 for one write every 2 s";
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let decimal = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !decimal(whole) || !decimal(fraction) {
+        return Err(format!("`{text}` is not a number; {help}"));
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= MAX_PORTAL_WRITES_PER_SECOND => Ok(rate),
+        Ok(rate) if rate > 0.0 => Err(format!(
+            "{text} writes per second is more than {MAX_PORTAL_WRITES_PER_SECOND}; the portal's limits are undocumented, stay gentle"
+        )),
+        _ => Err(format!("must be greater than 0 (got `{text}`); {help}")),
     }
 }
 
@@ -661,6 +695,23 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn writes_per_second() {
+        assert_eq!(parse_writes_per_second("2"), Ok(2.0));
+        assert_eq!(parse_writes_per_second("0.5"), Ok(0.5));
+        assert_eq!(parse_writes_per_second("1000"), Ok(1000.0));
+        for bad in [
+            "0", "0.0", "-1", "+2", "1e3", "inf", "NaN", ".5", "5.", "", "two", "1000.5",
+        ] {
+            assert!(parse_writes_per_second(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_writes_per_second("0")
+                .unwrap_err()
+                .contains("greater than 0")
+        );
     }
 
     #[test]

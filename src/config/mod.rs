@@ -187,6 +187,8 @@ impl TenantConfig {
             resource: self.cloud.graph_endpoint(),
             invite_redirect_url: self.invite_redirect_url.clone(),
             concurrency: self.concurrency,
+            // Graph's documented write quota, not a key: see `remote::pace::WriteRate::GRAPH`.
+            write_rate: crate::remote::pace::WriteRate::GRAPH,
         }
     }
 
@@ -209,6 +211,8 @@ pub struct PortalConfig {
     pub api_key: SecretSource,
     /// Portal requests in flight at most.
     pub concurrency: usize,
+    /// Portal writes per second at most, on average (`portal.maxWritesPerSecond`, more than 0).
+    pub max_writes_per_second: f64,
     /// Role names ↔ portal codes.
     pub role_codes: RoleCodes,
 }
@@ -219,6 +223,10 @@ impl PortalConfig {
         crate::remote::portal::PortalSettings {
             base_url: self.base_url.clone(),
             concurrency: self.concurrency,
+            // One write at a time (burst 1). A rate that is not above 0 cannot be loaded; one
+            // set in code falls back to the default.
+            write_rate: crate::remote::pace::WriteRate::per_second(self.max_writes_per_second, 1)
+                .unwrap_or(build::DEFAULT_PORTAL_WRITE_RATE),
             role_codes: self.role_codes,
         }
     }

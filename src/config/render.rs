@@ -63,6 +63,7 @@ pub(crate) fn to_yaml(config: &Config) -> String {
     line(format!("  baseUrl: {}", scalar(p.base_url.as_str())));
     secret_line(&mut line, "  apiKeyFile", &p.api_key);
     line(format!("  concurrency: {}", p.concurrency));
+    line(format!("  maxWritesPerSecond: {}", p.max_writes_per_second));
     line("  roleCodes:".into());
     let c = &p.role_codes;
     line(format!("    administrator: {}", c.administrator));

@@ -62,6 +62,7 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("baseUrl", Kind::Leaf),
             ("apiKeyFile", Kind::Leaf),
             ("concurrency", Kind::Leaf),
+            ("maxWritesPerSecond", Kind::Leaf),
             (
                 "roleCodes",
                 Kind::Section(&[

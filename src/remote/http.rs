@@ -7,6 +7,12 @@
 //!   origin), a connect timeout, and a timeout per attempt;
 //! - the URL check: `https`, or plain `http` on loopback only ([`check_url`]);
 //! - the concurrency permit (requests of one edge in flight at most);
+//! - paced writes ([`Edge::with_pacer`], design §11): every attempt of a `POST`, `PUT`,
+//!   `PATCH` or `DELETE` waits for a slot of the system's [`Pacer`] (a token bucket shared by
+//!   every writer of that system) after taking its permit, so the slot's time is the time it is
+//!   sent; a `429` or `503` with `Retry-After`, on a read or a write, pauses that pacer for
+//!   every writer (at most [`RetryPolicy::max_total_wait`]). A `POST` that writes nothing (a
+//!   `$batch` of reads) says so with [`Request::not_a_write`];
 //! - sending, and reading the body up to a size limit;
 //! - the retry policy:
 //!   - `429` is always retried: the request was refused, nothing happened;
@@ -36,6 +42,8 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use url::Url;
+
+use super::pace::Pacer;
 
 /// Time allowed to establish a connection (the per-attempt timeout is
 /// [`RetryPolicy::timeout`]).
@@ -216,6 +224,8 @@ pub struct Request {
     url: Url,
     headers: HeaderMap,
     body: Option<Body>,
+    /// A `POST` (or other write method) that changes nothing: not paced.
+    not_a_write: bool,
 }
 
 #[derive(Clone)]
@@ -242,7 +252,25 @@ impl Request {
             url,
             headers: HeaderMap::new(),
             body: None,
+            not_a_write: false,
         }
+    }
+
+    /// Marks a request whose method is a write method but which changes nothing (a `$batch`
+    /// of reads): it is not paced as a write. A `Retry-After` it meets still pauses the pacer.
+    pub fn not_a_write(mut self) -> Self {
+        self.not_a_write = true;
+        self
+    }
+
+    /// Whether the edge paces this request as a write: `POST`, `PUT`, `PATCH` or `DELETE`,
+    /// unless marked with [`Request::not_a_write`].
+    pub fn is_write(&self) -> bool {
+        !self.not_a_write
+            && matches!(
+                self.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            )
     }
 
     /// Adds a header that is not a secret. A value that cannot be a header value is dropped.
@@ -308,14 +336,16 @@ pub struct Reply {
     pub attempts: usize,
 }
 
-/// The HTTP edge: one `reqwest` client, one retry policy, one concurrency bound. Cheap to
-/// clone; clones share the connection pool and the permits.
+/// The HTTP edge: one `reqwest` client, one retry policy, one concurrency bound, and
+/// optionally one write pacer. Cheap to clone; clones share the connection pool, the permits
+/// and the pacer.
 #[derive(Debug, Clone)]
 pub struct Edge {
     http: reqwest::Client,
     retry: RetryPolicy,
     permits: Arc<Semaphore>,
     max_body: usize,
+    pacer: Option<Pacer>,
 }
 
 impl Edge {
@@ -331,7 +361,21 @@ impl Edge {
             retry,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             max_body: DEFAULT_MAX_BODY,
+            pacer: None,
         })
+    }
+
+    /// The same edge (sharing its connection pool and permits) pacing its writes with
+    /// `pacer`, and pausing it on every `Retry-After`. An edge without a pacer (the default,
+    /// and the token credential's) paces nothing.
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// The write pacer, if any.
+    pub fn pacer(&self) -> Option<&Pacer> {
+        self.pacer.as_ref()
     }
 
     /// The same edge reading bodies up to `bytes` (at least 1).
@@ -389,8 +433,14 @@ impl Edge {
             .build();
         let mut waited = Duration::ZERO;
         let mut attempts = 0;
+        let pacer = self.pacer.as_ref();
         loop {
             attempts += 1;
+            if request.is_write()
+                && let Some(pacer) = pacer
+            {
+                pacer.acquire().await;
+            }
             let outcome = self.build(request).send().await;
             let next = backoff.next();
             let fits = |d: Duration| next.is_some() && waited + d <= policy.max_total_wait;
@@ -398,6 +448,11 @@ impl Edge {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = retry_after(&response);
+                    if let (Some(pacer), Some(delay)) = (pacer, retry_after)
+                        && matches!(status.as_u16(), 429 | 503)
+                    {
+                        pacer.pause(delay.min(policy.max_total_wait));
+                    }
                     let delay = if is_retryable(status, idempotency) {
                         retry_after.or(next).filter(|d| fits(*d))
                     } else {
@@ -658,6 +713,63 @@ mod tests {
             .await
             .expect("exactly the limit is read");
         assert_eq!(reply.body.len(), 100);
+    }
+
+    #[test]
+    fn writes_are_the_write_methods_unless_marked() {
+        let url = Url::parse("https://x.example/").expect("url");
+        let request = |method: Method| Request::new(method, url.clone());
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(request(method.clone()).is_write(), "{method}");
+            assert!(
+                !request(method.clone()).not_a_write().is_write(),
+                "{method}"
+            );
+        }
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(!request(method.clone()).is_write(), "{method}");
+        }
+    }
+
+    /// On tokio's paused clock (virtual time; the loopback server answers at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_on_a_read_pauses_the_writes_of_the_edge_up_to_the_budget() {
+        use crate::remote::pace::{Pacer, WriteRate};
+        let (url, served) = serve(vec![
+            answer("429 Too Many Requests", "Retry-After: 3600\r\n", ""),
+            answer("200 OK", "", "written"),
+        ])
+        .await;
+        let policy = RetryPolicy {
+            max_retries: 0,
+            timeout: Duration::from_secs(24 * 3600),
+            ..fast()
+        };
+        let rate = WriteRate::per_second(1000.0, 10).expect("a rate");
+        let edge = Edge::new(policy, 4)
+            .expect("edge")
+            .with_pacer(Pacer::new(rate));
+        let start = tokio::time::Instant::now();
+        let read = edge
+            .send(
+                &Request::new(Method::GET, url.clone()),
+                Idempotency::Idempotent,
+            )
+            .await
+            .expect("answered");
+        assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS);
+
+        let write = edge
+            .clone()
+            .send(&Request::new(Method::POST, url), Idempotency::NotIdempotent)
+            .await
+            .expect("answered");
+        assert_eq!(write.status, StatusCode::OK);
+        let waited = start.elapsed();
+        // Paused for the Retry-After, capped at the retry budget (5 s), not for an hour.
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+        assert!(waited < Duration::from_secs(60), "{waited:?}");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The two remote systems: Microsoft Graph ([`graph`]) and the Power Embedded API ([`portal`]),
-//! both behind one HTTP edge ([`http`]), with their in-memory fakes for unit tests
-//! ([`fake`] holds what the fakes share), and the one definition of which account holds which
-//! address ([`identity`]). Clients report what they read and do what they are told: deciding
-//! what to change is the plan's business.
+//! both behind one HTTP edge ([`http`]) that paces each system's writes ([`pace`]), with their
+//! in-memory fakes for unit tests ([`fake`] holds what the fakes share), and the one
+//! definition of which account holds which address ([`identity`]). Clients report what they
+//! read and do what they are told: deciding what to change is the plan's business.
 //!
 //! Clients take their own settings ([`graph::GraphSettings`], [`portal::PortalSettings`]) and
 //! a [`Credential`]; nothing here imports `crate::config` (the configuration builds the
@@ -16,6 +16,7 @@ pub mod fake;
 pub mod graph;
 pub mod http;
 pub mod identity;
+pub mod pace;
 pub mod portal;
 
 /// A secret sent to a remote system (a client secret, an API key), with a description of

@@ -2,8 +2,8 @@
 //! shared HTTP edge ([`crate::remote::http::Edge`]), following the documented behaviour of
 //! Graph (`docs/specs/microsoft-graph.md`): `$select` always, `$top=999`, `@odata.nextLink`
 //! followed verbatim (never to another origin: the bearer token stays with Graph), OData
-//! literals escaped, `POST /invitations` never retried blindly, a read that fails part-way
-//! failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
+//! literals escaped, `POST /invitations` never retried blindly, writes paced under the
+//! documented write quota (the edge's [`Pacer`]), a read that fails part-way failing as a whole. Who holds which address is [`crate::remote::identity`]'s business.
 //!
 //! Batched lookups ([`Tenant::find_by_emails`], [`Tenant::get_users`]) send the URLs of the
 //! single lookups, [`MAX_BATCH_REQUESTS`] to a `POST /$batch` (§4), correlate the answers by
@@ -31,6 +31,7 @@ use super::{
     USER_SELECT,
 };
 use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy};
+use crate::remote::pace::Pacer;
 use crate::remote::{Credential, identity};
 
 /// The default bound on pages of one listing (999 users each: about ten million users).
@@ -61,7 +62,8 @@ fn check_scheme(url: &Url, key: &str) -> Result<(), GraphError> {
 
 impl GraphClient {
     /// A client for the tenant of `settings`, authenticating with `token`, sending through
-    /// `edge` (see [`edge`]; share it with the token source).
+    /// `edge` (see [`edge`]; share it with the token source). The client's writes are paced
+    /// at `settings.write_rate` by a pacer of its own (the token source's requests are not).
     pub fn new(
         settings: &GraphSettings,
         token: Arc<dyn TokenSource>,
@@ -82,7 +84,9 @@ impl GraphClient {
             .push("v1.0")
             .push("");
         Ok(GraphClient {
-            edge,
+            // Writes are paced by one bucket shared by the client's clones; the token source
+            // keeps the edge it was given, unpaced.
+            edge: edge.with_pacer(Pacer::new(settings.write_rate)),
             root,
             token,
             invite_redirect_url: settings.invite_redirect_url.clone(),

@@ -41,6 +41,11 @@ pub struct GraphSettings {
     pub invite_redirect_url: String,
     /// Graph requests in flight at most.
     pub concurrency: usize,
+    /// How fast writes (invitations, `PATCH`, `DELETE`) may go: [`WriteRate::GRAPH`], from
+    /// Graph's documented write quota.
+    ///
+    /// [`WriteRate::GRAPH`]: crate::remote::pace::WriteRate::GRAPH
+    pub write_rate: crate::remote::pace::WriteRate,
 }
 
 /// The most requests Graph takes in one `POST /$batch` (`docs/specs/microsoft-graph.md` §4).

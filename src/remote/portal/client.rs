@@ -3,7 +3,8 @@
 //! Follows the documented behaviour of the API, not the simulator's conveniences:
 //! - every request carries `X-API-Key` (a sensitive header) and goes through the shared
 //!   [`Edge`] (redirects off, so the key never follows one; 429 always retried, 5xx/transport
-//!   only for idempotent requests);
+//!   only for idempotent requests; writes paced at `portal.maxWritesPerSecond` by one
+//!   [`Pacer`] shared by the client's clones, paused by every `Retry-After`);
 //! - listings loop `pageNumber=1,2,…` until `hasNextPage` is false, guarded by
 //!   `pageIndex < totalPages` and a hard page cap (fail closed), and de-duplicate by `id`;
 //! - the `email` filter is a contains match, so the client matches exactly itself;
@@ -32,6 +33,7 @@ use crate::desired::spec::Role;
 use crate::remote::Credential;
 use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy, TransportError};
 use crate::remote::identity;
+use crate::remote::pace::Pacer;
 
 /// Pages a listing may read before it is refused as endless (fail closed).
 pub const DEFAULT_MAX_PAGES: u32 = 10_000;
@@ -113,7 +115,7 @@ pub enum PortalError {
 
     /// 429 that outlasted the retry budget.
     #[error(
-        "the portal kept throttling {operation}{} (429) beyond the retry budget{}: retry later or lower portal.concurrency",
+        "the portal kept throttling {operation}{} (429) beyond the retry budget{}: retry later or lower portal.concurrency or portal.maxWritesPerSecond",
         for_user(.user),
         .retry_after.map(|d| format!(" (last Retry-After {}s)", d.as_secs_f64())).unwrap_or_default()
     )]
@@ -281,8 +283,8 @@ impl PortalError {
 
 /// The HTTP implementation of [`super::Portal`].
 ///
-/// Cheap to clone; clones share the connection pool and the concurrency bound
-/// (`portal.concurrency`). `Debug` never shows the API key.
+/// Cheap to clone; clones share the connection pool, the concurrency bound
+/// (`portal.concurrency`) and the write pacer (`portal.maxWritesPerSecond`). `Debug` never shows the API key.
 #[derive(Clone)]
 pub struct PortalClient {
     edge: Edge,
@@ -372,7 +374,10 @@ impl PortalClient {
                 codes: settings.role_codes,
             });
         }
-        let edge = Edge::new(retry, settings.concurrency).map_err(PortalError::Client)?;
+        // Writes are paced at `portal.maxWritesPerSecond`, shared by every clone of the client.
+        let edge = Edge::new(retry, settings.concurrency)
+            .map_err(PortalError::Client)?
+            .with_pacer(Pacer::new(settings.write_rate));
         Ok(PortalClient {
             edge,
             user_url,

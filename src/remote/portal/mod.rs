@@ -25,6 +25,9 @@ pub struct PortalSettings {
     pub base_url: url::Url,
     /// Portal requests in flight at most.
     pub concurrency: usize,
+    /// How fast writes (`POST`, `PUT`, `DELETE /api/user`) may go (`portal.maxWritesPerSecond`,
+    /// one at a time).
+    pub write_rate: crate::remote::pace::WriteRate,
     /// Role names ↔ portal codes.
     pub role_codes: RoleCodes,
 }
