@@ -148,6 +148,8 @@ pub(super) struct DeltaState {
     pages: HashMap<String, PageToken>,
     expired_answer: ExpiredTokenAnswer,
     lifetime: Duration,
+    /// Every round sends each of its entries twice (§3: replays happen).
+    replays: bool,
     /// Version of the last journal entry (0: none yet).
     version: u64,
     journal: Vec<JournalEntry>,
@@ -160,6 +162,7 @@ impl Default for DeltaState {
             pages: HashMap::new(),
             expired_answer: ExpiredTokenAnswer::default(),
             lifetime: DELTA_TOKEN_LIFETIME,
+            replays: false,
             version: 0,
             journal: Vec::new(),
         }
@@ -192,6 +195,13 @@ impl Directory {
     /// How unknown or expired delta tokens are answered (default [`ExpiredTokenAnswer::Gone`]).
     pub fn set_expired_delta_token_answer(&mut self, answer: ExpiredTokenAnswer) {
         self.delta.expired_answer = answer;
+    }
+
+    /// Makes every round send each of its entries a second time, after all of them (so, with
+    /// small pages, on a later page): "the same entity can appear more than once" (§3). Off by
+    /// default.
+    pub fn set_delta_replays(&mut self, on: bool) {
+        self.delta.replays = on;
     }
 
     /// Lifetime of delta tokens issued from now on (default [`DELTA_TOKEN_LIFETIME`]).
@@ -369,7 +379,7 @@ fn current_state(dir: &Directory, query: &Query, now: Instant) -> SyncState {
 fn start_round(
     dir: &Directory,
     query: Arc<Query>,
-    known: &SyncState,
+    known: &Arc<SyncState>,
     since: Option<u64>,
     minimal: bool,
     now: Instant,
@@ -427,7 +437,7 @@ fn start_round(
             }
         }
     }
-    for (id, state) in known {
+    for (id, state) in known.iter() {
         if current.contains_key(id) {
             continue;
         }
@@ -462,10 +472,19 @@ fn start_round(
             entries.insert((*id).to_owned(), removed(id, "deleted"));
         }
     }
+    let mut entries: Vec<Value> = entries.into_values().collect();
+    if dir.delta.replays {
+        entries.extend_from_within(..);
+    }
     Round {
         query,
-        entries: entries.into_values().collect(),
-        next: Arc::new(next),
+        entries,
+        // Unchanged: share the state (a daemon polling a quiet tenant holds one copy).
+        next: if next == **known {
+            known.clone()
+        } else {
+            Arc::new(next)
+        },
         version: dir.delta.version,
         empty_first: dir.empty_first_page,
     }
@@ -845,6 +864,31 @@ mod tests {
             entries,
             vec![json!({"id": carla, "@removed": {"reason": "deleted"}})]
         );
+    }
+
+    #[tokio::test]
+    async fn replays_send_every_entry_twice_and_merge_to_the_same_state() {
+        let sim = sim();
+        let (ana, bob) = {
+            let mut state = sim.state();
+            (
+                state.graph.add_guest("ana@partner.example", "Ana"),
+                state.graph.add_guest("bob@partner.example", "Bob"),
+            )
+        };
+        let (plain, delta, _) = round(&sim, "/v1.0/users/delta").await;
+        {
+            let mut state = sim.state();
+            state.graph.set_delta_replays(true);
+            state.graph.set_page_size_cap(Some(1));
+            state.graph.delete_user(&bob);
+        }
+        let (replayed, _, pages) = round(&sim, "/v1.0/users/delta").await;
+        assert_eq!(pages, 2, "one user, sent twice, in pages of one");
+        assert_eq!(replayed, vec![entry(&plain, &ana).clone(); 2]);
+        let (changes, _, _) = round(&sim, &delta).await;
+        let removed = json!({"id": bob, "@removed": {"reason": "changed"}});
+        assert_eq!(changes, vec![removed.clone(), removed]);
     }
 
     #[tokio::test]
