@@ -75,7 +75,12 @@ impl Bench {
     }
 
     /// One reconcile (apply mode) of `desired` with `settings`, counting requests.
-    async fn reconcile(&self, desired: &Desired, settings: &Settings, store: &mut StateStore) -> Run {
+    async fn reconcile(
+        &self,
+        desired: &Desired,
+        settings: &Settings,
+        store: &mut StateStore,
+    ) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = Config::for_simulator(&self.base, dir.path());
         let tenant = GraphClient::with_client_secret(
@@ -122,9 +127,8 @@ impl Bench {
 
     /// `max over systems of ceil(requests / concurrency) × latency`.
     fn latency_bound(&self, run: &Run, settings: &Settings) -> Duration {
-        let series = |requests: u64, concurrency: usize| {
-            requests.div_ceil(concurrency.max(1) as u64) as u32
-        };
+        let series =
+            |requests: u64, concurrency: usize| requests.div_ceil(concurrency.max(1) as u64) as u32;
         let graph = series(run.graph, settings.tenant_concurrency);
         let portal = series(run.portal, settings.portal_concurrency);
         self.latency * graph.max(portal)

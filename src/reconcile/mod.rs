@@ -1,11 +1,11 @@
-//! One reconcile: observe both systems completely ([`observe`]), compute the pure plan
+//! One reconcile: observe both systems completely ([`observe()`]), compute the pure plan
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
 //! from the same observation.
 //!
 //! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
-//! (through [`observe_snapshot`]), the demo and the daemon call it and re-implement none of
-//! them. Its guarantees:
+//! (a dry run, whose `Outcome::observed` it renders), the demo and the daemon call it and
+//! re-implement none of them. Its guarantees:
 //!
 //! - an incomplete read fails before any write ([`ObserveError`]);
 //! - a dry run ([`Mode::DryRun`]) reads a snapshot of the state and writes nothing, so it works

@@ -1,5 +1,5 @@
 //! The emulated tenant: the token endpoint (`POST /{tenant}/oauth2/v2.0/token`), Graph
-//! `/v1.0/users`, `/v1.0/users/{id}` and `/v1.0/invitations`.
+//! `/v1.0/users`, `/v1.0/users/{id}`, `/v1.0/users/delta` ([`delta`]) and `/v1.0/invitations`.
 //!
 //! Follows `docs/specs/microsoft-graph.md` including its quirks: the default property set
 //! without `$select`, opaque `$skiptoken` paging with absolute `@odata.nextLink`s, `#EXT#` guest
@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use super::Sim;
 
 pub mod batch;
+pub mod delta;
 pub mod filter;
 
 use filter::{CollectionProp, Filter, FilterError, Prop, Subject};
@@ -402,6 +403,7 @@ pub struct Directory {
     page_size_cap: Option<usize>,
     empty_first_page: bool,
     token_outages: u32,
+    delta: delta::DeltaState,
 }
 
 impl Default for Directory {
@@ -422,6 +424,7 @@ impl Default for Directory {
             page_size_cap: None,
             empty_first_page: false,
             token_outages: 0,
+            delta: delta::DeltaState::default(),
         }
     }
 }
@@ -452,6 +455,7 @@ impl Directory {
     pub fn insert_user(&mut self, user: SimUser) -> String {
         let id = user.id.clone();
         self.users.insert(id.clone(), user);
+        self.record_change(&id, delta::Change::Created);
         id
     }
 
@@ -461,6 +465,13 @@ impl Directory {
             Some(user) if user.user_type == "Guest" => {
                 user.external_user_state = Some("Accepted".into());
                 user.external_user_state_change_date_time = Some(Utc::now());
+                self.record_change(
+                    id,
+                    delta::Change::Updated(vec![
+                        "externalUserState".into(),
+                        "externalUserStateChangeDateTime".into(),
+                    ]),
+                );
                 true
             }
             _ => false,
@@ -472,6 +483,21 @@ impl Directory {
         match self.users.remove(id) {
             Some(user) => {
                 self.deleted.insert(user.id.clone(), user);
+                self.record_change(id, delta::Change::SoftDeleted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Restores a soft-deleted user from deleted items (same id, visible at once). `false` if
+    /// it is not in deleted items.
+    pub fn restore_user(&mut self, id: &str) -> bool {
+        match self.deleted.remove(id) {
+            Some(mut user) => {
+                user.visible_at = None;
+                self.users.insert(user.id.clone(), user);
+                self.record_change(id, delta::Change::Restored);
                 true
             }
             None => false,
@@ -480,7 +506,9 @@ impl Directory {
 
     /// Permanently removes every soft-deleted user.
     pub fn purge_deleted(&mut self) {
-        self.deleted.clear();
+        for id in std::mem::take(&mut self.deleted).into_keys() {
+            self.record_change(&id, delta::Change::Purged);
+        }
     }
 
     /// Every live user (visible or not), in listing order.
@@ -493,7 +521,8 @@ impl Directory {
         self.users.get(id)
     }
 
-    /// One live user by id, for changes.
+    /// One live user by id, for changes. Delta sees such changes by comparing properties
+    /// (they are not in its change journal).
     pub fn user_mut(&mut self, id: &str) -> Option<&mut SimUser> {
         self.users.get_mut(id)
     }
@@ -674,6 +703,8 @@ pub fn routes() -> Router<Sim> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/users", get(list_users))
+        .route("/v1.0/users/delta", get(delta::users_delta))
+        .route("/v1.0/users/delta()", get(delta::users_delta))
         .route(
             "/v1.0/users/{id}",
             get(get_user).patch(patch_user).delete(delete_user),
@@ -1185,13 +1216,6 @@ async fn get_user(
     if id == "$count" {
         return bad_request("$count is not currently supported.");
     }
-    if id == "delta" || id == "delta()" {
-        return error_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            "The simulator does not emulate delta queries.",
-        );
-    }
     let options = match query_options(&uri) {
         Ok(options) => options,
         Err(response) => return response,
@@ -1327,6 +1351,7 @@ fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: 
     let Some(user) = dir.users.get_mut(&id) else {
         return not_found(key);
     };
+    let changed = fields.keys().cloned().collect();
     for (name, value) in fields {
         let text = value.as_str().map(str::to_owned);
         match name.as_str() {
@@ -1350,6 +1375,7 @@ fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: 
             _ => {}
         }
     }
+    dir.record_change(&id, delta::Change::Updated(changed));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -1573,6 +1599,7 @@ fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Respo
                 user.visible_at = Some(Instant::now() + dir.replication_delay);
             }
             dir.users.insert(user.id.clone(), user.clone());
+            dir.record_change(&user.id, delta::Change::Created);
             (user, false)
         }
     };

@@ -6,7 +6,8 @@
 //! `graphEndpoint` and `portal.baseUrl`.
 //!
 //! The emulators follow `docs/specs/` including the quirks (opaque `$skiptoken` paging, default
-//! property set without `$select`, `#EXT#` UPNs, replication delay, the portal's contains-match
+//! property set without `$select`, `#EXT#` UPNs, replication delay, delta query with opaque
+//! skip/delta tokens, `@removed` and `410 Gone` on expired tokens, the portal's contains-match
 //! email filter, `PUT` that clears missing fields). Where the real behaviour is unknown they are
 //! strict: they reject what the real service might reject.
 
