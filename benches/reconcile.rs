@@ -30,6 +30,7 @@ use guestops::reconcile::{Context, Desired, Mode, Settings, run_once};
 use guestops::remote::Credential;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
+use guestops::remote::pace::WriteRate;
 use guestops::remote::portal::PortalClient;
 use guestops::sim::{Sim, seed};
 use secrecy::SecretString;
@@ -41,6 +42,10 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
+
+/// Writes per second high enough not to bind, so that the speed-up over the sequential baseline
+/// measures concurrency and request count, not pacing.
+const UNBOUND: f64 = 1000.0;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,6 +61,7 @@ struct Run {
     graph_writes: u64,
     portal_writes: u64,
     portal_rate: f64,
+    graph_rate: f64,
     wall: Duration,
 }
 
@@ -95,13 +101,18 @@ impl Bench {
         desired: &Desired,
         settings: &Settings,
         portal_rate: f64,
+        unbound_graph: bool,
         store: &mut StateStore,
     ) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::for_simulator(&self.base, dir.path());
         config.portal.max_writes_per_second = portal_rate;
+        let mut graph_settings = config.tenant.graph_settings();
+        if unbound_graph {
+            graph_settings.write_rate = WriteRate::per_second(UNBOUND, 20).expect("a rate");
+        }
         let tenant = GraphClient::with_client_secret(
-            &config.tenant.graph_settings(),
+            &graph_settings,
             Credential::new(
                 SecretString::from(seed::CLIENT_SECRET.to_owned()),
                 "the simulator's client secret",
@@ -158,6 +169,7 @@ impl Bench {
             graph_writes: writes(System::Tenant),
             portal_writes: writes(System::Portal),
             portal_rate,
+            graph_rate: if unbound_graph { UNBOUND } else { 20.0 },
             wall,
         }
     }
@@ -172,7 +184,8 @@ impl Bench {
         let portal = series(run.portal, settings.portal_concurrency);
         let latency = self.latency * graph.max(portal);
         let rate = Duration::from_secs_f64(
-            (run.graph_writes as f64 / 20.0).max(run.portal_writes as f64 / run.portal_rate),
+            (run.graph_writes as f64 / run.graph_rate)
+                .max(run.portal_writes as f64 / run.portal_rate),
         );
         latency.max(rate)
     }
@@ -247,8 +260,6 @@ async fn main() {
     )
     .portal
     .max_writes_per_second;
-    // Rates high enough not to bind, so that the ratio measures concurrency and request count.
-    const UNBOUND: f64 = 1000.0;
     let concurrent = Settings::default();
     let sequential = Settings {
         tenant_concurrency: 1,
@@ -269,10 +280,15 @@ async fn main() {
         let bench = Bench::new(guests, latency).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = StateStore::open(dir.path()).expect("state");
-        let cold = bench.reconcile(&wanted, settings, rate, &mut store).await;
+        let unbound = rate == UNBOUND;
+        let cold = bench
+            .reconcile(&wanted, settings, rate, unbound, &mut store)
+            .await;
         row(name, &cold, bench.bound(&cold, settings), true);
         if walls.is_empty() {
-            let steady = bench.reconcile(&wanted, settings, rate, &mut store).await;
+            let steady = bench
+                .reconcile(&wanted, settings, rate, unbound, &mut store)
+                .await;
             row(
                 "P1 steady state (no drift)",
                 &steady,
@@ -282,7 +298,9 @@ async fn main() {
         }
         walls.push(cold.wall);
     }
-    say!("portal.maxWritesPerSecond default {default_rate}; Graph writes paced at 3,000 per 150 s");
+    say!(
+        "rates: default = portal.maxWritesPerSecond {default_rate} and Graph's 3,000 writes per 150 s; unbound = {UNBOUND}/s on both"
+    );
     say!(
         "P2 speed-up over the sequential baseline (rates unbound): {:.1}x",
         walls[2].as_secs_f64() / walls[1].as_secs_f64().max(f64::EPSILON)
