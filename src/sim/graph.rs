@@ -1275,18 +1275,25 @@ async fn patch_user(
     response
 }
 
-fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Response> {
+/// `415` unless the body is declared `application/json`; `what` names it in the message.
+fn require_json(headers: &HeaderMap, what: &str) -> Result<(), Response> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        return Err(error_response(
+    if is_json {
+        Ok(())
+    } else {
+        Err(error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            "The request body must be application/json.",
-        ));
+            &format!("{what} must be application/json."),
+        ))
     }
+}
+
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Response> {
+    require_json(headers, "The request body")?;
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(error_response(

@@ -207,17 +207,7 @@ fn canonical(name: &HeaderName) -> String {
 
 /// Validates the whole batch; any mistake refuses all of it (`400`).
 fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Inner>, Response> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        return Err(error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            "The batch must be sent as application/json.",
-        ));
-    }
+    super::require_json(headers, "The batch")?;
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| bad_request(&format!("Invalid batch payload: {err}")))?;
     let Some(requests) = value.get("requests").and_then(Value::as_array) else {
