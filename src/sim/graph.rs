@@ -1024,22 +1024,36 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
     list_users_locked(&mut state.graph, &headers, &uri)
 }
 
-fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
+/// What every read of a user collection checks first: the token, a read permission, and the
+/// query options (each `$option` must be in `known`, else `refuse(key)` answers).
+fn read_prologue(
+    dir: &Directory,
+    headers: &HeaderMap,
+    uri: &Uri,
+    known: &[&str],
+    refuse: impl Fn(&str) -> Response,
+) -> Result<BTreeMap<String, String>, Response> {
+    authorize(dir, headers)?;
     if !dir.has_any(READ) {
-        return denied();
+        return Err(denied());
     }
-    let options = match query_options(uri) {
+    let options = query_options(uri)?;
+    match options
+        .keys()
+        .find(|key| key.starts_with('$') && !known.contains(&key.as_str()))
+    {
+        Some(key) => Err(refuse(key)),
+        None => Ok(options),
+    }
+}
+
+fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Response {
+    let options = match read_prologue(dir, headers, uri, &KNOWN_OPTIONS, |key| {
+        bad_request(&format!("Query option '{key}' is not supported."))
+    }) {
         Ok(options) => options,
         Err(response) => return response,
     };
-    for key in options.keys() {
-        if key.starts_with('$') && !KNOWN_OPTIONS.contains(&key.as_str()) {
-            return bad_request(&format!("Query option '{key}' is not supported."));
-        }
-    }
     let advanced = headers
         .get("ConsistencyLevel")
         .and_then(|v| v.to_str().ok())

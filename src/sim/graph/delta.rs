@@ -35,9 +35,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::{
-    DEFAULT_PAGE_SIZE, DEFAULT_PROPERTIES, Directory, READ, Sim, SimUser, authorize, bad_request,
-    denied, encode, error_response, graph_json, host_of, metadata_context, parse_select,
-    query_options, unsupported,
+    DEFAULT_PAGE_SIZE, DEFAULT_PROPERTIES, Directory, Sim, SimUser, bad_request, encode,
+    error_response, graph_json, host_of, metadata_context, parse_select, unsupported,
 };
 
 /// How long a delta or skip token stays valid: 7 days for directory objects (§3).
@@ -217,23 +216,14 @@ pub(super) async fn users_delta(State(sim): State<Sim>, headers: HeaderMap, uri:
 }
 
 fn delta_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
-    if !dir.has_any(READ) {
-        return denied();
-    }
-    let options = match query_options(uri) {
+    let options = match super::read_prologue(dir, headers, uri, &DELTA_OPTIONS, |key| {
+        unsupported(&format!(
+            "Query option '{key}' is not supported with delta queries on users (only $select and $filter=id eq '…')."
+        ))
+    }) {
         Ok(options) => options,
         Err(response) => return response,
     };
-    for key in options.keys() {
-        if key.starts_with('$') && !DELTA_OPTIONS.contains(&key.as_str()) {
-            return unsupported(&format!(
-                "Query option '{key}' is not supported with delta queries on users (only $select and $filter=id eq '…')."
-            ));
-        }
-    }
     let host = host_of(headers);
     let minimal = headers
         .get_all("Prefer")
