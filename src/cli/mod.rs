@@ -133,17 +133,26 @@ pub struct Clients {
 
 /// Loads the secrets and builds both clients.
 pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
-    use guestops::remote::http::RetryPolicy;
     let secret = config.tenant.client_secret.load()?;
+    let api_key = config.portal.api_key.load()?;
+    clients(config, &secret, &api_key)
+}
+
+/// Both clients from secrets already loaded.
+pub fn clients(
+    config: &guestops::config::Config,
+    graph_secret: &guestops::config::LoadedSecret,
+    portal_api_key: &guestops::config::LoadedSecret,
+) -> anyhow::Result<Clients> {
+    use guestops::remote::http::RetryPolicy;
     let tenant = guestops::remote::graph::GraphClient::with_client_secret(
         &config.tenant.graph_settings(),
-        secret.credential(),
+        graph_secret.credential(),
         RetryPolicy::default(),
     )?;
-    let api_key = config.portal.api_key.load()?;
     let portal = guestops::remote::portal::PortalClient::new(
         &config.portal.portal_settings(),
-        api_key.credential(),
+        portal_api_key.credential(),
         RetryPolicy::default(),
     )?;
     Ok(Clients { tenant, portal })

@@ -7,9 +7,6 @@ use anyhow::Context as _;
 use guestops::desired::source::AnySource;
 use guestops::desired::source::watch_file;
 use guestops::reconcile::state::StateStore;
-use guestops::remote::graph::GraphClient;
-use guestops::remote::http::RetryPolicy;
-use guestops::remote::portal::PortalClient;
 use guestops::service::daemon::{Daemon, Settings};
 use guestops::service::metrics::Metrics;
 use guestops::service::server::{
@@ -49,15 +46,10 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let config = super::load_config(&args.config.config)?;
     let secrets = config.load_secrets()?;
     let store = StateStore::open(&config.state.dir)?;
-    let tenant = GraphClient::with_client_secret(
-        &config.tenant.graph_settings(),
-        secrets.graph_client_secret.credential(),
-        RetryPolicy::default(),
-    )?;
-    let portal = PortalClient::new(
-        &config.portal.portal_settings(),
-        secrets.portal_api_key.credential(),
-        RetryPolicy::default(),
+    let super::Clients { tenant, portal } = super::clients(
+        &config,
+        &secrets.graph_client_secret,
+        &secrets.portal_api_key,
     )?;
     let notifier = Notifier::from_env().context("cannot talk to systemd (NOTIFY_SOCKET)")?;
     let metrics = Metrics::new();
@@ -68,28 +60,26 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     // Capacity 1: a burst of triggers leaves one pending reconcile.
     let (trigger_tx, trigger_rx) = mpsc::channel::<Trigger>(1);
 
+    let source = AnySource::choose(args.desired.as_deref(), &config)?;
+    // Kept alive while the daemon runs: dropping it stops the watch.
     let mut _watch = None;
-    let source = match &args.desired {
-        Some(path) => {
-            let (watch, mut changes) = watch_file(path.clone(), Duration::from_millis(500))?;
-            _watch = Some(watch);
-            let tx = trigger_tx.clone();
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        change = changes.recv() => match change {
-                            Some(_) => { let _ = tx.try_send(Trigger::FileChanged); }
-                            None => break,
-                        },
-                    }
+    if let Some(path) = &args.desired {
+        let (watch, mut changes) = watch_file(path.clone(), Duration::from_millis(500))?;
+        _watch = Some(watch);
+        let tx = trigger_tx.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    change = changes.recv() => match change {
+                        Some(_) => { let _ = tx.try_send(Trigger::FileChanged); }
+                        None => break,
+                    },
                 }
-            });
-            AnySource::choose(Some(path), &config)?
-        }
-        None => AnySource::choose(None, &config)?,
-    };
+            }
+        });
+    }
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
