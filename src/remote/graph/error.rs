@@ -131,6 +131,23 @@ impl GraphError {
         }
     }
 
+    /// Whether a delta link can no longer be followed and the sync must start over
+    /// (`docs/specs/microsoft-graph.md` §3): `410 Gone` (its `Location` is the start of a new
+    /// sync), or a 4xx with `syncStateNotFound` or `resyncRequired` (the codes the errors doc
+    /// lists for an expired sync state).
+    pub fn is_resync_required(&self) -> bool {
+        match self {
+            GraphError::Api { status, code, .. } => {
+                *status == 410
+                    || ((400..500).contains(status)
+                        && ["syncStateNotFound", "resyncRequired"]
+                            .iter()
+                            .any(|c| c.eq_ignore_ascii_case(code)))
+            }
+            _ => false,
+        }
+    }
+
     /// The HTTP status Graph answered, when it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

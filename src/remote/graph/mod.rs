@@ -126,6 +126,53 @@ impl DirectoryUser {
     }
 }
 
+/// Why a delta round reports a user as `@removed` (`docs/specs/microsoft-graph.md` §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RemovedReason {
+    /// `changed`: soft-deleted (restorable from deleted items for 30 days).
+    Changed,
+    /// `deleted`: permanently gone.
+    Deleted,
+}
+
+/// One entry of a delta round, in the order Graph sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaChange {
+    /// The user as it is now (created, changed, restored, or a replay): every selected
+    /// property, replacing what was known.
+    Upsert(DirectoryUser),
+    /// The user left the directory (`@removed`).
+    Removed {
+        /// Object id.
+        id: String,
+        /// Soft or permanent deletion.
+        reason: RemovedReason,
+    },
+}
+
+impl DeltaChange {
+    /// The object id the entry is about.
+    pub fn id(&self) -> &str {
+        match self {
+            DeltaChange::Upsert(user) => &user.id,
+            DeltaChange::Removed { id, .. } => id,
+        }
+    }
+}
+
+/// A complete delta round: every page read, up to the `@odata.deltaLink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRound {
+    /// The entries of every page, in order. Members are included: delta cannot filter by
+    /// `userType`.
+    pub changes: Vec<DeltaChange>,
+    /// Where the next round starts (the whole URL, as Graph sent it).
+    pub delta_link: String,
+    /// Pages read.
+    pub pages: usize,
+}
+
 /// What `POST /invitations` is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invitation {
@@ -201,6 +248,16 @@ pub trait Tenant: Send + Sync {
             Ok(users)
         }
     }
+
+    /// One complete round of `GET /users/delta` (`docs/specs/microsoft-graph.md` §3): from the
+    /// start with [`USER_SELECT`] (every user, members included) when `from` is `None`, else
+    /// from that `@odata.deltaLink` (only what changed since). All pages or an error: a failed
+    /// page fails the round. An expired or unknown link fails with an error for which
+    /// [`GraphError::is_resync_required`] holds: start again from `None`.
+    fn delta(
+        &self,
+        from: Option<&str>,
+    ) -> impl Future<Output = Result<DeltaRound, GraphError>> + Send;
 
     /// `POST /invitations`. Not retried blindly: after an ambiguous failure the caller looks
     /// the address up first.
