@@ -27,8 +27,8 @@ use url::Url;
 use super::error::GraphError;
 use super::token::{ClientSecretCredential, TokenSource};
 use super::{
-    DirectoryUser, GraphSettings, Invitation, Invited, MAX_BATCH_REQUESTS, ObjectIdentity, Tenant,
-    USER_SELECT,
+    DeltaChange, DeltaRound, DirectoryUser, GraphSettings, Invitation, Invited, MAX_BATCH_REQUESTS,
+    ObjectIdentity, RemovedReason, Tenant, USER_SELECT,
 };
 use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy};
 use crate::remote::pace::Pacer;
@@ -252,6 +252,75 @@ impl GraphClient {
         Ok(users)
     }
 
+    /// Reads every page of a delta round starting at `first`, up to the page with the
+    /// `@odata.deltaLink`; fails as a whole if any page fails, if a page has neither link, or
+    /// if a link leaves the Graph origin.
+    async fn delta_all(&self, operation: &str, first: Url) -> Result<DeltaRound, GraphError> {
+        let mut changes = Vec::new();
+        let mut url = first;
+        let mut pages = 0;
+        loop {
+            if pages >= self.max_pages {
+                return Err(GraphError::TooManyPages {
+                    operation: operation.to_owned(),
+                    pages,
+                });
+            }
+            pages += 1;
+            let (_, headers, bytes) = self
+                .execute(
+                    operation,
+                    Method::GET,
+                    &url,
+                    None,
+                    Idempotency::Idempotent,
+                    &[],
+                )
+                .await?;
+            let malformed = |detail: String| GraphError::Malformed {
+                operation: operation.to_owned(),
+                detail,
+                request_id: header_request_id(&headers),
+            };
+            let page: DeltaPage = serde_json::from_slice(&bytes).map_err(|err| {
+                malformed(format!(
+                    "delta page {pages} is not a user collection: {err}"
+                ))
+            })?;
+            changes.extend(page.value.into_iter().map(WireUser::into_change));
+            match (page.next_link, page.delta_link) {
+                (Some(next), None) => {
+                    url = self.check_link(operation, "@odata.nextLink", &next, &headers)?;
+                }
+                (None, Some(delta)) => {
+                    // Checked now, so that a link that could never be followed is not kept.
+                    self.check_link(operation, "@odata.deltaLink", &delta, &headers)?;
+                    tracing::debug!(
+                        operation,
+                        pages,
+                        entries = changes.len(),
+                        "delta round complete"
+                    );
+                    return Ok(DeltaRound {
+                        changes,
+                        delta_link: delta,
+                        pages,
+                    });
+                }
+                (Some(_), Some(_)) => {
+                    return Err(malformed(format!(
+                        "delta page {pages} has both an @odata.nextLink and an @odata.deltaLink"
+                    )));
+                }
+                (None, None) => {
+                    return Err(malformed(format!(
+                        "delta page {pages} has neither an @odata.nextLink nor an @odata.deltaLink, so the round is incomplete"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Parses a nextLink without rebuilding it, and refuses one that leaves the Graph origin
     /// (the bearer token must not be sent elsewhere).
     fn check_next_link(
@@ -260,19 +329,31 @@ impl GraphClient {
         link: &str,
         headers: &HeaderMap,
     ) -> Result<Url, GraphError> {
+        self.check_link(operation, "@odata.nextLink", link, headers)
+    }
+
+    /// [`Self::check_next_link`] for any link Graph hands out (`annotation` names it in
+    /// errors): `@odata.nextLink`, `@odata.deltaLink`.
+    fn check_link(
+        &self,
+        operation: &str,
+        annotation: &str,
+        link: &str,
+        headers: &HeaderMap,
+    ) -> Result<Url, GraphError> {
         // Graph sends absolute links; a relative one is taken relative to the Graph root.
         let url = Url::parse(link)
             .or_else(|_| self.root.join(link))
             .map_err(|err| GraphError::Malformed {
                 operation: operation.to_owned(),
-                detail: format!("@odata.nextLink is not a URL ({err})"),
+                detail: format!("{annotation} is not a URL ({err})"),
                 request_id: header_request_id(headers),
             })?;
         if url.origin() != self.root.origin() && !same_loopback_service(&url, &self.root) {
             return Err(GraphError::Malformed {
                 operation: operation.to_owned(),
                 detail: format!(
-                    "@odata.nextLink points to {} instead of the Graph endpoint {}",
+                    "{annotation} points to {} instead of the Graph endpoint {}",
                     url.origin().ascii_serialization(),
                     self.root.origin().ascii_serialization()
                 ),
@@ -621,11 +702,31 @@ struct Page {
     next_link: Option<String>,
 }
 
+/// One page of a delta round.
+#[derive(Deserialize)]
+struct DeltaPage {
+    value: Vec<WireUser>,
+    #[serde(rename = "@odata.nextLink", default)]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink", default)]
+    delta_link: Option<String>,
+}
+
+/// `@removed` of a delta entry.
+#[derive(Deserialize)]
+struct WireRemoved {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
 /// A user as Graph sends it; tolerant of `null` collections.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireUser {
     id: String,
+    /// Only in delta rounds.
+    #[serde(rename = "@removed", default)]
+    removed: Option<WireRemoved>,
     #[serde(default)]
     display_name: Option<String>,
     #[serde(default)]
@@ -648,6 +749,24 @@ struct WireUser {
     account_enabled: Option<bool>,
     #[serde(default)]
     created_date_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl WireUser {
+    /// A delta entry: `@removed` or the user as it is now.
+    fn into_change(self) -> DeltaChange {
+        match &self.removed {
+            Some(removed) => DeltaChange::Removed {
+                reason: match removed.reason.as_deref() {
+                    Some(r) if r.eq_ignore_ascii_case("deleted") => RemovedReason::Deleted,
+                    // `changed` (soft delete), or a reason this client does not know: either
+                    // way the user has left the directory's listing.
+                    _ => RemovedReason::Changed,
+                },
+                id: self.id,
+            },
+            None => DeltaChange::Upsert(self.into()),
+        }
+    }
 }
 
 impl From<WireUser> for DirectoryUser {
@@ -792,6 +911,23 @@ impl Tenant for GraphClient {
             }
         }
         Ok(users)
+    }
+
+    async fn delta(&self, from: Option<&str>) -> Result<DeltaRound, GraphError> {
+        match from {
+            None => {
+                let query = encode_query(&[("$select", USER_SELECT)]);
+                let url = self.url(&["users", "delta"], Some(&query));
+                self.delta_all("enumerate the tenant's users (delta query)", url)
+                    .await
+            }
+            Some(link) => {
+                let operation = "read the tenant's changes (delta query)";
+                let url =
+                    self.check_link(operation, "@odata.deltaLink", link, &HeaderMap::new())?;
+                self.delta_all(operation, url).await
+            }
+        }
     }
 
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{DirectoryUser, GraphError, Invitation, Invited, Tenant};
+use super::{
+    DeltaChange, DeltaRound, DirectoryUser, GraphError, Invitation, Invited, RemovedReason, Tenant,
+};
 
 /// A tenant operation, for counting calls and injecting faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,6 +43,8 @@ pub enum TenantOp {
     /// [`Tenant::get_users`]: one call per batch (a `GetUser` fault for one of its ids fails
     /// it).
     GetUsers,
+    /// [`Tenant::delta`]: one call per round.
+    Delta,
     /// [`Tenant::invite`].
     Invite,
     /// [`Tenant::set_account_enabled`].
@@ -62,6 +66,8 @@ struct Inner {
     replication_lag: usize,
     /// Object id → reads left before the guest becomes visible.
     hidden: BTreeMap<String, usize>,
+    /// What each delta round handed out (`fake-delta:{index}`); `None` once expired.
+    delta_rounds: Vec<Option<BTreeMap<String, DirectoryUser>>>,
 }
 
 impl Inner {
@@ -153,6 +159,13 @@ impl FakeTenant {
     /// One user by object id.
     pub fn user(&self, id: &str) -> Option<DirectoryUser> {
         self.lock().users.iter().find(|u| u.id == id).cloned()
+    }
+
+    /// Makes every delta link handed out so far expired (`410 Gone`, as Graph after 7 days).
+    pub fn expire_delta_links(&self) {
+        for round in &mut self.lock().delta_rounds {
+            *round = None;
+        }
     }
 
     /// Soft-deleted users.
@@ -315,6 +328,67 @@ impl Tenant for FakeTenant {
             found.push(inner.visible().into_iter().find(|u| &u.id == id));
         }
         Ok(found)
+    }
+
+    /// A round compares what is visible now with what the link's round handed out: new and
+    /// changed users, then `@removed` (`changed` for a soft-deleted user, else `deleted`).
+    async fn delta(&self, from: Option<&str>) -> Result<DeltaRound, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::Delta, "").await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error("delta", &fault, rid));
+        }
+        let before = match from {
+            None => BTreeMap::new(),
+            Some(link) => {
+                let known = link
+                    .strip_prefix("fake-delta:")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| inner.delta_rounds.get(n).cloned().flatten());
+                match known {
+                    Some(known) => known,
+                    None => {
+                        let rid = request_id(&mut inner);
+                        return Err(GraphError::Api {
+                            operation: "delta".to_owned(),
+                            status: 410,
+                            code: "resyncRequired".to_owned(),
+                            message: "the sync state is gone; start a new sync".to_owned(),
+                            request_id: Some(rid),
+                        });
+                    }
+                }
+            }
+        };
+        let now: BTreeMap<String, DirectoryUser> = inner
+            .visible()
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        let mut changes: Vec<DeltaChange> = now
+            .values()
+            .filter(|u| before.get(&u.id) != Some(*u))
+            .cloned()
+            .map(DeltaChange::Upsert)
+            .collect();
+        for id in before.keys().filter(|id| !now.contains_key(*id)) {
+            let soft = inner.deleted.iter().any(|d| &d.id == id);
+            changes.push(DeltaChange::Removed {
+                id: id.clone(),
+                reason: if soft {
+                    RemovedReason::Changed
+                } else {
+                    RemovedReason::Deleted
+                },
+            });
+        }
+        inner.delta_rounds.push(Some(now));
+        Ok(DeltaRound {
+            changes,
+            delta_link: format!("fake-delta:{}", inner.delta_rounds.len() - 1),
+            pages: 1,
+        })
     }
 
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
