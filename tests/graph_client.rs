@@ -64,6 +64,8 @@ fn tenant(base: &Url) -> TenantConfig {
         invite_redirect_url: "https://admin.powerembedded.com.br".into(),
         concurrency: 4,
         cloud: Default::default(),
+        delta_query: true,
+        full_resync_interval: std::time::Duration::from_secs(24 * 3600),
     }
 }
 
@@ -1174,4 +1176,212 @@ async fn a_batched_lookup_with_more_pages_is_read_to_the_end() {
         (2, 1),
         "one batch, then the inner answer's nextLink read directly"
     );
+}
+
+// ---- Delta query (`docs/specs/microsoft-graph.md` §3) ----
+
+use guestops::remote::graph::{DeltaChange, DeltaRound, RemovedReason};
+use guestops::sim::graph::delta::ExpiredTokenAnswer;
+
+fn upserted(round: &DeltaRound) -> BTreeSet<String> {
+    round
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            DeltaChange::Upsert(u) => Some(u.id.clone()),
+            DeltaChange::Removed { .. } => None,
+        })
+        .collect()
+}
+
+fn removed(round: &DeltaRound) -> Vec<(String, RemovedReason)> {
+    round
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            DeltaChange::Removed { id, reason } => Some((id.clone(), *reason)),
+            DeltaChange::Upsert(_) => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delta_round_enumerates_members_and_guests_then_only_changes() {
+    let env = start().await;
+    let (ana, member) = {
+        let mut state = env.sim.state();
+        for i in 0..120 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        let ana = state.graph.add_guest("ana@partner.example", "Ana");
+        let member = state.graph.add_member(
+            &format!("bob@{SIM_TENANT_DOMAIN}"),
+            Some("bob@contoso.example"),
+            "Bob",
+        );
+        state.graph.set_page_size_cap(Some(50));
+        (ana, member)
+    };
+    let client = env.client();
+    let first = client.delta(None).await.expect("the first round");
+    assert_eq!(first.changes.len(), 122, "every user once, members too");
+    assert!(upserted(&first).contains(&member));
+    assert_eq!(first.pages, 3);
+    let ana_seen = first
+        .changes
+        .iter()
+        .find_map(|c| match c {
+            DeltaChange::Upsert(u) if u.id == ana => Some(u.clone()),
+            _ => None,
+        })
+        .expect("ana");
+    assert_eq!(ana_seen.mail.as_deref(), Some("ana@partner.example"));
+    assert!(ana_seen.is_guest() && ana_seen.is_pending());
+    assert!(!ana_seen.other_mails.is_empty(), "the selected properties");
+
+    // Nothing changed: one request, no entries.
+    let before = env.sim.state().counters.graph_requests;
+    let quiet = client
+        .delta(Some(&first.delta_link))
+        .await
+        .expect("a quiet round");
+    assert!(quiet.changes.is_empty(), "{:?}", quiet.changes);
+    assert_eq!(env.sim.state().counters.graph_requests - before, 1);
+
+    // A redemption surfaces as the user with every selected property.
+    env.sim.state().graph.accept_invitation(&ana);
+    let changed = client
+        .delta(Some(&quiet.delta_link))
+        .await
+        .expect("a round with a change");
+    assert_eq!(upserted(&changed), BTreeSet::from([ana.clone()]));
+    let DeltaChange::Upsert(user) = &changed.changes[0] else {
+        panic!("an object");
+    };
+    assert!(!user.is_pending());
+    assert_eq!(user.mail.as_deref(), Some("ana@partner.example"));
+}
+
+#[tokio::test]
+async fn removed_changed_then_deleted_and_a_restore_comes_back_as_an_object() {
+    let env = start().await;
+    let (ana, eve) = {
+        let mut state = env.sim.state();
+        (
+            state.graph.add_guest("ana@partner.example", "Ana"),
+            state.graph.add_guest("eve@partner.example", "Eve"),
+        )
+    };
+    let client = env.client();
+    let first = client.delta(None).await.expect("first round");
+    {
+        let mut state = env.sim.state();
+        assert!(state.graph.delete_user(&ana));
+        assert!(state.graph.delete_user(&eve));
+    }
+    let soft = client.delta(Some(&first.delta_link)).await.expect("round");
+    let soft_removed: BTreeSet<_> = removed(&soft).into_iter().collect();
+    assert_eq!(
+        soft_removed,
+        BTreeSet::from([
+            (ana.clone(), RemovedReason::Changed),
+            (eve.clone(), RemovedReason::Changed)
+        ])
+    );
+    {
+        let mut state = env.sim.state();
+        assert!(state.graph.restore_user(&ana));
+        state.graph.purge_deleted();
+    }
+    let later = client.delta(Some(&soft.delta_link)).await.expect("round");
+    assert_eq!(upserted(&later), BTreeSet::from([ana.clone()]), "restored");
+    assert_eq!(removed(&later), vec![(eve, RemovedReason::Deleted)], "purged");
+}
+
+#[tokio::test]
+async fn an_expired_delta_link_asks_for_a_resync_in_both_documented_ways() {
+    let env = start().await;
+    env.sim.state().graph.add_guest("ana@partner.example", "Ana");
+    let client = env.client();
+    let first = client.delta(None).await.expect("first round");
+    env.sim.state().graph.expire_delta_tokens();
+    let gone = client
+        .delta(Some(&first.delta_link))
+        .await
+        .expect_err("expired");
+    assert_eq!(gone.status(), Some(410), "{gone}");
+    assert!(gone.is_resync_required());
+    assert!(!gone.is_ambiguous());
+
+    let second = client.delta(None).await.expect("a new sync");
+    {
+        let mut state = env.sim.state();
+        state
+            .graph
+            .set_expired_delta_token_answer(ExpiredTokenAnswer::SyncStateNotFound);
+        state.graph.expire_delta_tokens();
+    }
+    let not_found = client
+        .delta(Some(&second.delta_link))
+        .await
+        .expect_err("expired");
+    assert_eq!(not_found.status(), Some(400));
+    assert_eq!(not_found.code(), Some("syncStateNotFound"));
+    assert!(not_found.is_resync_required());
+}
+
+#[tokio::test]
+async fn a_failing_delta_page_fails_the_round_and_is_not_a_resync() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..120 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_page_size_cap(Some(50));
+        state.graph_faults.fail.push(FailRule {
+            method: Some("GET".into()),
+            path_prefix: "/v1.0/users/delta".into(),
+            query_contains: Some("$skiptoken".into()),
+            status: 503,
+            times: None,
+            after_processing: false,
+        });
+    }
+    let err = env.client().delta(None).await.expect_err("no partial round");
+    assert_eq!(err.status(), Some(503), "{err}");
+    assert!(!err.is_resync_required());
+}
+
+#[tokio::test]
+async fn an_empty_delta_page_with_a_next_link_is_followed() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..30 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_empty_first_page(true);
+    }
+    let round = env.client().delta(None).await.expect("round");
+    assert_eq!(upserted(&round).len(), 30);
+    assert!(round.pages >= 2, "the empty page, then the users");
+}
+
+#[tokio::test]
+async fn a_delta_link_to_another_origin_is_refused_before_any_request() {
+    let env = start().await;
+    let before = env.sim.state().counters.graph_requests;
+    let err = env
+        .client()
+        .delta(Some(
+            "https://graph.example.net/v1.0/users/delta?$deltatoken=abc",
+        ))
+        .await
+        .expect_err("another origin");
+    assert!(
+        err.to_string().contains("@odata.deltaLink points to"),
+        "{err}"
+    );
+    assert_eq!(env.sim.state().counters.graph_requests, before);
 }

@@ -91,6 +91,8 @@ pub(crate) fn defaults() -> Config {
             graph_endpoint: cloud.graph_endpoint(),
             invite_redirect_url: DEFAULT_INVITE_REDIRECT_URL.to_owned(),
             concurrency: 8,
+            delta_query: true,
+            full_resync_interval: Duration::from_secs(24 * 3600),
         },
         portal: PortalConfig {
             // A constant that parses.
@@ -305,6 +307,12 @@ pub(crate) fn build(
         parse_redirect_url,
     );
     r.set(&mut t.concurrency, "tenant.concurrency", parse_concurrency);
+    r.set(&mut t.delta_query, "tenant.deltaQuery", parse_bool);
+    r.set(
+        &mut t.full_resync_interval,
+        "tenant.fullResyncInterval",
+        parse_interval,
+    );
 
     // portal.*
     let p = &mut config.portal;

@@ -174,6 +174,13 @@ pub struct TenantConfig {
     pub invite_redirect_url: String,
     /// Graph requests in flight at most.
     pub concurrency: usize,
+    /// Read the tenant through `/users/delta` and the directory cache in the state directory
+    /// (`tenant.deltaQuery`, default `true`); `false`: the guest listing every reconcile (for
+    /// Azure AD B2C and External ID tenants, which have no delta query).
+    pub delta_query: bool,
+    /// Enumerate the whole tenant again after this long even when the delta link still works
+    /// (`tenant.fullResyncInterval`, default 24 hours).
+    pub full_resync_interval: Duration,
 }
 
 impl TenantConfig {

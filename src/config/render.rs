@@ -57,6 +57,11 @@ pub(crate) fn to_yaml(config: &Config) -> String {
         scalar(&t.invite_redirect_url)
     ));
     line(format!("  concurrency: {}", t.concurrency));
+    line(format!("  deltaQuery: {}", t.delta_query));
+    line(format!(
+        "  fullResyncInterval: {}",
+        duration(t.full_resync_interval)
+    ));
 
     let p = &config.portal;
     line("portal:".into());

@@ -54,6 +54,8 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("graphEndpoint", Kind::Leaf),
             ("inviteRedirectUrl", Kind::Leaf),
             ("concurrency", Kind::Leaf),
+            ("deltaQuery", Kind::Leaf),
+            ("fullResyncInterval", Kind::Leaf),
         ]),
     ),
     (

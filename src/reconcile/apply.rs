@@ -37,7 +37,7 @@ use crate::reconcile::plan::{Action, Change, Plan, RefusalScope, System};
 use crate::reconcile::state::{
     AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
 };
-use crate::remote::graph::{DirectoryUser, GraphError, Invitation, Tenant};
+use crate::remote::graph::{GraphError, Invitation, Tenant};
 use crate::remote::portal::{NewPortalUser, Portal};
 
 /// Called once per finished change (done, failed or skipped), e.g. to draw a progress bar.
@@ -677,28 +677,11 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
         }
     }
 
-    /// Re-observes, then invites; after an ambiguous failure looks again instead of re-posting.
-    /// Re-observes, then invites; after an ambiguous failure looks again instead of re-posting.
-    /// (The look-up first stays until a directory cache kept by delta queries answers it.)
+    /// One `POST /invitations`: this reconcile's observation already looked the address up
+    /// (it is in neither the directory picture nor a batched lookup), as Microsoft's guidance
+    /// asks. After an ambiguous failure the address is looked up instead of posting again.
     async fn invite(&self, invitation: &Invitation) -> Step {
         let email = invitation.email.as_str();
-        match self.tenant.find_by_email(email).await {
-            Ok(found) => {
-                if let Some(step) = adopt_found(&found, email) {
-                    return step;
-                }
-            }
-            Err(err) => {
-                return Step::failed(
-                    format!(
-                        "could not look {email} up before inviting, so no invitation was sent: {err}",
-                        err = chain(&err)
-                    ),
-                    err.request_id().map(str::to_owned),
-                    Effect::None,
-                );
-            }
-        }
         match self.tenant.invite(invitation).await {
             Ok(invited) => Step::done(
                 Effect::GuestOwned {
@@ -834,7 +817,6 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
     }
 }
 
-/// After a look-up before inviting: a guest found is adopted, a member needs nothing.
 /// What to do about an invitation Graph refused, when the refusal is a known case.
 fn invite_hint(err: &GraphError) -> &'static str {
     let message = chain(err).to_lowercase();
@@ -846,32 +828,6 @@ fn invite_hint(err: &GraphError) -> &'static str {
     } else {
         ""
     }
-}
-
-fn adopt_found(found: &[DirectoryUser], email: &str) -> Option<Step> {
-    if let Some(guest) = found.iter().find(|u| u.is_guest()) {
-        return Some(
-            Step::done(
-                Effect::GuestOwned {
-                    guest_id: guest.id.clone(),
-                    invited: false,
-                },
-                None,
-                false,
-            )
-            .with_detail(format!(
-                "a guest ({}) already holds {email}: adopted, no invitation sent",
-                guest.id
-            )),
-        );
-    }
-    if let Some(member) = found.first() {
-        return Some(Step::skipped(format!(
-            "a member account ({}) holds {email}: no invitation needed",
-            member.id
-        )));
-    }
-    None
 }
 
 /// Applies `effect` to the record of `change`'s user at `now`; drops a record left vacant.

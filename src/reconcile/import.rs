@@ -275,12 +275,13 @@ pub async fn observe<T: Tenant, P: Portal>(
                 line: 0,
             });
     }
-    let mut observed = crate::reconcile::observe(
+    let (mut observed, _) = crate::reconcile::observe(
         &candidates,
         &State::default(),
         tenant,
         &EmptyPortal,
         concurrency,
+        crate::reconcile::observe::TenantRead::Listing,
     )
     .await?;
     observed.portal_users = portal_users;

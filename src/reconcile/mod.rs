@@ -34,7 +34,7 @@ pub mod plan;
 pub mod state;
 pub mod status;
 
-pub use observe::{ObserveError, observe};
+pub use observe::{DeltaSettings, ObserveError, TenantPicture, TenantRead, observe};
 
 use apply::{ApplyError, ApplyOptions, ApplyReport, Progress};
 use plan::{Observed, Plan, PlanRevision, Policy};
@@ -62,6 +62,9 @@ pub struct Settings {
     pub portal_concurrency: usize,
     /// The wall clock: the plan's `now`, the timestamps of state and audit.
     pub clock: fn() -> DateTime<Utc>,
+    /// Read the tenant through delta queries and this directory cache; `None`: the guest
+    /// listing every reconcile.
+    pub delta: Option<DeltaSettings>,
 }
 
 impl Default for Settings {
@@ -72,19 +75,43 @@ impl Default for Settings {
             tenant_concurrency: 8,
             portal_concurrency: 2,
             clock: Utc::now,
+            delta: None,
         }
     }
 }
 
 impl Settings {
-    /// `policy.*`, `tenant.concurrency` and `portal.concurrency` of `config`; `force` lifts the
-    /// mass-removal guards (never the domain policy).
+    /// `policy.*`, `tenant.concurrency`, `portal.concurrency`, `tenant.deltaQuery` and
+    /// `tenant.fullResyncInterval` of `config` (the directory cache lives in `state.dir`);
+    /// `force` lifts the mass-removal guards (never the domain policy).
     pub fn from_config(config: &crate::config::Config, force: bool) -> Self {
+        let tenant = &config.tenant;
         Self {
             policy: config.policy(force),
-            tenant_concurrency: config.tenant.concurrency,
+            tenant_concurrency: tenant.concurrency,
             portal_concurrency: config.portal.concurrency,
             clock: Utc::now,
+            delta: tenant.delta_query.then(|| DeltaSettings {
+                cache: config.state.dir.join(directory::CACHE_FILE),
+                scope: directory::Scope {
+                    tenant_id: tenant.tenant_id.clone(),
+                    graph_root: tenant.graph_endpoint.to_string(),
+                    select: crate::remote::graph::USER_SELECT.to_owned(),
+                },
+                full_resync_interval: tenant.full_resync_interval,
+            }),
+        }
+    }
+
+    /// How a reconcile that writes (`write`) or not reads the tenant.
+    fn tenant_read(&self, write: bool) -> TenantRead<'_> {
+        match &self.delta {
+            Some(settings) => TenantRead::Delta {
+                settings,
+                write,
+                now: (self.clock)(),
+            },
+            None => TenantRead::Listing,
         }
     }
 }
@@ -149,6 +176,8 @@ pub struct Outcome {
     pub pending: Pending,
     /// What was read (`status` builds its rows from it).
     pub observed: Observed,
+    /// How the tenant was read (listing, delta round, full sync and why).
+    pub tenant_picture: TenantPicture,
     /// How long it took.
     pub duration: Duration,
     /// Whether cancellation stopped changes from starting.
@@ -270,16 +299,18 @@ pub async fn run_once<T: Tenant, P: Portal>(
     let started = tokio::time::Instant::now();
     match mode {
         Mode::DryRun(mut state) => {
-            let observed = observe_cancellable(ctx, desired, &state, cancel).await?;
+            let (observed, picture) =
+                observe_cancellable(ctx, desired, &state, false, cancel).await?;
             // As an apply would note them, in the snapshot only.
             state.note_seen_guests(&observed);
             state.learn_portal_ids(&observed);
             let plan = plan_now(ctx, desired, &observed, &state);
             let outcome = Outcome::planned(plan, desired);
-            Ok(outcome.finish(observed, &state, (ctx.settings.clock)(), started))
+            Ok(outcome.finish(observed, picture, &state, (ctx.settings.clock)(), started))
         }
         Mode::Apply { store, progress } => {
-            let observed = observe_cancellable(ctx, desired, store.state(), cancel).await?;
+            let (observed, picture) =
+                observe_cancellable(ctx, desired, store.state(), true, cancel).await?;
             let state = store.state_mut();
             let seen = state.note_seen_guests(&observed);
             if state.learn_portal_ids(&observed) || seen {
@@ -287,7 +318,13 @@ pub async fn run_once<T: Tenant, P: Portal>(
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
             let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
-            Ok(outcome.finish(observed, store.state(), (ctx.settings.clock)(), started))
+            Ok(outcome.finish(
+                observed,
+                picture,
+                store.state(),
+                (ctx.settings.clock)(),
+                started,
+            ))
         }
     }
 }
@@ -316,6 +353,7 @@ impl Outcome {
             report: None,
             pending: Pending::default(),
             observed: Observed::default(),
+            tenant_picture: TenantPicture::default(),
             duration: Duration::ZERO,
             interrupted: false,
         }
@@ -325,12 +363,14 @@ impl Outcome {
     fn finish(
         mut self,
         observed: Observed,
+        picture: TenantPicture,
         state: &State,
         now: DateTime<Utc>,
         started: tokio::time::Instant,
     ) -> Self {
         self.pending = pending_invitations(&observed, state, now);
         self.observed = observed;
+        self.tenant_picture = picture;
         self.duration = started.elapsed();
         self
     }
@@ -340,8 +380,9 @@ async fn observe_cancellable<T: Tenant, P: Portal>(
     ctx: &Context<'_, T, P>,
     desired: &Desired,
     state: &State,
+    write: bool,
     cancel: &CancellationToken,
-) -> Result<Observed, ReconcileError> {
+) -> Result<(Observed, TenantPicture), ReconcileError> {
     tokio::select! {
         biased;
         () = cancel.cancelled() => Err(ReconcileError::Interrupted),
@@ -351,6 +392,7 @@ async fn observe_cancellable<T: Tenant, P: Portal>(
             ctx.tenant,
             ctx.portal,
             ctx.settings.tenant_concurrency,
+            ctx.settings.tenant_read(write),
         ) => Ok(observed?),
     }
 }

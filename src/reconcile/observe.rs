@@ -1,19 +1,38 @@
 //! The observe step: reading the tenant and the portal completely. Called by
-//! [`crate::reconcile::run_once`] (every reconcile) and by `guestops import`; it never writes.
+//! [`crate::reconcile::run_once`] (every reconcile) and by `guestops import`; it never writes
+//! to either system.
 //!
-//! Observation is complete or fails: both listings are read in full (a failed page fails the
-//! read), then targeted lookups fill in what a listing cannot show — members with a desired
-//! address (never invited), and guests that guestops invited but that have not replicated
-//! into the listing yet. Unknown is never treated as empty.
+//! Observation is complete or fails: both pictures are read in full (a failed page fails the
+//! read), then targeted lookups fill in what the picture cannot show — desired addresses it
+//! does not hold (members found by address when the guest listing is used, and any address
+//! not in the picture), and guests that guestops invited but that have not replicated into it
+//! yet. Unknown is never treated as empty.
+//!
+//! The tenant's picture comes one of two ways (`tenant.deltaQuery`):
+//! - **the guest listing** (`$filter=userType eq 'Guest'`, every page, every reconcile);
+//! - **delta queries** kept in the directory cache ([`super::directory`]): the first round
+//!   enumerates every user (members too: delta cannot filter by `userType`) and stores the
+//!   `@odata.deltaLink` with the users; later rounds follow the link and merge the changes
+//!   (`@removed` leaves the picture; a restored user comes back as a new object; replays
+//!   merge idempotently). A link Graph no longer knows (`410 Gone`, `syncStateNotFound`) or a
+//!   full sync older than `tenant.fullResyncInterval` means a full enumeration in the same
+//!   reconcile, before anything is planned. The cache is written only after a complete round,
+//!   in one transaction with its link; a dry run reads it and writes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::desired::spec::DesiredState;
+use crate::reconcile::directory::{Cached, DirectoryCache, Scope};
 use crate::reconcile::plan::{GuestIndex, Observed};
 use crate::reconcile::state::State;
-use crate::remote::graph::{DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant};
+use crate::remote::graph::{
+    DeltaChange, DeltaRound, DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant,
+};
 use crate::remote::portal::{Portal, PortalError};
 
 /// Why observation failed. Nothing was written. The message says so; the remote's error is
@@ -28,6 +47,52 @@ pub enum ObserveError {
     Portal(#[from] PortalError),
 }
 
+/// How the tenant is read through delta queries (`tenant.deltaQuery: true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaSettings {
+    /// The directory cache (`directory.sqlite` in the state directory).
+    pub cache: PathBuf,
+    /// Which sync the cache must belong to.
+    pub scope: Scope,
+    /// A full enumeration at least this often (`tenant.fullResyncInterval`).
+    pub full_resync_interval: Duration,
+}
+
+/// How [`observe`] reads the tenant.
+#[derive(Debug, Clone, Copy)]
+pub enum TenantRead<'a> {
+    /// The guest listing every time.
+    Listing,
+    /// Delta queries and the directory cache; `write: false` (a dry run) reads the cache and
+    /// saves nothing, and uses the listing when there is no cache to read.
+    Delta {
+        /// Where and what.
+        settings: &'a DeltaSettings,
+        /// Whether the cache is written.
+        write: bool,
+        /// Now, for `tenant.fullResyncInterval`.
+        now: DateTime<Utc>,
+    },
+}
+
+/// How the tenant's picture was obtained, for logs and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TenantPicture {
+    /// The guest listing.
+    #[default]
+    Listing,
+    /// The cache brought up to date by one delta round of `changes` entries.
+    Delta {
+        /// Entries of the round.
+        changes: usize,
+    },
+    /// A full enumeration through delta, and why (first run, expired link, interval, …).
+    FullSync {
+        /// Why the cache could not be followed.
+        reason: String,
+    },
+}
+
 /// Reads the tenant and the portal completely.
 ///
 /// The targeted lookups go [`MAX_BATCH_REQUESTS`] at a time ([`Tenant::find_by_emails`],
@@ -39,55 +104,272 @@ pub async fn observe<T: Tenant, P: Portal>(
     tenant: &T,
     portal: &P,
     concurrency: usize,
-) -> Result<Observed, ObserveError> {
-    let (guests, portal_users) = tokio::try_join!(
-        async { tenant.list_guests().await.map_err(ObserveError::from) },
+    read: TenantRead<'_>,
+) -> Result<(Observed, TenantPicture), ObserveError> {
+    let (tenant_view, portal_users) = tokio::try_join!(
+        async { read_tenant(tenant, read).await.map_err(ObserveError::from) },
         async { portal.list_users().await.map_err(ObserveError::from) },
     )?;
+    let (guests, members, picture) = match tenant_view {
+        TenantView::Listing(guests) => (guests, None, TenantPicture::Listing),
+        TenantView::Delta { users, picture } => {
+            let (guests, members): (Vec<DirectoryUser>, Vec<DirectoryUser>) =
+                users.into_values().partition(DirectoryUser::is_guest);
+            (guests, Some(members), picture)
+        }
+    };
     tracing::debug!(
         guests = guests.len(),
+        members = members.as_ref().map(Vec::len),
         portal_users = portal_users.len(),
-        "listings read"
+        ?picture,
+        "tenant and portal read"
     );
 
-    let (by_email, by_id) = lookups_needed(desired, state, &guests);
+    // With the whole directory at hand, members holding a desired address are known
+    // without a lookup.
+    let mut lookups = members
+        .map(|members| members_holding(desired, &members))
+        .unwrap_or_default();
+    let (by_email, by_id) = lookups_needed(desired, state, &guests, &lookups);
     let by_email: Vec<String> = by_email.into_iter().collect();
     let by_id: Vec<String> = by_id.into_iter().collect();
     // Groups of one `$batch` each, at most `concurrency` groups in flight.
     let concurrency = concurrency.max(1);
     // Owned groups: a future borrowing from the stream's items is not `Send` for every
     // lifetime, which a spawned daemon needs.
-    let mut lookups: Vec<DirectoryUser> =
+    let found_by_email: Vec<DirectoryUser> =
         futures::stream::iter(by_email.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
             .map(|emails| async move { tenant.find_by_emails(&emails).await })
             .buffer_unordered(concurrency)
             .try_concat()
             .await?;
-    let found: Vec<Vec<Option<DirectoryUser>>> =
+    let found_by_id: Vec<Vec<Option<DirectoryUser>>> =
         futures::stream::iter(by_id.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
             .map(|ids| async move { tenant.get_users(&ids).await })
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
-    lookups.extend(found.into_iter().flatten().flatten());
+    lookups.extend(found_by_email);
+    lookups.extend(found_by_id.into_iter().flatten().flatten());
     // Deterministic regardless of completion order.
     lookups.sort_by(|a, b| a.id.cmp(&b.id));
     lookups.dedup_by(|a, b| a.id == b.id);
 
-    Ok(Observed {
-        guests,
-        lookups,
-        portal_users,
-    })
+    Ok((
+        Observed {
+            guests,
+            lookups,
+            portal_users,
+        },
+        picture,
+    ))
 }
 
-/// Which desired addresses and which recorded guest ids the guest listing does not explain.
+/// The tenant as read before the targeted lookups.
+enum TenantView {
+    /// Guests only.
+    Listing(Vec<DirectoryUser>),
+    /// Every user, members included.
+    Delta {
+        users: HashMap<String, DirectoryUser>,
+        picture: TenantPicture,
+    },
+}
+
+async fn read_tenant<T: Tenant>(
+    tenant: &T,
+    read: TenantRead<'_>,
+) -> Result<TenantView, GraphError> {
+    match read {
+        TenantRead::Listing => Ok(TenantView::Listing(tenant.list_guests().await?)),
+        TenantRead::Delta {
+            settings,
+            write: true,
+            now,
+        } => sync(tenant, settings, now).await,
+        TenantRead::Delta {
+            settings,
+            write: false,
+            now,
+        } => match read_only_cache(settings) {
+            Some(cached) => follow(tenant, settings, cached, now)
+                .await
+                .map(|(view, _)| view),
+            // Nothing to follow: a full enumeration would read every member only to throw
+            // it away.
+            None => Ok(TenantView::Listing(tenant.list_guests().await?)),
+        },
+    }
+}
+
+/// The cache for a dry run, when there is one that can be read.
+fn read_only_cache(settings: &DeltaSettings) -> Option<Cached> {
+    let loaded = DirectoryCache::open_read_only(&settings.cache)
+        .and_then(|cache| cache.map(|c| c.load(&settings.scope)).transpose());
+    match loaded {
+        Ok(Some(cached)) if cached.delta_link.is_some() => Some(cached),
+        Ok(_) => None,
+        Err(err) => {
+            tracing::debug!(error = %crate::error::chain(&err), "directory cache not readable; using the guest listing");
+            None
+        }
+    }
+}
+
+/// Loads the cache (recreating it when it cannot be read), follows its link or enumerates
+/// anew, and saves the result with its link in one transaction.
+async fn sync<T: Tenant>(
+    tenant: &T,
+    settings: &DeltaSettings,
+    now: DateTime<Utc>,
+) -> Result<TenantView, GraphError> {
+    let path = &settings.cache;
+    let mut cache = match DirectoryCache::open(path) {
+        Ok(cache) => Some(cache),
+        Err(err) => {
+            tracing::warn!(error = %crate::error::chain(&err), "the directory cache cannot be opened; recreating it (one full sync)");
+            DirectoryCache::recreate(path)
+                .inspect_err(|err| tracing::warn!(error = %crate::error::chain(err), "the directory cache cannot be recreated; the tenant is enumerated in full and nothing is kept"))
+                .ok()
+        }
+    };
+    let cached = match cache.as_ref().map(|c| c.load(&settings.scope)) {
+        Some(Ok(cached)) => cached,
+        None => Cached::default(),
+        Some(Err(err)) => {
+            tracing::warn!(error = %crate::error::chain(&err), "the directory cache cannot be read; recreating it (one full sync)");
+            cache = DirectoryCache::recreate(path).ok();
+            Cached::default()
+        }
+    };
+    let (view, round) = follow(tenant, settings, cached, now).await?;
+    if let Some(cache) = cache.as_mut() {
+        let saved = match (&view, &round) {
+            (
+                TenantView::Delta {
+                    users,
+                    picture: TenantPicture::FullSync { .. },
+                },
+                Saved::Full(link),
+            ) => cache.replace(&settings.scope, users.values(), link, now),
+            (_, Saved::Changes(round)) => {
+                cache.apply(&settings.scope, &round.changes, &round.delta_link)
+            }
+            _ => Ok(()),
+        };
+        if let Err(err) = saved {
+            // The next reconcile follows the previous link again: Graph replays the changes.
+            tracing::warn!(error = %crate::error::chain(&err), "could not save the directory cache; the next reconcile reads the same changes again");
+        }
+    }
+    Ok(view)
+}
+
+/// What [`follow`] leaves to save.
+enum Saved {
+    /// A full enumeration: the users and this link replace the cache.
+    Full(String),
+    /// These changes and their link update it.
+    Changes(DeltaRound),
+}
+
+/// Brings `cached` up to date: one round from its link, or a full enumeration when there is
+/// no link, the last full sync is too old, or Graph no longer knows the link.
+async fn follow<T: Tenant>(
+    tenant: &T,
+    settings: &DeltaSettings,
+    cached: Cached,
+    now: DateTime<Utc>,
+) -> Result<(TenantView, Saved), GraphError> {
+    let interval = chrono::TimeDelta::from_std(settings.full_resync_interval)
+        .unwrap_or(chrono::TimeDelta::MAX);
+    let due = cached
+        .full_sync_at
+        .is_none_or(|at| now.signed_duration_since(at) >= interval);
+    let reason = match cached.delta_link.as_deref() {
+        None => cached
+            .discarded
+            .clone()
+            .unwrap_or_else(|| "no delta link stored yet (first sync)".to_owned()),
+        Some(_) if due => match cached.full_sync_at {
+            Some(at) => format!(
+                "the last full sync was at {}, longer ago than tenant.fullResyncInterval",
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => "the cache does not say when it was last synced in full".to_owned(),
+        },
+        Some(link) => match tenant.delta(Some(link)).await {
+            Ok(round) => {
+                let mut users = cached.users;
+                merge(&mut users, &round.changes);
+                let picture = TenantPicture::Delta {
+                    changes: round.changes.len(),
+                };
+                return Ok((TenantView::Delta { users, picture }, Saved::Changes(round)));
+            }
+            Err(err) if err.is_resync_required() => {
+                let reason = format!(
+                    "Graph no longer knows the delta link ({})",
+                    crate::error::chain(&err)
+                );
+                tracing::warn!(reason, "full sync of the tenant");
+                reason
+            }
+            Err(err) => return Err(err),
+        },
+    };
+    tracing::info!(reason, "enumerating every user of the tenant (delta query)");
+    let round = tenant.delta(None).await?;
+    let mut users = HashMap::with_capacity(round.changes.len());
+    merge(&mut users, &round.changes);
+    Ok((
+        TenantView::Delta {
+            users,
+            picture: TenantPicture::FullSync { reason },
+        },
+        Saved::Full(round.delta_link),
+    ))
+}
+
+/// Applies a round's entries in order: an object replaces what was known, `@removed` drops
+/// it (a restored user comes back as an object; replays give the same result).
+pub fn merge(users: &mut HashMap<String, DirectoryUser>, changes: &[DeltaChange]) {
+    for change in changes {
+        match change {
+            DeltaChange::Upsert(user) => {
+                users.insert(user.id.clone(), user.clone());
+            }
+            DeltaChange::Removed { id, .. } => {
+                users.remove(id);
+            }
+        }
+    }
+}
+
+/// The members holding a desired address (they need no invitation; the plan says so).
+fn members_holding(desired: &DesiredState, members: &[DirectoryUser]) -> Vec<DirectoryUser> {
+    let index = GuestIndex::new(members);
+    let mut found: Vec<DirectoryUser> = desired
+        .users
+        .keys()
+        .flat_map(|key| index.find(key, None))
+        .cloned()
+        .collect();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found.dedup_by(|a, b| a.id == b.id);
+    found
+}
+
+/// Which desired addresses and which recorded guest ids the picture (`guests` and `known`
+/// other users) does not explain.
 fn lookups_needed(
     desired: &DesiredState,
     state: &State,
     guests: &[DirectoryUser],
+    known: &[DirectoryUser],
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    let index = GuestIndex::new(guests);
+    let index = GuestIndex::new(guests.iter().chain(known));
     let mut by_email = BTreeSet::new();
     for (key, user) in &desired.users {
         let known_id = state.users.get(key).and_then(|r| r.guest_id.as_deref());
@@ -95,12 +377,11 @@ fn lookups_needed(
             by_email.insert(user.email.as_str().to_owned());
         }
     }
-    let listed: BTreeSet<&str> = guests.iter().map(|g| g.id.as_str()).collect();
     let by_id = state
         .users
         .values()
         .filter_map(|r| r.guest_id.as_deref())
-        .filter(|id| !listed.contains(id))
+        .filter(|id| index.get(id).is_none())
         .map(str::to_owned)
         .collect();
     (by_email, by_id)
@@ -146,9 +427,16 @@ mod tests {
         // Latency keeps batches in flight long enough to overlap; no timing is asserted.
         tenant.set_latency(Duration::from_millis(5));
 
-        let observed = observe(&desired, &state, &tenant, &FakePortal::new(), 2)
-            .await
-            .expect("observe");
+        let (observed, _) = observe(
+            &desired,
+            &state,
+            &tenant,
+            &FakePortal::new(),
+            2,
+            TenantRead::Listing,
+        )
+        .await
+        .expect("observe");
 
         assert_eq!(tenant.calls(TenantOp::FindByEmails), 3, "20 + 20 + 5");
         assert_eq!(tenant.calls(TenantOp::GetUsers), 2, "20 + 1");
@@ -157,5 +445,258 @@ mod tests {
         assert_eq!(tenant.max_in_flight(), 2, "two batches at once, never more");
         let ids: Vec<&str> = observed.lookups.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, [member.as_str()]);
+    }
+
+    fn desired_of(emails: &[&str]) -> DesiredState {
+        let mut yaml = String::from("apiVersion: guestops/v1\nusers:\n");
+        for email in emails {
+            yaml.push_str(&format!("  - email: {email}\n    name: Someone\n"));
+        }
+        spec::parse(yaml.as_bytes(), &SpecPolicy::default())
+            .desired
+            .expect("a valid users.yaml")
+    }
+
+    fn delta_settings(dir: &std::path::Path) -> DeltaSettings {
+        DeltaSettings {
+            cache: dir.join(crate::reconcile::directory::CACHE_FILE),
+            scope: Scope {
+                tenant_id: "contoso.onmicrosoft.com".into(),
+                graph_root: "https://graph.microsoft.com/".into(),
+                select: crate::remote::graph::USER_SELECT.into(),
+            },
+            full_resync_interval: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    async fn read(
+        tenant: &FakeTenant,
+        desired: &DesiredState,
+        settings: &DeltaSettings,
+        write: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(Observed, TenantPicture), ObserveError> {
+        observe(
+            desired,
+            &State::default(),
+            tenant,
+            &FakePortal::new(),
+            4,
+            TenantRead::Delta {
+                settings,
+                write,
+                now,
+            },
+        )
+        .await
+    }
+
+    fn ids(users: &[DirectoryUser]) -> Vec<&str> {
+        let mut ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    // Issue 7: the first reconcile enumerates through delta and keeps the link with the
+    // cache; the next one is one round, and members need no lookup.
+    #[tokio::test]
+    async fn delta_enumerates_once_then_follows_the_link_with_members_known() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        let ana = tenant.add_guest("ana@partner.example", "Ana");
+        let member = tenant.add_member("bob@contoso.example", "Bob");
+        tenant.add_member("carol@contoso.example", "Carol");
+        let desired = desired_of(&["ana@partner.example", "bob@contoso.example"]);
+        let now = Utc::now();
+
+        let (first, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert!(
+            matches!(&picture, TenantPicture::FullSync { reason } if reason.contains("first sync")),
+            "{picture:?}"
+        );
+        assert_eq!(ids(&first.guests), [ana.as_str()]);
+        assert_eq!(ids(&first.lookups), [member.as_str()], "only the member that matters");
+        assert_eq!(tenant.calls(TenantOp::Delta), 1);
+        assert_eq!(tenant.calls(TenantOp::ListGuests), 0);
+        assert_eq!(tenant.calls(TenantOp::FindByEmails), 0, "the picture answers both");
+
+        let (second, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 0 });
+        assert_eq!(second, first);
+        assert_eq!(tenant.calls(TenantOp::Delta), 2);
+        assert_eq!(tenant.total_calls(), 2, "one round each, nothing else");
+    }
+
+    #[tokio::test]
+    async fn removed_users_leave_the_picture_and_new_addresses_are_looked_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        let ana = tenant.add_guest("ana@partner.example", "Ana");
+        let eve = tenant.add_guest("eve@partner.example", "Eve");
+        let now = Utc::now();
+        let desired = desired_of(&["ana@partner.example"]);
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert!(tenant.delete_user(&eve).await.expect("delete"));
+        tenant.modify_user(&ana, |u| u.external_user_state = Some("Accepted".into()));
+        let (observed, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 2 });
+        assert_eq!(ids(&observed.guests), [ana.as_str()]);
+        assert!(!observed.guests[0].is_pending(), "the change merged");
+
+        // An address the picture does not hold is looked up (20 to a batch).
+        let desired = desired_of(&["ana@partner.example", "new@partner.example"]);
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(tenant.calls(TenantOp::FindByEmails), 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_link_is_a_full_sync_in_the_same_reconcile() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        let ana = tenant.add_guest("ana@partner.example", "Ana");
+        let desired = desired_of(&["ana@partner.example"]);
+        let now = Utc::now();
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        let eve = tenant.add_guest("eve@partner.example", "Eve");
+        tenant.expire_delta_links();
+        let (observed, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert!(
+            matches!(&picture, TenantPicture::FullSync { reason } if reason.contains("no longer knows")),
+            "{picture:?}"
+        );
+        assert_eq!(ids(&observed.guests), [ana.as_str(), eve.as_str()]);
+        assert_eq!(tenant.calls(TenantOp::Delta), 3, "first, the expired link, the new sync");
+        // The new link was kept.
+        let (_, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_failed_round_fails_the_read_and_keeps_the_previous_link() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        tenant.add_guest("ana@partner.example", "Ana");
+        let desired = desired_of(&["ana@partner.example"]);
+        let now = Utc::now();
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        tenant.add_guest("eve@partner.example", "Eve");
+        tenant.inject(crate::remote::graph::fake::Fault::new(TenantOp::Delta, 503));
+        let err = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect_err("an incomplete read fails");
+        assert!(matches!(err, ObserveError::Tenant(_)), "{err:?}");
+        let (observed, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 1 }, "from the old link");
+        assert_eq!(observed.guests.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_sync_is_due_after_the_interval() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        tenant.add_guest("ana@partner.example", "Ana");
+        let desired = desired_of(&["ana@partner.example"]);
+        let now = Utc::now();
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        let later = now + chrono::TimeDelta::hours(25);
+        let (_, picture) = read(&tenant, &desired, &settings, true, later)
+            .await
+            .expect("observe");
+        assert!(
+            matches!(&picture, TenantPicture::FullSync { reason } if reason.contains("fullResyncInterval")),
+            "{picture:?}"
+        );
+        let (_, picture) = read(&tenant, &desired, &settings, true, later)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 0 }, "the clock restarted");
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_follows_the_cache_and_saves_nothing_and_without_one_lists() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        tenant.add_guest("ana@partner.example", "Ana");
+        let desired = desired_of(&["ana@partner.example"]);
+        let now = Utc::now();
+
+        let (_, picture) = read(&tenant, &desired, &settings, false, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Listing, "no cache yet: the listing");
+        assert!(!settings.cache.exists(), "a dry run creates nothing");
+
+        read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        let eve = tenant.add_guest("eve@partner.example", "Eve");
+        let (observed, picture) = read(&tenant, &desired, &settings, false, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 1 });
+        assert!(observed.guests.iter().any(|g| g.id == eve));
+        // The cache still stands at the first link: a writing read sees the change again.
+        let (_, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_foreign_cache_costs_one_full_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        let ana = tenant.add_guest("ana@partner.example", "Ana");
+        let desired = desired_of(&["ana@partner.example"]);
+        let now = Utc::now();
+        std::fs::write(&settings.cache, b"this is not a database").expect("write");
+        let (observed, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert!(matches!(picture, TenantPicture::FullSync { .. }), "{picture:?}");
+        assert_eq!(ids(&observed.guests), [ana.as_str()]);
+        let (_, picture) = read(&tenant, &desired, &settings, true, now)
+            .await
+            .expect("observe");
+        assert_eq!(picture, TenantPicture::Delta { changes: 0 }, "recreated and kept");
+
+        let mut other = settings.clone();
+        other.scope.tenant_id = "fabrikam.onmicrosoft.com".into();
+        let (_, picture) = read(&tenant, &desired, &other, true, now)
+            .await
+            .expect("observe");
+        assert!(
+            matches!(&picture, TenantPicture::FullSync { reason } if reason.contains("fabrikam") || reason.contains("tenant")),
+            "{picture:?}"
+        );
     }
 }

@@ -638,6 +638,10 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
     fn record_outcome(&self, outcome: &crate::reconcile::Outcome) {
         self.metrics.set_drift_from_plan(&outcome.plan);
         self.metrics.set_refused_changes(outcome.refused_changes());
+        // `observe` logged the reason.
+        if let crate::reconcile::TenantPicture::FullSync { .. } = outcome.tenant_picture {
+            self.metrics.count_full_sync();
+        }
         self.metrics
             .set_pending_invitations(outcome.pending.count, outcome.pending.oldest);
         let refused: Vec<&str> = outcome

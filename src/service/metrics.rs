@@ -15,6 +15,7 @@
 //! | `guestops_drift` | gauge | `system` (`tenant`, `portal`, `state`), `kind` (the change kind, e.g. `invite`, `register`, `update-portal`, `unregister`) | changes the last plan found necessary |
 //! | `guestops_changes_total` | counter | `system`, `kind`, `result` (e.g. `success`, `error`) | changes executed against a system |
 //! | `guestops_refused_changes` | gauge | — | changes the last plan left out because policy refuses their user (`allowedDomains`) or the whole plan |
+//! | `guestops_tenant_full_syncs_total` | counter | — | full enumerations of the tenant through delta (first sync, expired link, `tenant.fullResyncInterval`, a lost cache); the log line says why |
 //! | `guestops_pending_invitations` | gauge | — | invited guests that have not redeemed yet |
 //! | `guestops_pending_invitation_oldest_age_seconds` | gauge | — | age of the oldest pending invitation (0 when none) |
 //! | `guestops_last_success_timestamp_seconds` | gauge | — | unix time of the last successful reconcile (0 = never) |
@@ -125,6 +126,7 @@ struct Inner {
     drift_seen: std::sync::Mutex<Vec<DriftLabels>>,
     changes: Family<ChangeLabels, Counter>,
     refused_changes: Gauge,
+    full_syncs: Counter,
     pending_invitations: Gauge,
     pending_oldest_age: Gauge,
     last_success: Gauge,
@@ -205,6 +207,12 @@ impl Metrics {
             "Changes the last plan left out because policy refuses them",
             refused_changes.clone(),
         );
+        let full_syncs = Counter::default();
+        registry.register(
+            "guestops_tenant_full_syncs",
+            "Full enumerations of the tenant through delta queries (first sync, expired link, fullResyncInterval, lost cache)",
+            full_syncs.clone(),
+        );
         let pending_invitations = Gauge::default();
         registry.register(
             "guestops_pending_invitations",
@@ -243,6 +251,7 @@ impl Metrics {
                 drift_seen: std::sync::Mutex::new(Vec::new()),
                 changes,
                 refused_changes,
+                full_syncs,
                 pending_invitations,
                 pending_oldest_age,
                 last_success,
@@ -342,6 +351,11 @@ impl Metrics {
         self.inner
             .pending_oldest_age
             .set(saturating_i64(oldest_age.map_or(0, |age| age.as_secs())));
+    }
+
+    /// Counts one full enumeration of the tenant.
+    pub fn count_full_sync(&self) {
+        self.inner.full_syncs.inc();
     }
 
     /// Sets the refused changes gauge.

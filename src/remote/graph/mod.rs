@@ -127,7 +127,7 @@ impl DirectoryUser {
 }
 
 /// Why a delta round reports a user as `@removed` (`docs/specs/microsoft-graph.md` §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RemovedReason {
     /// `changed`: soft-deleted (restorable from deleted items for 30 days).
