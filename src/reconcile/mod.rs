@@ -28,6 +28,7 @@ use crate::remote::graph::Tenant;
 use crate::remote::portal::Portal;
 
 pub mod apply;
+pub mod directory;
 pub mod import;
 pub mod observe;
 pub mod plan;
