@@ -279,6 +279,8 @@ fn every_key_has_a_working_override() {
         ("tenant.graphEndpoint", "https://graph.example"),
         ("tenant.inviteRedirectUrl", "https://portal.example"),
         ("tenant.concurrency", "3"),
+        ("tenant.deltaQuery", "false"),
+        ("tenant.fullResyncInterval", "6h"),
         ("portal.baseUrl", "https://pe.example"),
         ("portal.apiKeyFile", "/etc/guestops/pe"),
         ("portal.concurrency", "1"),
@@ -459,6 +461,12 @@ fn unsupported_values_are_refused() {
             "tenant.credential.kind",
         ),
         ("GUESTOPS_TENANT_CONCURRENCY", "0", "tenant.concurrency"),
+        ("GUESTOPS_TENANT_DELTA_QUERY", "yes", "tenant.deltaQuery"),
+        (
+            "GUESTOPS_TENANT_FULL_RESYNC_INTERVAL",
+            "0",
+            "tenant.fullResyncInterval",
+        ),
         (
             "GUESTOPS_PORTAL_MAX_WRITES_PER_SECOND",
             "0",

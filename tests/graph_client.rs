@@ -1295,13 +1295,20 @@ async fn removed_changed_then_deleted_and_a_restore_comes_back_as_an_object() {
     }
     let later = client.delta(Some(&soft.delta_link)).await.expect("round");
     assert_eq!(upserted(&later), BTreeSet::from([ana.clone()]), "restored");
-    assert_eq!(removed(&later), vec![(eve, RemovedReason::Deleted)], "purged");
+    assert_eq!(
+        removed(&later),
+        vec![(eve, RemovedReason::Deleted)],
+        "purged"
+    );
 }
 
 #[tokio::test]
 async fn an_expired_delta_link_asks_for_a_resync_in_both_documented_ways() {
     let env = start().await;
-    env.sim.state().graph.add_guest("ana@partner.example", "Ana");
+    env.sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
     let client = env.client();
     let first = client.delta(None).await.expect("first round");
     env.sim.state().graph.expire_delta_tokens();
@@ -1348,7 +1355,11 @@ async fn a_failing_delta_page_fails_the_round_and_is_not_a_resync() {
             after_processing: false,
         });
     }
-    let err = env.client().delta(None).await.expect_err("no partial round");
+    let err = env
+        .client()
+        .delta(None)
+        .await
+        .expect_err("no partial round");
     assert_eq!(err.status(), Some(503), "{err}");
     assert!(!err.is_resync_required());
 }

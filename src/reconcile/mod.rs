@@ -613,6 +613,102 @@ mod tests {
         assert_eq!(portal.calls(PortalOp::CreateUser), 1);
     }
 
+    /// Settings that read the tenant through delta queries with a cache in `dir`.
+    fn with_delta(dir: &std::path::Path) -> Settings {
+        Settings {
+            delta: Some(DeltaSettings {
+                cache: dir.join(directory::CACHE_FILE),
+                scope: directory::Scope {
+                    tenant_id: "contoso.onmicrosoft.com".into(),
+                    graph_root: "https://graph.microsoft.com/".into(),
+                    select: crate::remote::graph::USER_SELECT.into(),
+                },
+                full_resync_interval: Duration::from_secs(24 * 3600),
+            }),
+            ..Settings::default()
+        }
+    }
+
+    // Issue 7: the observation of the reconcile is the invitation's look-up, with the guest
+    // listing (a batched lookup) and with delta (the picture holds the member).
+    #[tokio::test]
+    async fn an_invitation_is_one_post_and_a_member_is_never_invited() {
+        let d = desired(
+            "  - email: ana@partner.example\n    name: Ana\n  - email: carol@contoso.example\n    name: Carol\n",
+        );
+        for delta in [false, true] {
+            let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+            let member = tenant.add_member("carol@contoso.example", "Carol");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut store = StateStore::open(dir.path()).expect("state");
+            let settings = if delta {
+                with_delta(dir.path())
+            } else {
+                Settings::default()
+            };
+            let outcome = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+            assert_eq!(outcome.failed(), 0, "{:?}", outcome.report);
+            assert_eq!(
+                tenant.calls(TenantOp::Invite),
+                1,
+                "Ana only (delta {delta})"
+            );
+            assert_eq!(tenant.invitations()[0].email, "ana@partner.example");
+            assert_eq!(
+                tenant.calls(TenantOp::FindByEmail),
+                0,
+                "no look-up per invitation"
+            );
+            // The listing needs one batch for the two addresses it does not show; delta
+            // shows Carol, so only Ana's address is looked up.
+            assert_eq!(tenant.calls(TenantOp::FindByEmails), 1);
+            assert_eq!(tenant.calls(TenantOp::Delta), usize::from(delta));
+            assert!(
+                outcome
+                    .plan
+                    .notices
+                    .iter()
+                    .any(|n| n.code == "member" && n.message.contains(member.as_str()))
+            );
+            let again = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+            assert!(again.plan.is_empty(), "{:?}", again.plan.changes);
+            assert_eq!(tenant.calls(TenantOp::Invite), 1);
+        }
+    }
+
+    // An ambiguous invitation (the guest was made, the answer lost, and it is not visible
+    // yet) waits for replication and is adopted: no second POST.
+    #[tokio::test]
+    async fn an_ambiguous_invitation_is_adopted_once_visible_never_posted_twice() {
+        use crate::remote::graph::fake::Fault;
+        let d = desired("  - email: ana@partner.example\n    name: Ana\n");
+        for delta in [false, true] {
+            let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+            tenant.set_replication_lag(1);
+            tenant.inject(Fault::new(TenantOp::Invite, 504).after_applying());
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut store = StateStore::open(dir.path()).expect("state");
+            let settings = if delta {
+                with_delta(dir.path())
+            } else {
+                Settings::default()
+            };
+            let first = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+            assert_eq!(first.failed(), 1, "reported (delta {delta})");
+            let second = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+            assert_eq!(second.failed(), 0, "{:?}", second.report);
+            assert_eq!(
+                tenant.calls(TenantOp::Invite),
+                1,
+                "never re-posted (delta {delta})"
+            );
+            let guest = tenant.users()[0].id.clone();
+            let ana = &store.state().users["ana@partner.example"];
+            assert_eq!(ana.guest_id.as_deref(), Some(guest.as_str()));
+            assert!(ana.guest_owned);
+        }
+    }
+
     #[tokio::test]
     async fn a_reconcile_after_lost_state_adopts_instead_of_duplicating() {
         let (tenant, portal) = (FakeTenant::new(), FakePortal::new());

@@ -192,7 +192,7 @@ async fn read_tenant<T: Tenant>(
             settings,
             write: false,
             now,
-        } => match read_only_cache(settings) {
+        } => match blocking(|| read_only_cache(settings)) {
             Some(cached) => follow(tenant, settings, cached, now)
                 .await
                 .map(|(view, _)| view),
@@ -224,28 +224,10 @@ async fn sync<T: Tenant>(
     settings: &DeltaSettings,
     now: DateTime<Utc>,
 ) -> Result<TenantView, GraphError> {
-    let path = &settings.cache;
-    let mut cache = match DirectoryCache::open(path) {
-        Ok(cache) => Some(cache),
-        Err(err) => {
-            tracing::warn!(error = %crate::error::chain(&err), "the directory cache cannot be opened; recreating it (one full sync)");
-            DirectoryCache::recreate(path)
-                .inspect_err(|err| tracing::warn!(error = %crate::error::chain(err), "the directory cache cannot be recreated; the tenant is enumerated in full and nothing is kept"))
-                .ok()
-        }
-    };
-    let cached = match cache.as_ref().map(|c| c.load(&settings.scope)) {
-        Some(Ok(cached)) => cached,
-        None => Cached::default(),
-        Some(Err(err)) => {
-            tracing::warn!(error = %crate::error::chain(&err), "the directory cache cannot be read; recreating it (one full sync)");
-            cache = DirectoryCache::recreate(path).ok();
-            Cached::default()
-        }
-    };
+    let (mut cache, cached) = blocking(|| open_for_sync(settings));
     let (view, round) = follow(tenant, settings, cached, now).await?;
     if let Some(cache) = cache.as_mut() {
-        let saved = match (&view, &round) {
+        let saved = blocking(|| match (&view, &round) {
             (
                 TenantView::Delta {
                     users,
@@ -257,13 +239,59 @@ async fn sync<T: Tenant>(
                 cache.apply(&settings.scope, &round.changes, &round.delta_link)
             }
             _ => Ok(()),
-        };
+        });
         if let Err(err) = saved {
             // The next reconcile follows the previous link again: Graph replays the changes.
             tracing::warn!(error = %crate::error::chain(&err), "could not save the directory cache; the next reconcile reads the same changes again");
         }
     }
     Ok(view)
+}
+
+/// Opens the cache for writing and loads it. A file that is not a readable cache is
+/// recreated (one full sync); a cache that cannot be opened for another reason (permissions,
+/// a busy file) is left alone and this reconcile enumerates without keeping anything.
+fn open_for_sync(settings: &DeltaSettings) -> (Option<DirectoryCache>, Cached) {
+    let path = &settings.cache;
+    let recreate = |err: &crate::reconcile::directory::CacheError| {
+        tracing::warn!(error = %crate::error::chain(err), "the directory cache is not readable; recreating it (one full sync)");
+        DirectoryCache::recreate(path)
+            .inspect_err(|err| tracing::warn!(error = %crate::error::chain(err), "the directory cache cannot be recreated; the tenant is enumerated in full and nothing is kept"))
+            .ok()
+    };
+    let unusable = |err: &crate::reconcile::directory::CacheError| {
+        tracing::warn!(error = %crate::error::chain(err), "the directory cache cannot be used; the tenant is enumerated in full and nothing is kept");
+    };
+    let cache = match DirectoryCache::open(path) {
+        Ok(cache) => cache,
+        Err(err) if err.is_corrupt() => return (recreate(&err), Cached::default()),
+        Err(err) => {
+            unusable(&err);
+            return (None, Cached::default());
+        }
+    };
+    match cache.load(&settings.scope) {
+        Ok(cached) => (Some(cache), cached),
+        Err(err) if err.is_corrupt() => {
+            drop(cache);
+            (recreate(&err), Cached::default())
+        }
+        Err(err) => {
+            unusable(&err);
+            (None, Cached::default())
+        }
+    }
+}
+
+/// Runs blocking file work (SQLite) without stalling the other tasks of a multi-threaded
+/// runtime; on a current-thread runtime (tests, one-shot commands) it simply runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// What [`follow`] leaves to save.
@@ -518,10 +546,18 @@ mod tests {
             "{picture:?}"
         );
         assert_eq!(ids(&first.guests), [ana.as_str()]);
-        assert_eq!(ids(&first.lookups), [member.as_str()], "only the member that matters");
+        assert_eq!(
+            ids(&first.lookups),
+            [member.as_str()],
+            "only the member that matters"
+        );
         assert_eq!(tenant.calls(TenantOp::Delta), 1);
         assert_eq!(tenant.calls(TenantOp::ListGuests), 0);
-        assert_eq!(tenant.calls(TenantOp::FindByEmails), 0, "the picture answers both");
+        assert_eq!(
+            tenant.calls(TenantOp::FindByEmails),
+            0,
+            "the picture answers both"
+        );
 
         let (second, picture) = read(&tenant, &desired, &settings, true, now)
             .await
@@ -582,7 +618,11 @@ mod tests {
             "{picture:?}"
         );
         assert_eq!(ids(&observed.guests), [ana.as_str(), eve.as_str()]);
-        assert_eq!(tenant.calls(TenantOp::Delta), 3, "first, the expired link, the new sync");
+        assert_eq!(
+            tenant.calls(TenantOp::Delta),
+            3,
+            "first, the expired link, the new sync"
+        );
         // The new link was kept.
         let (_, picture) = read(&tenant, &desired, &settings, true, now)
             .await
@@ -610,7 +650,11 @@ mod tests {
         let (observed, picture) = read(&tenant, &desired, &settings, true, now)
             .await
             .expect("observe");
-        assert_eq!(picture, TenantPicture::Delta { changes: 1 }, "from the old link");
+        assert_eq!(
+            picture,
+            TenantPicture::Delta { changes: 1 },
+            "from the old link"
+        );
         assert_eq!(observed.guests.len(), 2);
     }
 
@@ -636,7 +680,11 @@ mod tests {
         let (_, picture) = read(&tenant, &desired, &settings, true, later)
             .await
             .expect("observe");
-        assert_eq!(picture, TenantPicture::Delta { changes: 0 }, "the clock restarted");
+        assert_eq!(
+            picture,
+            TenantPicture::Delta { changes: 0 },
+            "the clock restarted"
+        );
     }
 
     #[tokio::test]
@@ -682,12 +730,19 @@ mod tests {
         let (observed, picture) = read(&tenant, &desired, &settings, true, now)
             .await
             .expect("observe");
-        assert!(matches!(picture, TenantPicture::FullSync { .. }), "{picture:?}");
+        assert!(
+            matches!(picture, TenantPicture::FullSync { .. }),
+            "{picture:?}"
+        );
         assert_eq!(ids(&observed.guests), [ana.as_str()]);
         let (_, picture) = read(&tenant, &desired, &settings, true, now)
             .await
             .expect("observe");
-        assert_eq!(picture, TenantPicture::Delta { changes: 0 }, "recreated and kept");
+        assert_eq!(
+            picture,
+            TenantPicture::Delta { changes: 0 },
+            "recreated and kept"
+        );
 
         let mut other = settings.clone();
         other.scope.tenant_id = "fabrikam.onmicrosoft.com".into();

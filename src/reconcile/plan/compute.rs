@@ -384,7 +384,8 @@ fn list_ids<'x>(ids: impl Iterator<Item = &'x str>) -> String {
 /// - removals (an owned user not in `users.yaml`, or expired): only with `policy.prune`
 ///   (else notice `prune-disabled`); `unregister` the owned portal user; the owned guest per
 ///   `policy.guest_on_removal`; a guest still used by a desired user is only released
-///   (notice `guest-shared`); users guestops does not own are never touched;
+///   (notice `guest-shared`), and an account that is not a guest is only released (notice
+///   `not-a-guest`); users guestops does not own are never touched;
 /// - refusals: `domain-not-allowed` (cannot be forced), `max-deletions` (more removed users
 ///   than `policy.max_deletions`), `empty-desired` (prune with an empty `users.yaml` while
 ///   guestops owns users); the last two are lifted by `policy.force`.
@@ -845,7 +846,18 @@ fn plan_removal(
         && let Some(guest) = record.guest_id.as_deref().and_then(|id| guests.get(id))
     {
         let guest_id = guest.id.clone();
-        if in_use.contains(guest.id.as_str()) {
+        if !guest.is_guest() {
+            // Never disable or delete an internal account, whatever state says.
+            b.notice(
+                key,
+                "not-a-guest",
+                format!(
+                    "the account {guest_id} recorded for {email} is not a guest (userType {}); it is only released, never disabled or deleted",
+                    guest.user_type.as_deref().unwrap_or("unknown")
+                ),
+            );
+            actions.push(Action::ReleaseGuest { guest_id });
+        } else if in_use.contains(guest.id.as_str()) {
             b.notice(
                 key,
                 "guest-shared",

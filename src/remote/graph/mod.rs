@@ -137,6 +137,9 @@ pub enum RemovedReason {
 }
 
 /// One entry of a delta round, in the order Graph sent it.
+// Almost every entry of a round is an `Upsert`: boxing it would cost an allocation per user
+// to save space on the rare removals.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeltaChange {
     /// The user as it is now (created, changed, restored, or a replay): every selected

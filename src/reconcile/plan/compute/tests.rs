@@ -671,6 +671,28 @@ fn already_disabled_guest_is_not_disabled_again() {
 }
 
 #[test]
+fn an_owned_account_that_is_a_member_is_only_released_never_disabled_or_deleted() {
+    let (d, mut obs, st) = bob_removed_setup();
+    obs.guests[1].user_type = Some("Member".to_owned());
+    for how in [GuestOnRemoval::Disable, GuestOnRemoval::Delete] {
+        let policy = Policy {
+            guest_on_removal: how,
+            ..prune()
+        };
+        let p = plan(&d, &obs, &st, &policy, now());
+        assert_eq!(
+            actions(&p),
+            vec![
+                ("bob@vendor.example".to_owned(), "unregister"),
+                ("bob@vendor.example".to_owned(), "release-guest")
+            ],
+            "{how:?}"
+        );
+        assert!(codes(&p).contains(&"not-a-guest"));
+    }
+}
+
+#[test]
 fn users_not_owned_are_never_removed() {
     let (d, obs, _) = bob_removed_setup();
     let st = state(vec![owned(ANA, Some("g1"), Some("p-ana"))]);
