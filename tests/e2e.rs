@@ -1095,3 +1095,73 @@ fn lookups_of_unlisted_addresses_are_batched() {
         "one page of guests and three batches: {read:?}"
     );
 }
+
+// Issue 7, P1: with delta queries (the default), a reconcile with no drift costs one Graph
+// request whatever the tenant's size, and a plan beside it reads the same cache.
+#[test]
+fn a_reconcile_with_no_drift_is_one_graph_request_through_delta() {
+    let h = Harness::new();
+    seed::unrelated(&h.sim, 2500, 30);
+    let users = new_users("steady", 10);
+    h.write_users(&as_refs(&users));
+
+    let before = h.counters();
+    h.apply(&[]).expect_code(0);
+    let first = h.counters();
+    // The first sync enumerates every user through /users/delta (2,500 guests in pages).
+    assert!(
+        first.graph_requests - before.graph_requests >= 3 + 10,
+        "{first:?}"
+    );
+    assert!(h.state_dir().join("directory.sqlite").exists());
+    h.assert_converged_new(&as_refs(&users));
+
+    // Something changes behind guestops' back: it arrives as one delta entry.
+    let outsider = h
+        .state()
+        .graph
+        .add_guest("outsider@elsewhere.example", "Outsider");
+    let before = h.counters();
+    h.apply(&[]).expect_code(0);
+    let steady = h.counters();
+    assert_eq!(
+        steady.graph_requests - before.graph_requests,
+        1,
+        "one delta round, no lookup, no listing: {steady:?}"
+    );
+    assert_eq!(
+        steady.graph_batch_inner_requests,
+        before.graph_batch_inner_requests
+    );
+    assert_eq!(steady.writes, before.writes);
+
+    let plan = h.plan(&["--detailed-exitcode"]);
+    plan.expect_code(0);
+    assert_eq!(h.counters().graph_requests - steady.graph_requests, 1);
+    assert!(h.state().graph.user(&outsider).is_some());
+
+    // Graph forgets the sync state (7 days; here at once): the next apply enumerates again,
+    // says why, and changes nothing.
+    h.state().graph.expire_delta_tokens();
+    let before = h.counters();
+    let resync = h.apply(&[]);
+    resync.expect_code(0);
+    assert!(
+        resync.stderr.contains("no longer knows the delta link"),
+        "{}",
+        resync.stderr
+    );
+    let after = h.counters();
+    assert!(
+        after.graph_requests - before.graph_requests >= 1 + 3,
+        "{after:?}"
+    );
+    assert_eq!(after.writes, before.writes, "no write from the resync");
+    let before = h.counters();
+    h.apply(&[]).expect_code(0);
+    assert_eq!(
+        h.counters().graph_requests - before.graph_requests,
+        1,
+        "the new link was kept"
+    );
+}
