@@ -1153,8 +1153,8 @@ fn a_reconcile_with_no_drift_is_one_graph_request_through_delta() {
     );
     let after = h.counters();
     assert!(
-        after.graph_requests - before.graph_requests >= 1 + 3,
-        "{after:?}"
+        after.graph_requests - before.graph_requests > 3,
+        "the refused link, then every page of 2,500+ users: {after:?}"
     );
     assert_eq!(after.writes, before.writes, "no write from the resync");
     let before = h.counters();
