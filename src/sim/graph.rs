@@ -273,13 +273,7 @@ impl SimUser {
 
     /// Whether the user holds `email` (normalized) by mail, otherMails, UPN or guest UPN form.
     pub fn holds(&self, email: &str, tenant_domain: &str) -> bool {
-        let email = email.to_lowercase();
-        let same = |s: &str| s.to_lowercase() == email;
-        self.mail.as_deref().is_some_and(same)
-            || self.other_mails.iter().any(|m| same(m))
-            || same(&self.user_principal_name)
-            || self.user_principal_name.to_lowercase()
-                == guest_upn(&email, tenant_domain).to_lowercase()
+        Holder::new(email, tenant_domain).holds(self)
     }
 
     /// Every property, as Graph serializes it.
@@ -333,6 +327,37 @@ impl SimUser {
             None => DEFAULT_PROPERTIES.contains(&k),
         };
         Value::Object(all.into_iter().filter(|(k, _)| keep(k)).collect())
+    }
+}
+
+/// An address prepared once for matching many users ([`SimUser::holds`]): a scan of a large
+/// directory then allocates nothing per user.
+pub struct Holder {
+    email: String,
+    guest_upn: String,
+}
+
+impl Holder {
+    /// `email` as [`SimUser::holds`] matches it in a tenant of `tenant_domain`.
+    pub fn new(email: &str, tenant_domain: &str) -> Self {
+        let email = email.to_lowercase();
+        let guest_upn = guest_upn(&email, tenant_domain).to_lowercase();
+        Self { email, guest_upn }
+    }
+
+    /// Whether `user` holds the address.
+    pub fn holds(&self, user: &SimUser) -> bool {
+        let same = |s: &str, lower: &str| {
+            if s.is_ascii() {
+                s.eq_ignore_ascii_case(lower)
+            } else {
+                s.to_lowercase() == lower
+            }
+        };
+        user.mail.as_deref().is_some_and(|m| same(m, &self.email))
+            || user.other_mails.iter().any(|m| same(m, &self.email))
+            || same(&user.user_principal_name, &self.email)
+            || same(&user.user_principal_name, &self.guest_upn)
     }
 }
 
@@ -404,6 +429,11 @@ pub struct Directory {
     empty_first_page: bool,
     token_outages: u32,
     delta: delta::DeltaState,
+    /// Lower-cased address (mail, otherMails, UPN, proxyAddresses) → ids of the live users
+    /// holding it, in id order; built on first use after a change (every journaled mutation
+    /// and [`Directory::user_mut`] reset it). Only narrows scans: the filter or [`Holder`]
+    /// still decides.
+    address_index: std::sync::OnceLock<HashMap<String, Vec<String>>>,
 }
 
 impl Default for Directory {
@@ -425,6 +455,7 @@ impl Default for Directory {
             empty_first_page: false,
             token_outages: 0,
             delta: delta::DeltaState::default(),
+            address_index: std::sync::OnceLock::new(),
         }
     }
 }
@@ -524,7 +555,38 @@ impl Directory {
     /// One live user by id, for changes. Delta sees such changes by comparing properties
     /// (they are not in its change journal).
     pub fn user_mut(&mut self, id: &str) -> Option<&mut SimUser> {
+        self.address_index = std::sync::OnceLock::new();
         self.users.get_mut(id)
+    }
+
+    /// The ids of live users that may hold one of `addresses` (any letter case), in id
+    /// order: a superset of the users a case-insensitive equality on an address property
+    /// matches.
+    fn candidates<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+        let index = self.address_index.get_or_init(|| {
+            let mut index: HashMap<String, Vec<String>> = HashMap::new();
+            for user in self.users.values() {
+                let keys = user
+                    .mail
+                    .iter()
+                    .chain(&user.other_mails)
+                    .chain(std::iter::once(&user.user_principal_name))
+                    .chain(&user.proxy_addresses);
+                for key in keys {
+                    let ids = index.entry(key.to_lowercase()).or_default();
+                    if ids.last() != Some(&user.id) {
+                        ids.push(user.id.clone());
+                    }
+                }
+            }
+            index
+        });
+        addresses
+            .into_iter()
+            .filter_map(|a| index.get(&a.to_lowercase()))
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Soft-deleted users.
@@ -534,9 +596,11 @@ impl Directory {
 
     /// The live users holding `email` (any letter case).
     pub fn find_by_email(&self, email: &str) -> Vec<SimUser> {
-        self.users
-            .values()
-            .filter(|u| u.holds(email, &self.credentials.tenant_domain))
+        let holder = Holder::new(email, &self.credentials.tenant_domain);
+        self.candidates([holder.email.as_str(), holder.guest_upn.as_str()])
+            .iter()
+            .filter_map(|id| self.users.get(id))
+            .filter(|u| holder.holds(u))
             .cloned()
             .collect()
     }
@@ -1153,8 +1217,20 @@ fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Res
     let matching =
         |u: &&SimUser| u.is_visible(now) && filter.as_ref().is_none_or(|f| f.matches(*u));
     let empty_page = first_page && dir.empty_first_page;
+    // A filter made only of address equalities (the look-ups) reads the address index's
+    // candidates instead of every user; the filter still decides, in the same order.
+    let candidates = filter
+        .as_ref()
+        .and_then(Filter::address_terms)
+        .map(|terms| dir.candidates(terms));
     let taken: Vec<&SimUser> = if empty_page {
         Vec::new()
+    } else if let Some(ids) = &candidates {
+        ids.range::<String, _>(range.clone())
+            .filter_map(|id| dir.users.get(id))
+            .filter(matching)
+            .take(page_size + 1)
+            .collect()
     } else {
         dir.users
             .range(range)
@@ -1176,7 +1252,14 @@ fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Res
             .last()
             .map(|u| u.id.clone())
     };
-    let total = count.then(|| dir.users.values().filter(matching).count());
+    let total = count.then(|| match &candidates {
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| dir.users.get(id))
+            .filter(matching)
+            .count(),
+        None => dir.users.values().filter(matching).count(),
+    });
 
     let host = host_of(headers);
     let mut body = Map::new();
@@ -1593,7 +1676,8 @@ fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Respo
     }
 
     let domain = dir.credentials.tenant_domain.clone();
-    if let Some(ghost) = dir.deleted.values().find(|u| u.holds(&email, &domain)) {
+    let holder = Holder::new(&email, &domain);
+    if let Some(ghost) = dir.deleted.values().find(|u| holder.holds(u)) {
         return invitation_error(&format!(
             "The invited user already exists in the directory as object {} (a deleted user). Restore it from deleted items or delete it permanently before inviting again.",
             ghost.id
@@ -1601,9 +1685,10 @@ fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Respo
     }
     // An existing holder of the address, visible or not yet replicated.
     let existing = dir
-        .users
-        .values()
-        .find(|u| u.holds(&email, &domain))
+        .candidates([holder.email.as_str(), holder.guest_upn.as_str()])
+        .iter()
+        .filter_map(|id| dir.users.get(id))
+        .find(|u| holder.holds(u))
         .cloned();
     let (user, resend) = match existing {
         Some(user) if user.user_type != "Guest" => {

@@ -171,6 +171,8 @@ impl Default for DeltaState {
 impl Directory {
     /// Appends a mutation of user `id` to the change journal.
     pub(super) fn record_change(&mut self, id: &str, change: Change) {
+        // Every journaled mutation may change an address.
+        self.address_index = std::sync::OnceLock::new();
         self.delta.version += 1;
         self.delta.journal.push(JournalEntry {
             version: self.delta.version,

@@ -85,15 +85,47 @@ pub trait Subject {
     fn collection(&self, prop: CollectionProp) -> &[String];
 }
 
+// Case-insensitive comparisons; ASCII text (almost every address) is compared without
+// allocating, which keeps a scan of a large directory cheap.
 fn eq_ci(a: &str, b: &str) -> bool {
-    a.to_lowercase() == b.to_lowercase()
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a.to_lowercase() == b.to_lowercase()
+    }
 }
 
 fn starts_ci(s: &str, prefix: &str) -> bool {
-    s.to_lowercase().starts_with(&prefix.to_lowercase())
+    if s.is_ascii() && prefix.is_ascii() {
+        s.len() >= prefix.len()
+            && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    } else {
+        s.to_lowercase().starts_with(&prefix.to_lowercase())
+    }
 }
 
 impl Filter {
+    /// The values compared when the filter is only case-insensitive equalities on address
+    /// properties (`mail`, `userPrincipalName`, `otherMails/any`, `proxyAddresses/any`)
+    /// joined by `or`: a user it matches holds one of them. `None` for any other filter.
+    pub fn address_terms(&self) -> Option<Vec<&str>> {
+        match self {
+            Filter::Or(a, b) => {
+                let mut terms = a.address_terms()?;
+                terms.extend(b.address_terms()?);
+                Some(terms)
+            }
+            Filter::Eq(Prop::Mail | Prop::UserPrincipalName, Literal::Str(v))
+            | Filter::AnyEq(CollectionProp::OtherMails | CollectionProp::ProxyAddresses, v) => {
+                Some(vec![v.as_str()])
+            }
+            Filter::In(Prop::Mail | Prop::UserPrincipalName, values) => {
+                Some(values.iter().map(String::as_str).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// Whether `subject` matches.
     pub fn matches(&self, subject: &impl Subject) -> bool {
         match self {
