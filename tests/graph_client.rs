@@ -1396,3 +1396,55 @@ async fn a_delta_link_to_another_origin_is_refused_before_any_request() {
     );
     assert_eq!(env.sim.state().counters.graph_requests, before);
 }
+
+// The simulator narrows look-ups with an address index: a user changed after the index was
+// built is still found by its new address and no longer by its old one.
+#[tokio::test]
+async fn lookups_follow_addresses_changed_after_earlier_lookups() {
+    let env = start().await;
+    let ana = {
+        let mut state = env.sim.state();
+        for i in 0..50 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.add_guest("ana@partner.example", "Ana")
+    };
+    let client = env.client();
+    let found = client
+        .find_by_email("ANA@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(found.len(), 1);
+    {
+        let mut state = env.sim.state();
+        let user = state.graph.user_mut(&ana).expect("ana");
+        user.mail = Some("ana.new@partner.example".into());
+        user.other_mails = vec!["ana.new@partner.example".into()];
+    }
+    let found = client
+        .find_by_email("ana.new@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(
+        found.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        [ana.as_str()]
+    );
+    // The old address still matches the guest UPN form only (Entra keeps the UPN).
+    let old = client
+        .find_by_email("ana@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(old.len(), 1, "by the guest UPN ana_partner.example#EXT#");
+    let invited = client
+        .invite(&invitation("someone.else@partner.example"))
+        .await
+        .expect("invite");
+    let found = client
+        .find_by_email("someone.else@partner.example")
+        .await
+        .expect("lookup");
+    assert_eq!(
+        found.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        [invited.user_id.as_str()]
+    );
+}

@@ -430,11 +430,17 @@ pub struct Directory {
     token_outages: u32,
     delta: delta::DeltaState,
     /// Lower-cased address (mail, otherMails, UPN, proxyAddresses) → ids of the live users
-    /// holding it, in id order; built on first use after a change (every journaled mutation
-    /// and [`Directory::user_mut`] reset it). Only narrows scans: the filter or [`Holder`]
-    /// still decides.
+    /// holding it, as they were when it was built (on first use). Only narrows scans: the
+    /// filter or [`Holder`] still decides.
     address_index: std::sync::OnceLock<HashMap<String, Vec<String>>>,
+    /// Users changed since the index was built (every journaled mutation and
+    /// [`Directory::user_mut`]): always candidates. Past [`MAX_INDEX_CHANGES`] the index is
+    /// dropped and built again.
+    index_changed: BTreeSet<String>,
 }
+
+/// How many changed users the address index tolerates before it is rebuilt.
+const MAX_INDEX_CHANGES: usize = 4096;
 
 impl Default for Directory {
     fn default() -> Self {
@@ -456,6 +462,7 @@ impl Default for Directory {
             token_outages: 0,
             delta: delta::DeltaState::default(),
             address_index: std::sync::OnceLock::new(),
+            index_changed: BTreeSet::new(),
         }
     }
 }
@@ -555,14 +562,27 @@ impl Directory {
     /// One live user by id, for changes. Delta sees such changes by comparing properties
     /// (they are not in its change journal).
     pub fn user_mut(&mut self, id: &str) -> Option<&mut SimUser> {
-        self.address_index = std::sync::OnceLock::new();
+        self.address_changed(id);
         self.users.get_mut(id)
+    }
+
+    /// The addresses of user `id` may have changed: it is a candidate of every look-up
+    /// until the address index is rebuilt.
+    fn address_changed(&mut self, id: &str) {
+        if self.address_index.get().is_none() {
+            return;
+        }
+        self.index_changed.insert(id.to_owned());
+        if self.index_changed.len() > MAX_INDEX_CHANGES {
+            self.address_index = std::sync::OnceLock::new();
+            self.index_changed.clear();
+        }
     }
 
     /// The ids of live users that may hold one of `addresses` (any letter case), in id
     /// order: a superset of the users a case-insensitive equality on an address property
     /// matches.
-    fn candidates<'a>(&self, addresses: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    fn candidates<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
         let index = self.address_index.get_or_init(|| {
             let mut index: HashMap<String, Vec<String>> = HashMap::new();
             for user in self.users.values() {
@@ -572,8 +592,11 @@ impl Directory {
                     .chain(&user.other_mails)
                     .chain(std::iter::once(&user.user_principal_name))
                     .chain(&user.proxy_addresses);
+                let keys = keys
+                    .map(|k| filter::index_key(k))
+                    .chain(filter::guest_upn_key(&user.user_principal_name));
                 for key in keys {
-                    let ids = index.entry(key.to_lowercase()).or_default();
+                    let ids = index.entry(key).or_default();
                     if ids.last() != Some(&user.id) {
                         ids.push(user.id.clone());
                     }
@@ -581,10 +604,10 @@ impl Directory {
             }
             index
         });
-        addresses
-            .into_iter()
-            .filter_map(|a| index.get(&a.to_lowercase()))
+        keys.into_iter()
+            .filter_map(|k| index.get(k))
             .flatten()
+            .chain(&self.index_changed)
             .cloned()
             .collect()
     }
@@ -1222,7 +1245,7 @@ fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Res
     let candidates = filter
         .as_ref()
         .and_then(Filter::address_terms)
-        .map(|terms| dir.candidates(terms));
+        .map(|terms| dir.candidates(terms.iter().map(String::as_str)));
     let taken: Vec<&SimUser> = if empty_page {
         Vec::new()
     } else if let Some(ids) = &candidates {

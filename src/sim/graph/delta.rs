@@ -172,7 +172,7 @@ impl Directory {
     /// Appends a mutation of user `id` to the change journal.
     pub(super) fn record_change(&mut self, id: &str, change: Change) {
         // Every journaled mutation may change an address.
-        self.address_index = std::sync::OnceLock::new();
+        self.address_changed(id);
         self.delta.version += 1;
         self.delta.journal.push(JournalEntry {
             version: self.delta.version,

@@ -105,10 +105,11 @@ fn starts_ci(s: &str, prefix: &str) -> bool {
 }
 
 impl Filter {
-    /// The values compared when the filter is only case-insensitive equalities on address
-    /// properties (`mail`, `userPrincipalName`, `otherMails/any`, `proxyAddresses/any`)
-    /// joined by `or`: a user it matches holds one of them. `None` for any other filter.
-    pub fn address_terms(&self) -> Option<Vec<&str>> {
+    /// The address-index keys ([`index_key`], [`guest_upn_key`]) a user must have for the
+    /// filter to match it, when the filter is only case-insensitive equalities on address
+    /// properties (`mail`, `userPrincipalName`, `otherMails/any`, `proxyAddresses/any`) and
+    /// `startsWith(userPrincipalName,'…#EXT#')`, joined by `or`. `None` for any other filter.
+    pub fn address_terms(&self) -> Option<Vec<String>> {
         match self {
             Filter::Or(a, b) => {
                 let mut terms = a.address_terms()?;
@@ -117,10 +118,16 @@ impl Filter {
             }
             Filter::Eq(Prop::Mail | Prop::UserPrincipalName, Literal::Str(v))
             | Filter::AnyEq(CollectionProp::OtherMails | CollectionProp::ProxyAddresses, v) => {
-                Some(vec![v.as_str()])
+                Some(vec![index_key(v)])
             }
             Filter::In(Prop::Mail | Prop::UserPrincipalName, values) => {
-                Some(values.iter().map(String::as_str).collect())
+                Some(values.iter().map(|v| index_key(v)).collect())
+            }
+            Filter::StartsWith(Prop::UserPrincipalName, prefix) => {
+                let key = index_key(prefix);
+                // Only a prefix whose one `#ext#` ends it names the guest-UPN key exactly.
+                (key.find(EXT).map(|at| at + EXT.len()) == Some(key.len()))
+                    .then(|| vec![format!("{GUEST_UPN_TAG}{key}")])
             }
             _ => None,
         }
@@ -141,6 +148,25 @@ impl Filter {
             Filter::AnyStartsWith(c, p) => subject.collection(*c).iter().any(|s| starts_ci(s, p)),
         }
     }
+}
+
+/// The marker of a guest UPN, lower-cased.
+const EXT: &str = "#ext#";
+
+/// Tags the guest-UPN keys of the address index, apart from addresses.
+const GUEST_UPN_TAG: char = '\u{1}';
+
+/// The address-index key of an address: lower-cased.
+pub fn index_key(address: &str) -> String {
+    address.to_lowercase()
+}
+
+/// The address-index key of a guest UPN (`local_domain#EXT#@tenant`): its part up to and
+/// including the first `#EXT#`, lower-cased and tagged; `None` for another UPN.
+pub fn guest_upn_key(upn: &str) -> Option<String> {
+    let lower = index_key(upn);
+    let end = lower.find(EXT)? + EXT.len();
+    Some(format!("{GUEST_UPN_TAG}{}", &lower[..end]))
 }
 
 /// Properties of `microsoft.graph.user` the simulator knows (for "could not find a property").
