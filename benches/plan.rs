@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use guestops::desired::spec::{DesiredState, DesiredUser, Email, InvitationDefaults, Role};
@@ -17,6 +19,38 @@ use guestops::remote::portal::PortalUser;
 const DESIRED: usize = 100_000;
 const GUESTS: usize = 1_000_000;
 const PORTAL: usize = 200_000;
+
+/// The system allocator, counting the bytes in use and their peak, so that the plan's own
+/// memory (peak during `plan` minus what was in use before) is measured apart from its input.
+struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` with the same arguments; the counters only
+// observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            let now = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
     let desired = DesiredState {
@@ -93,15 +127,24 @@ fn main() {
         out,
         "plan: {DESIRED} desired × {GUESTS} guests × {PORTAL} portal users"
     );
+    let _ = writeln!(
+        out,
+        "  input in memory: {:.0} MiB",
+        IN_USE.load(Ordering::Relaxed) as f64 / MIB
+    );
     for round in 1..=3 {
+        let before = IN_USE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
         let start = Instant::now();
         let result = plan(&desired, &observed, &state, &policy, now);
         let elapsed = start.elapsed();
+        let peak = PEAK.load(Ordering::Relaxed) - before;
         let _ = writeln!(
             out,
-            "  round {round}: {:>8.1} ms, {} changes",
+            "  round {round}: {:>8.1} ms, {} changes, plan's peak memory {:.0} MiB (the plan returned included)",
             elapsed.as_secs_f64() * 1000.0,
-            result.changes.len()
+            result.changes.len(),
+            peak as f64 / MIB
         );
     }
 }
