@@ -4,9 +4,9 @@
 //! users, a users.yaml of 100,000 admins (half of them already present, a quarter with another
 //! role) and times `plan::plan` a few times. Prints the timings; asserts nothing about speed.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
