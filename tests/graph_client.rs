@@ -1448,3 +1448,50 @@ async fn lookups_follow_addresses_changed_after_earlier_lookups() {
         [invited.user_id.as_str()]
     );
 }
+
+// Issue 8 (sovereign clouds): with the authority and the Graph endpoint overridden (here: the
+// simulator), the token scope is still the configured cloud's Graph resource, and a simulator
+// standing for that cloud issues tokens for nothing else.
+#[tokio::test]
+async fn each_cloud_asks_for_its_own_graph_resource_whatever_the_endpoints() {
+    use guestops::config::Cloud;
+    use guestops::sim::graph::SimCloud;
+    let pairs = [
+        (Cloud::Global, SimCloud::Global),
+        (Cloud::UsGov, SimCloud::UsGov),
+        (Cloud::UsGovDod, SimCloud::UsGovDod),
+        (Cloud::China, SimCloud::China),
+    ];
+    for (cloud, sim_cloud) in pairs {
+        let env = start().await;
+        env.sim
+            .state()
+            .graph
+            .add_guest("ana@partner.example", "Ana");
+        let mut config = tenant(&env.base);
+        config.cloud = cloud;
+        for (other_cloud, other) in pairs {
+            let mut credentials = SimCredentials::default();
+            credentials.cloud = other;
+            env.sim.state().graph.set_credentials(credentials);
+            let result = env
+                .client_with(&config, SIM_CLIENT_SECRET)
+                .list_guests()
+                .await;
+            if other == sim_cloud {
+                assert_eq!(result.expect("its own cloud's token").len(), 1, "{cloud}");
+            } else {
+                let err = result.expect_err("another cloud's resource");
+                let text = guestops::error::chain(&err);
+                assert!(
+                    text.contains("AADSTS500011"),
+                    "{cloud} against {other_cloud}: {text}"
+                );
+                assert!(
+                    text.contains(sim_cloud.graph_resource()),
+                    "the message names the resource asked for: {text}"
+                );
+            }
+        }
+    }
+}

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use guestops::config::Config;
+use guestops::config::{Cloud, Config};
+use guestops::sim::graph::SimCloud;
 use guestops::sim::{Faults, Sim, seed};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,27 @@ pub struct Args {
     /// Where the printed config puts state.
     #[arg(long, default_value = "./guestops-state")]
     pub state_dir: std::path::PathBuf,
+    /// The Microsoft cloud the simulated tenant lives in: global, usgov, usgov-dod or china.
+    /// Tokens are issued only for that cloud's Graph resource, and the printed config names
+    /// the cloud (with the simulator as authority and Graph endpoint).
+    #[arg(long, default_value = "global", value_parser = parse_cloud)]
+    pub cloud: Cloud,
+}
+
+fn parse_cloud(text: &str) -> Result<Cloud, String> {
+    Cloud::from_name(text).ok_or_else(|| {
+        format!("unknown cloud `{text}`; expected one of global, usgov, usgov-dod, china")
+    })
+}
+
+/// The simulator's stand-in for `cloud`.
+fn sim_cloud(cloud: Cloud) -> SimCloud {
+    match cloud {
+        Cloud::Global => SimCloud::Global,
+        Cloud::UsGov => SimCloud::UsGov,
+        Cloud::UsGovDod => SimCloud::UsGovDod,
+        Cloud::China => SimCloud::China,
+    }
 }
 
 /// Parses `500ms`, `5s`, `2m`.
@@ -77,6 +99,9 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     }
     {
         let mut state = sim.state();
+        let mut credentials = state.graph.credentials().clone();
+        credentials.cloud = sim_cloud(args.cloud);
+        state.graph.set_credentials(credentials);
         if let Some(delay) = args.replication_delay {
             state.graph.set_replication_delay(delay);
         }
@@ -95,7 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         .spawn(args.listen, shutdown.clone())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let config = Config::for_simulator(&base, &args.state_dir);
+    let mut config = Config::for_simulator(&base, &args.state_dir);
+    config.tenant.cloud = args.cloud;
     let mut out = std::io::stdout().lock();
     writeln!(out, "guestops simulator listening on {base}")?;
     writeln!(

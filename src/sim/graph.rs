@@ -121,6 +121,35 @@ pub struct SimCredentials {
     pub app_disabled: bool,
     /// `expires_in` of issued tokens.
     pub token_lifetime: Duration,
+    /// The cloud the emulated tenant lives in: tokens are issued only for its Graph resource.
+    pub cloud: SimCloud,
+}
+
+/// A Microsoft cloud (`docs/specs/microsoft-graph.md` §8), as the simulator stands for one.
+/// The simulator's own table, written from the spec (it must not share the configuration's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimCloud {
+    /// The global cloud (and M365 GCC).
+    #[default]
+    Global,
+    /// US Government L4 (GCC High).
+    UsGov,
+    /// US Government L5 (DoD).
+    UsGovDod,
+    /// China, operated by 21Vianet.
+    China,
+}
+
+impl SimCloud {
+    /// Graph's resource identifier in this cloud (the scope is it + `/.default`).
+    pub fn graph_resource(self) -> &'static str {
+        match self {
+            SimCloud::Global => "https://graph.microsoft.com",
+            SimCloud::UsGov => "https://graph.microsoft.us",
+            SimCloud::UsGovDod => "https://dod-graph.microsoft.us",
+            SimCloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
 }
 
 impl std::fmt::Debug for SimCredentials {
@@ -133,6 +162,7 @@ impl std::fmt::Debug for SimCredentials {
             .field("secret_expired", &self.secret_expired)
             .field("app_disabled", &self.app_disabled)
             .field("token_lifetime", &self.token_lifetime)
+            .field("cloud", &self.cloud)
             .finish()
     }
 }
@@ -147,6 +177,7 @@ impl Default for SimCredentials {
             secret_expired: false,
             app_disabled: false,
             token_lifetime: Duration::from_secs(3599),
+            cloud: SimCloud::Global,
         }
     }
 }
@@ -951,10 +982,12 @@ fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>
             );
         }
     };
-    // Graph's resource identifier (global cloud), by URI or by application id; the address
-    // the simulator is served on is not a resource Entra knows.
+    // Graph's resource identifier in the simulated cloud, by URI or by application id; the
+    // address the simulator is served on is not a resource Entra knows, nor is another cloud's
+    // Graph (tokens are not interchangeable between clouds, §8; the real answer to another
+    // cloud's resource is not documented: the simulator gives the unknown-resource error).
     let resource = resource.trim_end_matches('/');
-    let graph = ["https://graph.microsoft.com", GRAPH_APP_ID];
+    let graph = [creds.cloud.graph_resource(), GRAPH_APP_ID];
     if !graph.iter().any(|g| g.eq_ignore_ascii_case(resource)) {
         return aadsts(
             StatusCode::BAD_REQUEST,
