@@ -1471,9 +1471,10 @@ async fn each_cloud_asks_for_its_own_graph_resource_whatever_the_endpoints() {
         let mut config = tenant(&env.base);
         config.cloud = cloud;
         for (other_cloud, other) in pairs {
-            let mut credentials = SimCredentials::default();
-            credentials.cloud = other;
-            env.sim.state().graph.set_credentials(credentials);
+            env.sim.state().graph.set_credentials(SimCredentials {
+                cloud: other,
+                ..SimCredentials::default()
+            });
             let result = env
                 .client_with(&config, SIM_CLIENT_SECRET)
                 .list_guests()
