@@ -10,9 +10,9 @@
 //! - `register` is one `POST`: the plan comes from this reconcile's complete portal listing,
 //!   so it neither looks the user up first nor reads it back (the portal's `POST` returns no
 //!   id; the next listing tells it, [`crate::reconcile::plan::State::learn_portal_ids`]).
-//!   `invite` still looks the address up first (a guest found is adopted, a member needs
-//!   nothing). After an ambiguous failure (timeout, 5xx) both look again and never re-POST
-//!   blindly.
+//!   `invite` is one `POST` too: the same reconcile's observation looked the address up (the
+//!   directory picture, or a batched look-up of every address it does not hold). After an
+//!   ambiguous failure (timeout, 5xx) both look again and never re-POST blindly.
 //! - Crash safety: after every change the state is saved atomically, and an audit line is
 //!   appended, before that user's next change starts. Whatever point a crash happens at, the next
 //!   reconcile re-observes and converges without duplicates.
