@@ -220,29 +220,8 @@ impl GraphClient {
         let mut next = Some(first);
         let mut pages = 0;
         while let Some(url) = next.take() {
-            if pages >= self.max_pages {
-                return Err(GraphError::TooManyPages {
-                    operation: operation.to_owned(),
-                    pages,
-                });
-            }
             pages += 1;
-            let (_, headers, bytes) = self
-                .execute(
-                    operation,
-                    Method::GET,
-                    &url,
-                    None,
-                    Idempotency::Idempotent,
-                    &[],
-                )
-                .await?;
-            let page: Page =
-                serde_json::from_slice(&bytes).map_err(|err| GraphError::Malformed {
-                    operation: operation.to_owned(),
-                    detail: format!("page {pages} is not a user collection: {err}"),
-                    request_id: header_request_id(&headers),
-                })?;
+            let (page, headers): (Page, _) = self.get_page(operation, &url, pages, "page").await?;
             users.extend(page.value.into_iter().map(DirectoryUser::from));
             if let Some(link) = page.next_link {
                 next = Some(self.check_next_link(operation, &link, &headers)?);
@@ -250,6 +229,39 @@ impl GraphClient {
         }
         tracing::debug!(operation, pages, users = users.len(), "listing complete");
         Ok(users)
+    }
+
+    /// GETs the `number`th page of a collection (`what` names it in errors) and parses it; past
+    /// [`Self::with_max_pages`] pages the read fails instead.
+    async fn get_page<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &str,
+        url: &Url,
+        number: usize,
+        what: &str,
+    ) -> Result<(T, HeaderMap), GraphError> {
+        if number > self.max_pages {
+            return Err(GraphError::TooManyPages {
+                operation: operation.to_owned(),
+                pages: number - 1,
+            });
+        }
+        let (_, headers, bytes) = self
+            .execute(
+                operation,
+                Method::GET,
+                url,
+                None,
+                Idempotency::Idempotent,
+                &[],
+            )
+            .await?;
+        let page = serde_json::from_slice(&bytes).map_err(|err| GraphError::Malformed {
+            operation: operation.to_owned(),
+            detail: format!("{what} {number} is not a user collection: {err}"),
+            request_id: header_request_id(&headers),
+        })?;
+        Ok((page, headers))
     }
 
     /// Reads every page of a delta round starting at `first`, up to the page with the
@@ -260,33 +272,14 @@ impl GraphClient {
         let mut url = first;
         let mut pages = 0;
         loop {
-            if pages >= self.max_pages {
-                return Err(GraphError::TooManyPages {
-                    operation: operation.to_owned(),
-                    pages,
-                });
-            }
             pages += 1;
-            let (_, headers, bytes) = self
-                .execute(
-                    operation,
-                    Method::GET,
-                    &url,
-                    None,
-                    Idempotency::Idempotent,
-                    &[],
-                )
-                .await?;
+            let (page, headers): (DeltaPage, _) =
+                self.get_page(operation, &url, pages, "delta page").await?;
             let malformed = |detail: String| GraphError::Malformed {
                 operation: operation.to_owned(),
                 detail,
                 request_id: header_request_id(&headers),
             };
-            let page: DeltaPage = serde_json::from_slice(&bytes).map_err(|err| {
-                malformed(format!(
-                    "delta page {pages} is not a user collection: {err}"
-                ))
-            })?;
             changes.extend(page.value.into_iter().map(WireUser::into_change));
             match (page.next_link, page.delta_link) {
                 (Some(next), None) => {
