@@ -111,29 +111,27 @@ pub async fn observe<T: Tenant, P: Portal>(
         async { portal.list_users().await.map_err(ObserveError::from) },
     )?;
     let (guests, members, picture) = match tenant_view {
-        TenantView::Listing(guests) => (guests, None, TenantPicture::Listing),
+        TenantView::Listing(guests) => (guests, Vec::new(), TenantPicture::Listing),
         TenantView::Delta { users, picture } => {
             let (guests, members): (Vec<DirectoryUser>, Vec<DirectoryUser>) =
                 users.into_values().partition(DirectoryUser::is_guest);
-            (guests, Some(members), picture)
+            (guests, members, picture)
         }
     };
     tracing::debug!(
         guests = guests.len(),
-        members = members.as_ref().map(Vec::len),
+        members = members.len(),
         portal_users = portal_users.len(),
         ?picture,
         "tenant and portal read"
     );
 
-    // With the whole directory at hand, members holding a desired address are known
-    // without a lookup.
-    let mut lookups = members
-        .map(|members| members_holding(desired, &members))
-        .unwrap_or_default();
-    let (by_email, by_id) = lookups_needed(desired, state, &guests, &lookups);
-    let by_email: Vec<String> = by_email.into_iter().collect();
-    let by_id: Vec<String> = by_id.into_iter().collect();
+    // One index of the picture answers both what the plan needs of the members (delta has
+    // them all: those holding a desired address or recorded in state, no lookup needed) and
+    // what must still be looked up.
+    let index = GuestIndex::new(guests.iter().chain(&members));
+    let mut lookups = members_that_matter(desired, state, &index);
+    let (by_email, by_id) = lookups_needed(desired, state, &index);
     // Groups of one `$batch` each, at most `concurrency` groups in flight.
     let concurrency = concurrency.max(1);
     // Owned groups: a future borrowing from the stream's items is not `Send` for every
@@ -195,7 +193,7 @@ async fn read_tenant<T: Tenant>(
         } => match blocking(|| read_only_cache(settings)) {
             Some(cached) => follow(tenant, settings, cached, now)
                 .await
-                .map(|(view, _)| view),
+                .map(|(users, picture, _)| TenantView::Delta { users, picture }),
             // Nothing to follow: a full enumeration would read every member only to throw
             // it away.
             None => Ok(TenantView::Listing(tenant.list_guests().await?)),
@@ -225,27 +223,20 @@ async fn sync<T: Tenant>(
     now: DateTime<Utc>,
 ) -> Result<TenantView, GraphError> {
     let (mut cache, cached) = blocking(|| open_for_sync(settings));
-    let (view, round) = follow(tenant, settings, cached, now).await?;
+    let (users, picture, round) = follow(tenant, settings, cached, now).await?;
     if let Some(cache) = cache.as_mut() {
-        let saved = blocking(|| match (&view, &round) {
-            (
-                TenantView::Delta {
-                    users,
-                    picture: TenantPicture::FullSync { .. },
-                },
-                Saved::Full(link),
-            ) => cache.replace(&settings.scope, users.values(), link, now),
-            (_, Saved::Changes(round)) => {
+        let saved = blocking(|| match &round {
+            Saved::Full(link) => cache.replace(&settings.scope, users.values(), link, now),
+            Saved::Changes(round) => {
                 cache.apply(&settings.scope, &round.changes, &round.delta_link)
             }
-            _ => Ok(()),
         });
         if let Err(err) = saved {
             // The next reconcile follows the previous link again: Graph replays the changes.
             tracing::warn!(error = %crate::error::chain(&err), "could not save the directory cache; the next reconcile reads the same changes again");
         }
     }
-    Ok(view)
+    Ok(TenantView::Delta { users, picture })
 }
 
 /// Opens the cache for writing and loads it. A file that is not a readable cache is
@@ -304,12 +295,13 @@ enum Saved {
 
 /// Brings `cached` up to date: one round from its link, or a full enumeration when there is
 /// no link, the last full sync is too old, or Graph no longer knows the link.
+/// Returns the users, how they were obtained, and what to save.
 async fn follow<T: Tenant>(
     tenant: &T,
     settings: &DeltaSettings,
     cached: Cached,
     now: DateTime<Utc>,
-) -> Result<(TenantView, Saved), GraphError> {
+) -> Result<(HashMap<String, DirectoryUser>, TenantPicture, Saved), GraphError> {
     let interval = chrono::TimeDelta::from_std(settings.full_resync_interval)
         .unwrap_or(chrono::TimeDelta::MAX);
     let due = cached
@@ -334,7 +326,7 @@ async fn follow<T: Tenant>(
                 let picture = TenantPicture::Delta {
                     changes: round.changes.len(),
                 };
-                return Ok((TenantView::Delta { users, picture }, Saved::Changes(round)));
+                return Ok((users, picture, Saved::Changes(round)));
             }
             Err(err) if err.is_resync_required() => {
                 let reason = format!(
@@ -352,10 +344,8 @@ async fn follow<T: Tenant>(
     let mut users = HashMap::with_capacity(round.changes.len());
     merge(&mut users, &round.changes);
     Ok((
-        TenantView::Delta {
-            users,
-            picture: TenantPicture::FullSync { reason },
-        },
+        users,
+        TenantPicture::FullSync { reason },
         Saved::Full(round.delta_link),
     ))
 }
@@ -375,29 +365,32 @@ pub fn merge(users: &mut HashMap<String, DirectoryUser>, changes: &[DeltaChange]
     }
 }
 
-/// The members holding a desired address (they need no invitation; the plan says so).
-fn members_holding(desired: &DesiredState, members: &[DirectoryUser]) -> Vec<DirectoryUser> {
-    let index = GuestIndex::new(members);
-    let mut found: Vec<DirectoryUser> = desired
+/// The members of the picture the plan must see: those holding a desired address (they need
+/// no invitation) and those whose id state records (never disabled or deleted).
+fn members_that_matter(
+    desired: &DesiredState,
+    state: &State,
+    index: &GuestIndex<'_>,
+) -> Vec<DirectoryUser> {
+    let by_address = desired.users.keys().flat_map(|key| index.find(key, None));
+    let by_id = state
         .users
-        .keys()
-        .flat_map(|key| index.find(key, None))
+        .values()
+        .filter_map(|r| r.guest_id.as_deref())
+        .filter_map(|id| index.get(id));
+    by_address
+        .chain(by_id)
+        .filter(|u| !u.is_guest())
         .cloned()
-        .collect();
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    found.dedup_by(|a, b| a.id == b.id);
-    found
+        .collect()
 }
 
-/// Which desired addresses and which recorded guest ids the picture (`guests` and `known`
-/// other users) does not explain.
+/// Which desired addresses and which recorded guest ids the picture does not explain.
 fn lookups_needed(
     desired: &DesiredState,
     state: &State,
-    guests: &[DirectoryUser],
-    known: &[DirectoryUser],
-) -> (BTreeSet<String>, BTreeSet<String>) {
-    let index = GuestIndex::new(guests.iter().chain(known));
+    index: &GuestIndex<'_>,
+) -> (Vec<String>, Vec<String>) {
     let mut by_email = BTreeSet::new();
     for (key, user) in &desired.users {
         let known_id = state.users.get(key).and_then(|r| r.guest_id.as_deref());
@@ -411,8 +404,8 @@ fn lookups_needed(
         .filter_map(|r| r.guest_id.as_deref())
         .filter(|id| index.get(id).is_none())
         .map(str::to_owned)
-        .collect();
-    (by_email, by_id)
+        .collect::<BTreeSet<_>>();
+    (by_email.into_iter().collect(), by_id.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -595,6 +588,41 @@ mod tests {
             .await
             .expect("observe");
         assert_eq!(tenant.calls(TenantOp::FindByEmails), 1);
+    }
+
+    // A recorded guest id that the picture shows as a member reaches the plan (which only
+    // releases it) without a lookup by id.
+    #[tokio::test]
+    async fn a_member_whose_id_state_records_is_in_the_picture_without_a_lookup() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = delta_settings(dir.path());
+        let tenant = FakeTenant::new();
+        let member = tenant.add_member("bob@contoso.example", "Bob");
+        let mut state = State::default();
+        state.users.insert(
+            "old@partner.example".into(),
+            UserRecord {
+                email: "old@partner.example".into(),
+                guest_id: Some(member.clone()),
+                ..UserRecord::default()
+            },
+        );
+        let (observed, _) = observe(
+            &desired_of(&["ana@partner.example"]),
+            &state,
+            &tenant,
+            &FakePortal::new(),
+            4,
+            TenantRead::Delta {
+                settings: &settings,
+                write: true,
+                now: Utc::now(),
+            },
+        )
+        .await
+        .expect("observe");
+        assert_eq!(ids(&observed.lookups), [member.as_str()]);
+        assert_eq!(tenant.calls(TenantOp::GetUsers), 0);
     }
 
     #[tokio::test]
