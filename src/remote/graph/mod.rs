@@ -14,11 +14,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod client;
+pub mod credential;
 pub mod error;
 pub mod fake;
 pub mod token;
 
 pub use client::GraphClient;
+pub use credential::CredentialSettings;
 pub use error::{GraphError, TokenFailure, TokenProblem};
 
 /// What the Graph client needs to know about the tenant (built from `tenant.*` by the
