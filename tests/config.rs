@@ -285,6 +285,7 @@ fn every_key_has_a_working_override() {
         ("portal.apiKeyFile", "/etc/guestops/pe"),
         ("portal.concurrency", "1"),
         ("portal.maxWritesPerSecond", "0.5"),
+        ("portal.knownAdmin", "owner@customer.example"),
         ("portal.roleCodes.administrator", "11"),
         ("portal.roleCodes.contributor", "12"),
         ("portal.roleCodes.viewer", "13"),

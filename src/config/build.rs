@@ -101,6 +101,7 @@ pub(crate) fn defaults() -> Config {
             concurrency: 2,
             max_writes_per_second: DEFAULT_PORTAL_MAX_WRITES_PER_SECOND,
             role_codes: RoleCodes::default(),
+            known_admin: None,
         },
         policy: PolicyConfig {
             allowed_domains: Vec::new(),
@@ -345,6 +346,12 @@ pub(crate) fn build(
         parse_code,
     );
     let codes = p.role_codes;
+    r.set(&mut p.known_admin, "portal.knownAdmin", |text| {
+        let address = text.trim();
+        email_address::EmailAddress::parse_with_options(address, Default::default())
+            .map(|_| Some(address.to_ascii_lowercase()))
+            .map_err(|e| format!("`{address}` is not an e-mail address ({e}); name a user the portal lists as an Administrator"))
+    });
     // A code that did not parse is already reported; comparing the default in its place
     // would report a duplicate that is not in the file.
     if r.problems.len() == problems_before_codes {

@@ -222,6 +222,11 @@ pub struct PortalConfig {
     pub max_writes_per_second: f64,
     /// Role names ↔ portal codes.
     pub role_codes: RoleCodes,
+    /// An administrator the portal is known to list (`portal.knownAdmin`, lower case): `guestops
+    /// doctor` and `guestops probe portal` check that the portal reports them with
+    /// `roleCodes.administrator` before trusting the role mapping (`docs/specs/power-embedded.md`
+    /// §1.6). `None`: the check is skipped with a warning.
+    pub known_admin: Option<String>,
 }
 
 impl PortalConfig {

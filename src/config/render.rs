@@ -69,6 +69,12 @@ pub(crate) fn to_yaml(config: &Config) -> String {
     secret_line(&mut line, "  apiKeyFile", &p.api_key);
     line(format!("  concurrency: {}", p.concurrency));
     line(format!("  maxWritesPerSecond: {}", p.max_writes_per_second));
+    match &p.known_admin {
+        Some(admin) => line(format!("  knownAdmin: {}", scalar(admin))),
+        None => {
+            line("  # knownAdmin: an administrator the portal lists (checked by doctor)".into())
+        }
+    }
     line("  roleCodes:".into());
     let c = &p.role_codes;
     line(format!("    administrator: {}", c.administrator));

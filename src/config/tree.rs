@@ -65,6 +65,7 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("apiKeyFile", Kind::Leaf),
             ("concurrency", Kind::Leaf),
             ("maxWritesPerSecond", Kind::Leaf),
+            ("knownAdmin", Kind::Leaf),
             (
                 "roleCodes",
                 Kind::Section(&[
