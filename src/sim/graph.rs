@@ -47,7 +47,11 @@ pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// The client secret the token endpoint accepts unless changed.
 pub const SIM_CLIENT_SECRET: &str = "sim-client-secret";
 
-/// The application permissions granted by default: what guestops needs, all of it.
+/// The application permissions granted by default: what guestops needs with every removal
+/// mode, each the least privileged one for its call (`docs/specs/microsoft-graph.md`):
+/// `User.Invite.All` for `POST /invitations` (§1), `User.Read.All` for `GET /users`, delta and
+/// single reads (§2), `User.EnableDisableAccount.All` (with `User.Read.All`) for
+/// `PATCH accountEnabled` and `User.DeleteRestore.All` for `DELETE /users/{id}` (§6).
 pub const DEFAULT_PERMISSIONS: [&str; 4] = [
     "User.Invite.All",
     "User.Read.All",
@@ -123,6 +127,9 @@ pub struct SimCredentials {
     pub token_lifetime: Duration,
     /// The cloud the emulated tenant lives in: tokens are issued only for its Graph resource.
     pub cloud: SimCloud,
+    /// The Graph application permissions granted to the application (admin-consented app
+    /// roles); every token issued carries them in `roles`, and Graph requires them.
+    pub roles: Vec<String>,
 }
 
 /// A Microsoft cloud (`docs/specs/microsoft-graph.md` §8), as the simulator stands for one.
@@ -163,6 +170,7 @@ impl std::fmt::Debug for SimCredentials {
             .field("app_disabled", &self.app_disabled)
             .field("token_lifetime", &self.token_lifetime)
             .field("cloud", &self.cloud)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -178,6 +186,10 @@ impl Default for SimCredentials {
             app_disabled: false,
             token_lifetime: Duration::from_secs(3599),
             cloud: SimCloud::Global,
+            roles: DEFAULT_PERMISSIONS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
         }
     }
 }
@@ -444,17 +456,38 @@ struct Cursor {
     after_id: Option<String>,
 }
 
+/// An access token the token endpoints issued: until when Graph accepts it and the
+/// permissions it carries (fixed when issued, as in a real token's `roles`).
+#[derive(Debug, Clone)]
+struct IssuedToken {
+    expiry: Instant,
+    roles: BTreeSet<String>,
+}
+
+/// What a valid bearer token grants a Graph request.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    roles: BTreeSet<String>,
+}
+
+impl Grant {
+    /// Whether the token carries one of `permissions`.
+    fn has_any(&self, permissions: &[&str]) -> bool {
+        permissions.iter().any(|p| self.roles.contains(*p))
+    }
+}
+
 /// The emulated directory.
 #[derive(Debug)]
 pub struct Directory {
     credentials: SimCredentials,
     users: BTreeMap<String, SimUser>,
     deleted: BTreeMap<String, SimUser>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, IssuedToken>,
     cursors: HashMap<String, Cursor>,
     invitation_counts: BTreeMap<String, u32>,
     invitations: Vec<InvitationRecord>,
-    permissions: BTreeSet<String>,
+    allow_invites_from: String,
     replication_delay: Duration,
     page_size_cap: Option<usize>,
     empty_first_page: bool,
@@ -483,10 +516,7 @@ impl Default for Directory {
             cursors: HashMap::new(),
             invitation_counts: BTreeMap::new(),
             invitations: Vec::new(),
-            permissions: DEFAULT_PERMISSIONS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect(),
+            allow_invites_from: "everyone".into(),
             replication_delay: Duration::ZERO,
             page_size_cap: None,
             empty_first_page: false,
@@ -700,23 +730,54 @@ impl Directory {
     /// Makes every issued token expired (Graph answers `401` until a new one is fetched).
     pub fn expire_tokens(&mut self) {
         let now = Instant::now();
-        for expiry in self.tokens.values_mut() {
-            *expiry = now;
+        for token in self.tokens.values_mut() {
+            token.expiry = now;
         }
     }
 
-    /// Grants an application permission (e.g. `User.ReadWrite.All`).
+    /// Grants an application permission (e.g. `User.ReadWrite.All`) to the application.
+    /// Like a real grant it reaches Graph with the next token: tokens already issued keep
+    /// the roles they carry.
     pub fn grant_permission(&mut self, permission: &str) {
-        self.permissions.insert(permission.to_owned());
+        if !self.credentials.roles.iter().any(|r| r == permission) {
+            self.credentials.roles.push(permission.to_owned());
+        }
     }
 
-    /// Revokes an application permission (e.g. `User.Invite.All`).
+    /// Revokes an application permission (e.g. `User.Invite.All`) from the application,
+    /// from the next token on.
     pub fn revoke_permission(&mut self, permission: &str) {
-        self.permissions.remove(permission);
+        self.credentials.roles.retain(|r| r != permission);
     }
 
-    fn has_any(&self, permissions: &[&str]) -> bool {
-        permissions.iter().any(|p| self.permissions.contains(*p))
+    /// Replaces the application's permissions (from the next token on).
+    pub fn set_roles(&mut self, roles: &[&str]) {
+        self.credentials.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    }
+
+    /// `allowInvitesFrom` of the tenant's authorization policy: `none`,
+    /// `adminsAndGuestInviters`, `adminsGuestInvitersAndAllMembers` or `everyone` (default).
+    pub fn set_allow_invites_from(&mut self, value: &str) {
+        self.allow_invites_from = value.to_owned();
+    }
+
+    /// Records an issued access token and the roles it carries; Graph accepts it for
+    /// `lifetime`.
+    pub(crate) fn record_token(&mut self, token: &str, lifetime: Duration, roles: &[String]) {
+        self.tokens.insert(
+            token.to_owned(),
+            IssuedToken {
+                expiry: Instant::now() + lifetime,
+                roles: roles.iter().cloned().collect(),
+            },
+        );
+    }
+
+    /// Makes `token` a valid bearer token with the application's current roles (for tests
+    /// that talk to Graph without the token endpoint).
+    pub fn insert_token(&mut self, token: &str, lifetime: Duration) {
+        let roles = self.credentials.roles.clone();
+        self.record_token(token, lifetime, &roles);
     }
 
     /// The live, visible user with this id or UPN.
@@ -829,6 +890,10 @@ pub fn routes() -> Router<Sim> {
         )
         .route("/v1.0/invitations", post(invite))
         .route("/v1.0/$batch", post(batch::batch))
+        .route(
+            "/v1.0/policies/authorizationPolicy",
+            get(authorization_policy),
+        )
         .layer(middleware::from_fn(request_ids))
 }
 
@@ -999,13 +1064,9 @@ fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>
             ),
         );
     }
-    let access_token = format!(
-        "sim.{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    dir.tokens
-        .insert(access_token.clone(), Instant::now() + creds.token_lifetime);
+    let access_token =
+        super::entra::access_token(&creds, client_id, &creds.roles, creds.token_lifetime);
+    dir.record_token(&access_token, creds.token_lifetime, &creds.roles);
     let lifetime = creds.token_lifetime.as_secs();
     (
         StatusCode::OK,
@@ -1030,8 +1091,8 @@ fn invalid_token(message: &str) -> Response {
     )
 }
 
-/// Checks the bearer token.
-fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the bearer token; what it grants.
+pub(crate) fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<Grant, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(invalid_token("Access token is empty."));
     };
@@ -1044,10 +1105,12 @@ fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<(), Response> {
         None => Err(invalid_token(
             "Access token validation failure. Invalid audience.",
         )),
-        Some(expiry) if Instant::now() >= *expiry => Err(invalid_token(
+        Some(issued) if Instant::now() >= issued.expiry => Err(invalid_token(
             "Lifetime validation failed, the token is expired.",
         )),
-        Some(_) => Ok(()),
+        Some(issued) => Ok(Grant {
+            roles: issued.roles.clone(),
+        }),
     }
 }
 
@@ -1153,8 +1216,7 @@ fn read_prologue(
     known: &[&str],
     refuse: impl Fn(&str) -> Response,
 ) -> Result<BTreeMap<String, String>, Response> {
-    authorize(dir, headers)?;
-    if !dir.has_any(READ) {
+    if !authorize(dir, headers)?.has_any(READ) {
         return Err(denied());
     }
     let options = query_options(uri)?;
@@ -1360,11 +1422,10 @@ async fn get_user(
 ) -> Response {
     let state = sim.state();
     let dir = &state.graph;
-    if let Err(response) = authorize(dir, &headers) {
-        return response;
-    }
-    if !dir.has_any(READ) {
-        return denied();
+    match authorize(dir, &headers) {
+        Err(response) => return response,
+        Ok(grant) if !grant.has_any(READ) => return denied(),
+        Ok(_) => {}
     }
     if id == "$count" {
         return bad_request("$count is not currently supported.");
@@ -1465,9 +1526,10 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Res
 }
 
 fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
+    let grant = match authorize(dir, headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
     let fields = match json_body(headers, body) {
         Ok(fields) => fields,
         Err(response) => return response,
@@ -1481,13 +1543,13 @@ fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: 
     }
     let only_enable = fields.keys().all(|k| k == "accountEnabled");
     let allowed = if only_enable {
-        dir.has_any(&[
+        grant.has_any(&[
             "User.EnableDisableAccount.All",
             "User.ReadWrite.All",
             "Directory.ReadWrite.All",
-        ]) && dir.has_any(READ)
+        ]) && grant.has_any(READ)
     } else {
-        dir.has_any(&["User.ReadWrite.All", "Directory.ReadWrite.All"])
+        grant.has_any(&["User.ReadWrite.All", "Directory.ReadWrite.All"])
     };
     if !allowed {
         return denied();
@@ -1546,10 +1608,11 @@ async fn delete_user(
 ) -> Response {
     let mut state = sim.state();
     let dir = &mut state.graph;
-    if let Err(response) = authorize(dir, &headers) {
-        return response;
-    }
-    if !dir.has_any(&[
+    let grant = match authorize(dir, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if !grant.has_any(&[
         "User.DeleteRestore.All",
         "User.ReadWrite.All",
         "Directory.ReadWrite.All",
@@ -1562,6 +1625,59 @@ async fn delete_user(
     dir.delete_user(&id);
     state.counters.writes += 1;
     StatusCode::NO_CONTENT.into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies
+
+/// `GET /v1.0/policies/authorizationPolicy`: the tenant's authorization policy, with
+/// `allowInvitesFrom` as set by [`Directory::set_allow_invites_from`]. Needs `Policy.Read.All`
+/// (least privileged, Learn "Get authorizationPolicy") or `Policy.ReadWrite.Authorization`.
+/// The other properties are the defaults of a new tenant, in the documented shape.
+async fn authorization_policy(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Response {
+    let state = sim.state();
+    let dir = &state.graph;
+    match authorize(dir, &headers) {
+        Err(response) => return response,
+        Ok(grant) if !grant.has_any(&["Policy.Read.All", "Policy.ReadWrite.Authorization"]) => {
+            return denied();
+        }
+        Ok(_) => {}
+    }
+    if let Some(query) = uri.query() {
+        return bad_request(&format!(
+            "The simulator does not emulate query options on authorizationPolicy: {query}"
+        ));
+    }
+    graph_json(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!(
+                "http://{}/v1.0/$metadata#policies/authorizationPolicy/$entity",
+                host_of(&headers)
+            ),
+            "id": "authorizationPolicy",
+            "displayName": "Authorization Policy",
+            "description": "Used to manage authorization related settings across the company.",
+            "allowInvitesFrom": dir.allow_invites_from,
+            "allowedToSignUpEmailBasedSubscriptions": true,
+            "allowedToUseSSPR": true,
+            "allowEmailVerifiedUsersToJoinOrganization": false,
+            "allowUserConsentForRiskyApps": null,
+            "blockMsolPowerShell": false,
+            "guestUserRoleId": "10dae51f-b6af-4016-8d66-8c2a99b929b3",
+            "defaultUserRolePermissions": {
+                "allowedToCreateApps": true,
+                "allowedToCreateSecurityGroups": true,
+                "allowedToCreateTenants": true,
+                "allowedToReadBitlockerKeysForOwnedDevice": true,
+                "allowedToReadOtherUsers": true,
+                "permissionGrantPoliciesAssigned": [
+                    "ManagePermissionGrantsForSelf.microsoft-user-default-legacy"
+                ]
+            }
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1620,10 +1736,11 @@ async fn invite(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
-    if !dir.has_any(&[
+    let grant = match authorize(dir, headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if !grant.has_any(&[
         "User.Invite.All",
         "User.ReadWrite.All",
         "Directory.ReadWrite.All",
@@ -1833,5 +1950,251 @@ mod tests {
         assert_eq!(selected["userType"], "Guest");
         assert!(selected.get("id").is_some());
         assert!(selected.get("mail").is_none());
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::sim::entra::jwt::{Jwt, token_signer};
+
+    /// Sends one request through the router; the status and the JSON body (or `Null`).
+    async fn call(
+        sim: &Sim,
+        method: Method,
+        uri: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "sim.test");
+        if let Some(token) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("a request");
+        let response = sim.router().oneshot(request).await.expect("an answer");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A token from the token endpoint with the client secret.
+    async fn sign_in(sim: &Sim) -> String {
+        let form = format!(
+            "grant_type=client_credentials&client_id={SIM_CLIENT_ID}&client_secret={SIM_CLIENT_SECRET}&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        );
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/{SIM_TENANT_ID}/oauth2/v2.0/token"))
+            .header(header::HOST, "sim.test")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .expect("a request");
+        let response = sim.router().oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    fn code(body: &Value) -> &str {
+        body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_are_signed_jwts_with_the_granted_roles() {
+        let sim = Sim::new();
+        let token = sign_in(&sim).await;
+        let jwt = Jwt::parse(&token).expect("a JWT");
+        assert!(jwt.verifies("RS256", &token_signer().public_key()));
+        assert_eq!(jwt.header_str("kid"), Some(token_signer().kid()));
+        assert_eq!(jwt.claim_str("appid"), Some(SIM_CLIENT_ID));
+        assert_eq!(jwt.claim_str("tid"), Some(SIM_TENANT_ID));
+        assert_eq!(jwt.claim_str("aud"), Some("https://graph.microsoft.com"));
+        let roles: BTreeSet<&str> = jwt.claims["roles"]
+            .as_array()
+            .expect("roles")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(roles, DEFAULT_PERMISSIONS.into_iter().collect());
+
+        sim.state().graph.set_roles(&["User.Read.All"]);
+        let narrower = Jwt::parse(&sign_in(&sim).await).expect("a JWT");
+        assert_eq!(narrower.claims["roles"], json!(["User.Read.All"]));
+    }
+
+    #[tokio::test]
+    async fn each_call_needs_its_permission_and_a_broader_one_will_do() {
+        let sim = Sim::new();
+        let id = sim.state().graph.add_guest("ana@partner.example", "Ana");
+        let invitation = json!({
+            "invitedUserEmailAddress": "bo@partner.example",
+            "inviteRedirectUrl": "https://portal.example",
+        });
+        // No permission at all: every call is denied, in Graph's error shape.
+        sim.state().graph.set_roles(&[]);
+        let none = sign_in(&sim).await;
+        let calls = [
+            (Method::GET, "/v1.0/users".to_owned(), None),
+            (Method::GET, format!("/v1.0/users/{id}"), None),
+            (Method::GET, "/v1.0/users/delta".to_owned(), None),
+            (
+                Method::PATCH,
+                format!("/v1.0/users/{id}"),
+                Some(json!({"accountEnabled": false})),
+            ),
+            (Method::DELETE, format!("/v1.0/users/{id}"), None),
+            (
+                Method::POST,
+                "/v1.0/invitations".to_owned(),
+                Some(invitation.clone()),
+            ),
+        ];
+        for (method, uri, body) in calls.clone() {
+            let (status, answer) = call(&sim, method.clone(), &uri, Some(&none), body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {answer}");
+            assert_eq!(code(&answer), "Authorization_RequestDenied");
+            assert_eq!(
+                answer["error"]["message"],
+                "Insufficient privileges to complete the operation."
+            );
+            assert!(answer["error"]["innerError"]["request-id"].is_string());
+            assert!(answer["error"]["innerError"]["date"].is_string());
+        }
+        // The least privileged permission of one call does not open another.
+        sim.state().graph.set_roles(&["User.Invite.All"]);
+        let invite_only = sign_in(&sim).await;
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&invite_only), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, answer) = call(
+            &sim,
+            Method::POST,
+            "/v1.0/invitations",
+            Some(&invite_only),
+            Some(invitation.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        // Disabling needs a read permission too; deleting does not.
+        sim.state()
+            .graph
+            .set_roles(&["User.EnableDisableAccount.All", "User.DeleteRestore.All"]);
+        let no_read = sign_in(&sim).await;
+        let (status, _) = call(
+            &sim,
+            Method::PATCH,
+            &format!("/v1.0/users/{id}"),
+            Some(&no_read),
+            Some(json!({"accountEnabled": false})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // User.ReadWrite.All covers everything guestops does.
+        sim.state().graph.set_roles(&["User.ReadWrite.All"]);
+        let broad = sign_in(&sim).await;
+        for (method, uri, body) in calls {
+            let body = body.map(|b| {
+                if uri.ends_with("invitations") {
+                    json!({"invitedUserEmailAddress": "cy@partner.example", "inviteRedirectUrl": "https://portal.example"})
+                } else {
+                    b
+                }
+            });
+            let (status, answer) = call(&sim, method.clone(), &uri, Some(&broad), body).await;
+            assert!(status.is_success(), "{method} {uri}: {status} {answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_keeps_the_roles_it_was_issued_with() {
+        let sim = Sim::new();
+        let before = sign_in(&sim).await;
+        sim.state().graph.revoke_permission("User.Read.All");
+        let after = sign_in(&sim).await;
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&before), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&after), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn inner_batch_requests_are_checked_one_by_one() {
+        let sim = Sim::new();
+        sim.state().graph.set_roles(&["User.Read.All"]);
+        let token = sign_in(&sim).await;
+        let id = sim.state().graph.add_guest("ana@partner.example", "Ana");
+        let batch = json!({"requests": [
+            {"id": "1", "method": "GET", "url": format!("/users/{id}")},
+            {"id": "2", "method": "DELETE", "url": format!("/users/{id}")},
+        ]});
+        let (status, answer) = call(
+            &sim,
+            Method::POST,
+            "/v1.0/$batch",
+            Some(&token),
+            Some(batch),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let responses = answer["responses"].as_array().expect("responses");
+        let of = |wanted: &str| {
+            responses
+                .iter()
+                .find(|r| r["id"] == wanted)
+                .expect("an answer per request")
+        };
+        assert_eq!(of("1")["status"], 200);
+        assert_eq!(of("2")["status"], 403);
+        assert_eq!(
+            of("2")["body"]["error"]["code"],
+            "Authorization_RequestDenied"
+        );
+        assert_eq!(sim.state().graph.users().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_authorization_policy_needs_policy_read_all() {
+        let sim = Sim::new();
+        let token = sign_in(&sim).await;
+        let uri = "/v1.0/policies/authorizationPolicy";
+        let (status, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(code(&answer), "Authorization_RequestDenied");
+
+        sim.state().graph.grant_permission("Policy.Read.All");
+        let token = sign_in(&sim).await;
+        let (status, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["id"], "authorizationPolicy");
+        assert_eq!(answer["allowInvitesFrom"], "everyone");
+        assert!(answer["defaultUserRolePermissions"].is_object());
+
+        sim.state()
+            .graph
+            .set_allow_invites_from("adminsAndGuestInviters");
+        let (_, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(answer["allowInvitesFrom"], "adminsAndGuestInviters");
+        let (status, _) = call(&sim, Method::GET, uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod entra;
 pub mod graph;
 pub mod portal;
 pub mod seed;
