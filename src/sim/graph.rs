@@ -28,6 +28,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::Sim;
+use super::entra::assertion::{self, Refusal};
+use super::entra::{SimCertificate, SimFederatedCredential};
 
 pub mod batch;
 pub mod delta;
@@ -117,8 +119,13 @@ pub struct SimCredentials {
     pub tenant_domain: String,
     /// The application (client) id.
     pub client_id: String,
-    /// The client secret value.
+    /// The client secret value; empty: the application has no secret (a secret sent is
+    /// refused like a wrong one).
     pub client_secret: String,
+    /// Certificates registered on the application, for client assertions.
+    pub certificates: Vec<SimCertificate>,
+    /// Federated identity credentials of the application.
+    pub federated: Vec<SimFederatedCredential>,
     /// Answer `AADSTS7000222` (expired secret) even for the right secret.
     pub secret_expired: bool,
     /// Answer `AADSTS7000112` (application disabled).
@@ -166,6 +173,8 @@ impl std::fmt::Debug for SimCredentials {
             .field("tenant_domain", &self.tenant_domain)
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field("certificates", &self.certificates)
+            .field("federated", &self.federated)
             .field("secret_expired", &self.secret_expired)
             .field("app_disabled", &self.app_disabled)
             .field("token_lifetime", &self.token_lifetime)
@@ -182,6 +191,8 @@ impl Default for SimCredentials {
             tenant_domain: SIM_TENANT_DOMAIN.into(),
             client_id: SIM_CLIENT_ID.into(),
             client_secret: SIM_CLIENT_SECRET.into(),
+            certificates: Vec::new(),
+            federated: Vec::new(),
             secret_expired: false,
             app_disabled: false,
             token_lifetime: Duration::from_secs(3599),
@@ -484,6 +495,8 @@ pub struct Directory {
     users: BTreeMap<String, SimUser>,
     deleted: BTreeMap<String, SimUser>,
     tokens: HashMap<String, IssuedToken>,
+    /// `jti`s of accepted certificate assertions, with their `exp`.
+    seen_assertions: HashMap<String, i64>,
     cursors: HashMap<String, Cursor>,
     invitation_counts: BTreeMap<String, u32>,
     invitations: Vec<InvitationRecord>,
@@ -513,6 +526,7 @@ impl Default for Directory {
             users: BTreeMap::new(),
             deleted: BTreeMap::new(),
             tokens: HashMap::new(),
+            seen_assertions: HashMap::new(),
             cursors: HashMap::new(),
             invitation_counts: BTreeMap::new(),
             invitations: Vec::new(),
@@ -900,7 +914,7 @@ pub fn routes() -> Router<Sim> {
 // ---------------------------------------------------------------------------------------------
 // Token endpoint
 
-fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
+pub(crate) fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
     let trace = uuid::Uuid::new_v4().to_string();
     let correlation = uuid::Uuid::new_v4().to_string();
     let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
@@ -920,14 +934,139 @@ fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn token(State(sim): State<Sim>, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn token(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    // The URL the request was sent to: a certificate assertion's `aud` must be exactly it.
+    let token_url = format!("http://{}/{tenant}/oauth2/v2.0/token", host_of(&headers));
+    // A federated token needs its issuer's keys, fetched (as Entra does) without the lock:
+    // the issuer may be this very simulator.
+    let issuer = {
+        let state = sim.state();
+        let creds = &state.graph.credentials;
+        match (form.get("client_assertion"), form.get("client_id")) {
+            (Some(assertion), Some(client_id)) => {
+                assertion::issuer_to_fetch(assertion, client_id, &creds.federated)
+            }
+            _ => None,
+        }
+    };
+    let keys = match issuer {
+        Some(issuer) => Some(assertion::fetch_issuer_keys(&issuer).await),
+        None => None,
+    };
     let mut state = sim.state();
     let dir = &mut state.graph;
-    issue_token(dir, &tenant, &form)
+    issue_token(dir, &tenant, &token_url, &form, keys.as_ref())
 }
 
-fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>) -> Response {
+fn refusal(refusal: Refusal) -> Response {
+    aadsts(refusal.status, refusal.error, refusal.code, &refusal.text)
+}
+
+/// How the client authenticated: a secret or an assertion, each checked.
+fn authenticate_client(
+    dir: &mut Directory,
+    client_id: &str,
+    token_url: &str,
+    form: &HashMap<String, String>,
+    keys: Option<&assertion::IssuerKeys>,
+) -> Result<(), Response> {
+    let creds = &dir.credentials;
+    let secret = form.get("client_secret").filter(|s| !s.is_empty());
+    let client_assertion = form.get("client_assertion").filter(|s| !s.is_empty());
+    match (secret, client_assertion) {
+        (Some(_), Some(_)) => Err(aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            9002313,
+            "Invalid request. Request is malformed or invalid. [Reason - Send either 'client_secret' or 'client_assertion', not both.]",
+        )),
+        (None, None) => Err(aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )),
+        (Some(secret), None) => {
+            // An application without a secret refuses every secret as a wrong one.
+            if creds.client_secret.is_empty() || *secret != creds.client_secret {
+                return Err(aadsts(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                ));
+            }
+            if creds.secret_expired {
+                return Err(aadsts(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000222,
+                    &format!(
+                        "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, Some(client_assertion)) => {
+            match form.get("client_assertion_type").map(String::as_str) {
+                Some(assertion::JWT_BEARER) => {}
+                None => {
+                    return Err(aadsts(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        900144,
+                        "The request body must contain the following parameter: 'client_assertion_type'.",
+                    ));
+                }
+                Some(other) => {
+                    // The code for a wrong type is not documented: the generic malformed request.
+                    return Err(aadsts(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        9002313,
+                        &format!(
+                            "Invalid request. Request is malformed or invalid. [Reason - client_assertion_type '{other}' is not supported; use '{}'.]",
+                            assertion::JWT_BEARER
+                        ),
+                    ));
+                }
+            }
+            let jwt = assertion::parse(client_assertion).map_err(refusal)?;
+            let now = Utc::now().timestamp();
+            match assertion::kind(&jwt, client_id) {
+                assertion::Kind::Certificate => assertion::check_certificate(
+                    &jwt,
+                    &creds.certificates,
+                    client_id,
+                    token_url,
+                    now,
+                    &mut dir.seen_assertions,
+                ),
+                assertion::Kind::Federated(_) => {
+                    assertion::check_federated(&jwt, &creds.federated, keys, now)
+                }
+            }
+            .map_err(refusal)
+        }
+    }
+}
+
+fn issue_token(
+    dir: &mut Directory,
+    tenant: &str,
+    token_url: &str,
+    form: &HashMap<String, String>,
+    keys: Option<&assertion::IssuerKeys>,
+) -> Response {
     let creds = dir.credentials.clone();
     if dir.token_outages > 0 {
         dir.token_outages -= 1;
@@ -990,33 +1129,8 @@ fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>
             &format!("Application '{client_id}' is disabled."),
         );
     }
-    let Some(secret) = form.get("client_secret").filter(|s| !s.is_empty()) else {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-        );
-    };
-    if *secret != creds.client_secret {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            &format!(
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-            ),
-        );
-    }
-    if creds.secret_expired {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000222,
-            &format!(
-                "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
-            ),
-        );
+    if let Err(response) = authenticate_client(dir, client_id, token_url, form, keys) {
+        return response;
     }
     let Some(scope) = form.get("scope") else {
         return missing("scope");

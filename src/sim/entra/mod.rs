@@ -17,6 +17,7 @@ use sha1::Sha1;
 
 use super::graph::SimCredentials;
 
+pub mod assertion;
 pub mod jwt;
 
 /// The audience recommended for federated identity credentials (§7).
