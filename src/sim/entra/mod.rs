@@ -9,16 +9,21 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::PathBuf;
+
 use rsa::sha2::{Digest as _, Sha256};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::json;
 use sha1::Sha1;
 
+use super::Sim;
 use super::graph::SimCredentials;
 
 pub mod assertion;
 pub mod jwt;
+pub mod oidc;
 
 /// The audience recommended for federated identity credentials (§7).
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -148,6 +153,48 @@ impl std::fmt::Debug for SimManagedIdentity {
             .field("roles", &self.roles)
             .finish()
     }
+}
+
+/// State of the identity endpoints that is not the tenant's: the test OIDC issuers and the
+/// managed-identity host.
+#[derive(Debug, Default)]
+pub struct IdentityState {
+    /// Test OIDC issuers by name (served under `/oidc/{name}`).
+    pub issuers: BTreeMap<String, oidc::SimIssuer>,
+    /// Azure Arc style: where the host writes the challenge secret files. `None`: the
+    /// IMDS path behaves as IMDS for every `api-version`.
+    pub arc_key_dir: Option<PathBuf>,
+    /// Statuses the next managed-identity token requests answer, in order.
+    managed_failures: VecDeque<u16>,
+    /// Arc challenge secrets handed out and not yet used.
+    arc_secrets: HashSet<String>,
+}
+
+impl IdentityState {
+    /// The next `times` managed-identity token requests answer `status` (e.g. 500, 503, or
+    /// 410 for "IMDS is updating").
+    pub fn fail_managed_identity(&mut self, status: u16, times: u32) {
+        self.managed_failures
+            .extend(std::iter::repeat_n(status, times as usize));
+    }
+
+    /// Adds (or replaces) a test OIDC issuer.
+    pub fn add_issuer(&mut self, name: &str, issuer: oidc::SimIssuer) {
+        self.issuers.insert(name.to_owned(), issuer);
+    }
+}
+
+/// Routes of the identity endpoints that are not the tenant's token endpoint: the test OIDC
+/// issuers (`/oidc/...`).
+pub fn routes() -> axum::Router<Sim> {
+    axum::Router::new().merge(oidc::routes())
+}
+
+/// Whether `path` is one of [`routes`] (counted as identity requests, not Graph requests).
+pub fn is_identity_path(path: &str) -> bool {
+    ["/oidc/", "/msi/", "/metadata/"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }
 
 /// The object id Entra would give the service principal of `client_id` (stable, derived).
