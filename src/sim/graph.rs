@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::Sim;
 use super::entra::assertion::{self, Refusal};
-use super::entra::{SimCertificate, SimFederatedCredential};
+use super::entra::{SimCertificate, SimFederatedCredential, SimManagedIdentity};
 
 pub mod batch;
 pub mod delta;
@@ -126,6 +126,9 @@ pub struct SimCredentials {
     pub certificates: Vec<SimCertificate>,
     /// Federated identity credentials of the application.
     pub federated: Vec<SimFederatedCredential>,
+    /// The managed identities of the emulated Azure host (`None`: the managed-identity
+    /// endpoints know no identity).
+    pub managed_identity: Option<SimManagedIdentity>,
     /// Answer `AADSTS7000222` (expired secret) even for the right secret.
     pub secret_expired: bool,
     /// Answer `AADSTS7000112` (application disabled).
@@ -175,6 +178,7 @@ impl std::fmt::Debug for SimCredentials {
             .field("client_secret", &"[redacted]")
             .field("certificates", &self.certificates)
             .field("federated", &self.federated)
+            .field("managed_identity", &self.managed_identity)
             .field("secret_expired", &self.secret_expired)
             .field("app_disabled", &self.app_disabled)
             .field("token_lifetime", &self.token_lifetime)
@@ -193,6 +197,7 @@ impl Default for SimCredentials {
             client_secret: SIM_CLIENT_SECRET.into(),
             certificates: Vec::new(),
             federated: Vec::new(),
+            managed_identity: None,
             secret_expired: false,
             app_disabled: false,
             token_lifetime: Duration::from_secs(3599),

@@ -23,6 +23,7 @@ use super::graph::SimCredentials;
 
 pub mod assertion;
 pub mod jwt;
+pub mod managed;
 pub mod oidc;
 
 /// The audience recommended for federated identity credentials (§7).
@@ -185,9 +186,12 @@ impl IdentityState {
 }
 
 /// Routes of the identity endpoints that are not the tenant's token endpoint: the test OIDC
-/// issuers (`/oidc/...`).
+/// issuers (`/oidc/...`) and the managed-identity endpoints (`/msi/token`,
+/// `/metadata/identity/oauth2/token`).
 pub fn routes() -> axum::Router<Sim> {
-    axum::Router::new().merge(oidc::routes())
+    axum::Router::new()
+        .merge(oidc::routes())
+        .merge(managed::routes())
 }
 
 /// Whether `path` is one of [`routes`] (counted as identity requests, not Graph requests).
