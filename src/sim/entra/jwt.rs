@@ -135,8 +135,8 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for a PKCS#8 PEM private key; the key id is the base64url SHA-256 of the
-    /// public key's SubjectPublicKeyInfo DER (its first 16 bytes).
+    /// A signer for a PKCS#8 PEM private key; the key id is the base64url of the first 16
+    /// bytes of the SHA-256 of the modulus (stable for a key, distinct between keys).
     ///
     /// # Panics
     /// If `pem` is not a PKCS#8 RSA key (only the committed keys are passed).

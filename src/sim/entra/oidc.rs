@@ -448,6 +448,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn graph_fault_injection_does_not_reach_the_identity_endpoints() {
+        use tower::ServiceExt as _;
+        let sim = Sim::new();
+        {
+            let mut state = sim.state();
+            state.identity.add_issuer("gh", SimIssuer::default());
+            state.graph_faults = crate::sim::Faults {
+                throttle_every: Some(1),
+                fail: vec![crate::sim::FailRule {
+                    method: None,
+                    path_prefix: "/".into(),
+                    query_contains: None,
+                    status: 503,
+                    times: None,
+                    after_processing: false,
+                }],
+                ..crate::sim::Faults::default()
+            };
+        }
+        let request = axum::http::Request::builder()
+            .uri("/oidc/gh/jwks")
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        let response = sim.router().oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let counters = sim.state().counters.clone();
+        assert_eq!(
+            (
+                counters.identity_requests,
+                counters.graph_requests,
+                counters.injected_failures
+            ),
+            (1, 0, 0)
+        );
+    }
+
+    #[tokio::test]
     async fn keys_come_only_from_https_or_loopback_issuers() {
         let sim = Sim::new();
         let issuer = "http://issuer.example/oidc/gh";
