@@ -29,7 +29,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha1::Digest;
 
-use super::{ClientAuth, Fetched, TokenCache, TokenEndpoint, TokenFuture, TokenSource};
+use super::{
+    ClientAuth, Fetched, TokenCache, TokenEndpoint, TokenFuture, TokenProblem, TokenSource,
+};
 use crate::remote::graph::credential::{AssertionAlgorithm, CertificateSettings};
 use crate::remote::graph::error::{CredentialError, GraphError, SignInContext};
 
@@ -469,5 +471,356 @@ impl TokenSource for ClientCertificateCredential {
 
     fn invalidate(&self) {
         self.cache.invalidate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Credential;
+    use crate::remote::graph::token::testing::{
+        Answer, CLIENT_ID, Server, TOKEN_ANSWER, endpoint, fixture,
+    };
+    use rsa::signature::Verifier;
+
+    // Fixture facts, from the openssl CLI:
+    //   openssl x509 -in tests/fixtures/credentials/app.crt -noout -fingerprint -sha1
+    //   openssl x509 -in tests/fixtures/credentials/app.crt -noout -fingerprint -sha256
+    //   openssl x509 -in tests/fixtures/credentials/app.crt -noout -subject -startdate -enddate
+    const APP_SHA1: &str = "1D986231B88BF78A4C36180C28CAFEE3A97AE269";
+    const APP_SHA256: &str = "E045A68CA5B85FF90901968EDB50ABC6E30F87059B8BCF74976585FCD0ADB88B";
+    const APP_NOT_AFTER: &str = "2126-11-07 12:45:10 UTC";
+    const APP_NOT_BEFORE: &str = "2026-12-01 12:45:10 UTC";
+    const OTHER_SHA1: &str = "21A616AF58BEB701F66869F9A9F8308BCEAEAF03";
+
+    /// Between the fixtures' notBefore and notAfter.
+    fn valid_now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)
+    }
+
+    fn settings(file: PathBuf, password: Option<&str>) -> CertificateSettings {
+        CertificateSettings {
+            file,
+            origin: "tenant.credential.certificateFile".into(),
+            password: password.map(|p| {
+                Credential::new(
+                    SecretString::from(p.to_owned()),
+                    "tenant.credential.certificatePassword",
+                )
+            }),
+            send_chain: false,
+            algorithm: AssertionAlgorithm::Ps256,
+        }
+    }
+
+    fn load(settings: &CertificateSettings) -> Result<ClientCertificate, CredentialError> {
+        ClientCertificate::load(settings, valid_now())
+    }
+
+    fn loaded(name: &str, password: Option<&str>) -> ClientCertificate {
+        load(&settings(fixture(name), password)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn error(settings: &CertificateSettings, now: SystemTime) -> String {
+        match ClientCertificate::load(settings, now) {
+            Ok(c) => panic!("loaded {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn der(name: &str) -> Vec<u8> {
+        let pem = std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("{e}"));
+        CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .and_then(|c| c.ok())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_else(|| panic!("no certificate in {name}"))
+    }
+
+    fn app_public_key() -> RsaPublicKey {
+        let spki = spki_of(&der("app.crt")).unwrap_or_else(|| panic!("spki"));
+        RsaPublicKey::from_public_key_der(&spki).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn decode_part(part: &str) -> serde_json::Value {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_file_format_gives_the_fixture_facts() {
+        for (name, password) in [
+            ("app.pem", None),
+            ("app-pkcs1.pem", None),
+            ("app.p12", Some("fixture-password")),
+            ("app-3des.p12", Some("fixture-password")),
+        ] {
+            let certificate = loaded(name, password);
+            let info = certificate.info();
+            assert_eq!(info.sha1_thumbprint, APP_SHA1, "{name}");
+            assert_eq!(info.sha256_thumbprint, APP_SHA256, "{name}");
+            assert_eq!(info.subject, "CN=guestops-fixture-app", "{name}");
+            assert_eq!(
+                info.not_after.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                APP_NOT_AFTER
+            );
+            assert_eq!(
+                info.not_before.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                APP_NOT_BEFORE
+            );
+            let sha1 = hex::decode(APP_SHA1).unwrap_or_default();
+            assert_eq!(info.x5t, URL_SAFE_NO_PAD.encode(sha1), "{name}");
+            let sha256 = hex::decode(APP_SHA256).unwrap_or_default();
+            assert_eq!(info.x5t_s256, URL_SAFE_NO_PAD.encode(sha256), "{name}");
+        }
+        let info = certificate_info(&settings(fixture("other.pem"), None))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(info.sha1_thumbprint, OTHER_SHA1);
+    }
+
+    #[test]
+    fn a_ps256_assertion_has_the_documented_header_and_claims_and_verifies() {
+        let certificate = loaded("app.pem", None);
+        let audience = "https://login.microsoftonline.com/tenant/oauth2/v2.0/token";
+        let now = valid_now();
+        let jwt = certificate
+            .assertion(audience, CLIENT_ID, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let jwt = jwt.expose_secret();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header = decode_part(parts[0]);
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["x5t#S256"], certificate.info().x5t_s256.as_str());
+        assert!(header.get("x5t").is_none(), "{header}");
+        assert!(header.get("x5c").is_none(), "{header}");
+        let claims = decode_part(parts[1]);
+        assert_eq!(claims["aud"], audience);
+        assert_eq!(claims["iss"], CLIENT_ID);
+        assert_eq!(claims["sub"], CLIENT_ID);
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        assert_eq!(claims["iat"], secs);
+        assert_eq!(claims["nbf"], secs);
+        let exp = claims["exp"].as_u64().unwrap_or_default();
+        assert!(exp > secs && exp - secs <= 600, "{claims}");
+        let jti = claims["jti"].as_str().unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(jti).is_ok(), "{claims}");
+        let again = certificate
+            .assertion(audience, CLIENT_ID, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let again_claims = decode_part(again.expose_secret().split('.').nth(1).unwrap_or(""));
+        assert_ne!(again_claims["jti"], claims["jti"], "a new jti each time");
+
+        let signature = URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        let key = rsa::pss::VerifyingKey::<rsa::sha2::Sha256>::new(app_public_key());
+        let signature =
+            rsa::pss::Signature::try_from(signature.as_slice()).unwrap_or_else(|e| panic!("{e}"));
+        key.verify(signed.as_bytes(), &signature)
+            .unwrap_or_else(|e| panic!("PS256 signature: {e}"));
+        // The signature does not verify under another key.
+        let other = spki_of(&der("other.crt"))
+            .and_then(|spki| RsaPublicKey::from_public_key_der(&spki).ok())
+            .unwrap_or_else(|| panic!("other key"));
+        let other = rsa::pss::VerifyingKey::<rsa::sha2::Sha256>::new(other);
+        assert!(other.verify(signed.as_bytes(), &signature).is_err());
+    }
+
+    #[test]
+    fn an_rs256_assertion_carries_x5t_and_the_chain_and_verifies() {
+        let mut settings = settings(fixture("app-pkcs1.pem"), None);
+        settings.algorithm = AssertionAlgorithm::Rs256;
+        settings.send_chain = true;
+        let certificate = load(&settings).unwrap_or_else(|e| panic!("{e}"));
+        let jwt = certificate
+            .assertion("https://login/t/oauth2/v2.0/token", CLIENT_ID, valid_now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let parts: Vec<&str> = jwt.expose_secret().split('.').collect();
+        let header = decode_part(parts[0]);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["x5t"], certificate.info().x5t.as_str());
+        assert!(header.get("x5t#S256").is_none(), "{header}");
+        assert_eq!(
+            header["x5c"],
+            serde_json::json!([STANDARD.encode(der("app.crt"))])
+        );
+        let signature = URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(app_public_key());
+        let signature = rsa::pkcs1v15::Signature::try_from(signature.as_slice())
+            .unwrap_or_else(|e| panic!("{e}"));
+        key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+            .unwrap_or_else(|e| panic!("RS256 signature: {e}"));
+    }
+
+    #[test]
+    fn the_leaf_is_the_certificate_of_the_key_whatever_the_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("chain.pem");
+        let mut text = std::fs::read_to_string(fixture("other.crt")).unwrap_or_default();
+        text.push_str(&std::fs::read_to_string(fixture("app.pem")).unwrap_or_default());
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let mut settings = settings(file, None);
+        settings.send_chain = true;
+        let certificate = load(&settings).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(certificate.info().sha1_thumbprint, APP_SHA1);
+        assert_eq!(certificate.info().chain_len, 2);
+        let jwt = certificate
+            .assertion("https://login/t/oauth2/v2.0/token", CLIENT_ID, valid_now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let header = decode_part(jwt.expose_secret().split('.').next().unwrap_or(""));
+        assert_eq!(
+            header["x5c"],
+            serde_json::json!([
+                STANDARD.encode(der("app.crt")),
+                STANDARD.encode(der("other.crt"))
+            ])
+        );
+    }
+
+    #[test]
+    fn unusable_files_are_refused_with_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, parts: &[&str]| {
+            let file = dir.path().join(name);
+            let text: String = parts
+                .iter()
+                .map(|p| std::fs::read_to_string(fixture(p)).unwrap_or_default())
+                .collect();
+            std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+            file
+        };
+        let now = valid_now();
+        let missing = error(&settings(dir.path().join("absent.pem"), None), now);
+        assert!(missing.contains("cannot be read"), "{missing}");
+        assert!(
+            missing.contains("tenant.credential.certificateFile"),
+            "{missing}"
+        );
+
+        let garbage = dir.path().join("garbage.bin");
+        std::fs::write(&garbage, [0x42u8; 64]).unwrap_or_else(|e| panic!("{e}"));
+        let garbage = error(&settings(garbage, None), now);
+        assert!(
+            garbage.contains("neither PEM") && garbage.contains("nor PKCS#12"),
+            "{garbage}"
+        );
+
+        let no_key = error(&settings(fixture("app.crt"), None), now);
+        assert!(no_key.contains("no private key"), "{no_key}");
+
+        let mismatched = error(
+            &settings(write("mixed.pem", &["app.crt", "other.key"]), None),
+            now,
+        );
+        assert!(mismatched.contains("does not belong"), "{mismatched}");
+        assert!(mismatched.contains(APP_SHA1), "{mismatched}");
+
+        let wrong = error(&settings(fixture("app.p12"), Some("not-the-password")), now);
+        assert!(
+            wrong.contains("password") && wrong.contains("wrong"),
+            "{wrong}"
+        );
+        assert!(
+            wrong.contains("tenant.credential.certificatePassword"),
+            "{wrong}"
+        );
+        let wrong = error(&settings(fixture("app-3des.p12"), Some("nope")), now);
+        assert!(wrong.contains("wrong"), "{wrong}");
+        let absent = error(&settings(fixture("app.p12"), None), now);
+        assert!(
+            absent.contains("set tenant.credential.certificatePassword"),
+            "{absent}"
+        );
+
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(5_000_000_000);
+        let expired = error(&settings(fixture("app.pem"), None), later);
+        assert!(
+            expired.contains("expired on 2126-11-07 12:45:10 UTC"),
+            "{expired}"
+        );
+        let earlier = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let early = error(&settings(fixture("app.pem"), None), earlier);
+        assert!(early.contains("not valid before 2026-12-01"), "{early}");
+    }
+
+    #[tokio::test]
+    async fn the_token_request_carries_a_fresh_assertion_for_the_token_url() {
+        let server = Server::start(|_, _| Answer::json(200, TOKEN_ANSWER)).await;
+        let credential = ClientCertificateCredential::new(
+            endpoint(&server.url),
+            ClientCertificate::load(&settings(fixture("app.pem"), None), SystemTime::now())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let token = credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.expose_secret(), "graph-access-token");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert_eq!(request.path, "/tenant/oauth2/v2.0/token");
+        assert_eq!(
+            request.field("grant_type").as_deref(),
+            Some("client_credentials")
+        );
+        assert_eq!(request.field("client_id").as_deref(), Some(CLIENT_ID));
+        assert_eq!(
+            request.field("scope").as_deref(),
+            Some("https://graph.microsoft.com/.default")
+        );
+        assert_eq!(
+            request.field("client_assertion_type").as_deref(),
+            Some(super::super::JWT_BEARER)
+        );
+        assert!(request.field("client_secret").is_none());
+        let assertion = request.field("client_assertion").unwrap_or_default();
+        let claims = decode_part(assertion.split('.').nth(1).unwrap_or(""));
+        assert_eq!(
+            claims["aud"],
+            server.at("tenant/oauth2/v2.0/token").as_str()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unregistered_certificate_is_named_by_its_thumbprints() {
+        let server = Server::start(|_, _| {
+            Answer::json(
+                401,
+                r#"{"error":"invalid_client","error_description":"AADSTS700027: Client assertion failed signature validation.\r\nTrace ID: t","error_codes":[700027]}"#,
+            )
+        })
+        .await;
+        let credential = ClientCertificateCredential::new(
+            endpoint(&server.url),
+            ClientCertificate::load(&settings(fixture("app.pem"), None), SystemTime::now())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let err = match credential.token().await {
+            Ok(_) => panic!("a token"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.token_problem(),
+            Some(TokenProblem::CertificateNotRegistered)
+        );
+        let message = err.to_string();
+        for needle in [
+            APP_SHA1,
+            APP_SHA256,
+            CLIENT_ID,
+            "Certificates & secrets",
+            "AADSTS700027",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        assert!(!message.contains("Trace ID: t\r"), "{message}");
     }
 }

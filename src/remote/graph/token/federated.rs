@@ -294,3 +294,210 @@ fn without_query(url: &Url) -> String {
     url.set_fragment(None);
     url.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Credential;
+    use crate::remote::graph::error::TokenProblem;
+    use crate::remote::graph::token::testing::{Answer, CLIENT_ID, Server, TOKEN_ANSWER, endpoint};
+
+    /// An unsigned JWT-shaped token with these claims (Entra is not asked to verify it here).
+    fn jwt(claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_read_again_for_each_token_request() {
+        let server = Server::start(|_, _| Answer::json(200, TOKEN_ANSWER)).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("azure-identity-token");
+        std::fs::write(&file, "first-federated-token\n").unwrap_or_else(|e| panic!("{e}"));
+        let credential = WorkloadIdentityCredential::new(endpoint(&server.url), file.clone());
+        credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, "  second-federated-token ").unwrap_or_else(|e| panic!("{e}"));
+        credential.invalidate();
+        credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        let sent: Vec<Option<String>> = server
+            .requests()
+            .iter()
+            .map(|r| r.field("client_assertion"))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                Some("first-federated-token".to_owned()),
+                Some("second-federated-token".to_owned())
+            ]
+        );
+        let request = &server.requests()[0];
+        assert_eq!(
+            request.field("client_assertion_type").as_deref(),
+            Some(super::super::JWT_BEARER)
+        );
+        assert_eq!(request.field("client_id").as_deref(), Some(CLIENT_ID));
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_token_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("token");
+        let server = Server::start(|_, _| Answer::json(200, TOKEN_ANSWER)).await;
+        let credential = WorkloadIdentityCredential::new(endpoint(&server.url), file.clone());
+        for content in [None, Some(" \n")] {
+            if let Some(content) = content {
+                std::fs::write(&file, content).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let message = match credential.token().await {
+                Ok(_) => panic!("a token"),
+                Err(e) => e.to_string(),
+            };
+            assert!(message.contains(&file.display().to_string()), "{message}");
+            assert!(message.contains("$AZURE_FEDERATED_TOKEN_FILE"), "{message}");
+        }
+        assert!(server.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_subject_mismatch_prints_what_guestops_sent() {
+        let server = Server::start(|r, _| {
+            if r.path.starts_with("/oidc") {
+                let token = jwt(serde_json::json!({
+                    "iss": "https://token.actions.githubusercontent.com",
+                    "sub": "repo:contoso/guests:pull_request",
+                    "aud": "api://AzureADTokenExchange",
+                    "exp": 1_900_000_000,
+                }));
+                Answer::json(200, &format!(r#"{{"count":1,"value":"{token}"}}"#))
+            } else {
+                Answer::json(
+                    400,
+                    r#"{"error":"invalid_request","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject 'repo:contoso/guests:pull_request'.\r\nTrace ID: x","error_codes":[700213]}"#,
+                )
+            }
+        })
+        .await;
+        let settings = GithubActionsSettings {
+            request_url: server.at("oidc/token?api-version=2.0"),
+            request_token: Credential::new(
+                SecretString::from("runner-request-token".to_owned()),
+                "the environment variable ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            ),
+            audience: "api://AzureADTokenExchange".into(),
+        };
+        let credential = GithubActionsCredential::new(endpoint(&server.url), settings)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = match credential.token().await {
+            Ok(_) => panic!("a token"),
+            Err(e) => e,
+        };
+        assert_eq!(err.token_problem(), Some(TokenProblem::FederatedSubject));
+        let message = err.to_string();
+        for needle in [
+            "iss https://token.actions.githubusercontent.com",
+            "sub repo:contoso/guests:pull_request",
+            "aud api://AzureADTokenExchange",
+            "Subject identifier",
+            CLIENT_ID,
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        assert!(!message.contains("c2lnbmF0dXJl"), "{message}");
+        assert!(!message.contains("runner-request-token"), "{message}");
+
+        let requests = server.requests();
+        let github = &requests[0];
+        assert_eq!(github.path, "/oidc/token");
+        assert_eq!(github.param("api-version").as_deref(), Some("2.0"));
+        assert_eq!(
+            github.param("audience").as_deref(),
+            Some("api://AzureADTokenExchange")
+        );
+        assert!(
+            github
+                .query
+                .contains("audience=api%3A%2F%2FAzureADTokenExchange"),
+            "{}",
+            github.query
+        );
+        assert_eq!(
+            github.header("authorization"),
+            "bearer runner-request-token"
+        );
+        let exchange = &requests[1];
+        assert_eq!(
+            exchange.field("client_assertion").as_deref(),
+            Some(
+                jwt(serde_json::json!({
+                    "iss": "https://token.actions.githubusercontent.com",
+                    "sub": "repo:contoso/guests:pull_request",
+                    "aud": "api://AzureADTokenExchange",
+                    "exp": 1_900_000_000,
+                }))
+                .as_str()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn github_refusals_say_what_to_fix() {
+        let server = Server::start(|r, _| match r.param("audience").as_deref() {
+            Some("forbidden") => Answer::json(403, "{}"),
+            _ => Answer::json(200, r#"{"value":"not a jwt"}"#),
+        })
+        .await;
+        let credential = |audience: &str| {
+            GithubActionsCredential::new(
+                endpoint(&server.url),
+                GithubActionsSettings {
+                    request_url: server.at("oidc?x=1"),
+                    request_token: Credential::new(SecretString::from("t".to_owned()), "env"),
+                    audience: audience.into(),
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let message = |c: GithubActionsCredential| async move {
+            match c.token().await {
+                Ok(_) => panic!("a token"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let forbidden = message(credential("forbidden")).await;
+        assert!(
+            forbidden.contains("permissions: id-token: write"),
+            "{forbidden}"
+        );
+        let malformed = message(credential("api://AzureADTokenExchange")).await;
+        assert!(malformed.contains("{\"value\": \"<jwt>\"}"), "{malformed}");
+        let plain = GithubActionsCredential::new(
+            endpoint(&server.url),
+            GithubActionsSettings {
+                request_url: Url::parse("http://pipelines.example/oidc?x=1")
+                    .unwrap_or_else(|e| panic!("{e}")),
+                request_token: Credential::new(SecretString::from("t".to_owned()), "env"),
+                audience: "a".into(),
+            },
+        );
+        assert!(matches!(plain, Err(GraphError::Config { .. })));
+    }
+
+    #[test]
+    fn claims_are_read_from_the_payload() {
+        let claims = federated_claims(&jwt(serde_json::json!({
+            "iss": "https://oidc.example", "sub": "system:serviceaccount:ns:sa", "aud": ["a", "b"]
+        })))
+        .unwrap_or_else(|| panic!("claims"));
+        assert_eq!(claims.issuer.as_deref(), Some("https://oidc.example"));
+        assert_eq!(
+            claims.subject.as_deref(),
+            Some("system:serviceaccount:ns:sa")
+        );
+        assert_eq!(claims.audiences, ["a", "b"]);
+        assert!(federated_claims("opaque").is_none());
+    }
+}

@@ -472,6 +472,9 @@ pub(crate) fn first_line(description: &str) -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
