@@ -416,3 +416,295 @@ impl TokenSource for ManagedIdentityCredential {
         self.cache.invalidate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Credential;
+    use crate::remote::graph::token::testing::{Answer, Server, retry};
+
+    fn fast() -> ManagedRetry {
+        ManagedRetry {
+            max_retries: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            gone_for: Duration::from_millis(10),
+            gone_delay: Duration::from_millis(2),
+        }
+    }
+
+    fn resource() -> Url {
+        Url::parse("https://graph.microsoft.us").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn credential(
+        source: ManagedIdentitySource,
+        client_id: Option<&str>,
+    ) -> ManagedIdentityCredential {
+        ManagedIdentityCredential::new(
+            retry(),
+            ManagedIdentitySettings {
+                client_id: client_id.map(str::to_owned),
+                source,
+            },
+            &resource(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_retry(fast())
+    }
+
+    async fn failure(credential: &ManagedIdentityCredential) -> GraphError {
+        match credential.token().await {
+            Ok(_) => panic!("a token"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn imds_is_asked_with_the_metadata_header_and_its_string_fields_are_read() {
+        let server = Server::start(|_, n| match n {
+            0 => Answer::json(404, ""),
+            1 => Answer::json(410, ""),
+            2 => Answer::json(503, ""),
+            _ => Answer::json(
+                200,
+                r#"{"access_token":"imds-token","refresh_token":"","expires_in":"3599","expires_on":"1700003599","not_before":"1700000000","resource":"https://graph.microsoft.us","token_type":"Bearer"}"#,
+            ),
+        })
+        .await;
+        let credential = credential(
+            ManagedIdentitySource::Imds {
+                host: server.url.clone(),
+            },
+            Some("user-assigned-client-id"),
+        );
+        let token = credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.expose_secret(), "imds-token");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 4, "404, 410 and 503 are retried");
+        let request = &requests[3];
+        assert_eq!(request.path, "/metadata/identity/oauth2/token");
+        assert_eq!(request.param("api-version").as_deref(), Some("2018-02-01"));
+        assert_eq!(
+            request.param("resource").as_deref(),
+            Some("https://graph.microsoft.us")
+        );
+        assert_eq!(
+            request.param("client_id").as_deref(),
+            Some("user-assigned-client-id")
+        );
+        assert_eq!(request.header("metadata"), "true");
+        assert_eq!(request.header("authorization"), "");
+    }
+
+    #[tokio::test]
+    async fn app_service_gets_its_header_and_expires_on() {
+        let expires_on = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() + 3600)
+            .unwrap_or_default();
+        let body = format!(
+            r#"{{"access_token":"app-service-token","expires_on":"{expires_on}","resource":"https://graph.microsoft.us","token_type":"Bearer","client_id":"c"}}"#
+        );
+        let server = Server::start(move |_, _| Answer::json(200, &body)).await;
+        let credential = credential(
+            ManagedIdentitySource::AppService {
+                endpoint: server.at("msi/token"),
+                header: Credential::new(
+                    SecretString::from("identity-header-value".to_owned()),
+                    "the environment variable IDENTITY_HEADER",
+                ),
+            },
+            None,
+        );
+        let token = credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.expose_secret(), "app-service-token");
+        let request = &server.requests()[0];
+        assert_eq!(request.path, "/msi/token");
+        assert_eq!(request.param("api-version").as_deref(), Some("2019-08-01"));
+        assert_eq!(
+            request.param("resource").as_deref(),
+            Some("https://graph.microsoft.us")
+        );
+        assert_eq!(request.param("client_id"), None);
+        assert_eq!(request.header("x-identity-header"), "identity-header-value");
+        assert!(!format!("{credential:?}").contains("identity-header-value"));
+    }
+
+    #[tokio::test]
+    async fn arc_answers_its_challenge_with_the_key_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = dir.path().join("challenge.key");
+        std::fs::write(&key, "arc-secret-content").unwrap_or_else(|e| panic!("{e}"));
+        let realm = key.display().to_string();
+        let server = Server::start(move |r, _| {
+            if r.header("authorization").is_empty() {
+                Answer {
+                    status: 401,
+                    headers: vec![("www-authenticate", format!("Basic realm={realm}"))],
+                    body: String::new(),
+                }
+            } else {
+                Answer::json(
+                    200,
+                    r#"{"access_token":"arc-token","expires_in":"3599","token_type":"Bearer"}"#,
+                )
+            }
+        })
+        .await;
+        let credential = credential(
+            ManagedIdentitySource::Arc {
+                endpoint: server.at("metadata/identity/oauth2/token"),
+                key_directory: dir.path().to_owned(),
+            },
+            None,
+        );
+        let token = credential.token().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.expose_secret(), "arc-token");
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            requests[0].param("api-version").as_deref(),
+            Some("2020-06-01")
+        );
+        assert_eq!(requests[0].header("metadata"), "true");
+        assert_eq!(
+            requests[1].header("authorization"),
+            "Basic arc-secret-content"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_arc_challenge_outside_the_key_directory_is_refused() {
+        let keys = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let elsewhere = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let outside = elsewhere.path().join("stolen.key");
+        std::fs::write(&outside, "not for you").unwrap_or_else(|e| panic!("{e}"));
+        let not_key = keys.path().join("challenge.txt");
+        std::fs::write(&not_key, "x").unwrap_or_else(|e| panic!("{e}"));
+        let big = keys.path().join("big.key");
+        std::fs::write(&big, vec![b'a'; 5000]).unwrap_or_else(|e| panic!("{e}"));
+        let traversal = format!("{}/../{}", keys.path().display(), "x.key");
+        for (realm, why) in [
+            (outside.display().to_string(), "not directly inside"),
+            (traversal, "not directly inside"),
+            (not_key.display().to_string(), "does not end in .key"),
+            (big.display().to_string(), "larger than 4096 bytes"),
+        ] {
+            let challenge = realm.clone();
+            let server = Server::start(move |_, _| Answer {
+                status: 401,
+                headers: vec![("www-authenticate", format!("Basic realm={challenge}"))],
+                body: String::new(),
+            })
+            .await;
+            let credential = credential(
+                ManagedIdentitySource::Arc {
+                    endpoint: server.at("metadata/identity/oauth2/token"),
+                    key_directory: keys.path().to_owned(),
+                },
+                None,
+            );
+            let message = failure(&credential).await.to_string();
+            assert!(message.contains(why), "{realm}: {message}");
+            assert!(!message.contains("not for you"), "{message}");
+            assert_eq!(server.requests().len(), 1, "{realm}: no second request");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_identity_and_a_bad_request_say_what_to_fix() {
+        let server = Server::start(|r, _| match r.param("client_id").as_deref() {
+            Some("unknown") => Answer::json(
+                400,
+                r#"{"error":"invalid_request","error_description":"Identity not found"}"#,
+            ),
+            _ => Answer::json(
+                400,
+                r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#,
+            ),
+        })
+        .await;
+        let imds = || ManagedIdentitySource::Imds {
+            host: server.url.clone(),
+        };
+        let err = failure(&credential(imds(), Some("unknown"))).await;
+        assert_eq!(
+            err.token_problem(),
+            Some(TokenProblem::ManagedIdentityNotFound)
+        );
+        let message = err.to_string();
+        assert!(message.contains("client id unknown"), "{message}");
+        assert!(message.contains("tenant.credential.clientId"), "{message}");
+        let err = failure(&credential(imds(), None)).await;
+        assert_eq!(
+            err.token_problem(),
+            Some(TokenProblem::ManagedIdentityRequest)
+        );
+        assert!(err.to_string().contains("400"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_asks_whether_this_is_an_azure_host() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        let host = Url::parse(&format!("http://{address}/")).unwrap_or_else(|e| panic!("{e}"));
+        let err = failure(&credential(ManagedIdentitySource::Imds { host }, None)).await;
+        let message = err.to_string();
+        assert!(
+            message.contains("no managed identity endpoint answered"),
+            "{message}"
+        );
+        assert!(message.contains(&address.to_string()), "{message}");
+        assert!(message.contains("Azure"), "{message}");
+    }
+
+    #[test]
+    fn plain_http_only_for_imds_and_the_identity_endpoint() {
+        let build = |source| {
+            ManagedIdentityCredential::new(
+                retry(),
+                ManagedIdentitySettings {
+                    client_id: None,
+                    source,
+                },
+                &resource(),
+            )
+            .map(|_| ())
+        };
+        let url = |u: &str| Url::parse(u).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            build(ManagedIdentitySource::Imds {
+                host: url("http://169.254.169.254")
+            })
+            .is_ok()
+        );
+        assert!(
+            build(ManagedIdentitySource::Imds {
+                host: url("http://127.0.0.1:9")
+            })
+            .is_ok()
+        );
+        assert!(matches!(
+            build(ManagedIdentitySource::Imds {
+                host: url("http://10.0.0.4")
+            }),
+            Err(GraphError::Config { .. })
+        ));
+        let header = Credential::new(SecretString::from("h".to_owned()), "env");
+        assert!(
+            build(ManagedIdentitySource::AppService {
+                endpoint: url("http://172.17.0.1:8081/msi/token"),
+                header
+            })
+            .is_ok()
+        );
+        assert!(matches!(
+            build(ManagedIdentitySource::Imds {
+                host: url("ftp://169.254.169.254")
+            }),
+            Err(GraphError::Config { .. })
+        ));
+    }
+}
