@@ -779,4 +779,82 @@ mod tests {
         }
         assert!(TokenProblem::WrongSecret.advice(None).contains("VALUE"));
     }
+
+    fn failure(problem: TokenProblem, description: &str, context: SignInContext) -> TokenFailure {
+        TokenFailure {
+            problem,
+            status: 400,
+            error: "invalid_client".into(),
+            error_codes: vec![],
+            description: description.into(),
+            trace_id: None,
+            correlation_id: None,
+            token_url: "https://login.microsoftonline.com/t/oauth2/v2.0/token".into(),
+            secret_origin: None,
+            context,
+        }
+    }
+
+    #[test]
+    fn an_expired_assertion_is_a_clock_or_a_stale_token_file() {
+        let federated = SignInContext::Federated {
+            client_id: "app".into(),
+            source: FederatedSource::File(
+                "/var/run/secrets/azure/tokens/azure-identity-token".into(),
+            ),
+            claims: Some(FederatedClaims {
+                expires: Some(1_700_000_000),
+                ..FederatedClaims::default()
+            }),
+        };
+        let advice = TokenProblem::AssertionTime.advice_for(&federated, None);
+        assert!(advice.contains("not being refreshed"), "{advice}");
+        assert!(advice.contains("azure-identity-token"), "{advice}");
+        assert!(advice.contains("2023-11-14 22:13:20 UTC"), "{advice}");
+        let certificate = SignInContext::Certificate {
+            client_id: "app".into(),
+            file: "/etc/guestops/app.pem".into(),
+            sha1: "AB".into(),
+            sha256: "CD".into(),
+            algorithm: "PS256",
+        };
+        let advice = TokenProblem::AssertionTime.advice_for(&certificate, None);
+        assert!(advice.contains("clock"), "{advice}");
+    }
+
+    #[test]
+    fn an_unknown_code_shows_the_first_line_of_its_description() {
+        let problem = TokenProblem::classify("invalid_grant", &[9999999], "AADSTS9999999: New.");
+        assert_eq!(problem, TokenProblem::Other);
+        let shown = failure(problem, "AADSTS9999999: New.", SignInContext::Secret).to_string();
+        assert!(shown.contains("see the error description"), "{shown}");
+        assert!(shown.contains("AADSTS9999999: New."), "{shown}");
+    }
+
+    #[test]
+    fn the_github_subject_hint_names_the_documented_forms() {
+        let context = SignInContext::Federated {
+            client_id: "app".into(),
+            source: FederatedSource::GithubActions {
+                audience: "api://AzureADTokenExchange".into(),
+            },
+            claims: None,
+        };
+        let advice = TokenProblem::FederatedIssuer.advice_for(&context, None);
+        assert!(
+            advice.contains("create or fix the credential's Issuer"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("https://token.actions.githubusercontent.com"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("repo:<org>/<repo>:pull_request"),
+            "{advice}"
+        );
+        assert!(advice.contains("iss (unreadable)"), "{advice}");
+        let advice = TokenProblem::FederatedAudience.advice_for(&context, None);
+        assert!(advice.contains("Audience"), "{advice}");
+    }
 }

@@ -29,9 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha1::Digest;
 
-use super::{
-    ClientAuth, Fetched, TokenCache, TokenEndpoint, TokenFuture, TokenProblem, TokenSource,
-};
+use super::{ClientAuth, Fetched, TokenCache, TokenEndpoint, TokenFuture, TokenSource};
 use crate::remote::graph::credential::{AssertionAlgorithm, CertificateSettings};
 use crate::remote::graph::error::{CredentialError, GraphError, SignInContext};
 
@@ -478,6 +476,7 @@ impl TokenSource for ClientCertificateCredential {
 mod tests {
     use super::*;
     use crate::remote::Credential;
+    use crate::remote::graph::error::TokenProblem;
     use crate::remote::graph::token::testing::{
         Answer, CLIENT_ID, Server, TOKEN_ANSWER, endpoint, fixture,
     };

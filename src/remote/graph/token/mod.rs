@@ -582,6 +582,183 @@ mod tests {
         assert!(matches!(missing, Err(GraphError::Malformed { .. })));
     }
 
+    fn graph_settings(authority: &Url, client_id: &str) -> GraphSettings {
+        let graph = Url::parse("https://graph.microsoft.com").unwrap_or_else(|e| panic!("{e}"));
+        GraphSettings {
+            tenant_id: "tenant".into(),
+            client_id: client_id.into(),
+            authority_host: authority.clone(),
+            graph_endpoint: graph.clone(),
+            resource: graph,
+            invite_redirect_url: "https://myapps.microsoft.com".into(),
+            concurrency: 2,
+            write_rate: crate::remote::pace::WriteRate::GRAPH,
+        }
+    }
+
+    fn certificate_settings() -> crate::remote::graph::credential::CertificateSettings {
+        crate::remote::graph::credential::CertificateSettings {
+            file: testing::fixture("app.pem"),
+            origin: "tenant.credential.certificateFile".into(),
+            password: None,
+            send_chain: true,
+            algorithm: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_certificate_exchange() {
+        let server =
+            testing::Server::start(|_, _| testing::Answer::json(200, testing::TOKEN_ANSWER)).await;
+        let edge = Edge::new(testing::retry(), 4).unwrap_or_else(|e| panic!("{e}"));
+        let source = from_settings(
+            edge,
+            &graph_settings(&server.url, testing::CLIENT_ID),
+            CredentialSettings::ClientCertificate(certificate_settings()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tokens = futures::future::join_all((0..5).map(|_| source.token())).await;
+        assert!(tokens.iter().all(|t| t.is_ok()));
+        assert_eq!(server.requests().len(), 1);
+        source.invalidate();
+        source.token().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(server.requests().len(), 2);
+    }
+
+    #[test]
+    fn a_managed_identity_needs_no_client_id_and_the_others_do() {
+        let edge = Edge::new(testing::retry(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let authority =
+            Url::parse("https://login.microsoftonline.com").unwrap_or_else(|e| panic!("{e}"));
+        let settings = graph_settings(&authority, " ");
+        let managed = CredentialSettings::ManagedIdentity(
+            crate::remote::graph::credential::ManagedIdentitySettings {
+                client_id: None,
+                source: crate::remote::graph::credential::ManagedIdentitySource::Imds {
+                    host: Url::parse(crate::remote::graph::credential::IMDS_ENDPOINT)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                },
+            },
+        );
+        assert!(from_settings(edge.clone(), &settings, managed).is_ok());
+        let certificate = CredentialSettings::ClientCertificate(certificate_settings());
+        match from_settings(edge, &settings, certificate) {
+            Err(GraphError::Config { detail }) => assert!(detail.contains("tenant.clientId")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// No secret, key, assertion, federated token or access token in `Debug` or in a message.
+    #[tokio::test]
+    async fn no_secret_appears_in_debug_or_in_errors() {
+        const REFUSAL: &str = r#"{"error":"invalid_client","error_description":"AADSTS700027: Client assertion failed signature validation.","error_codes":[700027]}"#;
+        let server = testing::Server::start(|r, _| {
+            if r.path.starts_with("/oidc") {
+                testing::Answer::json(
+                    200,
+                    r#"{"value":"aGVhZGVy.eyJzdWIiOiJ4In0.c2VjcmV0LXNpZw"}"#,
+                )
+            } else {
+                testing::Answer::json(401, REFUSAL)
+            }
+        })
+        .await;
+        let key_pem = std::fs::read_to_string(testing::fixture("app.key")).unwrap_or_default();
+        let key_lines: Vec<&str> = key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .collect();
+        assert!(key_lines.len() > 10);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "federated-token-from-the-file")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let settings = graph_settings(&server.url, testing::CLIENT_ID);
+        let kinds = [
+            CredentialSettings::ClientSecret {
+                secret: Credential::new(
+                    SecretString::from("the-client-secret".to_owned()),
+                    "the environment variable GUESTOPS_TENANT_CLIENT_SECRET",
+                ),
+            },
+            CredentialSettings::ClientCertificate(certificate_settings()),
+            CredentialSettings::WorkloadIdentity { token_file },
+            CredentialSettings::GithubActions(
+                crate::remote::graph::credential::GithubActionsSettings {
+                    request_url: server.at("oidc?api-version=2.0"),
+                    request_token: Credential::new(
+                        SecretString::from("the-request-token".to_owned()),
+                        "the environment variable ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+                    ),
+                    audience: "api://AzureADTokenExchange".into(),
+                },
+            ),
+        ];
+        let mut shown = Vec::new();
+        for kind in kinds {
+            shown.push(format!("{kind:?}"));
+            let edge = Edge::new(testing::retry(), 2).unwrap_or_else(|e| panic!("{e}"));
+            let source = from_settings(edge, &settings, kind).unwrap_or_else(|e| panic!("{e}"));
+            shown.push(format!("{source:?}"));
+            let err = match source.token().await {
+                Ok(_) => panic!("a token"),
+                Err(e) => e,
+            };
+            shown.push(format!("{err:?}"));
+            shown.push(err.to_string());
+            shown.push(crate::error::chain(&err).to_string());
+        }
+        let certificate =
+            certificate::ClientCertificate::load(&certificate_settings(), SystemTime::now())
+                .unwrap_or_else(|e| panic!("{e}"));
+        shown.push(format!("{certificate:?}"));
+        let mut mismatched = certificate_settings();
+        let mixed = dir.path().join("mixed.pem");
+        let text = [
+            std::fs::read_to_string(testing::fixture("app.crt")).unwrap_or_default(),
+            std::fs::read_to_string(testing::fixture("other.key")).unwrap_or_default(),
+        ]
+        .concat();
+        std::fs::write(&mixed, text).unwrap_or_else(|e| panic!("{e}"));
+        mismatched.file = mixed;
+        let err = certificate::ClientCertificate::load(&mismatched, SystemTime::now())
+            .err()
+            .unwrap_or_else(|| panic!("a mismatched key was accepted"));
+        shown.push(format!("{err:?}"));
+        shown.push(err.to_string());
+
+        let mut sent: Vec<String> = server
+            .requests()
+            .iter()
+            .filter_map(|r| r.field("client_assertion").or(r.field("client_secret")))
+            .collect();
+        assert_eq!(sent.len(), 4, "every kind reached the token endpoint");
+        sent.extend(
+            [
+                "the-client-secret",
+                "the-request-token",
+                "federated-token-from-the-file",
+                "c2VjcmV0LXNpZw",
+            ]
+            .map(str::to_owned),
+        );
+        let other_key = std::fs::read_to_string(testing::fixture("other.key")).unwrap_or_default();
+        let secrets = sent
+            .iter()
+            .map(String::as_str)
+            .chain(key_lines.iter().copied())
+            .chain(
+                other_key
+                    .lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 20),
+            );
+        let shown = shown.join("\n");
+        assert!(shown.contains("700027"), "the errors were shown: {shown}");
+        for secret in secrets {
+            assert!(!shown.contains(secret), "`{secret}` shown in: {shown}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_cache_refreshes_before_expiry_and_after_invalidate() {
         let cache = TokenCache::new();
