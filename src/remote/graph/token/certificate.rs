@@ -67,6 +67,8 @@ pub struct ClientCertificate {
     key: EncodingKey,
     algorithm: AssertionAlgorithm,
     send_chain: bool,
+    /// Where the file name came from, for messages.
+    origin: String,
 }
 
 impl fmt::Debug for ClientCertificate {
@@ -193,6 +195,7 @@ impl ClientCertificate {
             key: EncodingKey::from_rsa_der(pkcs1.as_bytes()),
             algorithm: settings.algorithm,
             send_chain: settings.send_chain,
+            origin: settings.origin.clone(),
         })
     }
 
@@ -451,10 +454,28 @@ impl ClientCertificateCredential {
     }
 
     async fn fetch(&self) -> Result<Fetched, GraphError> {
+        let now = SystemTime::now();
+        let info = self.certificate.info();
+        // A daemon outlives its certificate: say so rather than let Entra refuse it.
+        if DateTime::<Utc>::from(now) > info.not_after {
+            return Err(CredentialError::Certificate {
+                file: info.file.display().to_string(),
+                origin: self.certificate.origin.clone(),
+                detail: format!(
+                    "the certificate {} (thumbprint {}) expired on {}: create a new one, upload \
+                     its .crt under Certificates & secrets, point the configuration at it and \
+                     restart guestops",
+                    info.subject,
+                    info.sha1_thumbprint,
+                    info.not_after.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+            }
+            .into());
+        }
         let assertion = self.certificate.assertion(
             self.endpoint.token_url().as_str(),
             self.endpoint.client_id(),
-            SystemTime::now(),
+            now,
         )?;
         self.endpoint
             .exchange(ClientAuth::Assertion(&assertion), &self.context)

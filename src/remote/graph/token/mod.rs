@@ -23,6 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -145,6 +146,9 @@ struct Cached {
 pub(crate) struct TokenCache {
     margin: Duration,
     slot: Mutex<Option<Cached>>,
+    /// Set by [`TokenCache::invalidate`] when the slot was busy: the next caller drops the
+    /// cached token.
+    stale: AtomicBool,
 }
 
 impl TokenCache {
@@ -152,6 +156,7 @@ impl TokenCache {
         TokenCache {
             margin: DEFAULT_REFRESH_MARGIN,
             slot: Mutex::new(None),
+            stale: AtomicBool::new(false),
         }
     }
 
@@ -166,6 +171,9 @@ impl TokenCache {
     ) -> Result<SecretString, GraphError> {
         // Holding the async lock across the fetch makes concurrent callers wait for one request.
         let mut slot = self.slot.lock().await;
+        if self.stale.swap(false, Ordering::SeqCst) {
+            *slot = None;
+        }
         if let Some(cached) = slot.as_ref()
             && Instant::now() < cached.refresh_at
         {
@@ -180,10 +188,12 @@ impl TokenCache {
         Ok(fetched.token)
     }
 
-    /// Forgets the cached token (a refresh under way is left alone: it brings a new one).
+    /// Forgets the cached token. When another caller holds the slot, the next caller to take
+    /// it drops the token instead (at worst one extra token request).
     pub(crate) fn invalidate(&self) {
-        if let Ok(mut slot) = self.slot.try_lock() {
-            *slot = None;
+        match self.slot.try_lock() {
+            Ok(mut slot) => *slot = None,
+            Err(_) => self.stale.store(true, Ordering::SeqCst),
         }
     }
 }
