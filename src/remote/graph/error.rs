@@ -1,5 +1,8 @@
 //! What can go wrong talking to Graph: [`GraphError`] (one failed operation), [`TokenFailure`]
-//! (the token endpoint refused) and [`TokenProblem`] (that refusal classified as what to fix).
+//! (the token endpoint, or a managed-identity endpoint, refused), [`TokenProblem`] (that
+//! refusal classified as what to fix, phrased for the sign-in kind of its [`SignInContext`])
+//! and [`CredentialError`] (a credential guestops cannot use: a certificate file, a federated
+//! token, an identity endpoint that does not answer).
 //!
 //! Shared by the client ([`super::client`]) and the token flow ([`super::token`]), which both
 //! import it; it imports neither. Each message says its own part only: a cause is returned by
@@ -491,10 +494,12 @@ impl TokenProblem {
     /// remaining `400` is a refused request.
     pub fn classify_managed(status: u16, error: &str, codes: &[u64], description: &str) -> Self {
         let lower = description.to_ascii_lowercase();
-        if lower.contains("identity not found")
-            || lower.contains("no managed identity")
-            || lower.contains("identity is not assigned")
-            || (lower.contains("identity") && lower.contains("not found"))
+        // IMDS: "Identity not found"; App Service: "No User Assigned or Delegated Managed
+        // Identity found for specified ClientId/ResourceId/PrincipalId."
+        if lower.contains("identity")
+            && (lower.contains("not found")
+                || lower.contains("not assigned")
+                || (lower.starts_with("no ") && lower.contains("found")))
         {
             return Self::ManagedIdentityNotFound;
         }
@@ -856,5 +861,43 @@ mod tests {
         assert!(advice.contains("iss (unreadable)"), "{advice}");
         let advice = TokenProblem::FederatedAudience.advice_for(&context, None);
         assert!(advice.contains("Audience"), "{advice}");
+    }
+
+    #[test]
+    fn managed_identity_answers_are_classified() {
+        use TokenProblem::*;
+        let cases: &[(u16, &str, &str, TokenProblem)] = &[
+            (
+                400,
+                "invalid_request",
+                "Identity not found",
+                ManagedIdentityNotFound,
+            ),
+            (
+                400,
+                "",
+                "No User Assigned or Delegated Managed Identity found for specified ClientId/ResourceId/PrincipalId.",
+                ManagedIdentityNotFound,
+            ),
+            (
+                400,
+                "invalid_request",
+                "Required metadata header not specified",
+                ManagedIdentityRequest,
+            ),
+            (
+                400,
+                "invalid_resource",
+                "AADSTS500011: The resource principal named https://graph.microsoft.us was not found in the tenant",
+                WrongResource,
+            ),
+        ];
+        for (status, error, description, expected) in cases {
+            assert_eq!(
+                TokenProblem::classify_managed(*status, error, &[], description),
+                *expected,
+                "{description}"
+            );
+        }
     }
 }

@@ -7,9 +7,9 @@
 //!   identity token file, or GitHub Actions' OIDC provider);
 //! - [`managed`]: a managed identity's endpoint (App Service, Azure Arc, IMDS).
 //!
-//! This module holds what they share: the token cache ([`TokenCache`]: refreshed before
+//! This module holds what they share: the token cache (`TokenCache`: refreshed before
 //! expiry, concurrent callers share one refresh, forgotten after a `401`), the token-endpoint
-//! exchange ([`TokenEndpoint`]: the POST, the answer, retries of `temporarily_unavailable`,
+//! exchange (`TokenEndpoint`: the POST, the answer, retries of `temporarily_unavailable`,
 //! AADSTS codes classified as a [`TokenProblem`] that says what to fix), and
 //! [`from_settings`], which builds the token source of a [`CredentialSettings`].
 //!
