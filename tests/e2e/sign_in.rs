@@ -77,6 +77,12 @@ fn everything(h: &Harness, runs: &[&common::Run]) -> String {
 
 fn assert_no_secret(h: &Harness, runs: &[&common::Run], secrets: &[String]) {
     let all = everything(h, runs);
+    // Every JWT (assertion, federated token, access token) starts with `eyJ`, the base64 of
+    // `{"`: none is printed, logged or stored.
+    assert!(
+        !all.contains("eyJ"),
+        "a JWT appears in the output or the state"
+    );
     for secret in key_lines().iter().chain(secrets) {
         assert!(
             !all.contains(secret.as_str()),
@@ -143,7 +149,8 @@ fn a_certificate_signs_in_and_a_certificate_entra_does_not_know_is_named_by_its_
     // A certificate the app does not have: refused by Entra, named by its thumbprints.
     certificate(&mut h, "other.pem", None, AssertionAlgorithm::Ps256);
     let writes = h.writes();
-    let refused = h.plan(&[]);
+    // With every log line on: nothing secret in the logs either.
+    let refused = run_with(&h, "plan", &[("RUST_LOG", "trace")]);
     refused.expect_code(1);
     let other = SimCertificate::from_pem(&fixture_text("other.crt")).expect("other.crt");
     assert!(
@@ -221,7 +228,7 @@ fn workload_identity_reads_the_token_file_of_each_run_and_a_mismatch_prints_what
         600,
     );
     std::fs::write(&token_file, &wrong).expect("write the token");
-    let mismatch = run_with(&h, "plan", &env);
+    let mismatch = run_with(&h, "plan", &[env[0], ("RUST_LOG", "trace")]);
     mismatch.expect_code(1);
     assert!(
         mismatch.stderr.contains("700213")
@@ -286,7 +293,7 @@ fn github_actions_exchanges_the_runner_token_and_a_wrong_audience_is_named() {
             entra::oidc::DEFAULT_REQUEST_TOKEN,
         ),
     ];
-    let planned = run_with(&h, "plan", &env);
+    let planned = run_with(&h, "plan", &[env[0], env[1], ("RUST_LOG", "trace")]);
     planned.expect_code(0);
     assert!(planned.stdout.contains(ADMIN.0), "{}", planned.stdout);
     let applied = run_with(&h, "apply", &env);
@@ -358,7 +365,14 @@ fn a_managed_identity_signs_in_through_imds_or_app_service_and_an_unreachable_en
     let base = h.base.as_str().trim_end_matches('/').to_owned();
 
     // IMDS (its address overridden as Azure's SDKs allow).
-    let imds = run_with(&h, "apply", &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base)]);
+    let imds = run_with(
+        &h,
+        "apply",
+        &[
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
+            ("RUST_LOG", "trace"),
+        ],
+    );
     imds.expect_code(0);
     assert_eq!(h.invitations(ADMIN.0), 1);
     assert!(h.counters().identity_requests >= 1);
