@@ -50,6 +50,12 @@ enum Command {
     Diff(cli::diff::Args),
     /// Write a first users.yaml from the portal's admins and their tenant accounts (read-only).
     Import(cli::import::Args),
+    /// Check the setup before a first run: config, secrets, Graph permissions, portal key,
+    /// role codes, git source, state directory, clock (read-only).
+    Doctor(cli::doctor::Args),
+    /// One-time probes of undocumented behaviour (`probe portal`: a throw-away user, deleted again).
+    #[command(subcommand)]
+    Probe(cli::probe::Command),
     /// Run guestops against its built-in simulator and show what it does.
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
@@ -75,6 +81,10 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::runtime().and_then(|rt| rt.block_on(cli::status::run(args))),
         Command::Diff(args) => cli::diff::run(args),
         Command::Import(args) => cli::runtime().and_then(|rt| rt.block_on(cli::import::run(args))),
+        Command::Doctor(args) => cli::runtime().and_then(|rt| rt.block_on(cli::doctor::run(args))),
+        Command::Probe(command) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::probe::run(command)))
+        }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
     };

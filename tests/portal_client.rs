@@ -70,6 +70,7 @@ impl Harness {
             // Fast enough not to slow the suite; pacing has tests of its own.
             max_writes_per_second: 1000.0,
             role_codes: RoleCodes::default(),
+            known_admin: None,
         }
     }
 
@@ -632,6 +633,7 @@ fn plain_http_is_refused_off_loopback() {
         concurrency: 2,
         max_writes_per_second: 2.0,
         role_codes: RoleCodes::default(),
+        known_admin: None,
     };
     let err = PortalClient::new(
         &config.portal_settings(),
@@ -654,6 +656,7 @@ async fn no_answer_is_a_transport_error_that_names_the_operation() {
         concurrency: 1,
         max_writes_per_second: 1000.0,
         role_codes: RoleCodes::default(),
+        known_admin: None,
     };
     let client =
         PortalClient::new(&config.portal_settings(), env_key("k"), fast_retry()).expect("client");

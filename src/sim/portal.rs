@@ -751,7 +751,8 @@ async fn delete_user(
         .iter()
         .position(|u| email_of(u).to_lowercase() == wanted)
     else {
-        let status = StatusCode::from_u16(db.delete_missing_status).unwrap_or(StatusCode::NOT_FOUND);
+        let status =
+            StatusCode::from_u16(db.delete_missing_status).unwrap_or(StatusCode::NOT_FOUND);
         return message(status, "User not found").into_response();
     };
     db.users.remove(index);
@@ -796,7 +797,11 @@ async fn link_groups(
             .into_response();
     }
     let wanted = normalize(email);
-    let Some(user) = db.users.iter_mut().find(|u| normalize(email_of(u)) == wanted) else {
+    let Some(user) = db
+        .users
+        .iter_mut()
+        .find(|u| normalize(email_of(u)) == wanted)
+    else {
         return message(StatusCode::NOT_FOUND, "User not found").into_response();
     };
     let linked = user
@@ -804,7 +809,10 @@ async fn link_groups(
         .or_insert_with(|| Value::Array(Vec::new()));
     if let Value::Array(linked) = linked {
         for group in groups {
-            if !linked.iter().any(|g| g.as_str().is_some_and(|g| g.eq_ignore_ascii_case(&group))) {
+            if !linked
+                .iter()
+                .any(|g| g.as_str().is_some_and(|g| g.eq_ignore_ascii_case(&group)))
+            {
                 linked.push(Value::String(group));
             }
         }
