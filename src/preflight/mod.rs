@@ -134,17 +134,23 @@ impl Report {
 /// One line per check (`✓ name: message`), the hint of a `✗`/`!` indented below it, and a
 /// summary line.
 pub fn render_text(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    let mut last_hint: Option<&str> = None;
     for check in &report.checks {
+        // A message of several lines (the loader lists every problem) stays under its check.
         writeln!(
             out,
             "{} {}: {}",
             check.status.symbol(),
             check.name,
-            check.message
+            check.message.replace('\n', "\n    ")
         )?;
-        if let Some(hint) = &check.hint {
+        // A hint repeated by the next check (a run of skipped checks) is said once.
+        if let Some(hint) = check.hint.as_deref()
+            && last_hint != Some(hint)
+        {
             writeln!(out, "    → {hint}")?;
         }
+        last_hint = check.hint.as_deref();
     }
     writeln!(
         out,
@@ -158,10 +164,15 @@ pub fn render_text(report: &Report, out: &mut dyn Write) -> io::Result<()> {
 /// One JSON document `{"checks": [{"name", "status", "message", "hint"}], "ok": bool}`
 /// (`docs/preflight.md`).
 pub fn render_json(report: &Report, out: &mut dyn Write) -> io::Result<()> {
-    let document = serde_json::json!({
-        "checks": report.checks,
-        "ok": report.ok(),
-    });
+    #[derive(Serialize)]
+    struct Document<'a> {
+        checks: &'a [Check],
+        ok: bool,
+    }
+    let document = Document {
+        checks: &report.checks,
+        ok: report.ok(),
+    };
     serde_json::to_writer_pretty(&mut *out, &document).map_err(io::Error::other)?;
     writeln!(out)
 }
