@@ -9,9 +9,10 @@ mod cli;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (validate: the file is valid; plan: no error; apply: every change done)
-  1  error: invalid users.yaml or config, a failed read, a change that failed, or a usage
-     error (an unknown command or option)
+  0  success (validate: the file is valid; plan: no error; apply: every change done;
+     doctor: no check failed; probe portal: the facts are recorded)
+  1  error: invalid users.yaml or config, a failed read, a change that failed, a failed
+     doctor check, a refused probe, or a usage error (an unknown command or option)
   2  changes pending (plan --detailed-exitcode only, as Terraform)
   3  refused by policy: the refused changes were not made (allowedDomains refuses one user's
      changes, the others proceed; maxDeletions and an empty desired state stop the whole plan)
@@ -50,10 +51,9 @@ enum Command {
     Diff(cli::diff::Args),
     /// Write a first users.yaml from the portal's admins and their tenant accounts (read-only).
     Import(cli::import::Args),
-    /// Check the setup before a first run: config, secrets, Graph permissions, portal key,
-    /// role codes, git source, state directory, clock (read-only).
+    /// Check the setup: config, secrets, Graph permissions, portal, git, state, clock (read-only).
     Doctor(cli::doctor::Args),
-    /// One-time probes of undocumented behaviour (`probe portal`: a throw-away user, deleted again).
+    /// One-time probe of the portal's undocumented behaviour (a throw-away user, deleted again).
     #[command(subcommand)]
     Probe(cli::probe::Command),
     /// Run guestops against its built-in simulator and show what it does.
