@@ -479,6 +479,7 @@ fn probe_records_a_put_that_keeps_what_it_is_not_sent() {
         state.portal.add_group(GROUP);
         state.portal.put_keeps_missing = true;
         state.portal.duplicate_post_status = 409;
+        state.portal.delete_missing_status = 400;
     }
     let run = probe(&h, &["--yes", "--test-group", GROUP]);
     run.expect_code(0);
@@ -487,6 +488,7 @@ fn probe_records_a_put_that_keeps_what_it_is_not_sent() {
     assert_eq!(facts["put"]["keepsFlags"], true);
     assert_eq!(facts["put"]["keepsNullableFields"], true);
     assert_eq!(facts["duplicateCreate"]["status"], 409);
+    assert_eq!(facts["deleteAgain"]["status"], 400);
     assert!(h.state().portal.find(TEST).is_none());
 }
 
