@@ -550,6 +550,26 @@ fn probe_deletes_the_user_when_a_step_fails() {
 }
 
 #[test]
+fn probe_refuses_what_is_not_an_address() {
+    let h = harness();
+    let output = h
+        .cmd()
+        .args(["probe", "portal", "--yes", "--config"])
+        .arg(h.config_path())
+        .args(["--test-email", "not an address"])
+        .output()
+        .expect("guestops runs");
+    let run = Run::from(output);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("not an e-mail address"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(h.writes(), 0);
+}
+
+#[test]
 fn probe_without_a_terminal_needs_yes() {
     let h = harness();
     let run = probe(&h, &[]);

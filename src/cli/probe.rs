@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
-use guestops::preflight::{self, probe};
+use guestops::preflight::probe;
 
 use super::{ConfigArg, Status};
 
@@ -84,10 +84,16 @@ async fn portal(args: PortalArgs) -> anyhow::Result<Status> {
     let mut out = std::io::stdout().lock();
     match outcome {
         probe::Outcome::Refused(check) => {
-            let report = preflight::Report {
-                checks: vec![check],
-            };
-            preflight::render_text(&report, &mut err)?;
+            writeln!(
+                err,
+                "{} {}: {}",
+                check.status.symbol(),
+                check.name,
+                check.message
+            )?;
+            if let Some(hint) = &check.hint {
+                writeln!(err, "    → {hint}")?;
+            }
             Ok(Status::Error)
         }
         probe::Outcome::Ran { facts, path } => {

@@ -195,6 +195,13 @@ pub async fn run(
     progress: &mut dyn Write,
 ) -> io::Result<Outcome> {
     let email = settings.test_email.trim().to_owned();
+    if !email_address::EmailAddress::is_valid(&email) {
+        return Ok(Outcome::Refused(Check::failed(
+            "probe.testEmail",
+            format!("{email} is not an e-mail address — nothing was written"),
+            "name a throw-away address nobody uses with --test-email",
+        )));
+    }
     // Step 0: the role mapping, and an address nobody uses.
     writeln!(
         progress,
