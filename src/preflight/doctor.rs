@@ -935,6 +935,67 @@ mod tests {
         assert!(!clock_check(&[]).is_ok());
     }
 
+    fn token(roles: &[&str]) -> SecretString {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let payload = serde_json::json!({ "roles": roles }).to_string();
+        SecretString::from(format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(&payload)
+        ))
+    }
+
+    fn config(on_removal: GuestOnRemoval) -> Config {
+        let base = url::Url::parse("http://127.0.0.1:1/").expect("url");
+        let mut config = Config::for_simulator(&base, Path::new("/nonexistent"));
+        config.policy.guest_on_removal = on_removal;
+        config
+    }
+
+    #[test]
+    fn permissions_are_checked_against_what_the_config_needs() {
+        use super::super::CheckStatus::{Failed, Ok, Warning};
+        let keep = config(GuestOnRemoval::Keep);
+        let least = ["User.Invite.All", "User.Read.All"];
+        assert_eq!(permission_check(&keep, &token(&least)).status, Ok);
+        let missing = permission_check(&keep, &token(&["User.Read.All"]));
+        assert_eq!(missing.status, Failed);
+        assert!(
+            missing.message.contains("lacks User.Invite.All"),
+            "{missing:?}"
+        );
+        assert!(
+            missing
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("grant the application permission User.Invite.All")),
+            "{missing:?}"
+        );
+        let broad = permission_check(&keep, &token(&["User.Invite.All", "User.ReadWrite.All"]));
+        assert_eq!(broad.status, Warning, "{broad:?}");
+        assert!(broad.message.contains("broader than needed"), "{broad:?}");
+        let delete = config(GuestOnRemoval::Delete);
+        let check = permission_check(&delete, &token(&least));
+        assert_eq!(check.status, Failed);
+        assert!(
+            check.message.contains("User.DeleteRestore.All"),
+            "{check:?}"
+        );
+        let disable = config(GuestOnRemoval::Disable);
+        let all = [
+            "User.Invite.All",
+            "User.Read.All",
+            "User.EnableDisableAccount.All",
+        ];
+        assert_eq!(permission_check(&disable, &token(&all)).status, Ok);
+        let opaque = permission_check(&keep, &SecretString::from("opaque"));
+        assert_eq!(
+            opaque.status, Warning,
+            "an unreadable token is unknown, never failed"
+        );
+    }
+
     #[test]
     fn the_lock_file_names_its_holder() {
         let holder = Holder::parse("pid=42\nstarted=2026-01-01T00:00:00Z\n");
