@@ -842,6 +842,26 @@ mod tests {
     }
 
     #[test]
+    fn reversed_role_codes_swap_administrator_and_viewer_on_the_wire() {
+        let mut db = PortalDb::default();
+        db.add_user("a@x.example", "A", 1);
+        db.add_user("v@x.example", "V", 3);
+        db.add_user("c@x.example", "C", 2);
+        let listed =
+            |db: &PortalDb, email: &str| db.listed(db.find(email).expect("seeded"))["role"].clone();
+        assert_eq!(listed(&db, "a@x.example"), json!(1));
+        db.reversed_role_codes = true;
+        assert_eq!(listed(&db, "a@x.example"), json!(3));
+        assert_eq!(listed(&db, "v@x.example"), json!(1));
+        assert_eq!(listed(&db, "c@x.example"), json!(2));
+        assert_eq!(
+            db.wire_role(db.wire_role(1)),
+            1,
+            "the same swap reads and writes"
+        );
+    }
+
+    #[test]
     fn listing_order_is_by_name_then_email() {
         let mut db = PortalDb::default();
         db.add_user("z@x.example", "Bob", 1);
