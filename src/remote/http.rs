@@ -351,11 +351,29 @@ pub struct Edge {
 impl Edge {
     /// An edge retrying by `retry`, with at most `concurrency` requests in flight (at least 1).
     pub fn new(retry: RetryPolicy, concurrency: usize) -> Result<Edge, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Self::build_with(retry, concurrency, true)
+    }
+
+    /// An edge like [`Edge::new`] that never goes through a proxy (`HTTP(S)_PROXY` is
+    /// ignored): for a host-local endpoint such as Azure's managed-identity endpoints (IMDS
+    /// must not be reached through a proxy).
+    pub fn without_proxy(retry: RetryPolicy, concurrency: usize) -> Result<Edge, reqwest::Error> {
+        Self::build_with(retry, concurrency, false)
+    }
+
+    fn build_with(
+        retry: RetryPolicy,
+        concurrency: usize,
+        proxy: bool,
+    ) -> Result<Edge, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT.min(retry.timeout))
-            .user_agent(concat!("guestops/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("guestops/", env!("CARGO_PKG_VERSION")));
+        if !proxy {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build()?;
         Ok(Edge {
             http,
             retry,

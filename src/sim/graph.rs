@@ -28,6 +28,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::Sim;
+use super::entra::assertion::{self, Refusal};
+use super::entra::{SimCertificate, SimFederatedCredential, SimManagedIdentity};
 
 pub mod batch;
 pub mod delta;
@@ -47,7 +49,11 @@ pub const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// The client secret the token endpoint accepts unless changed.
 pub const SIM_CLIENT_SECRET: &str = "sim-client-secret";
 
-/// The application permissions granted by default: what guestops needs, all of it.
+/// The application permissions granted by default: what guestops needs with every removal
+/// mode, each the least privileged one for its call (`docs/specs/microsoft-graph.md`):
+/// `User.Invite.All` for `POST /invitations` (§1), `User.Read.All` for `GET /users`, delta and
+/// single reads (§2), `User.EnableDisableAccount.All` (with `User.Read.All`) for
+/// `PATCH accountEnabled` and `User.DeleteRestore.All` for `DELETE /users/{id}` (§6).
 pub const DEFAULT_PERMISSIONS: [&str; 4] = [
     "User.Invite.All",
     "User.Read.All",
@@ -113,8 +119,16 @@ pub struct SimCredentials {
     pub tenant_domain: String,
     /// The application (client) id.
     pub client_id: String,
-    /// The client secret value.
+    /// The client secret value; empty: the application has no secret (a secret sent is
+    /// refused like a wrong one).
     pub client_secret: String,
+    /// Certificates registered on the application, for client assertions.
+    pub certificates: Vec<SimCertificate>,
+    /// Federated identity credentials of the application.
+    pub federated: Vec<SimFederatedCredential>,
+    /// The managed identities of the emulated Azure host (`None`: the managed-identity
+    /// endpoints know no identity).
+    pub managed_identity: Option<SimManagedIdentity>,
     /// Answer `AADSTS7000222` (expired secret) even for the right secret.
     pub secret_expired: bool,
     /// Answer `AADSTS7000112` (application disabled).
@@ -123,6 +137,9 @@ pub struct SimCredentials {
     pub token_lifetime: Duration,
     /// The cloud the emulated tenant lives in: tokens are issued only for its Graph resource.
     pub cloud: SimCloud,
+    /// The Graph application permissions granted to the application (admin-consented app
+    /// roles); every token issued carries them in `roles`, and Graph requires them.
+    pub roles: Vec<String>,
 }
 
 /// A Microsoft cloud (`docs/specs/microsoft-graph.md` §8), as the simulator stands for one.
@@ -159,10 +176,14 @@ impl std::fmt::Debug for SimCredentials {
             .field("tenant_domain", &self.tenant_domain)
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field("certificates", &self.certificates)
+            .field("federated", &self.federated)
+            .field("managed_identity", &self.managed_identity)
             .field("secret_expired", &self.secret_expired)
             .field("app_disabled", &self.app_disabled)
             .field("token_lifetime", &self.token_lifetime)
             .field("cloud", &self.cloud)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -174,10 +195,17 @@ impl Default for SimCredentials {
             tenant_domain: SIM_TENANT_DOMAIN.into(),
             client_id: SIM_CLIENT_ID.into(),
             client_secret: SIM_CLIENT_SECRET.into(),
+            certificates: Vec::new(),
+            federated: Vec::new(),
+            managed_identity: None,
             secret_expired: false,
             app_disabled: false,
             token_lifetime: Duration::from_secs(3599),
             cloud: SimCloud::Global,
+            roles: DEFAULT_PERMISSIONS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
         }
     }
 }
@@ -444,17 +472,40 @@ struct Cursor {
     after_id: Option<String>,
 }
 
+/// An access token the token endpoints issued: until when Graph accepts it and the
+/// permissions it carries (fixed when issued, as in a real token's `roles`).
+#[derive(Debug, Clone)]
+struct IssuedToken {
+    expiry: Instant,
+    roles: BTreeSet<String>,
+}
+
+/// What a valid bearer token grants a Graph request.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    roles: BTreeSet<String>,
+}
+
+impl Grant {
+    /// Whether the token carries one of `permissions`.
+    fn has_any(&self, permissions: &[&str]) -> bool {
+        permissions.iter().any(|p| self.roles.contains(*p))
+    }
+}
+
 /// The emulated directory.
 #[derive(Debug)]
 pub struct Directory {
     credentials: SimCredentials,
     users: BTreeMap<String, SimUser>,
     deleted: BTreeMap<String, SimUser>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, IssuedToken>,
+    /// `jti`s of accepted certificate assertions, with their `exp`.
+    seen_assertions: HashMap<String, i64>,
     cursors: HashMap<String, Cursor>,
     invitation_counts: BTreeMap<String, u32>,
     invitations: Vec<InvitationRecord>,
-    permissions: BTreeSet<String>,
+    allow_invites_from: String,
     replication_delay: Duration,
     page_size_cap: Option<usize>,
     empty_first_page: bool,
@@ -480,13 +531,11 @@ impl Default for Directory {
             users: BTreeMap::new(),
             deleted: BTreeMap::new(),
             tokens: HashMap::new(),
+            seen_assertions: HashMap::new(),
             cursors: HashMap::new(),
             invitation_counts: BTreeMap::new(),
             invitations: Vec::new(),
-            permissions: DEFAULT_PERMISSIONS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect(),
+            allow_invites_from: "everyone".into(),
             replication_delay: Duration::ZERO,
             page_size_cap: None,
             empty_first_page: false,
@@ -700,23 +749,54 @@ impl Directory {
     /// Makes every issued token expired (Graph answers `401` until a new one is fetched).
     pub fn expire_tokens(&mut self) {
         let now = Instant::now();
-        for expiry in self.tokens.values_mut() {
-            *expiry = now;
+        for token in self.tokens.values_mut() {
+            token.expiry = now;
         }
     }
 
-    /// Grants an application permission (e.g. `User.ReadWrite.All`).
+    /// Grants an application permission (e.g. `User.ReadWrite.All`) to the application.
+    /// Like a real grant it reaches Graph with the next token: tokens already issued keep
+    /// the roles they carry.
     pub fn grant_permission(&mut self, permission: &str) {
-        self.permissions.insert(permission.to_owned());
+        if !self.credentials.roles.iter().any(|r| r == permission) {
+            self.credentials.roles.push(permission.to_owned());
+        }
     }
 
-    /// Revokes an application permission (e.g. `User.Invite.All`).
+    /// Revokes an application permission (e.g. `User.Invite.All`) from the application,
+    /// from the next token on.
     pub fn revoke_permission(&mut self, permission: &str) {
-        self.permissions.remove(permission);
+        self.credentials.roles.retain(|r| r != permission);
     }
 
-    fn has_any(&self, permissions: &[&str]) -> bool {
-        permissions.iter().any(|p| self.permissions.contains(*p))
+    /// Replaces the application's permissions (from the next token on).
+    pub fn set_roles(&mut self, roles: &[&str]) {
+        self.credentials.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    }
+
+    /// `allowInvitesFrom` of the tenant's authorization policy: `none`,
+    /// `adminsAndGuestInviters`, `adminsGuestInvitersAndAllMembers` or `everyone` (default).
+    pub fn set_allow_invites_from(&mut self, value: &str) {
+        self.allow_invites_from = value.to_owned();
+    }
+
+    /// Records an issued access token and the roles it carries; Graph accepts it for
+    /// `lifetime`.
+    pub(crate) fn record_token(&mut self, token: &str, lifetime: Duration, roles: &[String]) {
+        self.tokens.insert(
+            token.to_owned(),
+            IssuedToken {
+                expiry: Instant::now() + lifetime,
+                roles: roles.iter().cloned().collect(),
+            },
+        );
+    }
+
+    /// Makes `token` a valid bearer token with the application's current roles (for tests
+    /// that talk to Graph without the token endpoint).
+    pub fn insert_token(&mut self, token: &str, lifetime: Duration) {
+        let roles = self.credentials.roles.clone();
+        self.record_token(token, lifetime, &roles);
     }
 
     /// The live, visible user with this id or UPN.
@@ -829,13 +909,17 @@ pub fn routes() -> Router<Sim> {
         )
         .route("/v1.0/invitations", post(invite))
         .route("/v1.0/$batch", post(batch::batch))
+        .route(
+            "/v1.0/policies/authorizationPolicy",
+            get(authorization_policy),
+        )
         .layer(middleware::from_fn(request_ids))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Token endpoint
 
-fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
+pub(crate) fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
     let trace = uuid::Uuid::new_v4().to_string();
     let correlation = uuid::Uuid::new_v4().to_string();
     let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
@@ -855,14 +939,139 @@ fn aadsts(status: StatusCode, error: &str, code: u64, text: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn token(State(sim): State<Sim>, Path(tenant): Path<String>, body: Bytes) -> Response {
+async fn token(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    // The URL the request was sent to: a certificate assertion's `aud` must be exactly it.
+    let token_url = format!("http://{}/{tenant}/oauth2/v2.0/token", host_of(&headers));
+    // A federated token needs its issuer's keys, fetched (as Entra does) without the lock:
+    // the issuer may be this very simulator.
+    let issuer = {
+        let state = sim.state();
+        let creds = &state.graph.credentials;
+        match (form.get("client_assertion"), form.get("client_id")) {
+            (Some(assertion), Some(client_id)) => {
+                assertion::issuer_to_fetch(assertion, client_id, &creds.federated)
+            }
+            _ => None,
+        }
+    };
+    let keys = match issuer {
+        Some(issuer) => Some(assertion::fetch_issuer_keys(&issuer).await),
+        None => None,
+    };
     let mut state = sim.state();
     let dir = &mut state.graph;
-    issue_token(dir, &tenant, &form)
+    issue_token(dir, &tenant, &token_url, &form, keys.as_ref())
 }
 
-fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>) -> Response {
+fn refusal(refusal: Refusal) -> Response {
+    aadsts(refusal.status, refusal.error, refusal.code, &refusal.text)
+}
+
+/// How the client authenticated: a secret or an assertion, each checked.
+fn authenticate_client(
+    dir: &mut Directory,
+    client_id: &str,
+    token_url: &str,
+    form: &HashMap<String, String>,
+    keys: Option<&assertion::IssuerKeys>,
+) -> Result<(), Response> {
+    let creds = &dir.credentials;
+    let secret = form.get("client_secret").filter(|s| !s.is_empty());
+    let client_assertion = form.get("client_assertion").filter(|s| !s.is_empty());
+    match (secret, client_assertion) {
+        (Some(_), Some(_)) => Err(aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            9002313,
+            "Invalid request. Request is malformed or invalid. [Reason - Send either 'client_secret' or 'client_assertion', not both.]",
+        )),
+        (None, None) => Err(aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )),
+        (Some(secret), None) => {
+            // An application without a secret refuses every secret as a wrong one.
+            if creds.client_secret.is_empty() || *secret != creds.client_secret {
+                return Err(aadsts(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                ));
+            }
+            if creds.secret_expired {
+                return Err(aadsts(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000222,
+                    &format!(
+                        "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, Some(client_assertion)) => {
+            match form.get("client_assertion_type").map(String::as_str) {
+                Some(assertion::JWT_BEARER) => {}
+                None => {
+                    return Err(aadsts(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        900144,
+                        "The request body must contain the following parameter: 'client_assertion_type'.",
+                    ));
+                }
+                Some(other) => {
+                    // The code for a wrong type is not documented: the generic malformed request.
+                    return Err(aadsts(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        9002313,
+                        &format!(
+                            "Invalid request. Request is malformed or invalid. [Reason - client_assertion_type '{other}' is not supported; use '{}'.]",
+                            assertion::JWT_BEARER
+                        ),
+                    ));
+                }
+            }
+            let jwt = assertion::parse(client_assertion).map_err(refusal)?;
+            let now = Utc::now().timestamp();
+            match assertion::kind(&jwt, client_id) {
+                assertion::Kind::Certificate => assertion::check_certificate(
+                    &jwt,
+                    &creds.certificates,
+                    client_id,
+                    token_url,
+                    now,
+                    &mut dir.seen_assertions,
+                ),
+                assertion::Kind::Federated(_) => {
+                    assertion::check_federated(&jwt, &creds.federated, keys, now)
+                }
+            }
+            .map_err(refusal)
+        }
+    }
+}
+
+fn issue_token(
+    dir: &mut Directory,
+    tenant: &str,
+    token_url: &str,
+    form: &HashMap<String, String>,
+    keys: Option<&assertion::IssuerKeys>,
+) -> Response {
     let creds = dir.credentials.clone();
     if dir.token_outages > 0 {
         dir.token_outages -= 1;
@@ -925,33 +1134,8 @@ fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>
             &format!("Application '{client_id}' is disabled."),
         );
     }
-    let Some(secret) = form.get("client_secret").filter(|s| !s.is_empty()) else {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-        );
-    };
-    if *secret != creds.client_secret {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            &format!(
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-            ),
-        );
-    }
-    if creds.secret_expired {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000222,
-            &format!(
-                "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
-            ),
-        );
+    if let Err(response) = authenticate_client(dir, client_id, token_url, form, keys) {
+        return response;
     }
     let Some(scope) = form.get("scope") else {
         return missing("scope");
@@ -999,13 +1183,9 @@ fn issue_token(dir: &mut Directory, tenant: &str, form: &HashMap<String, String>
             ),
         );
     }
-    let access_token = format!(
-        "sim.{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    dir.tokens
-        .insert(access_token.clone(), Instant::now() + creds.token_lifetime);
+    let access_token =
+        super::entra::access_token(&creds, client_id, &creds.roles, creds.token_lifetime);
+    dir.record_token(&access_token, creds.token_lifetime, &creds.roles);
     let lifetime = creds.token_lifetime.as_secs();
     (
         StatusCode::OK,
@@ -1030,8 +1210,8 @@ fn invalid_token(message: &str) -> Response {
     )
 }
 
-/// Checks the bearer token.
-fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the bearer token; what it grants.
+pub(crate) fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<Grant, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(invalid_token("Access token is empty."));
     };
@@ -1044,10 +1224,12 @@ fn authorize(dir: &Directory, headers: &HeaderMap) -> Result<(), Response> {
         None => Err(invalid_token(
             "Access token validation failure. Invalid audience.",
         )),
-        Some(expiry) if Instant::now() >= *expiry => Err(invalid_token(
+        Some(issued) if Instant::now() >= issued.expiry => Err(invalid_token(
             "Lifetime validation failed, the token is expired.",
         )),
-        Some(_) => Ok(()),
+        Some(issued) => Ok(Grant {
+            roles: issued.roles.clone(),
+        }),
     }
 }
 
@@ -1153,8 +1335,7 @@ fn read_prologue(
     known: &[&str],
     refuse: impl Fn(&str) -> Response,
 ) -> Result<BTreeMap<String, String>, Response> {
-    authorize(dir, headers)?;
-    if !dir.has_any(READ) {
+    if !authorize(dir, headers)?.has_any(READ) {
         return Err(denied());
     }
     let options = query_options(uri)?;
@@ -1360,11 +1541,10 @@ async fn get_user(
 ) -> Response {
     let state = sim.state();
     let dir = &state.graph;
-    if let Err(response) = authorize(dir, &headers) {
-        return response;
-    }
-    if !dir.has_any(READ) {
-        return denied();
+    match authorize(dir, &headers) {
+        Err(response) => return response,
+        Ok(grant) if !grant.has_any(READ) => return denied(),
+        Ok(_) => {}
     }
     if id == "$count" {
         return bad_request("$count is not currently supported.");
@@ -1465,9 +1645,10 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Res
 }
 
 fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
+    let grant = match authorize(dir, headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
     let fields = match json_body(headers, body) {
         Ok(fields) => fields,
         Err(response) => return response,
@@ -1481,13 +1662,13 @@ fn patch_user_locked(dir: &mut Directory, key: &str, headers: &HeaderMap, body: 
     }
     let only_enable = fields.keys().all(|k| k == "accountEnabled");
     let allowed = if only_enable {
-        dir.has_any(&[
+        grant.has_any(&[
             "User.EnableDisableAccount.All",
             "User.ReadWrite.All",
             "Directory.ReadWrite.All",
-        ]) && dir.has_any(READ)
+        ]) && grant.has_any(READ)
     } else {
-        dir.has_any(&["User.ReadWrite.All", "Directory.ReadWrite.All"])
+        grant.has_any(&["User.ReadWrite.All", "Directory.ReadWrite.All"])
     };
     if !allowed {
         return denied();
@@ -1546,10 +1727,11 @@ async fn delete_user(
 ) -> Response {
     let mut state = sim.state();
     let dir = &mut state.graph;
-    if let Err(response) = authorize(dir, &headers) {
-        return response;
-    }
-    if !dir.has_any(&[
+    let grant = match authorize(dir, &headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if !grant.has_any(&[
         "User.DeleteRestore.All",
         "User.ReadWrite.All",
         "Directory.ReadWrite.All",
@@ -1562,6 +1744,59 @@ async fn delete_user(
     dir.delete_user(&id);
     state.counters.writes += 1;
     StatusCode::NO_CONTENT.into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies
+
+/// `GET /v1.0/policies/authorizationPolicy`: the tenant's authorization policy, with
+/// `allowInvitesFrom` as set by [`Directory::set_allow_invites_from`]. Needs `Policy.Read.All`
+/// (least privileged, Learn "Get authorizationPolicy") or `Policy.ReadWrite.Authorization`.
+/// The other properties are the defaults of a new tenant, in the documented shape.
+async fn authorization_policy(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Response {
+    let state = sim.state();
+    let dir = &state.graph;
+    match authorize(dir, &headers) {
+        Err(response) => return response,
+        Ok(grant) if !grant.has_any(&["Policy.Read.All", "Policy.ReadWrite.Authorization"]) => {
+            return denied();
+        }
+        Ok(_) => {}
+    }
+    if let Some(query) = uri.query() {
+        return bad_request(&format!(
+            "The simulator does not emulate query options on authorizationPolicy: {query}"
+        ));
+    }
+    graph_json(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!(
+                "http://{}/v1.0/$metadata#policies/authorizationPolicy/$entity",
+                host_of(&headers)
+            ),
+            "id": "authorizationPolicy",
+            "displayName": "Authorization Policy",
+            "description": "Used to manage authorization related settings across the company.",
+            "allowInvitesFrom": dir.allow_invites_from,
+            "allowedToSignUpEmailBasedSubscriptions": true,
+            "allowedToUseSSPR": true,
+            "allowEmailVerifiedUsersToJoinOrganization": false,
+            "allowUserConsentForRiskyApps": null,
+            "blockMsolPowerShell": false,
+            "guestUserRoleId": "10dae51f-b6af-4016-8d66-8c2a99b929b3",
+            "defaultUserRolePermissions": {
+                "allowedToCreateApps": true,
+                "allowedToCreateSecurityGroups": true,
+                "allowedToCreateTenants": true,
+                "allowedToReadBitlockerKeysForOwnedDevice": true,
+                "allowedToReadOtherUsers": true,
+                "permissionGrantPoliciesAssigned": [
+                    "ManagePermissionGrantsForSelf.microsoft-user-default-legacy"
+                ]
+            }
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1620,10 +1855,11 @@ async fn invite(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Response {
-    if let Err(response) = authorize(dir, headers) {
-        return response;
-    }
-    if !dir.has_any(&[
+    let grant = match authorize(dir, headers) {
+        Ok(grant) => grant,
+        Err(response) => return response,
+    };
+    if !grant.has_any(&[
         "User.Invite.All",
         "User.ReadWrite.All",
         "Directory.ReadWrite.All",
@@ -1833,5 +2069,251 @@ mod tests {
         assert_eq!(selected["userType"], "Guest");
         assert!(selected.get("id").is_some());
         assert!(selected.get("mail").is_none());
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::sim::entra::jwt::{Jwt, token_signer};
+
+    /// Sends one request through the router; the status and the JSON body (or `Null`).
+    async fn call(
+        sim: &Sim,
+        method: Method,
+        uri: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "sim.test");
+        if let Some(token) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("a request");
+        let response = sim.router().oneshot(request).await.expect("an answer");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A token from the token endpoint with the client secret.
+    async fn sign_in(sim: &Sim) -> String {
+        let form = format!(
+            "grant_type=client_credentials&client_id={SIM_CLIENT_ID}&client_secret={SIM_CLIENT_SECRET}&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"
+        );
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/{SIM_TENANT_ID}/oauth2/v2.0/token"))
+            .header(header::HOST, "sim.test")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .expect("a request");
+        let response = sim.router().oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    fn code(body: &Value) -> &str {
+        body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_are_signed_jwts_with_the_granted_roles() {
+        let sim = Sim::new();
+        let token = sign_in(&sim).await;
+        let jwt = Jwt::parse(&token).expect("a JWT");
+        assert!(jwt.verifies("RS256", &token_signer().public_key()));
+        assert_eq!(jwt.header_str("kid"), Some(token_signer().kid()));
+        assert_eq!(jwt.claim_str("appid"), Some(SIM_CLIENT_ID));
+        assert_eq!(jwt.claim_str("tid"), Some(SIM_TENANT_ID));
+        assert_eq!(jwt.claim_str("aud"), Some("https://graph.microsoft.com"));
+        let roles: BTreeSet<&str> = jwt.claims["roles"]
+            .as_array()
+            .expect("roles")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(roles, DEFAULT_PERMISSIONS.into_iter().collect());
+
+        sim.state().graph.set_roles(&["User.Read.All"]);
+        let narrower = Jwt::parse(&sign_in(&sim).await).expect("a JWT");
+        assert_eq!(narrower.claims["roles"], json!(["User.Read.All"]));
+    }
+
+    #[tokio::test]
+    async fn each_call_needs_its_permission_and_a_broader_one_will_do() {
+        let sim = Sim::new();
+        let id = sim.state().graph.add_guest("ana@partner.example", "Ana");
+        let invitation = json!({
+            "invitedUserEmailAddress": "bo@partner.example",
+            "inviteRedirectUrl": "https://portal.example",
+        });
+        // No permission at all: every call is denied, in Graph's error shape.
+        sim.state().graph.set_roles(&[]);
+        let none = sign_in(&sim).await;
+        let calls = [
+            (Method::GET, "/v1.0/users".to_owned(), None),
+            (Method::GET, format!("/v1.0/users/{id}"), None),
+            (Method::GET, "/v1.0/users/delta".to_owned(), None),
+            (
+                Method::PATCH,
+                format!("/v1.0/users/{id}"),
+                Some(json!({"accountEnabled": false})),
+            ),
+            (Method::DELETE, format!("/v1.0/users/{id}"), None),
+            (
+                Method::POST,
+                "/v1.0/invitations".to_owned(),
+                Some(invitation.clone()),
+            ),
+        ];
+        for (method, uri, body) in calls.clone() {
+            let (status, answer) = call(&sim, method.clone(), &uri, Some(&none), body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {answer}");
+            assert_eq!(code(&answer), "Authorization_RequestDenied");
+            assert_eq!(
+                answer["error"]["message"],
+                "Insufficient privileges to complete the operation."
+            );
+            assert!(answer["error"]["innerError"]["request-id"].is_string());
+            assert!(answer["error"]["innerError"]["date"].is_string());
+        }
+        // The least privileged permission of one call does not open another.
+        sim.state().graph.set_roles(&["User.Invite.All"]);
+        let invite_only = sign_in(&sim).await;
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&invite_only), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, answer) = call(
+            &sim,
+            Method::POST,
+            "/v1.0/invitations",
+            Some(&invite_only),
+            Some(invitation.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        // Disabling needs a read permission too; deleting does not.
+        sim.state()
+            .graph
+            .set_roles(&["User.EnableDisableAccount.All", "User.DeleteRestore.All"]);
+        let no_read = sign_in(&sim).await;
+        let (status, _) = call(
+            &sim,
+            Method::PATCH,
+            &format!("/v1.0/users/{id}"),
+            Some(&no_read),
+            Some(json!({"accountEnabled": false})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // User.ReadWrite.All covers everything guestops does.
+        sim.state().graph.set_roles(&["User.ReadWrite.All"]);
+        let broad = sign_in(&sim).await;
+        for (method, uri, body) in calls {
+            let body = body.map(|b| {
+                if uri.ends_with("invitations") {
+                    json!({"invitedUserEmailAddress": "cy@partner.example", "inviteRedirectUrl": "https://portal.example"})
+                } else {
+                    b
+                }
+            });
+            let (status, answer) = call(&sim, method.clone(), &uri, Some(&broad), body).await;
+            assert!(status.is_success(), "{method} {uri}: {status} {answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_keeps_the_roles_it_was_issued_with() {
+        let sim = Sim::new();
+        let before = sign_in(&sim).await;
+        sim.state().graph.revoke_permission("User.Read.All");
+        let after = sign_in(&sim).await;
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&before), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&sim, Method::GET, "/v1.0/users", Some(&after), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn inner_batch_requests_are_checked_one_by_one() {
+        let sim = Sim::new();
+        sim.state().graph.set_roles(&["User.Read.All"]);
+        let token = sign_in(&sim).await;
+        let id = sim.state().graph.add_guest("ana@partner.example", "Ana");
+        let batch = json!({"requests": [
+            {"id": "1", "method": "GET", "url": format!("/users/{id}")},
+            {"id": "2", "method": "DELETE", "url": format!("/users/{id}")},
+        ]});
+        let (status, answer) = call(
+            &sim,
+            Method::POST,
+            "/v1.0/$batch",
+            Some(&token),
+            Some(batch),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let responses = answer["responses"].as_array().expect("responses");
+        let of = |wanted: &str| {
+            responses
+                .iter()
+                .find(|r| r["id"] == wanted)
+                .expect("an answer per request")
+        };
+        assert_eq!(of("1")["status"], 200);
+        assert_eq!(of("2")["status"], 403);
+        assert_eq!(
+            of("2")["body"]["error"]["code"],
+            "Authorization_RequestDenied"
+        );
+        assert_eq!(sim.state().graph.users().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_authorization_policy_needs_policy_read_all() {
+        let sim = Sim::new();
+        let token = sign_in(&sim).await;
+        let uri = "/v1.0/policies/authorizationPolicy";
+        let (status, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(code(&answer), "Authorization_RequestDenied");
+
+        sim.state().graph.grant_permission("Policy.Read.All");
+        let token = sign_in(&sim).await;
+        let (status, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["id"], "authorizationPolicy");
+        assert_eq!(answer["allowInvitesFrom"], "everyone");
+        assert!(answer["defaultUserRolePermissions"].is_object());
+
+        sim.state()
+            .graph
+            .set_allow_invites_from("adminsAndGuestInviters");
+        let (_, answer) = call(&sim, Method::GET, uri, Some(&token), None).await;
+        assert_eq!(answer["allowInvitesFrom"], "adminsAndGuestInviters");
+        let (status, _) = call(&sim, Method::GET, uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 }

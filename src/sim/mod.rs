@@ -3,7 +3,9 @@
 //!
 //! One listener serves all three: the token authority at `/{tenant}/oauth2/v2.0/token`, Graph at
 //! `/v1.0/...` and the portal at `/api/...`, so a single base URL configures `authorityHost`,
-//! `graphEndpoint` and `portal.baseUrl`.
+//! `graphEndpoint` and `portal.baseUrl`. The same listener serves the identity endpoints of
+//! [`entra`]: test OIDC issuers at `/oidc/{name}/...` and the managed-identity endpoints of
+//! Azure hosts (`/msi/token`, `/metadata/identity/oauth2/token`).
 //!
 //! The emulators follow `docs/specs/` including the quirks (opaque `$skiptoken` paging, default
 //! property set without `$select`, `#EXT#` UPNs, replication delay, delta query with opaque
@@ -22,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod entra;
 pub mod graph;
 pub mod portal;
 pub mod seed;
@@ -64,6 +67,9 @@ pub enum SystemKind {
     Graph,
     /// Power Embedded API.
     Portal,
+    /// The identity endpoints of [`entra`] (OIDC issuers, managed identity): no fault
+    /// injection of Graph or the portal applies to them.
+    Identity,
 }
 
 /// Counters of what the emulators served, for tests and the demo.
@@ -75,6 +81,9 @@ pub struct Counters {
     pub portal_requests: u64,
     /// Token requests.
     pub token_requests: u64,
+    /// Requests to the identity endpoints (OIDC issuers, managed identity); in neither
+    /// `graph_requests` nor `token_requests`.
+    pub identity_requests: u64,
     /// Injected 429s.
     pub throttled: u64,
     /// Injected failures.
@@ -103,6 +112,8 @@ pub struct SimState {
     pub graph_batch_faults: graph::batch::BatchFaults,
     /// What was served.
     pub counters: Counters,
+    /// The test OIDC issuers and the managed-identity host.
+    pub identity: entra::IdentityState,
 }
 
 /// A handle on the emulators; cheap to clone, shared by the HTTP handlers and tests.
@@ -130,6 +141,7 @@ impl Sim {
     pub fn router(&self) -> Router {
         Router::new()
             .merge(graph::routes())
+            .merge(entra::routes())
             .merge(portal::routes())
             .layer(middleware::from_fn_with_state(self.clone(), inject_faults))
             .with_state(self.clone())
@@ -165,9 +177,28 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// A token of test issuer `issuer_name` of this simulator served at `base` (issuer URL
+    /// [`entra::oidc::issuer_url`]), for `subject` and `audience`, expiring `expires_in`
+    /// seconds from now (negative: already expired); e.g. for a Kubernetes-style token file.
+    pub fn mint_federated_token(
+        &self,
+        base: &url::Url,
+        issuer_name: &str,
+        subject: &str,
+        audience: &str,
+        expires_in: i64,
+    ) -> String {
+        let issuer = entra::oidc::issuer_url(base.as_str(), issuer_name);
+        entra::oidc::mint(&issuer, subject, audience, expires_in)
+    }
+}
+
 fn system_of(path: &str) -> SystemKind {
     if path.starts_with("/api/") || path == "/api" {
         SystemKind::Portal
+    } else if entra::is_identity_path(path) {
+        SystemKind::Identity
     } else {
         SystemKind::Graph
     }
@@ -176,6 +207,10 @@ fn system_of(path: &str) -> SystemKind {
 /// The fault-injection layer: latency, periodic 429, rule-based failures.
 async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> Response {
     let system = system_of(request.uri().path());
+    if system == SystemKind::Identity {
+        sim.state().counters.identity_requests += 1;
+        return next.run(request).await;
+    }
     // An inner request of a `$batch`: the batch itself was counted, delayed and throttled on
     // the wire; only the rules that match requests apply to it.
     let inner = request
@@ -203,9 +238,10 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
                 state.counters.portal_requests += 1;
                 state.counters.portal_requests
             }
+            (SystemKind::Identity, _) => 0,
         };
         let faults = match system {
-            SystemKind::Graph => &mut state.graph_faults,
+            SystemKind::Graph | SystemKind::Identity => &mut state.graph_faults,
             SystemKind::Portal => &mut state.portal_faults,
         };
         let latency = if inner {
@@ -267,7 +303,7 @@ fn fault_response(system: SystemKind, status: u16, retry_after: Option<String>) 
     let status = axum::http::StatusCode::from_u16(status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = match system {
-        SystemKind::Graph => graph::error_response(
+        SystemKind::Graph | SystemKind::Identity => graph::error_response(
             status,
             if status.as_u16() == 429 {
                 "TooManyRequests"

@@ -24,8 +24,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
+use super::credential::CredentialSettings;
 use super::error::GraphError;
-use super::token::{ClientSecretCredential, TokenSource};
+use super::token::{self, TokenSource};
 use super::{
     DeltaChange, DeltaRound, DirectoryUser, GraphSettings, Invitation, Invited, MAX_BATCH_REQUESTS,
     ObjectIdentity, RemovedReason, Tenant, USER_SELECT,
@@ -95,26 +96,35 @@ impl GraphClient {
     }
 
     /// A client that authenticates with the client secret `secret` through a
-    /// [`ClientSecretCredential`] sharing the client's edge.
+    /// [`ClientSecretCredential`](super::token::ClientSecretCredential) sharing the client's
+    /// edge (a thin wrapper over [`GraphClient::with_credential`]).
     pub fn with_client_secret(
         settings: &GraphSettings,
         secret: Credential,
         retry: RetryPolicy,
     ) -> Result<GraphClient, GraphError> {
+        Self::with_credential(settings, CredentialSettings::ClientSecret { secret }, retry)
+    }
+
+    /// A client that signs in with `credential` (any kind, [`token::from_settings`]), its
+    /// token requests sharing the client's edge (a managed identity's go through an edge of
+    /// their own, without proxy). The scope names Graph as a resource (`settings.resource`, its
+    /// identifier in the configured cloud), not the URL requests go to: a `graphEndpoint`
+    /// override (a proxy, a test double) does not change which resource the token is for.
+    pub fn with_credential(
+        settings: &GraphSettings,
+        credential: CredentialSettings,
+        retry: RetryPolicy,
+    ) -> Result<GraphClient, GraphError> {
         check_scheme(&settings.graph_endpoint, "tenant.graphEndpoint")?;
         let edge = edge(settings, retry)?;
-        let credential = ClientSecretCredential::new(
-            edge.clone(),
-            &settings.authority_host,
-            &settings.tenant_id,
-            &settings.client_id,
-            secret,
-            // The scope names Graph as a resource (its identifier in the configured cloud), not
-            // the URL requests go to: a `graphEndpoint` override (a proxy, a test double) does
-            // not change which resource the token is for.
-            &settings.resource,
-        )?;
-        Self::new(settings, Arc::new(credential), edge)
+        let source = token::from_settings(edge.clone(), settings, credential)?;
+        Self::new(settings, source, edge)
+    }
+
+    /// The token source the client signs in with (for `guestops doctor` and for sharing).
+    pub fn token_source(&self) -> Arc<dyn TokenSource> {
+        Arc::clone(&self.token)
     }
 
     /// Changes the bound on pages of one listing (default [`DEFAULT_MAX_PAGES`]).

@@ -369,8 +369,6 @@ fn parse_one(request: &Value, earlier: &[Inner]) -> Result<Inner, Response> {
 mod tests {
     use std::time::Duration;
 
-    use tokio::time::Instant;
-
     use super::*;
     use crate::sim::FailRule;
 
@@ -380,8 +378,7 @@ mod tests {
         let sim = Sim::new();
         sim.state()
             .graph
-            .tokens
-            .insert(TOKEN.into(), Instant::now() + Duration::from_secs(3600));
+            .insert_token(TOKEN, Duration::from_secs(3600));
         sim
     }
 

@@ -618,10 +618,9 @@ mod tests {
     /// A simulator with a valid bearer token.
     fn sim() -> Sim {
         let sim = Sim::new();
-        sim.state().graph.tokens.insert(
-            BEARER.into(),
-            Instant::now() + Duration::from_secs(24 * 3600),
-        );
+        sim.state()
+            .graph
+            .insert_token(BEARER, Duration::from_secs(24 * 3600));
         sim
     }
 
@@ -823,7 +822,13 @@ mod tests {
     #[tokio::test]
     async fn the_journal_reports_changes_a_comparison_cannot_see() {
         let sim = sim();
-        sim.state().graph.grant_permission("User.ReadWrite.All");
+        {
+            let mut state = sim.state();
+            state.graph.grant_permission("User.ReadWrite.All");
+            state
+                .graph
+                .insert_token(BEARER, Duration::from_secs(24 * 3600));
+        }
         let ana = sim.state().graph.add_guest("ana@partner.example", "Ana");
         let (_, delta, _) = round(&sim, "/v1.0/users/delta?$select=displayName").await;
         // Changed and changed back: still reported, with the selected properties.
