@@ -20,7 +20,12 @@ const GROUP: &str = "5d0b6c52-8f5c-4e36-9b0c-1f7f3cbb2a10";
 /// secret files only their owner may read.
 fn harness() -> Harness {
     let mut h = Harness::new();
-    h.sim.state().portal.add_user(ADMIN, "Known Admin", 1);
+    {
+        let mut state = h.sim.state();
+        state.portal.add_user(ADMIN, "Known Admin", 1);
+        // What the doctor reads the tenant's invitation setting with.
+        state.graph.grant_permission("Policy.Read.All");
+    }
     h.configure(|c| {
         c.portal.known_admin = Some(ADMIN.to_owned());
         c.portal.max_writes_per_second = 1000.0;
@@ -79,7 +84,9 @@ fn doctor_on_a_well_set_simulator_passes_and_writes_nothing() {
         "secret.graph",
         "secret.portal",
         "graph.token",
+        "graph.permissions",
         "graph.read",
+        "graph.invitations",
         "portal.key",
         "portal.roleCodes",
         "source",
@@ -104,6 +111,11 @@ fn doctor_on_a_well_set_simulator_passes_and_writes_nothing() {
             run.stdout
         );
     }
+    assert!(
+        !run.stdout.contains("\n! ") && !run.stdout.contains("\n✗ "),
+        "every check passes:\n{}",
+        run.stdout
+    );
     assert_eq!(h.writes(), 0, "the doctor writes nothing");
     assert!(
         !h.state_dir().join("portal-facts.json").exists(),
@@ -579,5 +591,87 @@ fn probe_without_a_terminal_needs_yes() {
         h.counters().portal_requests,
         0,
         "nothing was asked of the portal"
+    );
+}
+
+#[test]
+fn doctor_fails_on_a_token_without_user_invite_all() {
+    let h = harness();
+    h.state().graph.revoke_permission("User.Invite.All");
+    let run = doctor(&h, &[]);
+    run.expect_code(1);
+    let (symbol, text) = line(&run, "graph.permissions");
+    assert_eq!(symbol, "✗", "{text}");
+    assert!(text.contains("lacks User.Invite.All"), "{text}");
+    assert!(
+        text.contains(
+            "grant the application permission User.Invite.All to the app and grant admin consent"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn doctor_warns_about_a_permission_broader_than_needed() {
+    let h = harness();
+    h.state().graph.grant_permission("User.ReadWrite.All");
+    let run = doctor(&h, &[]);
+    run.expect_code(0);
+    let (symbol, text) = line(&run, "graph.permissions");
+    assert_eq!(symbol, "!", "{text}");
+    assert!(
+        text.contains("User.ReadWrite.All, broader than needed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn doctor_cannot_read_the_invitation_setting_without_policy_read_all() {
+    let h = harness();
+    h.state().graph.revoke_permission("Policy.Read.All");
+    let run = doctor(&h, &[]);
+    run.expect_code(0);
+    let (symbol, text) = line(&run, "graph.invitations");
+    assert_eq!(symbol, "!", "{text}");
+    assert!(
+        text.contains("unknown") && text.contains("Policy.Read.All"),
+        "{text}"
+    );
+}
+
+#[test]
+fn doctor_fails_when_nobody_may_invite() {
+    let h = harness();
+    h.state().graph.set_allow_invites_from("none");
+    let run = doctor(&h, &[]);
+    run.expect_code(1);
+    let (symbol, text) = line(&run, "graph.invitations");
+    assert_eq!(symbol, "✗", "{text}");
+    assert!(text.contains("allowInvitesFrom is none"), "{text}");
+}
+
+#[test]
+fn doctor_warns_when_only_guest_inviters_may_invite() {
+    let h = harness();
+    h.state()
+        .graph
+        .set_allow_invites_from("adminsAndGuestInviters");
+    let run = doctor(&h, &[]);
+    let (symbol, text) = line(&run, "graph.invitations");
+    assert_eq!(symbol, "!", "{text}");
+    assert!(text.contains("Guest Inviter"), "{text}");
+}
+
+#[test]
+fn doctor_fails_when_graph_refuses_the_read() {
+    let h = harness();
+    h.state().graph.revoke_permission("User.Read.All");
+    let run = doctor(&h, &[]);
+    run.expect_code(1);
+    let (symbol, text) = line(&run, "graph.read");
+    assert_eq!(symbol, "✗", "{text}");
+    assert!(
+        text.contains("403") && text.contains("User.Read.All"),
+        "{text}"
     );
 }

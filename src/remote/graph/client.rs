@@ -133,11 +133,6 @@ impl GraphClient {
         self
     }
 
-    /// The token source the client authenticates with (shared, not a copy).
-    pub fn token_source(&self) -> Arc<dyn TokenSource> {
-        self.token.clone()
-    }
-
     /// `{graphEndpoint}/v1.0/`.
     pub fn root(&self) -> &Url {
         &self.root
