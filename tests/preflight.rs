@@ -3,6 +3,7 @@
 //! what the simulator saw (no write by the doctor; the probe's writes, and its cleanup).
 
 mod common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -292,8 +293,7 @@ fn doctor_fails_when_another_command_holds_the_state() {
 #[test]
 fn doctor_checks_the_git_source() {
     let mut h = harness();
-    let repo = common_repo();
-    repo.git(&["init", "-q", "-b", "main"]);
+    let repo = support::Repo::new();
     h.configure(|c| {
         c.source.repo = Some(repo.path().display().to_string());
         c.source.branch = "main".to_owned();
@@ -302,24 +302,10 @@ fn doctor_checks_the_git_source() {
     let (symbol, text) = line(&run, "source");
     assert_eq!(symbol, "✗", "an empty repository has no branch: {text}");
 
-    std::fs::write(
-        repo.path().join("users.yaml"),
-        common::users_yaml(&[("ana@partner.example", "Ana", "administrator")]),
-    )
-    .expect("write users.yaml");
-    repo.git(&["add", "users.yaml"]);
-    repo.git(&[
-        "-c",
-        "user.name=T",
-        "-c",
-        "user.email=t@example.com",
-        "-c",
-        "commit.gpgsign=false",
-        "commit",
-        "-q",
-        "-m",
+    repo.commit(
+        &common::users_yaml(&[("ana@partner.example", "Ana", "administrator")]),
         "first",
-    ]);
+    );
     let run = doctor(&h, &[]);
     let (symbol, text) = line(&run, "source");
     assert_eq!(symbol, "✓", "{text}");
@@ -328,30 +314,13 @@ fn doctor_checks_the_git_source() {
         !h.state_dir().join("mirror").exists(),
         "the daemon's mirror is not touched"
     );
-}
 
-/// A scratch directory driven by the git CLI.
-struct ScratchRepo(tempfile::TempDir);
-
-impl ScratchRepo {
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-
-    fn git(&self, args: &[&str]) {
-        let status = std::process::Command::new("git")
-            .args(args)
-            .current_dir(self.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", self.path())
-            .output()
-            .expect("git runs");
-        assert!(status.status.success(), "git {args:?}: {status:?}");
-    }
-}
-
-fn common_repo() -> ScratchRepo {
-    ScratchRepo(tempfile::tempdir().expect("temp dir"))
+    repo.commit(&support::invalid_users_yaml(), "broken");
+    let run = doctor(&h, &[]);
+    run.expect_code(1);
+    let (symbol, text) = line(&run, "source");
+    assert_eq!(symbol, "✗", "{text}");
+    assert!(text.contains("guestops validate"), "{text}");
 }
 
 #[test]
