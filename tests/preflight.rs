@@ -644,3 +644,14 @@ fn doctor_fails_when_graph_refuses_the_read() {
         "{text}"
     );
 }
+
+#[test]
+fn probe_refuses_without_a_known_admin_to_check_the_role_codes_with() {
+    let mut h = harness();
+    h.configure(|c| c.portal.known_admin = None);
+    let run = probe(&h, &["--yes"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("portal.knownAdmin"), "{}", run.stderr);
+    assert_eq!(posts(&h), 0, "no POST reached the portal");
+    assert_eq!(h.writes(), 0);
+}
