@@ -272,8 +272,27 @@ fn every_key_has_a_working_override() {
         ("source.credentialFile", "/etc/guestops/git-token"),
         ("tenant.tenantId", "fabrikam.onmicrosoft.com"),
         ("tenant.clientId", "99999999-8888-7777-6666-555555555555"),
-        ("tenant.credential.kind", "clientSecret"),
+        ("tenant.credential.kind", "githubActions"),
         ("tenant.credential.secretFile", "/etc/guestops/graph"),
+        (
+            "tenant.credential.certificateFile",
+            "/etc/guestops/graph.pem",
+        ),
+        (
+            "tenant.credential.passwordFile",
+            "/etc/guestops/graph.password",
+        ),
+        ("tenant.credential.sendCertificateChain", "true"),
+        ("tenant.credential.assertionAlgorithm", "RS256"),
+        ("tenant.credential.tokenFile", "/var/run/secrets/token"),
+        (
+            "tenant.credential.audience",
+            "api://AzureADTokenExchangeUSGov",
+        ),
+        (
+            "tenant.credential.clientId",
+            "11111111-2222-3333-4444-555555555555",
+        ),
         ("tenant.cloud", "china"),
         ("tenant.authorityHost", "https://login.example"),
         ("tenant.graphEndpoint", "https://graph.example"),
@@ -299,18 +318,32 @@ fn every_key_has_a_working_override() {
         ("server.listen", "0.0.0.0:80"),
         ("server.webhookSecretFile", "/etc/guestops/hook"),
     ];
-    let base = load(MINIMAL, &[]).expect("valid");
+    // The keys of one credential kind are read with that kind only: compare against the same
+    // kind without the key.
+    let kind_of = |key: &str| match key {
+        "tenant.credential.certificateFile"
+        | "tenant.credential.passwordFile"
+        | "tenant.credential.sendCertificateChain"
+        | "tenant.credential.assertionAlgorithm" => Some("clientCertificate"),
+        "tenant.credential.tokenFile" => Some("workloadIdentity"),
+        "tenant.credential.audience" => Some("githubActions"),
+        "tenant.credential.clientId" => Some("managedIdentity"),
+        _ => None,
+    };
     let vars = override_variables();
     for (key, var) in &vars {
         let Some((_, value)) = values.iter().find(|(k, _)| k == key) else {
             panic!("no test value for {key} ({var})");
         };
-        let overridden = load(MINIMAL, &[(var.as_str(), value)])
-            .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
-        // `tenant.credential.kind` has a single allowed value: accepted, no visible change.
-        if *key != "tenant.credential.kind" {
-            assert_ne!(overridden, base, "{var}={value} changed nothing");
+        let mut env = vec![(var.as_str(), *value)];
+        let mut base_env = vec![];
+        if let Some(kind) = kind_of(key) {
+            env.push(("GUESTOPS_TENANT_CREDENTIAL_KIND", kind));
+            base_env.push(("GUESTOPS_TENANT_CREDENTIAL_KIND", kind));
         }
+        let base = load(MINIMAL, &base_env).unwrap_or_else(|e| panic!("{key}'s kind: {e}"));
+        let overridden = load(MINIMAL, &env).unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+        assert_ne!(overridden, base, "{var}={value} changed nothing");
     }
     assert_eq!(
         vars.len(),
@@ -602,7 +635,7 @@ fn secret_resolution_order_file_then_credential_then_env() {
         ("GUESTOPS_PORTAL_API_KEY", "key-from-env\n"),
     ]);
     let secrets = config.load_secrets_with_env(&env).expect("secrets load");
-    assert_eq!(secrets.graph_client_secret.expose_secret(), "from-file");
+    assert_eq!(graph_secret(&secrets).secret().expose_secret(), "from-file");
     // No portal-api-key credential file: the variable, one newline trimmed.
     assert_eq!(secrets.portal_api_key.expose_secret(), "key-from-env");
     assert_eq!(
@@ -614,7 +647,7 @@ fn secret_resolution_order_file_then_credential_then_env() {
     let config = load(MINIMAL, &[]).expect("valid");
     let secrets = config.load_secrets_with_env(&env).expect("secrets load");
     assert_eq!(
-        secrets.graph_client_secret.expose_secret(),
+        graph_secret(&secrets).secret().expose_secret(),
         "from-credential"
     );
 
@@ -624,7 +657,7 @@ fn secret_resolution_order_file_then_credential_then_env() {
         ("GUESTOPS_PORTAL_API_KEY", "key"),
     ]);
     let secrets = config.load_secrets_with_env(&env).expect("secrets load");
-    assert_eq!(secrets.graph_client_secret.expose_secret(), "from-env");
+    assert_eq!(graph_secret(&secrets).secret().expose_secret(), "from-env");
     assert!(
         secrets.webhook_secret.is_none(),
         "no webhook secret anywhere: webhook off"
@@ -651,14 +684,7 @@ fn a_loaded_secret_knows_where_it_came_from() {
         .expect("valid")
         .load_secrets_with_env(&env)
         .expect("secrets load");
-    assert_eq!(
-        secrets.graph_client_secret.origin(),
-        &SecretOrigin::File {
-            path: explicit.clone(),
-            key: "tenant.credential.secretFile".to_owned()
-        }
-    );
-    let described = secrets.graph_client_secret.credential();
+    let described = graph_secret(&secrets);
     assert!(
         described.origin().contains(&explicit.display().to_string())
             && described.origin().contains("tenant.credential.secretFile"),
@@ -680,24 +706,14 @@ fn a_loaded_secret_knows_where_it_came_from() {
         .expect("valid")
         .load_secrets_with_env(&env)
         .expect("secrets load");
-    assert_eq!(
-        secrets.graph_client_secret.origin(),
-        &SecretOrigin::Credential {
-            name: "graph-secret".to_owned(),
-            path: creds.path().join("graph-secret"),
-        }
+    let origin = graph_secret(&secrets).origin();
+    assert!(
+        origin.contains("systemd credential graph-secret")
+            && origin.contains(&creds.path().join("graph-secret").display().to_string()),
+        "{origin}"
     );
     assert!(
-        secrets
-            .graph_client_secret
-            .credential()
-            .origin()
-            .contains("systemd credential graph-secret"),
-        "{:?}",
-        secrets.graph_client_secret
-    );
-    assert!(
-        !format!("{:?}", secrets.graph_client_secret).contains("from-credential"),
+        !format!("{:?}", secrets.graph_credential).contains("from-credential"),
         "Debug never shows the value"
     );
 }
@@ -787,7 +803,7 @@ fn debug_output_never_contains_a_secret() {
         secrets.portal_api_key.expose_secret(),
         "s3cr3t-portal-value"
     );
-    let debug = format!("{config:?} {secrets:?} {:?}", secrets.graph_client_secret);
+    let debug = format!("{config:?} {secrets:?} {:?}", secrets.graph_credential);
     assert!(!debug.contains("s3cr3t"), "{debug}");
     assert!(!config.to_yaml().contains("s3cr3t"));
 }
@@ -1046,7 +1062,7 @@ fn relative_paths_in_the_file_resolve_against_its_folder() {
         .load_secrets_with_env(&env_of(&[]))
         .expect("the secrets next to the config are read");
     assert_eq!(
-        secrets.graph_client_secret.expose_secret(),
+        graph_secret(&secrets).secret().expose_secret(),
         "from-the-config-folder"
     );
 }
@@ -1126,4 +1142,237 @@ fn booleans_are_true_or_false_only_with_the_line_of_the_key() {
         problem_for(&found, "policy.prune").env_var.as_deref(),
         Some("GUESTOPS_POLICY_PRUNE")
     );
+}
+
+/// The client secret of `secrets` (the config's kind is `clientSecret`).
+fn graph_secret(secrets: &guestops::config::Secrets) -> &guestops::remote::Credential {
+    match &secrets.graph_credential {
+        guestops::remote::graph::CredentialSettings::ClientSecret { secret } => secret,
+        other => panic!("expected a client secret, got {}", other.kind()),
+    }
+}
+
+const NO_IDS: &str = "tenant:\n  tenantId: contoso.onmicrosoft.com\n";
+
+#[test]
+fn each_sign_in_kind_loads_with_its_own_keys_only() {
+    let text = "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 11111111-2222-3333-4444-555555555555\n  credential:\n    kind: clientCertificate\n    certificateFile: /etc/guestops/graph.pem\n    assertionAlgorithm: RS256\n    sendCertificateChain: true\n";
+    let config = load(text, &[]).expect("valid");
+    match &config.tenant.credential {
+        guestops::config::CredentialConfig::ClientCertificate {
+            certificate_file,
+            send_chain,
+            algorithm,
+            ..
+        } => {
+            assert_eq!(
+                certificate_file.as_deref(),
+                Some(Path::new("/etc/guestops/graph.pem"))
+            );
+            assert!(*send_chain);
+            assert_eq!(algorithm.as_str(), "RS256");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Renders back to the same configuration.
+    let again = load(&config.to_yaml(), &[]).expect("the rendering loads");
+    assert_eq!(again, config);
+
+    // A key of another kind is an error, at its line, naming both kinds.
+    let wrong = "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 11111111-2222-3333-4444-555555555555\n  credential:\n    kind: managedIdentity\n    secretFile: /etc/guestops/graph\n";
+    let found = problems(load(wrong, &[]));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "tenant.credential.secretFile");
+    assert_eq!(found[0].line, Some(6));
+    assert!(
+        found[0].message.contains("clientSecret") && found[0].message.contains("managedIdentity"),
+        "{}",
+        found[0].message
+    );
+
+    let unknown = problems(load(
+        &format!("{MINIMAL}  credential:\n    kind: certificate\n"),
+        &[],
+    ));
+    assert!(
+        unknown[0].message.contains("clientCertificate"),
+        "{}",
+        unknown[0].message
+    );
+    let algorithm = problems(load(
+        &format!(
+            "{MINIMAL}  credential:\n    kind: clientCertificate\n    assertionAlgorithm: ES256\n"
+        ),
+        &[],
+    ));
+    assert!(
+        algorithm[0].message.contains("PS256"),
+        "{}",
+        algorithm[0].message
+    );
+}
+
+#[test]
+fn a_managed_identity_needs_no_client_id_and_workload_identity_reads_the_aks_variables() {
+    let managed = load(
+        &format!("{NO_IDS}  credential:\n    kind: managedIdentity\n"),
+        &[],
+    )
+    .expect("no tenant.clientId needed");
+    assert_eq!(managed.tenant.client_id, "");
+    assert_eq!(load(&managed.to_yaml(), &[]).expect("renders"), managed);
+    // Every other kind still needs it.
+    let found = problems(load(
+        &format!("{NO_IDS}  credential:\n    kind: clientCertificate\n"),
+        &[],
+    ));
+    assert!(
+        found.iter().any(|p| p.key == "tenant.clientId"),
+        "{found:?}"
+    );
+
+    let workload = "tenant:\n  credential:\n    kind: workloadIdentity\n";
+    let config = load(
+        workload,
+        &[
+            ("AZURE_CLIENT_ID", "99999999-8888-7777-6666-555555555555"),
+            ("AZURE_TENANT_ID", "fabrikam.onmicrosoft.com"),
+        ],
+    )
+    .expect("ids from the AKS webhook's variables");
+    assert_eq!(
+        config.tenant.client_id,
+        "99999999-8888-7777-6666-555555555555"
+    );
+    assert_eq!(config.tenant.tenant_id, "fabrikam.onmicrosoft.com");
+    // The file and the GUESTOPS_* overrides win over them.
+    let config = load(
+        &format!("{MINIMAL}  credential:\n    kind: workloadIdentity\n"),
+        &[("AZURE_CLIENT_ID", "99999999-8888-7777-6666-555555555555")],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.tenant.client_id,
+        "11111111-2222-3333-4444-555555555555"
+    );
+    // Not for other kinds.
+    let found = problems(load(
+        "tenant:\n  tenantId: contoso.onmicrosoft.com\n",
+        &[("AZURE_CLIENT_ID", "99999999-8888-7777-6666-555555555555")],
+    ));
+    assert!(
+        found.iter().any(|p| p.key == "tenant.clientId"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn the_credential_of_each_kind_is_read_from_its_sources() {
+    use guestops::remote::graph::CredentialSettings;
+    use guestops::remote::graph::credential::ManagedIdentitySource;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().to_str().expect("utf-8").to_owned();
+    write(dir.path(), "graph-certificate", "not read here");
+    write(dir.path(), "graph-certificate-password", "pw\n");
+
+    // clientCertificate: the systemd credentials when no file key is set.
+    let config = load(
+        &format!("{MINIMAL}  credential:\n    kind: clientCertificate\n"),
+        &[],
+    )
+    .expect("valid");
+    let env = env_of(&[("CREDENTIALS_DIRECTORY", creds.as_str())]);
+    match config.load_credential_with_env(&env).expect("loads") {
+        CredentialSettings::ClientCertificate(c) => {
+            assert_eq!(c.file, dir.path().join("graph-certificate"));
+            assert!(c.origin.contains("graph-certificate"), "{}", c.origin);
+            let password = c.password.expect("the password credential");
+            assert_eq!(password.secret().expose_secret(), "pw");
+            assert!(!format!("{password:?}").contains("pw\""));
+        }
+        other => panic!("{}", other.kind()),
+    }
+    let missing = config
+        .load_credential_with_env(&env_of(&[]))
+        .expect_err("no certificate anywhere");
+    assert!(
+        missing
+            .to_string()
+            .contains("tenant.credential.certificateFile")
+            && missing.to_string().contains("graph-certificate"),
+        "{missing}"
+    );
+
+    // workloadIdentity: $AZURE_FEDERATED_TOKEN_FILE unless tokenFile is set.
+    let config = load(
+        &format!("{MINIMAL}  credential:\n    kind: workloadIdentity\n"),
+        &[],
+    )
+    .expect("valid");
+    let env = env_of(&[(
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "/var/run/secrets/azure/tokens/t",
+    )]);
+    match config.load_credential_with_env(&env).expect("loads") {
+        CredentialSettings::WorkloadIdentity { token_file } => {
+            assert_eq!(token_file, Path::new("/var/run/secrets/azure/tokens/t"));
+        }
+        other => panic!("{}", other.kind()),
+    }
+    let missing = config
+        .load_credential_with_env(&env_of(&[]))
+        .expect_err("no token file");
+    assert!(
+        missing.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"),
+        "{missing}"
+    );
+
+    // githubActions: the runner's variables, and what to do without them.
+    let config = load(
+        &format!("{MINIMAL}  credential:\n    kind: githubActions\n"),
+        &[],
+    )
+    .expect("valid");
+    let env = env_of(&[
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "https://pipelines.actions.githubusercontent.com/abc/idtoken?api-version=2.0",
+        ),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token-value"),
+    ]);
+    match config.load_credential_with_env(&env).expect("loads") {
+        CredentialSettings::GithubActions(g) => {
+            assert_eq!(g.audience, "api://AzureADTokenExchange");
+            assert_eq!(
+                g.request_token.secret().expose_secret(),
+                "request-token-value"
+            );
+            assert!(!format!("{g:?}").contains("request-token-value"));
+        }
+        other => panic!("{}", other.kind()),
+    }
+    let missing = config
+        .load_credential_with_env(&env_of(&[]))
+        .expect_err("not in a job");
+    assert!(missing.to_string().contains("id-token: write"), "{missing}");
+
+    // managedIdentity: the endpoint the environment names.
+    let config = load(
+        &format!("{NO_IDS}  credential:\n    kind: managedIdentity\n    clientId: 11111111-2222-3333-4444-555555555555\n"),
+        &[],
+    )
+    .expect("valid");
+    match config
+        .load_credential_with_env(&env_of(&[]))
+        .expect("loads")
+    {
+        CredentialSettings::ManagedIdentity(m) => {
+            assert_eq!(
+                m.client_id.as_deref(),
+                Some("11111111-2222-3333-4444-555555555555")
+            );
+            assert!(matches!(m.source, ManagedIdentitySource::Imds { .. }));
+        }
+        other => panic!("{}", other.kind()),
+    }
 }

@@ -59,6 +59,7 @@ fn tenant(base: &Url) -> TenantConfig {
         tenant_id: SIM_TENANT_DOMAIN.into(),
         client_id: SIM_CLIENT_ID.into(),
         client_secret: SecretSource::Env("UNUSED".into()),
+        credential: guestops::config::CredentialConfig::ClientSecret,
         authority_host: base.clone(),
         graph_endpoint: base.clone(),
         invite_redirect_url: "https://admin.powerembedded.com.br".into(),

@@ -437,7 +437,9 @@ fn webhook_is_on_only_when_a_secret_is_provided() {
         )
     };
     let mut secrets = guestops::config::Secrets {
-        graph_client_secret: from_env("g", "GUESTOPS_TENANT_CLIENT_SECRET"),
+        graph_credential: guestops::remote::graph::CredentialSettings::ClientSecret {
+            secret: from_env("g", "GUESTOPS_TENANT_CLIENT_SECRET").credential(),
+        },
         portal_api_key: from_env("p", "GUESTOPS_PORTAL_API_KEY"),
         webhook_secret: None,
     };

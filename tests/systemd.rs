@@ -227,7 +227,10 @@ fn example_config_loads_and_fits_the_unit() {
     let secrets = config
         .load_secrets_with_env(&env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(secrets.graph_client_secret.expose_secret(), "graph-value");
+    assert_eq!(
+        graph_secret(&secrets).secret().expose_secret(),
+        "graph-value"
+    );
     assert_eq!(secrets.portal_api_key.expose_secret(), "portal-value");
     assert_eq!(
         secrets
@@ -236,4 +239,12 @@ fn example_config_loads_and_fits_the_unit() {
             .map(|s| s.expose_secret().to_owned()),
         Some("webhook-value".to_owned())
     );
+}
+
+/// The client secret of `secrets` (the config's kind is `clientSecret`).
+fn graph_secret(secrets: &guestops::config::Secrets) -> &guestops::remote::Credential {
+    match &secrets.graph_credential {
+        guestops::remote::graph::CredentialSettings::ClientSecret { secret } => secret,
+        other => panic!("expected a client secret, got {}", other.kind()),
+    }
 }

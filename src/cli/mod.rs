@@ -133,23 +133,23 @@ pub struct Clients {
     pub portal: guestops::remote::portal::PortalClient,
 }
 
-/// Loads the secrets and builds both clients.
+/// Loads the sign-in credential and the portal key and builds both clients.
 pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
-    let secret = config.tenant.client_secret.load()?;
+    let credential = config.load_credential()?;
     let api_key = config.portal.api_key.load()?;
-    clients(config, &secret, &api_key)
+    clients(config, credential, &api_key)
 }
 
-/// Both clients from secrets already loaded.
+/// Both clients from credentials already loaded.
 pub fn clients(
     config: &guestops::config::Config,
-    graph_secret: &guestops::config::LoadedSecret,
+    graph_credential: guestops::remote::graph::CredentialSettings,
     portal_api_key: &guestops::config::LoadedSecret,
 ) -> anyhow::Result<Clients> {
     use guestops::remote::http::RetryPolicy;
-    let tenant = guestops::remote::graph::GraphClient::with_client_secret(
+    let tenant = guestops::remote::graph::GraphClient::with_credential(
         &config.tenant.graph_settings(),
-        graph_secret.credential(),
+        graph_credential,
         RetryPolicy::default(),
     )?;
     let portal = guestops::remote::portal::PortalClient::new(

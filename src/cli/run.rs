@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     let store = StateStore::open(&config.state.dir)?;
     let super::Clients { tenant, portal } = super::clients(
         &config,
-        &secrets.graph_client_secret,
+        secrets.graph_credential.clone(),
         &secrets.portal_api_key,
     )?;
     let notifier = Notifier::from_env().context("cannot talk to systemd (NOTIFY_SOCKET)")?;

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
-use super::secret::{GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET};
+use super::secret::{CERTIFICATE_PASSWORD, GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET};
 use super::tree::{At, Kind, Leaf, Raw, env_var_name, leaf_keys};
 use super::{
-    Cloud, Config, PolicyConfig, PortalConfig, Problem, SecretSource, ServerConfig, SourceConfig,
-    StateConfig, TenantConfig,
+    Cloud, Config, CredentialConfig, CredentialKind, PolicyConfig, PortalConfig, Problem,
+    SecretSource, ServerConfig, SourceConfig, StateConfig, TenantConfig,
 };
 use crate::desired::spec::Role;
 use crate::reconcile::plan::GuestOnRemoval;
+use crate::remote::graph::credential::{AssertionAlgorithm, DEFAULT_FEDERATION_AUDIENCE};
 use crate::remote::pace::WriteRate;
 use crate::remote::portal::RoleCodes;
 
@@ -86,6 +87,7 @@ pub(crate) fn defaults() -> Config {
             tenant_id: String::new(),
             client_id: String::new(),
             client_secret: GRAPH_SECRET.source(),
+            credential: CredentialConfig::ClientSecret,
             cloud,
             authority_host: cloud.authority_host(),
             graph_endpoint: cloud.graph_endpoint(),
@@ -221,6 +223,133 @@ impl Reader<'_> {
     }
 }
 
+/// The keys of `tenant.credential` that only one kind reads, with that kind.
+const KIND_KEYS: &[(&str, CredentialKind)] = &[
+    ("secretFile", CredentialKind::ClientSecret),
+    ("certificateFile", CredentialKind::ClientCertificate),
+    ("passwordFile", CredentialKind::ClientCertificate),
+    ("sendCertificateChain", CredentialKind::ClientCertificate),
+    ("assertionAlgorithm", CredentialKind::ClientCertificate),
+    ("tokenFile", CredentialKind::WorkloadIdentity),
+    ("audience", CredentialKind::GithubActions),
+    ("clientId", CredentialKind::ManagedIdentity),
+];
+
+/// `tenant.credential.*`: the kind, and the keys of that kind (a key of another kind is a
+/// problem: it would be ignored, which hides a mistake).
+fn read_credential(r: &mut Reader<'_>, t: &mut TenantConfig) {
+    let kind = r
+        .get("tenant.credential.kind", |text| {
+            CredentialKind::from_name(text).ok_or_else(|| {
+                format!(
+                    "unknown credential kind `{text}`; expected one of {}",
+                    CredentialKind::ALL.map(CredentialKind::as_str).join(", ")
+                )
+            })
+        })
+        .unwrap_or_default();
+    for (key, owner) in KIND_KEYS {
+        let full = format!("tenant.credential.{key}");
+        if *owner != kind && r.at(&full).is_some() {
+            let at = r.at(&full).cloned();
+            r.problem(
+                at.as_ref(),
+                &full,
+                format!(
+                    "is read only with kind {}, but tenant.credential.kind is {}; remove it or change the kind",
+                    owner.as_str(),
+                    kind.as_str()
+                ),
+            );
+        }
+    }
+    if let Some(path) = r.path("tenant.credential.secretFile") {
+        t.client_secret = SecretSource::File(path);
+    }
+    t.credential = match kind {
+        CredentialKind::ClientSecret => CredentialConfig::ClientSecret,
+        CredentialKind::ClientCertificate => {
+            let mut algorithm = AssertionAlgorithm::default();
+            r.set(
+                &mut algorithm,
+                "tenant.credential.assertionAlgorithm",
+                |text| {
+                    AssertionAlgorithm::from_name(text).ok_or_else(|| {
+                        format!("unknown algorithm `{text}`; expected PS256 (the default) or RS256")
+                    })
+                },
+            );
+            let mut send_chain = false;
+            r.set(
+                &mut send_chain,
+                "tenant.credential.sendCertificateChain",
+                parse_bool,
+            );
+            CredentialConfig::ClientCertificate {
+                certificate_file: r.path("tenant.credential.certificateFile"),
+                password: match r.path("tenant.credential.passwordFile") {
+                    Some(path) => SecretSource::File(path),
+                    None => CERTIFICATE_PASSWORD.source(),
+                },
+                send_chain,
+                algorithm,
+            }
+        }
+        CredentialKind::WorkloadIdentity => CredentialConfig::WorkloadIdentity {
+            token_file: r.path("tenant.credential.tokenFile"),
+        },
+        CredentialKind::GithubActions => CredentialConfig::GithubActions {
+            audience: r
+                .get("tenant.credential.audience", |text| {
+                    if text.is_empty() || text.chars().any(char::is_whitespace) {
+                        Err(
+                            "must be one audience, without spaces, e.g. api://AzureADTokenExchange"
+                                .to_owned(),
+                        )
+                    } else {
+                        Ok(text.to_owned())
+                    }
+                })
+                .unwrap_or_else(|| DEFAULT_FEDERATION_AUDIENCE.to_owned()),
+        },
+        CredentialKind::ManagedIdentity => CredentialConfig::ManagedIdentity {
+            client_id: r.get("tenant.credential.clientId", parse_guid),
+        },
+    };
+}
+
+/// For `workloadIdentity`, what the AKS webhook injects stands in for keys the file leaves
+/// unset: `tenant.clientId` ← `$AZURE_CLIENT_ID`, `tenant.tenantId` ← `$AZURE_TENANT_ID`
+/// (after the `GUESTOPS_*` overrides, which win).
+pub(crate) fn apply_workload_identity_defaults(
+    values: &mut BTreeMap<String, Leaf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    let workload = values
+        .get("tenant.credential.kind")
+        .is_some_and(|leaf| matches!(&leaf.raw, Raw::Text(t) if t.trim() == "workloadIdentity"));
+    if !workload {
+        return;
+    }
+    for (key, var) in [
+        ("tenant.clientId", "AZURE_CLIENT_ID"),
+        ("tenant.tenantId", "AZURE_TENANT_ID"),
+    ] {
+        if values.contains_key(key) {
+            continue;
+        }
+        if let Some(text) = env(var).filter(|t| !t.trim().is_empty()) {
+            values.insert(
+                key.to_owned(),
+                Leaf {
+                    raw: Raw::Text(text),
+                    at: At::Env(var.to_owned()),
+                },
+            );
+        }
+    }
+}
+
 /// Interprets every key; `None` when any key is invalid (problems say why). Relative paths
 /// are resolved against `base` when given (see [`PathBase`]), else kept as written.
 pub(crate) fn build(
@@ -267,8 +396,13 @@ pub(crate) fn build(
         ),
         None => {}
     }
+    let managed_identity = values
+        .get("tenant.credential.kind")
+        .is_some_and(|leaf| matches!(&leaf.raw, Raw::Text(t) if t.trim() == "managedIdentity"));
     match r.get("tenant.clientId", parse_guid) {
         Some(id) => t.client_id = id,
+        // A managed identity names itself (`tenant.credential.clientId` for a user-assigned one).
+        None if managed_identity => {}
         None if r.at("tenant.clientId").is_none() => r.problem(
             None,
             "tenant.clientId",
@@ -276,15 +410,7 @@ pub(crate) fn build(
         ),
         None => {}
     }
-    r.get("tenant.credential.kind", |text| match text {
-        "clientSecret" => Ok(()),
-        other => Err(format!(
-            "unsupported credential kind `{other}`; the only kind is clientSecret"
-        )),
-    });
-    if let Some(path) = r.path("tenant.credential.secretFile") {
-        t.client_secret = SecretSource::File(path);
-    }
+    read_credential(&mut r, t);
     r.set(&mut t.cloud, "tenant.cloud", |text| {
         Cloud::from_name(text).ok_or_else(|| {
             format!("unknown cloud `{text}`; expected one of global, usgov, usgov-dod, china")

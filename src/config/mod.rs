@@ -22,6 +22,7 @@ use crate::reconcile::plan::GuestOnRemoval;
 use crate::remote::portal::RoleCodes;
 
 mod build;
+mod credential;
 mod render;
 mod secret;
 mod tree;
@@ -155,14 +156,112 @@ impl fmt::Display for Cloud {
     }
 }
 
+/// `tenant.credential.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `clientSecret` (the default).
+    #[default]
+    ClientSecret,
+    /// `clientCertificate`.
+    ClientCertificate,
+    /// `workloadIdentity`.
+    WorkloadIdentity,
+    /// `githubActions`.
+    GithubActions,
+    /// `managedIdentity`.
+    ManagedIdentity,
+}
+
+impl CredentialKind {
+    /// Every kind, in the order of `docs/config.md`.
+    pub const ALL: [CredentialKind; 5] = [
+        CredentialKind::ClientSecret,
+        CredentialKind::ClientCertificate,
+        CredentialKind::WorkloadIdentity,
+        CredentialKind::GithubActions,
+        CredentialKind::ManagedIdentity,
+    ];
+
+    /// The config name, e.g. `clientCertificate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ClientSecret => "clientSecret",
+            CredentialKind::ClientCertificate => "clientCertificate",
+            CredentialKind::WorkloadIdentity => "workloadIdentity",
+            CredentialKind::GithubActions => "githubActions",
+            CredentialKind::ManagedIdentity => "managedIdentity",
+        }
+    }
+
+    /// Parses a config name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CredentialKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// `tenant.credential.*` beyond the client secret: what each kind needs from the
+/// configuration. Files and platform variables are read by [`Config::load_credential`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialConfig {
+    /// A client secret ([`TenantConfig::client_secret`]).
+    ClientSecret,
+    /// A certificate.
+    ClientCertificate {
+        /// `tenant.credential.certificateFile`; `None`: the systemd credential
+        /// `graph-certificate`.
+        certificate_file: Option<PathBuf>,
+        /// The PKCS#12 password: `tenant.credential.passwordFile`, else the systemd credential
+        /// `graph-certificate-password`, else `GUESTOPS_TENANT_CERTIFICATE_PASSWORD`; none at
+        /// all is fine for PEM and unencrypted PKCS#12.
+        password: SecretSource,
+        /// `tenant.credential.sendCertificateChain` (default `false`).
+        send_chain: bool,
+        /// `tenant.credential.assertionAlgorithm` (default PS256).
+        algorithm: crate::remote::graph::credential::AssertionAlgorithm,
+    },
+    /// A federated token in a file (AKS workload identity).
+    WorkloadIdentity {
+        /// `tenant.credential.tokenFile`; `None`: `$AZURE_FEDERATED_TOKEN_FILE`.
+        token_file: Option<PathBuf>,
+    },
+    /// A federated token from GitHub Actions' OIDC provider.
+    GithubActions {
+        /// `tenant.credential.audience` (default `api://AzureADTokenExchange`).
+        audience: String,
+    },
+    /// The Azure host's managed identity.
+    ManagedIdentity {
+        /// `tenant.credential.clientId`: a user-assigned identity; `None`: system-assigned.
+        client_id: Option<String>,
+    },
+}
+
+impl CredentialConfig {
+    /// The kind.
+    pub fn kind(&self) -> CredentialKind {
+        match self {
+            CredentialConfig::ClientSecret => CredentialKind::ClientSecret,
+            CredentialConfig::ClientCertificate { .. } => CredentialKind::ClientCertificate,
+            CredentialConfig::WorkloadIdentity { .. } => CredentialKind::WorkloadIdentity,
+            CredentialConfig::GithubActions { .. } => CredentialKind::GithubActions,
+            CredentialConfig::ManagedIdentity { .. } => CredentialKind::ManagedIdentity,
+        }
+    }
+}
+
 /// `tenant.*`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     /// Tenant GUID or domain.
     pub tenant_id: String,
-    /// Application (client) id of the app registration.
+    /// Application (client) id of the app registration (empty for a managed identity, which
+    /// names itself).
     pub client_id: String,
-    /// Where the client secret comes from.
+    /// How guestops signs in (`tenant.credential.kind` and the keys of that kind).
+    pub credential: CredentialConfig,
+    /// Where the client secret comes from (`tenant.credential.secretFile`, the systemd
+    /// credential `graph-secret` or `GUESTOPS_TENANT_CLIENT_SECRET`); read only with
+    /// [`CredentialConfig::ClientSecret`].
     pub client_secret: SecretSource,
     /// The Microsoft cloud (selects the defaults of `authority_host` and `graph_endpoint`).
     pub cloud: Cloud,
@@ -396,6 +495,15 @@ pub enum ConfigError {
         /// The environment variable.
         env: String,
     },
+    /// The configured sign-in kind lacks something it needs at run time (a file, a variable
+    /// the platform sets).
+    #[error("tenant.credential.kind is {kind}, but {message}")]
+    CredentialUnavailable {
+        /// The kind, e.g. `githubActions`.
+        kind: &'static str,
+        /// What is missing and how to provide it.
+        message: String,
+    },
 }
 
 fn invalid_message(origin: &str, problems: &[Problem]) -> String {
@@ -467,6 +575,7 @@ impl Config {
         let mut problems = Vec::new();
         let config = tree::flatten(text, &mut problems).and_then(|mut values| {
             build::apply_env_overrides(&mut values, env);
+            build::apply_workload_identity_defaults(&mut values, env);
             build::build(&values, base, &mut problems)
         });
         // File order; problems without a line (overrides, missing keys) last.
@@ -544,10 +653,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Secrets, ConfigError> {
         Ok(Secrets {
-            graph_client_secret: self
-                .tenant
-                .client_secret
-                .load_required(env, secret::GRAPH_SECRET.file_key)?,
+            graph_credential: self.load_credential_with_env(env)?,
             portal_api_key: self
                 .portal
                 .api_key
@@ -587,6 +693,7 @@ pub fn unrecognized_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> V
     let known = override_variables();
     let secrets = [
         secret::GRAPH_SECRET.env,
+        secret::CERTIFICATE_PASSWORD.env,
         secret::PORTAL_API_KEY.env,
         secret::WEBHOOK_SECRET.env,
     ];

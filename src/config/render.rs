@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Config, SecretSource};
+use super::{Config, CredentialConfig, SecretSource};
 use crate::reconcile::plan::GuestOnRemoval;
 
 pub(crate) fn to_yaml(config: &Config) -> String {
@@ -39,10 +39,45 @@ pub(crate) fn to_yaml(config: &Config) -> String {
     let t = &config.tenant;
     line("tenant:".into());
     line(format!("  tenantId: {}", scalar(&t.tenant_id)));
-    line(format!("  clientId: {}", scalar(&t.client_id)));
+    // A managed identity names itself: no application id.
+    if !t.client_id.is_empty() {
+        line(format!("  clientId: {}", scalar(&t.client_id)));
+    }
     line("  credential:".into());
-    line("    kind: clientSecret".into());
-    secret_line(&mut line, "    secretFile", &t.client_secret);
+    line(format!("    kind: {}", t.credential.kind().as_str()));
+    match &t.credential {
+        CredentialConfig::ClientSecret => {
+            secret_line(&mut line, "    secretFile", &t.client_secret);
+        }
+        CredentialConfig::ClientCertificate {
+            certificate_file,
+            password,
+            send_chain,
+            algorithm,
+        } => {
+            match certificate_file {
+                Some(path) => line(format!("    certificateFile: {}", path_scalar(path))),
+                None => line(
+                    "    certificateFile: ~   # read from $CREDENTIALS_DIRECTORY/graph-certificate"
+                        .into(),
+                ),
+            }
+            secret_line(&mut line, "    passwordFile", password);
+            line(format!("    sendCertificateChain: {send_chain}"));
+            line(format!("    assertionAlgorithm: {algorithm}"));
+        }
+        CredentialConfig::WorkloadIdentity { token_file } => match token_file {
+            Some(path) => line(format!("    tokenFile: {}", path_scalar(path))),
+            None => line("    tokenFile: ~   # read from $AZURE_FEDERATED_TOKEN_FILE".into()),
+        },
+        CredentialConfig::GithubActions { audience } => {
+            line(format!("    audience: {}", scalar(audience)));
+        }
+        CredentialConfig::ManagedIdentity { client_id } => match client_id {
+            Some(id) => line(format!("    clientId: {}", scalar(id))),
+            None => line("    clientId: ~   # the system-assigned identity".into()),
+        },
+    }
     line(format!("  cloud: {}", t.cloud));
     line(format!(
         "  authorityHost: {}",

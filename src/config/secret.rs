@@ -46,6 +46,16 @@ pub(crate) const GRAPH_SECRET: KnownSecret = KnownSecret {
     env: "GUESTOPS_TENANT_CLIENT_SECRET",
     file_key: "tenant.credential.secretFile",
 };
+/// The password of a PKCS#12 certificate file (`tenant.credential.kind: clientCertificate`).
+pub(crate) const CERTIFICATE_PASSWORD: KnownSecret = KnownSecret {
+    what: "certificate password",
+    credential: "graph-certificate-password",
+    env: "GUESTOPS_TENANT_CERTIFICATE_PASSWORD",
+    file_key: "tenant.credential.passwordFile",
+};
+/// The systemd credential that holds the certificate file when
+/// `tenant.credential.certificateFile` is not set.
+pub(crate) const CERTIFICATE_CREDENTIAL: &str = "graph-certificate";
 /// The portal API key.
 pub(crate) const PORTAL_API_KEY: KnownSecret = KnownSecret {
     what: "portal API key",
@@ -62,11 +72,16 @@ pub(crate) const WEBHOOK_SECRET: KnownSecret = KnownSecret {
 };
 
 fn what_of(credential: &str) -> String {
-    [GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET]
-        .into_iter()
-        .find(|s| s.credential == credential)
-        .map(|s| s.what.to_owned())
-        .unwrap_or_else(|| format!("secret `{credential}`"))
+    [
+        GRAPH_SECRET,
+        CERTIFICATE_PASSWORD,
+        PORTAL_API_KEY,
+        WEBHOOK_SECRET,
+    ]
+    .into_iter()
+    .find(|s| s.credential == credential)
+    .map(|s| s.what.to_owned())
+    .unwrap_or_else(|| format!("secret `{credential}`"))
 }
 
 /// Where a loaded secret was read from: named in hints about a refused secret, so that the
@@ -156,8 +171,9 @@ impl fmt::Debug for LoadedSecret {
 /// `Debug` shows `[REDACTED]` for every value.
 #[derive(Debug)]
 pub struct Secrets {
-    /// The Graph client secret (client-credentials grant), and where it was read from.
-    pub graph_client_secret: LoadedSecret,
+    /// How guestops signs in to Entra, with the secret of that kind (a client secret, a
+    /// certificate's password) and where it was read from.
+    pub graph_credential: crate::remote::graph::CredentialSettings,
     /// The portal `X-API-Key`, and where it was read from.
     pub portal_api_key: LoadedSecret,
     /// The GitHub webhook HMAC secret; `None` when none is provided (webhook off).

@@ -47,7 +47,17 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("clientId", Kind::Leaf),
             (
                 "credential",
-                Kind::Section(&[("kind", Kind::Leaf), ("secretFile", Kind::Leaf)]),
+                Kind::Section(&[
+                    ("kind", Kind::Leaf),
+                    ("secretFile", Kind::Leaf),
+                    ("certificateFile", Kind::Leaf),
+                    ("passwordFile", Kind::Leaf),
+                    ("sendCertificateChain", Kind::Bool),
+                    ("assertionAlgorithm", Kind::Leaf),
+                    ("tokenFile", Kind::Leaf),
+                    ("audience", Kind::Leaf),
+                    ("clientId", Kind::Leaf),
+                ]),
             ),
             ("cloud", Kind::Leaf),
             ("authorityHost", Kind::Leaf),
