@@ -66,10 +66,10 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
 /// The Graph half of [`super::clients`]: the same construction, without the portal key (the
 /// doctor reports each side on its own).
 fn graph_client(config: &Config) -> anyhow::Result<GraphClient> {
-    let secret = config.tenant.client_secret.load()?;
-    Ok(GraphClient::with_client_secret(
+    let credential = config.load_credential()?;
+    Ok(GraphClient::with_credential(
         &config.tenant.graph_settings(),
-        secret.credential(),
+        credential,
         RetryPolicy::default(),
     )?)
 }

@@ -114,7 +114,7 @@ pub async fn run(inputs: Inputs<'_>) -> Report {
             let from = secrets
                 .graph_origin
                 .as_ref()
-                .map_or_else(String::new, |o| format!(", secret from {o}"));
+                .map_or_else(String::new, |o| format!(", from {o}"));
             match client.token_source().token().await {
                 Ok(token) => {
                     report.push(Check::ok(
@@ -211,9 +211,9 @@ pub async fn run(inputs: Inputs<'_>) -> Report {
     report
 }
 
-/// The credential kind the configuration signs in with.
-fn credential_kind(_config: &Config) -> &'static str {
-    "clientSecret"
+/// The credential kind the configuration signs in with, e.g. `clientCertificate`.
+fn credential_kind(config: &Config) -> &'static str {
+    config.tenant.credential.kind().as_str()
 }
 
 /// The outcome of the secret checks.
@@ -221,20 +221,13 @@ struct SecretChecks {
     checks: Vec<Check>,
     graph_ok: bool,
     portal_ok: bool,
-    graph_origin: Option<SecretOrigin>,
+    graph_origin: Option<String>,
 }
 
 /// One check per secret or credential file the configuration names.
 fn secret_checks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> SecretChecks {
     let mut checks = Vec::new();
-    let graph = config.tenant.client_secret.load_with_env(env);
-    let graph_origin = graph.as_ref().ok().map(|s| s.origin().clone());
-    let graph_ok = graph.is_ok();
-    checks.push(secret_check(
-        "secret.graph",
-        "the Graph client secret",
-        graph.map(Some),
-    ));
+    let (graph_ok, graph_origin) = graph_credential_checks(config, env, &mut checks);
     let portal = config.portal.api_key.load_with_env(env);
     let portal_ok = portal.is_ok();
     checks.push(secret_check(
@@ -257,6 +250,105 @@ fn secret_checks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Secre
         graph_ok,
         portal_ok,
         graph_origin,
+    }
+}
+
+/// `secret.graph` (and `secret.certificatePassword`): what `tenant.credential.kind` signs in
+/// with, loaded as every command loads it. Returns whether it loaded and where it comes from.
+fn graph_credential_checks(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    checks: &mut Vec<Check>,
+) -> (bool, Option<String>) {
+    use crate::config::CredentialConfig;
+    use crate::remote::graph::CredentialSettings;
+    let name = "secret.graph";
+    let settings = match config.load_credential_with_env(env) {
+        Ok(settings) => settings,
+        Err(err) => {
+            checks.push(Check::failed(
+                name,
+                format!(
+                    "the Graph credential ({}) cannot be read",
+                    credential_kind(config)
+                ),
+                crate::error::chain(&err),
+            ));
+            return (false, None);
+        }
+    };
+    match settings {
+        CredentialSettings::ClientSecret { .. } => {
+            // Loaded again for its origin (a file's mode is checked on the path).
+            let secret = config.tenant.client_secret.load_with_env(env);
+            let origin = secret.as_ref().ok().map(|s| s.origin().to_string());
+            let check = secret_check(name, "the Graph client secret", secret.map(Some));
+            let ok = check.status != super::CheckStatus::Failed;
+            checks.push(check);
+            (ok, origin)
+        }
+        CredentialSettings::ClientCertificate(certificate) => {
+            let mut check = file_check(name, "the certificate", &certificate.file);
+            check.message = format!("{} ({})", check.message, certificate.origin);
+            let ok = check.status != super::CheckStatus::Failed;
+            checks.push(check);
+            if let CredentialConfig::ClientCertificate { password, .. } = &config.tenant.credential
+            {
+                match password.load_optional_with_env(env) {
+                    Ok(None) => {}
+                    other => checks.push(secret_check(
+                        "secret.certificatePassword",
+                        "the certificate password",
+                        other,
+                    )),
+                }
+            }
+            (ok, Some(certificate.origin))
+        }
+        CredentialSettings::WorkloadIdentity { token_file } => {
+            // The platform projects and rotates the file; its mode is the platform's.
+            let check = match std::fs::File::open(&token_file) {
+                Ok(_) => Check::ok(
+                    name,
+                    format!(
+                        "the federated token file {} is readable",
+                        token_file.display()
+                    ),
+                ),
+                Err(err) => Check::failed(
+                    name,
+                    format!(
+                        "the federated token file {} cannot be read: {err}",
+                        token_file.display()
+                    ),
+                    "check the pod's workload identity (the azure.workload.identity/use label and the service account annotation) or tenant.credential.tokenFile",
+                ),
+            };
+            let ok = check.is_ok();
+            checks.push(check);
+            (ok, Some(format!("the file {}", token_file.display())))
+        }
+        CredentialSettings::GithubActions(_) => {
+            checks.push(Check::ok(
+                name,
+                "GitHub Actions' OIDC token request is available ($ACTIONS_ID_TOKEN_REQUEST_URL, $ACTIONS_ID_TOKEN_REQUEST_TOKEN)",
+            ));
+            (true, Some("GitHub Actions' OIDC provider".to_owned()))
+        }
+        CredentialSettings::ManagedIdentity(identity) => {
+            let which = identity.client_id.as_deref().map_or_else(
+                || "system-assigned".to_owned(),
+                |id| format!("user-assigned {id}"),
+            );
+            checks.push(Check::ok(
+                name,
+                format!(
+                    "no secret: the host's managed identity ({which}, {})",
+                    identity.source.name()
+                ),
+            ));
+            (true, Some(format!("the managed identity ({which})")))
+        }
     }
 }
 
