@@ -655,3 +655,46 @@ fn probe_refuses_without_a_known_admin_to_check_the_role_codes_with() {
     assert_eq!(posts(&h), 0, "no POST reached the portal");
     assert_eq!(h.writes(), 0);
 }
+
+#[test]
+fn doctor_signs_in_with_a_certificate_and_checks_its_file() {
+    let mut h = harness();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/credentials");
+    let pem = h.dir.path().join("graph.pem");
+    std::fs::copy(fixtures.join("app.pem"), &pem).expect("copy the certificate");
+    chmod(&pem, 0o644);
+    {
+        let crt = std::fs::read_to_string(fixtures.join("app.crt")).expect("app.crt");
+        let certificate =
+            guestops::sim::entra::SimCertificate::from_pem(&crt).expect("a certificate");
+        let mut state = h.state();
+        let mut creds = state.graph.credentials().clone();
+        creds.certificates = vec![certificate];
+        state.graph.set_credentials(creds);
+    }
+    h.configure(|c| {
+        c.tenant.credential = guestops::config::CredentialConfig::ClientCertificate {
+            certificate_file: Some(pem.clone()),
+            password: guestops::config::SecretSource::CredentialOrEnv {
+                credential: "graph-certificate-password".into(),
+                env: "GUESTOPS_TENANT_CERTIFICATE_PASSWORD".into(),
+                file_key: "tenant.credential.passwordFile".into(),
+            },
+            send_chain: false,
+            algorithm: Default::default(),
+        };
+    });
+    let run = doctor(&h, &[]);
+    let (symbol, text) = line(&run, "secret.graph");
+    assert_eq!(symbol, "!", "the private key is readable by others: {text}");
+    assert!(
+        text.contains(&format!("chmod 600 {}", pem.display())),
+        "{text}"
+    );
+    let (symbol, text) = line(&run, "graph.token");
+    assert_eq!(symbol, "✓", "{text}");
+    assert!(text.contains("clientCertificate"), "{text}");
+    assert!(text.contains("tenant.credential.certificateFile"), "{text}");
+    let (symbol, text) = line(&run, "graph.permissions");
+    assert_eq!(symbol, "✓", "{text}");
+}
