@@ -281,8 +281,20 @@ fn the_plan_runs_only_with_credentials() {
         .expect("a plan step");
     let condition = plan_step["if"].as_str().unwrap_or_default();
     assert!(
-        condition.contains("env.GRAPH_SECRET != ''"),
-        "the plan step is skipped without secrets: if = {condition:?}"
+        condition.contains("env.PORTAL_KEY != ''") && condition.contains("fork"),
+        "the plan step is skipped without the portal key and for forks: if = {condition:?}"
+    );
+    // Entra: the job's OIDC token, no stored Entra secret.
+    assert_eq!(
+        plan_step["env"]["GUESTOPS_TENANT_CREDENTIAL_KIND"], "githubActions",
+        "{plan_step:?}"
+    );
+    assert_eq!(workflow["permissions"]["id-token"], "write");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(WORKFLOW))
+        .expect("read the workflow");
+    assert!(
+        !text.contains("GRAPH_SECRET") && !text.contains("CLIENT_SECRET"),
+        "no Entra secret in the workflow"
     );
     // No secret on a command line.
     for script in run_scripts(&workflow) {
