@@ -20,12 +20,14 @@
 //! | [`service`] | the daemon loop, the HTTP server, metrics, systemd | reconcile differently from the CLI |
 //! | [`error`] | printing an error chain once | |
 //! | [`config`] | the host configuration and secret loading | be imported by the clients |
+//! | [`preflight`] | `doctor` (read-only checks of the host setup, as data) and `probe portal` (the one-time portal write probe, facts in `state.dir`) | change the tenant, or the portal beyond the probe's own throw-away user |
 //! | [`sim`] | emulators of Graph, the token endpoint and the portal (written from `docs/specs/`) | share matching code with the clients |
 
 pub mod config;
 pub mod desired;
 pub mod error;
 mod markup;
+pub mod preflight;
 pub mod reconcile;
 pub mod remote;
 pub mod service;

@@ -9,9 +9,10 @@ mod cli;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (validate: the file is valid; plan: no error; apply: every change done)
-  1  error: invalid users.yaml or config, a failed read, a change that failed, or a usage
-     error (an unknown command or option)
+  0  success (validate: the file is valid; plan: no error; apply: every change done;
+     doctor: no check failed; probe portal: the facts are recorded)
+  1  error: invalid users.yaml or config, a failed read, a change that failed, a failed
+     doctor check, a refused probe, or a usage error (an unknown command or option)
   2  changes pending (plan --detailed-exitcode only, as Terraform)
   3  refused by policy: the refused changes were not made (allowedDomains refuses one user's
      changes, the others proceed; maxDeletions and an empty desired state stop the whole plan)
@@ -50,6 +51,11 @@ enum Command {
     Diff(cli::diff::Args),
     /// Write a first users.yaml from the portal's admins and their tenant accounts (read-only).
     Import(cli::import::Args),
+    /// Check the setup: config, secrets, Graph permissions, portal, git, state, clock (read-only).
+    Doctor(cli::doctor::Args),
+    /// One-time probe of the portal's undocumented behaviour (a throw-away user, deleted again).
+    #[command(subcommand)]
+    Probe(cli::probe::Command),
     /// Run guestops against its built-in simulator and show what it does.
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
@@ -75,6 +81,10 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::runtime().and_then(|rt| rt.block_on(cli::status::run(args))),
         Command::Diff(args) => cli::diff::run(args),
         Command::Import(args) => cli::runtime().and_then(|rt| rt.block_on(cli::import::run(args))),
+        Command::Doctor(args) => cli::runtime().and_then(|rt| rt.block_on(cli::doctor::run(args))),
+        Command::Probe(command) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::probe::run(command)))
+        }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
     };

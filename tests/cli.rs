@@ -32,8 +32,9 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 9] = [
-    "validate", "plan", "apply", "run", "status", "diff", "import", "demo", "sim",
+const SUBCOMMANDS: [&str; 11] = [
+    "validate", "plan", "apply", "run", "status", "diff", "import", "doctor", "probe", "demo",
+    "sim",
 ];
 
 #[test]
@@ -50,6 +51,9 @@ fn help_texts() {
         help.expect_code(0);
         insta::assert_snapshot!(format!("help-{sub}"), help.stdout);
     }
+    let help = run_in(dir.path(), &["probe", "portal", "--help"]);
+    help.expect_code(0);
+    insta::assert_snapshot!("help-probe-portal", help.stdout);
 }
 
 #[test]
@@ -75,6 +79,7 @@ fn help_documents_the_exit_codes() {
             &["0 every change done", "1 error", "3 refused"][..],
         ),
         ("import", &["0 written", "1 error"][..]),
+        ("doctor", &["0 no check failed", "1 a check failed"][..]),
     ];
     for (sub, phrases) in expect {
         let help = run_in(dir.path(), &[sub, "--help"]);

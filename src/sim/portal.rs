@@ -16,7 +16,14 @@
 //!   (arrays emptied, flags false, nullables null: the worst case of §4), the email cannot
 //!   change, 404 for an unknown id;
 //! - `DELETE /api/user/{email}`: exact, case-insensitive match on the decoded path segment,
-//!   404 `{"message":"User not found"}`.
+//!   404 `{"message":"User not found"}`;
+//! - `PUT /api/user/link-groups` `{userEmail, groups}`: the groups must exist
+//!   ([`PortalDb::add_group`]), 404 for an unknown user or group.
+//!
+//! The unknowns of the spec are switches on [`PortalDb`], so that `guestops probe portal` can
+//! observe each case: [`PortalDb::put_keeps_missing`] (§4 (a) instead of the default worst
+//! case), [`PortalDb::duplicate_post_status`], [`PortalDb::delete_missing_status`] and
+//! [`PortalDb::reversed_role_codes`] (the conflicting mapping of §1.6).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +32,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use serde_json::{Map, Value, json};
 
 use super::Sim;
@@ -117,6 +124,20 @@ pub struct PortalDb {
     writes: PortalWrites,
     during_scan: Vec<(u32, Map<String, Value>)>,
     requests: Vec<String>,
+    /// Speak the old blog post's mapping on the wire (§1.6: 1 Viewer, 3 Administrator): users
+    /// are stored by meaning ([`ROLE_CODES`]) and codes 1 and 3 are swapped in every listed
+    /// user and in every `role` received. `false` (the default): the documented mapping.
+    pub reversed_role_codes: bool,
+    /// `PUT /api/user` keeps the fields missing from the body (§4 case (a)); `false` (the
+    /// default): they are cleared (the worst case).
+    pub put_keeps_missing: bool,
+    /// The status of `POST /api/user` for an address that is registered already (unknown in
+    /// reality; default 400 with a ModelState-like body). Nothing is created either way.
+    pub duplicate_post_status: u16,
+    /// The status of `DELETE /api/user/{email}` for an address that is not registered
+    /// (default 404 `{"message":"User not found"}`).
+    pub delete_missing_status: u16,
+    groups: BTreeSet<String>,
 }
 
 impl Default for PortalDb {
@@ -130,6 +151,11 @@ impl Default for PortalDb {
             writes: PortalWrites::default(),
             during_scan: Vec::new(),
             requests: Vec::new(),
+            reversed_role_codes: false,
+            put_keeps_missing: false,
+            duplicate_post_status: 400,
+            delete_missing_status: 404,
+            groups: BTreeSet::new(),
         }
     }
 }
@@ -288,6 +314,30 @@ impl PortalDb {
         &self.requests
     }
 
+    /// Creates a portal group (an id `PUT /api/user/link-groups` accepts).
+    pub fn add_group(&mut self, id: &str) {
+        self.groups.insert(id.to_lowercase());
+    }
+
+    /// A role code as it travels on the wire: codes 1 and 3 swapped when
+    /// [`PortalDb::reversed_role_codes`] (an involution: the same swap reads and writes).
+    fn wire_role(&self, code: i64) -> i64 {
+        match (self.reversed_role_codes, code) {
+            (true, 1) => 3,
+            (true, 3) => 1,
+            (_, code) => code,
+        }
+    }
+
+    /// `user` as listed: its `role` on the wire.
+    fn listed(&self, user: &Map<String, Value>) -> Value {
+        let mut user = user.clone();
+        if let Some(code) = user.get("role").and_then(Value::as_i64) {
+            user.insert("role".to_owned(), Value::from(self.wire_role(code)));
+        }
+        Value::Object(user)
+    }
+
     /// Allows `key` only on `endpoints` (e.g. `"GET /api/user"`): 403 elsewhere.
     pub fn add_limited_key(&mut self, key: &str, endpoints: &[&str]) {
         self.limited_keys.insert(
@@ -354,6 +404,7 @@ pub fn routes() -> Router<Sim> {
             get(list_users).post(create_user).put(update_user),
         )
         .route("/api/user/{email}", delete(delete_user))
+        .route("/api/user/link-groups", put(link_groups))
 }
 
 fn log(db: &mut PortalDb, method: &Method, uri: &Uri) {
@@ -410,7 +461,7 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
                     .as_deref()
                     .is_none_or(|f| name_of(u).to_lowercase().contains(f))
         })
-        .map(|u| Value::Object(u.clone()))
+        .map(|u| db.listed(u))
         .collect();
     let total_pages = matching.len().div_ceil(page_size) as u64;
     let start =
@@ -568,7 +619,7 @@ async fn create_user(
     }
     if db.find(&email).is_some() {
         return (
-            StatusCode::BAD_REQUEST,
+            StatusCode::from_u16(db.duplicate_post_status).unwrap_or(StatusCode::BAD_REQUEST),
             axum::Json(json!({
                 "message": format!("A user with the e-mail {email} already exists."),
                 "errors": { "Email": ["The e-mail is already registered."] },
@@ -577,7 +628,7 @@ async fn create_user(
             .into_response();
     }
     let name = name_of(&body).to_owned();
-    let role = body.get("role").and_then(Value::as_i64).unwrap_or(0);
+    let role = db.wire_role(body.get("role").and_then(Value::as_i64).unwrap_or(0));
     let mut user = default_user(&email, &name, role);
     for field in ARRAY_FIELDS
         .iter()
@@ -652,11 +703,15 @@ async fn update_user(
         )
             .into_response();
     }
-    // Every field the user has is replaced by the body's value, or cleared when missing.
+    // Every field the user has is replaced by the body's value, or cleared when missing
+    // (kept with `put_keeps_missing`).
+    let keep = db.put_keeps_missing;
     let mut updated = Map::new();
     for (key, old) in stored {
         let value = match body.get(key) {
+            Some(value) if key == "role" => Value::from(db.wire_role(value.as_i64().unwrap_or(0))),
             Some(value) => value.clone(),
+            None if keep => old.clone(),
             None if ARRAY_FIELDS.contains(&key.as_str()) => Value::Array(Vec::new()),
             None if FLAG_FIELDS.contains(&key.as_str()) => Value::Bool(false),
             None if key == "id" => old.clone(),
@@ -696,10 +751,73 @@ async fn delete_user(
         .iter()
         .position(|u| email_of(u).to_lowercase() == wanted)
     else {
-        return message(StatusCode::NOT_FOUND, "User not found").into_response();
+        let status =
+            StatusCode::from_u16(db.delete_missing_status).unwrap_or(StatusCode::NOT_FOUND);
+        return message(status, "User not found").into_response();
     };
     db.users.remove(index);
     db.writes.deletes += 1;
+    state.counters.writes += 1;
+    StatusCode::OK.into_response()
+}
+
+/// `PUT /api/user/link-groups` `{userEmail, groups: [id, …]}`: adds the groups to the user's
+/// `groups` (an id linked already stays once).
+async fn link_groups(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let mut state = sim.state();
+    let db = &mut state.portal;
+    log(db, &Method::PUT, &uri);
+    if let Err(refusal) = db.authorize(&headers, "PUT /api/user/link-groups") {
+        return refusal.into_response();
+    }
+    let body = match json_object(&headers, &body) {
+        Ok(body) => body,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let email = body.get("userEmail").and_then(Value::as_str).unwrap_or("");
+    let groups: Option<Vec<String>> = body.get("groups").and_then(Value::as_array).and_then(|a| {
+        a.iter()
+            .map(|g| g.as_str().map(str::to_lowercase))
+            .collect()
+    });
+    let Some(groups) = groups.filter(|g| !g.is_empty() && !email.is_empty()) else {
+        return validation(&BTreeMap::from([(
+            "$".to_owned(),
+            vec!["userEmail and a non-empty array of group ids are required.".to_owned()],
+        )]))
+        .into_response();
+    };
+    if let Some(unknown) = groups.iter().find(|g| !db.groups.contains(*g)) {
+        return message(StatusCode::NOT_FOUND, &format!("Group {unknown} not found"))
+            .into_response();
+    }
+    let wanted = normalize(email);
+    let Some(user) = db
+        .users
+        .iter_mut()
+        .find(|u| normalize(email_of(u)) == wanted)
+    else {
+        return message(StatusCode::NOT_FOUND, "User not found").into_response();
+    };
+    let linked = user
+        .entry("groups")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(linked) = linked {
+        for group in groups {
+            if !linked
+                .iter()
+                .any(|g| g.as_str().is_some_and(|g| g.eq_ignore_ascii_case(&group)))
+            {
+                linked.push(Value::String(group));
+            }
+        }
+    }
+    db.writes.updates += 1;
     state.counters.writes += 1;
     StatusCode::OK.into_response()
 }
@@ -721,6 +839,26 @@ mod tests {
         assert_eq!(user["department"], Value::Null);
         assert_eq!(user["canCreateNewUsers"], json!(false));
         assert!(db.insert_user(json!([1])).is_err());
+    }
+
+    #[test]
+    fn reversed_role_codes_swap_administrator_and_viewer_on_the_wire() {
+        let mut db = PortalDb::default();
+        db.add_user("a@x.example", "A", 1);
+        db.add_user("v@x.example", "V", 3);
+        db.add_user("c@x.example", "C", 2);
+        let listed =
+            |db: &PortalDb, email: &str| db.listed(db.find(email).expect("seeded"))["role"].clone();
+        assert_eq!(listed(&db, "a@x.example"), json!(1));
+        db.reversed_role_codes = true;
+        assert_eq!(listed(&db, "a@x.example"), json!(3));
+        assert_eq!(listed(&db, "v@x.example"), json!(1));
+        assert_eq!(listed(&db, "c@x.example"), json!(2));
+        assert_eq!(
+            db.wire_role(db.wire_role(1)),
+            1,
+            "the same swap reads and writes"
+        );
     }
 
     #[test]

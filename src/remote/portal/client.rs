@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -314,6 +314,36 @@ struct Reply {
     retry_after: Option<Duration>,
     /// The `Location` of a redirect (not followed).
     location: Option<String>,
+    /// The `Date` header, when present and valid.
+    date: Option<SystemTime>,
+}
+
+/// An answer of [`PortalClient::raw`]: whatever status the portal gave, as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The answer's `Date` header, when present and valid (for the clock check).
+    pub date: Option<SystemTime>,
+    /// The body (at most the edge's body limit).
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as JSON; `None` when it is empty or not JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The body as text (lossy, truncated to a few hundred characters), for records.
+    pub fn text(&self) -> String {
+        truncate(String::from_utf8_lossy(&self.body).trim(), MAX_ERROR_BODY)
+    }
 }
 
 /// What a request is, for errors and logs.
@@ -398,6 +428,46 @@ impl PortalClient {
         self.role_codes
     }
 
+    /// One request to `{baseUrl}/api/user[/segment…]?query` with the API key, for diagnostics
+    /// (`guestops doctor`, `guestops probe portal`): every status is returned as it came (the
+    /// caller records it), only a missing answer is an error. Each segment is percent-encoded
+    /// as one path segment (`@` → `%40`). Writes are paced like every write; a `POST` is never
+    /// retried (not idempotent).
+    pub async fn raw(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<RawAnswer, PortalError> {
+        let mut url = self.user_url.clone();
+        let mut path = url.path().to_owned();
+        for segment in segments {
+            path.push('/');
+            path.push_str(&utf8_percent_encode(segment, PATH_SEGMENT).to_string());
+        }
+        url.set_path(&path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let idempotency = if method == Method::POST {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        let op = Op {
+            operation: format!("{method} {}", url.path()),
+            endpoint: "/api/user",
+            user: None,
+        };
+        let reply = self.send(method, url, body, idempotency, &op).await?;
+        Ok(RawAnswer {
+            status: reply.status.as_u16(),
+            date: reply.date,
+            body: reply.body,
+        })
+    }
+
     /// Sends one request through the edge (permit, retry policy, redirects off); any HTTP
     /// answer is returned.
     async fn send(
@@ -430,11 +500,17 @@ impl PortalClient {
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let date = reply
+            .headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
         Ok(Reply {
             status: reply.status,
             body: reply.body,
             retry_after: reply.retry_after,
             location,
+            date,
         })
     }
 

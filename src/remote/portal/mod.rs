@@ -16,7 +16,7 @@ use crate::desired::spec::Role;
 pub mod client;
 pub mod fake;
 
-pub use client::{PortalClient, PortalError};
+pub use client::{PortalClient, PortalError, RawAnswer};
 
 /// What the portal client needs to know (built from `portal.*` by the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
