@@ -3,7 +3,6 @@
 use guestops::config::Config;
 use guestops::preflight::{self, doctor};
 use guestops::remote::graph::GraphClient;
-use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
 
 use super::{ConfigArg, Status};
@@ -63,23 +62,12 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     })
 }
 
-/// The Graph half of [`super::clients`]: the same construction, without the portal key (the
-/// doctor reports each side on its own).
+/// The Graph half of [`super::connect`] (the doctor reports each side on its own).
 fn graph_client(config: &Config) -> anyhow::Result<GraphClient> {
-    let credential = config.load_credential()?;
-    Ok(GraphClient::with_credential(
-        &config.tenant.graph_settings(),
-        credential,
-        RetryPolicy::default(),
-    )?)
+    super::graph_client(config, config.load_credential()?)
 }
 
-/// The portal half of [`super::clients`].
+/// The portal half of [`super::connect`].
 pub fn portal_client(config: &Config) -> anyhow::Result<PortalClient> {
-    let key = config.portal.api_key.load()?;
-    Ok(PortalClient::new(
-        &config.portal.portal_settings(),
-        key.credential(),
-        RetryPolicy::default(),
-    )?)
+    super::portal_client(config, &config.portal.api_key.load()?)
 }

@@ -146,18 +146,34 @@ pub fn clients(
     graph_credential: guestops::remote::graph::CredentialSettings,
     portal_api_key: &guestops::config::LoadedSecret,
 ) -> anyhow::Result<Clients> {
-    use guestops::remote::http::RetryPolicy;
-    let tenant = guestops::remote::graph::GraphClient::with_credential(
+    Ok(Clients {
+        tenant: graph_client(config, graph_credential)?,
+        portal: portal_client(config, portal_api_key)?,
+    })
+}
+
+/// The Graph client of `config`, signing in with `credential`.
+pub fn graph_client(
+    config: &guestops::config::Config,
+    credential: guestops::remote::graph::CredentialSettings,
+) -> anyhow::Result<guestops::remote::graph::GraphClient> {
+    Ok(guestops::remote::graph::GraphClient::with_credential(
         &config.tenant.graph_settings(),
-        graph_credential,
-        RetryPolicy::default(),
-    )?;
-    let portal = guestops::remote::portal::PortalClient::new(
+        credential,
+        guestops::remote::http::RetryPolicy::default(),
+    )?)
+}
+
+/// The portal client of `config`, with `api_key`.
+pub fn portal_client(
+    config: &guestops::config::Config,
+    api_key: &guestops::config::LoadedSecret,
+) -> anyhow::Result<guestops::remote::portal::PortalClient> {
+    Ok(guestops::remote::portal::PortalClient::new(
         &config.portal.portal_settings(),
-        portal_api_key.credential(),
-        RetryPolicy::default(),
-    )?;
-    Ok(Clients { tenant, portal })
+        api_key.credential(),
+        guestops::remote::http::RetryPolicy::default(),
+    )?)
 }
 
 /// Tells a person at a terminal what the wait is for; silent in logs and pipes.
