@@ -54,21 +54,15 @@ impl Config {
                 algorithm,
             } => {
                 let (file, origin) = match certificate_file {
-                    Some(path) => (
-                        path.clone(),
-                        format!(
-                            "the file {} (tenant.credential.certificateFile)",
-                            path.display()
-                        ),
-                    ),
+                    // The messages name the file; the origin says where its name came from.
+                    Some(path) => (path.clone(), "tenant.credential.certificateFile".to_owned()),
                     None => match credential_file(env, CERTIFICATE_CREDENTIAL) {
-                        Some(path) => {
-                            let origin = format!(
-                                "the systemd credential {CERTIFICATE_CREDENTIAL} ({}, LoadCredential=)",
-                                path.display()
-                            );
-                            (path, origin)
-                        }
+                        Some(path) => (
+                            path,
+                            format!(
+                                "the systemd credential {CERTIFICATE_CREDENTIAL}, LoadCredential="
+                            ),
+                        ),
                         None => {
                             return Err(unavailable(format!(
                                 "no certificate was provided: set tenant.credential.certificateFile to a PEM file (the certificate and its RSA private key) or a PKCS#12 file, or provide the systemd credential `{CERTIFICATE_CREDENTIAL}` (LoadCredential={CERTIFICATE_CREDENTIAL}:/etc/guestops/graph.pem)"
