@@ -326,6 +326,9 @@ pub struct PortalConfig {
     /// `roleCodes.administrator` before trusting the role mapping (`docs/specs/power-embedded.md`
     /// §1.6). `None`: the check is skipped with a warning.
     pub known_admin: Option<String>,
+    /// The values of the write-only flags (`portal.writeOnlyFlags.*`), sent on every create
+    /// and update; a flag left unset is never sent (and a plan with updates says so).
+    pub write_only_flags: crate::remote::portal::WriteOnlyFlags,
 }
 
 impl PortalConfig {
@@ -339,6 +342,7 @@ impl PortalConfig {
             write_rate: crate::remote::pace::WriteRate::per_second(self.max_writes_per_second, 1)
                 .unwrap_or(build::DEFAULT_PORTAL_WRITE_RATE),
             role_codes: self.role_codes,
+            write_only_flags: self.write_only_flags,
         }
     }
 }
