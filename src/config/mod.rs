@@ -593,7 +593,8 @@ impl Config {
         }
     }
 
-    /// The plan's policy from `policy.*`; `force` overrides the `maxDeletions` and
+    /// The plan's policy from `policy.*` (and `portal.writeOnlyFlags`, for the plan's note;
+    /// the probe's facts are not read here); `force` overrides the `maxDeletions` and
     /// empty-desired guards.
     pub fn policy(&self, force: bool) -> crate::reconcile::plan::Policy {
         crate::reconcile::plan::Policy {
@@ -603,6 +604,12 @@ impl Config {
             max_deletions: self.policy.max_deletions,
             resend_after: self.policy.resend_after,
             force,
+            hidden_fields: crate::reconcile::plan::HiddenFields {
+                unstated_flags: (self.portal.write_only_flags.unstated().into_iter())
+                    .map(str::to_owned)
+                    .collect(),
+                probed_put: None,
+            },
         }
     }
 
