@@ -142,7 +142,7 @@ pub enum PortalError {
     FieldsLost {
         /// The address of the user.
         email: String,
-        /// What changed, field by field, in the order of the first read.
+        /// What changed, field by field, in the order of the first read's object.
         fields: Vec<super::LostField>,
     },
 
