@@ -9,7 +9,7 @@ use guestops::config::{
 };
 use guestops::reconcile::plan::GuestOnRemoval;
 use guestops::remote::pace::WriteRate;
-use guestops::remote::portal::RoleCodes;
+use guestops::remote::portal::{RoleCodes, WriteOnlyFlags};
 use secrecy::ExposeSecret;
 
 fn fixture_path(name: &str) -> PathBuf {
@@ -241,6 +241,65 @@ fn environment_overrides_each_form() {
     assert_eq!(config.server.listen.to_string(), "[::1]:9999");
 }
 
+/// Write-only flags are "not stated" unless set: never a default of `false` (design §5).
+#[test]
+fn write_only_flags_are_stated_one_by_one_and_unset_means_not_sent() {
+    let unset = load(MINIMAL, &[]).expect("valid");
+    assert_eq!(unset.portal.write_only_flags, WriteOnlyFlags::default());
+    assert!(
+        unset
+            .portal
+            .portal_settings()
+            .write_only_flags
+            .stated()
+            .is_empty()
+    );
+
+    let one = load(
+        &format!("{MINIMAL}portal:\n  writeOnlyFlags:\n    bypassFirewall: false\n"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        one.portal.write_only_flags,
+        WriteOnlyFlags {
+            bypass_firewall: Some(false),
+            can_export_report_other_pages: None,
+        }
+    );
+    assert_eq!(
+        one.portal.write_only_flags.unstated(),
+        vec!["canExportReportOtherPages"]
+    );
+    let yaml = one.to_yaml();
+    assert!(yaml.contains("bypassFirewall: false"), "{yaml}");
+    assert_eq!(load(&yaml, &[]).expect("renders back"), one);
+
+    let env = load(
+        MINIMAL,
+        &[(
+            "GUESTOPS_PORTAL_WRITE_ONLY_FLAGS_CAN_EXPORT_REPORT_OTHER_PAGES",
+            "true",
+        )],
+    )
+    .expect("valid");
+    assert_eq!(
+        env.portal.write_only_flags.stated(),
+        vec![("canExportReportOtherPages", true)]
+    );
+
+    let err = load(
+        &format!("{MINIMAL}portal:\n  writeOnlyFlags: {{ bypassFirewall: yes }}\n"),
+        &[],
+    )
+    .expect_err("yes is not a boolean here");
+    assert!(
+        err.to_string()
+            .contains("portal.writeOnlyFlags.bypassFirewall"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_empty_variable_resets_the_key_to_its_default() {
     let config = load(
@@ -305,6 +364,8 @@ fn every_key_has_a_working_override() {
         ("portal.concurrency", "1"),
         ("portal.maxWritesPerSecond", "0.5"),
         ("portal.knownAdmin", "owner@customer.example"),
+        ("portal.writeOnlyFlags.bypassFirewall", "true"),
+        ("portal.writeOnlyFlags.canExportReportOtherPages", "false"),
         ("portal.roleCodes.administrator", "11"),
         ("portal.roleCodes.contributor", "12"),
         ("portal.roleCodes.viewer", "13"),

@@ -449,6 +449,57 @@ async fn failures_back_off_then_recover() {
     d.stop().await.expect("clean shutdown");
 }
 
+/// A role change whose `PUT` loses the user's groups fails the reconcile and is counted in
+/// `guestops_portal_fields_lost_total{field="groups"}`.
+#[tokio::test(start_paused = true)]
+async fn a_portal_update_that_loses_fields_is_counted_by_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let portal = FakePortal::new();
+    portal.add_user_with_groups(
+        ANA.0,
+        ANA.1,
+        guestops::desired::spec::Role::Viewer,
+        &["finance"],
+    );
+    portal.set_put_drops_groups(true);
+    let d = start(
+        MemSource::new(&users_yaml(&[ANA])),
+        FakeTenant::new(),
+        portal,
+        dir.path(),
+        settings(),
+        Notifier::disabled(),
+    );
+    pass(Duration::from_secs(1)).await;
+    let samples = parse_exposition(&d.metrics.encode());
+    assert_eq!(
+        sample(
+            &samples,
+            "guestops_portal_fields_lost_total{field=\"groups\"}"
+        ),
+        Some(1.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "guestops_portal_fields_lost_total{field=\"reports\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(d.reconciles("error"), 1.0, "the change failed");
+    assert!(
+        d.health
+            .readiness()
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("groups")),
+        "{:?}",
+        d.health.readiness().last_error
+    );
+    d.stop().await.expect("clean shutdown");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_source_at_start_up_is_retried_with_backoff_not_in_a_hot_loop() {
     let dir = tempfile::tempdir().expect("temp dir");

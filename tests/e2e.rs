@@ -3,6 +3,8 @@
 //! afterwards (invitations and registrations per address, stored portal objects, writes).
 
 mod common;
+#[path = "e2e/portal_fields.rs"]
+mod portal_fields;
 #[path = "e2e/sign_in.rs"]
 mod sign_in;
 

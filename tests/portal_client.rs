@@ -10,7 +10,9 @@ use guestops::desired::spec::Role;
 use guestops::remote::Credential;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::pace::WriteRate;
-use guestops::remote::portal::{NewPortalUser, Portal, PortalClient, PortalError, RoleCodes};
+use guestops::remote::portal::{
+    NewPortalUser, Portal, PortalClient, PortalError, RoleCodes, WriteOnlyFlags,
+};
 use guestops::sim::portal::SIM_API_KEY;
 use guestops::sim::{FailRule, Sim};
 use secrecy::SecretString;
@@ -71,6 +73,7 @@ impl Harness {
             max_writes_per_second: 1000.0,
             role_codes: RoleCodes::default(),
             known_admin: None,
+            write_only_flags: WriteOnlyFlags::default(),
         }
     }
 
@@ -81,6 +84,18 @@ impl Harness {
 
     fn client(&self) -> PortalClient {
         self.client_with_key(SIM_API_KEY)
+    }
+
+    /// A client that states `flags` (`portal.writeOnlyFlags`).
+    fn client_with_flags(&self, flags: WriteOnlyFlags) -> PortalClient {
+        let mut config = self.config();
+        config.write_only_flags = flags;
+        PortalClient::new(
+            &config.portal_settings(),
+            env_key(SIM_API_KEY),
+            fast_retry(),
+        )
+        .expect("a loopback client")
     }
 
     fn requests(&self) -> Vec<String> {
@@ -364,6 +379,190 @@ async fn a_partial_put_clears_what_it_leaves_out() {
     assert_eq!(stored["canCreateNewUsers"], json!(false));
     assert_eq!(stored["department"], Value::Null);
     assert_eq!(stored["someFutureField"], Value::Null);
+    assert!(
+        stored.get("bypassFirewall").is_none(),
+        "write-only: never listed"
+    );
+}
+
+/// The write-only flags: stored from a POST, never in a GET, reset by a PUT that omits them.
+#[tokio::test]
+async fn emulator_write_only_flags_are_never_listed_and_reset_by_an_omitting_put() {
+    let h = Harness::start().await;
+    let key = Some(SIM_API_KEY);
+    let email = "ivo@partner.example";
+    let (status, _) = raw(
+        &h,
+        reqwest::Method::POST,
+        "api/user",
+        key,
+        Some(json!({"email": email, "name": "Ivo", "role": 3, "bypassFirewall": true, "canExportReportOtherPages": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(stored_flags(&h, email), (true, true));
+    let (_, listed) = raw(&h, reqwest::Method::GET, "api/user?email=ivo", key, None).await;
+    assert!(
+        listed.contains(email)
+            && !listed.contains("bypassFirewall")
+            && !listed.contains("canExportReportOtherPages"),
+        "{listed}"
+    );
+    let id = h.sim.state().portal.find(email).expect("created")["id"].clone();
+    let put = |body: Value| raw(&h, reqwest::Method::PUT, "api/user", key, Some(body));
+    let (status, _) =
+        put(json!({"id": id, "email": email, "name": "Ivo", "role": 3, "bypassFirewall": true}))
+            .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stored_flags(&h, email),
+        (true, false),
+        "the omitted flag is reset"
+    );
+}
+
+/// The write-only flags as the emulator stores them (never listed) for `email`.
+fn stored_flags(h: &Harness, email: &str) -> (bool, bool) {
+    let flags = h
+        .sim
+        .state()
+        .portal
+        .write_only_flags(email)
+        .expect("registered");
+    (flags["bypassFirewall"], flags["canExportReportOtherPages"])
+}
+
+#[tokio::test]
+async fn stated_write_only_flags_are_sent_on_create_and_update_and_unstated_ones_never() {
+    let h = Harness::start().await;
+    let email = "flo@partner.example";
+    let client = h.client_with_flags(WriteOnlyFlags {
+        bypass_firewall: Some(true),
+        can_export_report_other_pages: None,
+    });
+    client
+        .create_user(&new_user(email, "Flo", Role::Viewer))
+        .await
+        .expect("created");
+    assert_eq!(
+        stored_flags(&h, email),
+        (true, false),
+        "the stated flag is sent"
+    );
+
+    // Set by hand in the portal; a PUT that keeps what it is not sent must keep it.
+    {
+        let mut state = h.sim.state();
+        state.portal.put_keeps_missing = true;
+        state
+            .portal
+            .set_write_only_flag(email, "canExportReportOtherPages", true);
+        state
+            .portal
+            .set_write_only_flag(email, "bypassFirewall", false);
+    }
+    client
+        .update_user(email, "Flo", Role::Contributor)
+        .await
+        .expect("updated");
+    assert_eq!(
+        stored_flags(&h, email),
+        (true, true),
+        "the stated flag is sent again, the unstated one is not sent at all"
+    );
+
+    // The strict emulator (the worst case of §4): an omitted write-only flag is reset.
+    h.sim.state().portal.put_keeps_missing = false;
+    client
+        .update_user(email, "Flo", Role::Administrator)
+        .await
+        .expect("updated");
+    assert_eq!(stored_flags(&h, email), (true, false));
+}
+
+#[tokio::test]
+async fn without_stated_flags_nothing_write_only_is_sent() {
+    let h = Harness::start().await;
+    let email = "gil@partner.example";
+    h.sim.state().portal.put_keeps_missing = true;
+    h.client()
+        .create_user(&new_user(email, "Gil", Role::Viewer))
+        .await
+        .expect("created");
+    h.sim
+        .state()
+        .portal
+        .set_write_only_flag(email, "bypassFirewall", true);
+    h.client()
+        .update_user(email, "Gil", Role::Administrator)
+        .await
+        .expect("updated");
+    assert_eq!(stored_flags(&h, email), (true, false), "not sent: kept");
+}
+
+#[tokio::test]
+async fn an_update_is_read_back_once_and_a_lost_field_fails_it_naming_the_loss() {
+    let h = Harness::start().await;
+    let email = "carla@partner.example";
+    {
+        let mut state = h.sim.state();
+        state
+            .portal
+            .insert_user(rich_user(email))
+            .expect("an object");
+        // A portal whose PUT does not take groups nor the department.
+        state.portal.put_resets = ["groups", "department"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    }
+    let err = h
+        .client()
+        .update_user(email, "Carla Dias", Role::Administrator)
+        .await
+        .expect_err("fields were lost");
+    let PortalError::FieldsLost { email: who, fields } = &err else {
+        panic!("expected FieldsLost, got {err:?}");
+    };
+    assert_eq!(who, email);
+    let lost: Vec<(&str, Value, Option<Value>)> = fields
+        .iter()
+        .map(|f| (f.field.as_str(), f.before.clone(), f.after.clone()))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![
+            ("department", json!("BI "), Some(Value::Null)),
+            (
+                "groups",
+                json!([
+                    "6a0e2f11-0000-4000-8000-000000000002",
+                    "6a0e2f11-0000-4000-8000-000000000003"
+                ]),
+                Some(json!([]))
+            ),
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("changed 2 field(s)")
+            && text.contains("department: \"BI \" → null")
+            && text.contains("groups: [\"6a0e2f11")
+            && text.contains("→ []"),
+        "{text}"
+    );
+    assert!(!err.is_ambiguous());
+    // The write happened: the role is stored; one GET before the PUT, one after.
+    assert_eq!(
+        h.sim.state().portal.find(email).expect("kept")["role"],
+        json!(1)
+    );
+    let requests = h.requests();
+    let methods: Vec<&str> = requests
+        .iter()
+        .map(|r| r.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(methods, ["GET", "PUT", "GET"], "{requests:?}");
 }
 
 #[tokio::test]
@@ -634,6 +833,7 @@ fn plain_http_is_refused_off_loopback() {
         max_writes_per_second: 2.0,
         role_codes: RoleCodes::default(),
         known_admin: None,
+        write_only_flags: WriteOnlyFlags::default(),
     };
     let err = PortalClient::new(
         &config.portal_settings(),
@@ -657,6 +857,7 @@ async fn no_answer_is_a_transport_error_that_names_the_operation() {
         max_writes_per_second: 1000.0,
         role_codes: RoleCodes::default(),
         known_admin: None,
+        write_only_flags: WriteOnlyFlags::default(),
     };
     let client =
         PortalClient::new(&config.portal_settings(), env_key("k"), fast_retry()).expect("client");
@@ -913,6 +1114,7 @@ async fn a_redirect_to_another_origin_is_not_followed_and_the_key_stays_home() {
         concurrency: 1,
         write_rate: fast_writes(),
         role_codes: RoleCodes::default(),
+        write_only_flags: WriteOnlyFlags::default(),
     };
     let client = PortalClient::new(&settings, env_key("the-secret-key"), fast_retry())
         .expect("a loopback client");
@@ -959,6 +1161,7 @@ async fn a_refused_connection_fails_at_once_naming_the_address() {
         concurrency: 1,
         write_rate: fast_writes(),
         role_codes: RoleCodes::default(),
+        write_only_flags: WriteOnlyFlags::default(),
     };
     let client = PortalClient::new(&settings, env_key("k"), fast_retry()).expect("client");
     let err = client.list_users().await.expect_err("nobody listens");

@@ -21,7 +21,7 @@ use crate::desired::spec::Role;
 use crate::reconcile::plan::GuestOnRemoval;
 use crate::remote::graph::credential::{AssertionAlgorithm, DEFAULT_FEDERATION_AUDIENCE};
 use crate::remote::pace::WriteRate;
-use crate::remote::portal::RoleCodes;
+use crate::remote::portal::{RoleCodes, WriteOnlyFlags};
 
 /// Default of `portal.baseUrl`.
 pub(crate) const DEFAULT_PORTAL_BASE_URL: &str = "https://api.powerembedded.com.br";
@@ -104,6 +104,7 @@ pub(crate) fn defaults() -> Config {
             max_writes_per_second: DEFAULT_PORTAL_MAX_WRITES_PER_SECOND,
             role_codes: RoleCodes::default(),
             known_admin: None,
+            write_only_flags: WriteOnlyFlags::default(),
         },
         policy: PolicyConfig {
             allowed_domains: Vec::new(),
@@ -452,6 +453,17 @@ pub(crate) fn build(
         &mut p.max_writes_per_second,
         "portal.maxWritesPerSecond",
         parse_writes_per_second,
+    );
+    // Unset is "not stated" (never sent), not `false`.
+    r.set(
+        &mut p.write_only_flags.bypass_firewall,
+        "portal.writeOnlyFlags.bypassFirewall",
+        |text| parse_bool(text).map(Some),
+    );
+    r.set(
+        &mut p.write_only_flags.can_export_report_other_pages,
+        "portal.writeOnlyFlags.canExportReportOtherPages",
+        |text| parse_bool(text).map(Some),
     );
     let problems_before_codes = r.problems.len();
     let codes = &mut p.role_codes;

@@ -326,6 +326,9 @@ pub struct PortalConfig {
     /// `roleCodes.administrator` before trusting the role mapping (`docs/specs/power-embedded.md`
     /// §1.6). `None`: the check is skipped with a warning.
     pub known_admin: Option<String>,
+    /// The values of the write-only flags (`portal.writeOnlyFlags.*`), sent on every create
+    /// and update; a flag left unset is never sent (and a plan with updates says so).
+    pub write_only_flags: crate::remote::portal::WriteOnlyFlags,
 }
 
 impl PortalConfig {
@@ -339,6 +342,7 @@ impl PortalConfig {
             write_rate: crate::remote::pace::WriteRate::per_second(self.max_writes_per_second, 1)
                 .unwrap_or(build::DEFAULT_PORTAL_WRITE_RATE),
             role_codes: self.role_codes,
+            write_only_flags: self.write_only_flags,
         }
     }
 }
@@ -589,7 +593,8 @@ impl Config {
         }
     }
 
-    /// The plan's policy from `policy.*`; `force` overrides the `maxDeletions` and
+    /// The plan's policy from `policy.*` (and `portal.writeOnlyFlags`, for the plan's note;
+    /// the probe's facts are not read here); `force` overrides the `maxDeletions` and
     /// empty-desired guards.
     pub fn policy(&self, force: bool) -> crate::reconcile::plan::Policy {
         crate::reconcile::plan::Policy {
@@ -599,6 +604,12 @@ impl Config {
             max_deletions: self.policy.max_deletions,
             resend_after: self.policy.resend_after,
             force,
+            hidden_fields: crate::reconcile::plan::HiddenFields {
+                unstated_flags: (self.portal.write_only_flags.unstated().into_iter())
+                    .map(str::to_owned)
+                    .collect(),
+                probed_put: None,
+            },
         }
     }
 

@@ -110,6 +110,18 @@ pub(crate) fn to_yaml(config: &Config) -> String {
             line("  # knownAdmin: an administrator the portal lists (checked by doctor)".into())
         }
     }
+    let stated = p.write_only_flags.stated();
+    if stated.is_empty() {
+        line("  # writeOnlyFlags: { bypassFirewall: …, canExportReportOtherPages: … } (not stated: never sent)".into());
+    } else {
+        line("  writeOnlyFlags:".into());
+        for (flag, value) in p.write_only_flags.all() {
+            match value {
+                Some(value) => line(format!("    {flag}: {value}")),
+                None => line(format!("    # {flag}: not stated (never sent)")),
+            }
+        }
+    }
     line("  roleCodes:".into());
     let c = &p.role_codes;
     line(format!("    administrator: {}", c.administrator));

@@ -77,6 +77,13 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("maxWritesPerSecond", Kind::Leaf),
             ("knownAdmin", Kind::Leaf),
             (
+                "writeOnlyFlags",
+                Kind::Section(&[
+                    ("bypassFirewall", Kind::Bool),
+                    ("canExportReportOtherPages", Kind::Bool),
+                ]),
+            ),
+            (
                 "roleCodes",
                 Kind::Section(&[
                     ("administrator", Kind::Leaf),

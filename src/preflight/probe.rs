@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use super::{Check, role_code_check};
 use crate::config::Config;
 use crate::desired::spec::Role;
+use crate::reconcile::plan::ProbedPut;
 use crate::remote::portal::{Portal as _, PortalClient, RawAnswer};
 
 /// The facts file inside `state.dir`.
@@ -606,6 +607,44 @@ fn write_facts(dir: &Path, facts: &Facts) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// What a previous probe observed of the minimal `PUT`, for the plan's `write-only-flags` note:
+/// `dir/portal-facts.json` when it exists, parses and was recorded for `base_url` (facts of
+/// another portal say nothing about this one). Anything else is `None` (logged at debug).
+pub fn read_put_facts(dir: &Path, base_url: &url::Url) -> Option<ProbedPut> {
+    let path = dir.join(FACTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => {
+            tracing::debug!(path = %path.display(), error = %err, "no portal probe facts");
+            return None;
+        }
+    };
+    let facts: Value = match serde_json::from_str(&text) {
+        Ok(facts) => facts,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "the portal probe facts are not JSON: ignored");
+            return None;
+        }
+    };
+    if facts.get("portalBaseUrl").and_then(Value::as_str) != Some(base_url.as_str()) {
+        tracing::debug!(path = %path.display(), "the portal probe facts are of another portal.baseUrl: ignored");
+        return None;
+    }
+    let time = facts
+        .get("time")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())?
+        .with_timezone(&Utc);
+    let put = facts.get("put");
+    let fact = |name: &str| put.and_then(|p| p.get(name)).and_then(Value::as_bool);
+    Some(ProbedPut {
+        time,
+        keeps_flags: fact("keepsFlags"),
+        keeps_groups: fact("keepsGroups"),
+        keeps_nullable_fields: fact("keepsNullableFields"),
+    })
+}
+
 /// A summary of the facts for people.
 pub fn render_summary(facts: &Facts, path: &Path, out: &mut dyn Write) -> io::Result<()> {
     let shown = |v: Option<bool>| match v {
@@ -705,6 +744,52 @@ pub fn render_summary(facts: &Facts, path: &Path, out: &mut dyn Write) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_facts_are_read_back_for_the_same_portal_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let base = url::Url::parse("https://api.powerembedded.com.br/").expect("url");
+        assert_eq!(read_put_facts(dir.path(), &base), None, "no file");
+        let facts = Facts {
+            time: DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+                .expect("a time")
+                .with_timezone(&Utc),
+            portal_base_url: base.to_string(),
+            test_email: "probe@contoso.example".to_owned(),
+            complete: true,
+            stopped: None,
+            known_admin_role: Some(1),
+            page_size: None,
+            page_size_is_lower_bound: None,
+            email_filter: None,
+            create: None,
+            create_stores_extra_fields: Some(true),
+            duplicate_create: None,
+            duplicate_creates_second_user: None,
+            link_groups: None,
+            put: PutFacts {
+                keeps_flags: Some(false),
+                keeps_groups: Some(true),
+                ..PutFacts::default()
+            },
+            delete: None,
+            delete_again: None,
+            cleanup: None,
+            notes: Vec::new(),
+        };
+        write_facts(dir.path(), &facts).expect("written");
+        assert_eq!(
+            read_put_facts(dir.path(), &base),
+            Some(ProbedPut {
+                time: facts.time,
+                keeps_flags: Some(false),
+                keeps_groups: Some(true),
+                keeps_nullable_fields: None,
+            })
+        );
+        let other = url::Url::parse("https://pe.example/").expect("url");
+        assert_eq!(read_put_facts(dir.path(), &other), None, "another portal");
+    }
 
     #[test]
     fn the_partial_address_is_a_strict_part() {

@@ -38,7 +38,7 @@ use crate::reconcile::state::{
     AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
 };
 use crate::remote::graph::{GraphError, Invitation, Tenant};
-use crate::remote::portal::{NewPortalUser, Portal};
+use crate::remote::portal::{NewPortalUser, Portal, PortalError};
 
 /// Called once per finished change (done, failed or skipped), e.g. to draw a progress bar.
 pub type Progress = Arc<dyn Fn(&ChangeOutcome) + Send + Sync>;
@@ -118,6 +118,9 @@ pub struct ChangeOutcome {
     pub change: Change,
     /// What became of it.
     pub result: ChangeResult,
+    /// The portal fields an `update-portal` lost (the read after its `PUT` found them
+    /// changed, e.g. `groups`); empty otherwise. The change then failed.
+    pub fields_lost: Vec<String>,
 }
 
 impl ChangeOutcome {
@@ -399,6 +402,8 @@ struct Step {
     result: ChangeResult,
     effect: Effect,
     audit: Option<(AuditResult, Option<String>, Option<String>)>,
+    /// Portal fields an update lost.
+    fields_lost: Vec<String>,
 }
 
 impl Step {
@@ -416,6 +421,7 @@ impl Step {
             },
             effect,
             audit: Some((audit_result, None, request_id)),
+            fields_lost: Vec::new(),
         }
     }
 
@@ -443,6 +449,7 @@ impl Step {
             },
             effect,
             audit: Some((AuditResult::Error, Some(error), request_id)),
+            fields_lost: Vec::new(),
         }
     }
 
@@ -451,6 +458,7 @@ impl Step {
             result: ChangeResult::Skipped { why: why.clone() },
             effect: Effect::None,
             audit: Some((AuditResult::Skipped, Some(why), None)),
+            fields_lost: Vec::new(),
         }
     }
 }
@@ -485,17 +493,22 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
         let mut failed = false;
         for (i, change) in items {
             let result = if failed {
-                ChangeResult::Skipped {
-                    why: "an earlier change for this user failed; the next reconcile retries"
-                        .to_owned(),
-                }
+                let why = "an earlier change for this user failed; the next reconcile retries";
+                (
+                    ChangeResult::Skipped {
+                        why: why.to_owned(),
+                    },
+                    Vec::new(),
+                )
             } else {
                 self.run_change(change).await
             };
+            let (result, fields_lost) = result;
             failed |= matches!(result, ChangeResult::Failed { .. });
             let outcome = ChangeOutcome {
                 change: change.clone(),
                 result,
+                fields_lost,
             };
             if let Some(progress) = &self.opts.progress {
                 progress(&outcome);
@@ -514,8 +527,9 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
     }
 
     /// Waits for a slot of `system` (none for state-only changes), executes the change and
-    /// records it while still holding the slot.
-    async fn run_change(&self, change: &Change) -> ChangeResult {
+    /// records it while still holding the slot. Returns the result and the portal fields the
+    /// change lost.
+    async fn run_change(&self, change: &Change) -> (ChangeResult, Vec<String>) {
         let slots = match change.action.system() {
             System::Tenant => Some(&self.tenant_slots),
             System::Portal => Some(&self.portal_slots),
@@ -530,9 +544,8 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             None => None,
         };
         if self.stop.is_cancelled() {
-            return ChangeResult::Skipped {
-                why: self.stopped_why(),
-            };
+            let why = self.stopped_why();
+            return (ChangeResult::Skipped { why }, Vec::new());
         }
 
         let step = self.execute(change).await;
@@ -583,7 +596,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             tracing::error!(user = %change.email, error = %err, "could not record a change");
             self.stop.cancel();
         }
-        step.result
+        (step.result, step.fields_lost)
     }
 
     /// Executes one change against the remote systems.
@@ -638,16 +651,35 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 to_name,
                 to_role,
                 ..
-            } => match self.portal.update_user(email, to_name, *to_role).await {
-                Ok(()) => Step::done(
-                    Effect::PortalUpdated {
-                        portal_id: portal_id.clone(),
-                    },
-                    None,
-                    true,
-                ),
-                Err(err) => Step::failed(chain(&err), None, Effect::None),
-            },
+            } => {
+                let updated = Effect::PortalUpdated {
+                    portal_id: portal_id.clone(),
+                };
+                match self.portal.update_user(email, to_name, *to_role).await {
+                    Ok(()) => Step::done(updated, None, true),
+                    // The PUT took effect, but fields it was sent back were lost (or could not
+                    // be checked): the change fails, loudly, and its audit line says what.
+                    Err(err) => {
+                        let lost: Vec<String> = match &err {
+                            PortalError::FieldsLost { fields, .. } => {
+                                fields.iter().map(|f| f.field.clone()).collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        let wrote = matches!(
+                            err,
+                            PortalError::FieldsLost { .. } | PortalError::Unverified { .. }
+                        );
+                        if !lost.is_empty() {
+                            tracing::error!(user = email, fields = ?lost, "{err}");
+                        }
+                        let effect = if wrote { updated } else { Effect::None };
+                        let mut step = Step::failed(chain(&err), None, effect);
+                        step.fields_lost = lost;
+                        step
+                    }
+                }
+            }
             Action::Unregister { .. } => match self.portal.delete_user(email).await {
                 Ok(true) => Step::done(Effect::PortalGone, None, true),
                 Ok(false) => Step::done(Effect::PortalGone, None, false)

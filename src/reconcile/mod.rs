@@ -83,12 +83,17 @@ impl Default for Settings {
 
 impl Settings {
     /// `policy.*`, `tenant.concurrency`, `portal.concurrency`, `tenant.deltaQuery` and
-    /// `tenant.fullResyncInterval` of `config` (the directory cache lives in `state.dir`);
+    /// `tenant.fullResyncInterval` of `config` (the directory cache lives in `state.dir`), and
+    /// the portal probe's facts in `state.dir` if any (for the plan's `write-only-flags` note);
     /// `force` lifts the mass-removal guards (never the domain policy).
     pub fn from_config(config: &crate::config::Config, force: bool) -> Self {
         let tenant = &config.tenant;
+        let mut policy = config.policy(force);
+        // What `guestops probe portal` observed, for the plan's note (read once, here).
+        policy.hidden_fields.probed_put =
+            crate::preflight::probe::read_put_facts(&config.state.dir, &config.portal.base_url);
         Self {
-            policy: config.policy(force),
+            policy,
             tenant_concurrency: tenant.concurrency,
             portal_concurrency: config.portal.concurrency,
             clock: Utc::now,

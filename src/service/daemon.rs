@@ -663,6 +663,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 change.change.action.name(),
                 result,
             );
+            self.metrics.record_fields_lost(&change.fields_lost);
         }
     }
 }

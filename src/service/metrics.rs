@@ -14,6 +14,7 @@
 //! | `guestops_desired_users` | gauge | — | users in the current desired state |
 //! | `guestops_drift` | gauge | `system` (`tenant`, `portal`, `state`), `kind` (the change kind, e.g. `invite`, `register`, `update-portal`, `unregister`) | changes the last plan found necessary |
 //! | `guestops_changes_total` | counter | `system`, `kind`, `result` (e.g. `success`, `error`) | changes executed against a system |
+//! | `guestops_portal_fields_lost_total` | counter | `field` (e.g. `groups`, `reports`, `companies`, `canExportReport`) | portal fields an `update-portal` lost: the read after its `PUT` found them changed although they were sent back unchanged (the change failed); `groups`, `reports` and `companies` start at 0 |
 //! | `guestops_refused_changes` | gauge | — | changes the last plan left out because policy refuses their user (`allowedDomains`) or the whole plan |
 //! | `guestops_tenant_full_syncs_total` | counter | — | full enumerations of the tenant through delta (first sync, expired link, `tenant.fullResyncInterval`, a lost cache); the log line says why |
 //! | `guestops_pending_invitations` | gauge | — | invited guests that have not redeemed yet |
@@ -111,6 +112,14 @@ struct ChangeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FieldLabels {
+    field: String,
+}
+
+/// The `field` series of `guestops_portal_fields_lost_total` exposed at 0 from the start.
+pub const FIELDS_LOST_AT_START: [&str; 3] = ["groups", "reports", "companies"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RevisionLabels {
     revision: String,
 }
@@ -125,6 +134,7 @@ struct Inner {
     /// a series does not vanish (and alerts resolve on 0, not on absence).
     drift_seen: std::sync::Mutex<Vec<DriftLabels>>,
     changes: Family<ChangeLabels, Counter>,
+    fields_lost: Family<FieldLabels, Counter>,
     refused_changes: Gauge,
     full_syncs: Counter,
     pending_invitations: Gauge,
@@ -201,6 +211,20 @@ impl Metrics {
             changes.clone(),
         );
 
+        let fields_lost = Family::<FieldLabels, Counter>::default();
+        registry.register(
+            "guestops_portal_fields_lost",
+            "Portal fields a role or name update lost: the read after its PUT found them changed although they were sent back unchanged (the update failed)",
+            fields_lost.clone(),
+        );
+        for field in FIELDS_LOST_AT_START {
+            fields_lost
+                .get_or_create(&FieldLabels {
+                    field: field.to_owned(),
+                })
+                .get();
+        }
+
         let refused_changes = Gauge::default();
         registry.register(
             "guestops_refused_changes",
@@ -250,6 +274,7 @@ impl Metrics {
                 drift,
                 drift_seen: std::sync::Mutex::new(Vec::new()),
                 changes,
+                fields_lost,
                 refused_changes,
                 full_syncs,
                 pending_invitations,
@@ -340,6 +365,18 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts the portal fields one update lost (`guestops_portal_fields_lost_total{field}`).
+    pub fn record_fields_lost(&self, fields: &[String]) {
+        for field in fields {
+            self.inner
+                .fields_lost
+                .get_or_create(&FieldLabels {
+                    field: field.clone(),
+                })
+                .inc();
+        }
     }
 
     /// Sets the pending invitations gauge and the age of the oldest one (`None`: none pending,
@@ -461,6 +498,32 @@ mod tests {
         assert_eq!(
             line_value(&text, "guestops_drift{system=\"tenant\",kind=\"invite\"}").as_deref(),
             Some("0")
+        );
+    }
+
+    #[test]
+    fn lost_portal_fields_are_counted_by_field() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_portal_fields_lost_total{field=\"groups\"}").as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        metrics.record_fields_lost(&["groups".to_owned(), "department".to_owned()]);
+        metrics.record_fields_lost(&["groups".to_owned()]);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_portal_fields_lost_total{field=\"groups\"}").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "guestops_portal_fields_lost_total{field=\"department\"}"
+            )
+            .as_deref(),
+            Some("1")
         );
     }
 

@@ -15,6 +15,10 @@
 //! - `PUT /api/user`: the full object with `id`; fields missing from the body are **cleared**
 //!   (arrays emptied, flags false, nullables null: the worst case of §4), the email cannot
 //!   change, 404 for an unknown id;
+//! - the write-only flags ([`HIDDEN_FLAGS`]: `bypassFirewall`, `canExportReportOtherPages`,
+//!   §1.5) are stored from `POST`, `PUT` and seeds but **never returned** by `GET`; a `PUT`
+//!   that omits one resets it to `false` (kept with [`PortalDb::put_keeps_missing`]). Tests
+//!   read them with [`PortalDb::write_only_flags`];
 //! - `DELETE /api/user/{email}`: exact, case-insensitive match on the decoded path segment,
 //!   404 `{"message":"User not found"}`;
 //! - `PUT /api/user/link-groups` `{userEmail, groups}`: the groups must exist
@@ -87,6 +91,10 @@ pub const WRITE_ONLY_FIELDS: [&str; 3] = [
     "sendWelcomeEmail",
 ];
 
+/// The write-only fields that are a user's settings (stored, never listed, reset to `false`
+/// by a `PUT` that omits them); `sendWelcomeEmail` is an instruction of the `POST`, not stored.
+pub const HIDDEN_FLAGS: [&str; 2] = ["bypassFirewall", "canExportReportOtherPages"];
+
 /// The role codes the emulated portal knows (1 Administrator … 4 Workspace Contributor).
 pub const ROLE_CODES: std::ops::RangeInclusive<i64> = 1..=4;
 
@@ -128,9 +136,13 @@ pub struct PortalDb {
     /// are stored by meaning ([`ROLE_CODES`]) and codes 1 and 3 are swapped in every listed
     /// user and in every `role` received. `false` (the default): the documented mapping.
     pub reversed_role_codes: bool,
-    /// `PUT /api/user` keeps the fields missing from the body (§4 case (a)); `false` (the
-    /// default): they are cleared (the worst case).
+    /// `PUT /api/user` keeps the fields missing from the body (§4 case (a)), the write-only
+    /// flags included; `false` (the default): they are cleared (the worst case).
     pub put_keeps_missing: bool,
+    /// Fields `PUT /api/user` resets to their default even when the body carries them (a
+    /// portal whose `PUT` does not take them, e.g. groups changed only through `link-groups`):
+    /// what guestops' check after an update must catch. Empty by default.
+    pub put_resets: BTreeSet<String>,
     /// The status of `POST /api/user` for an address that is registered already (unknown in
     /// reality; default 400 with a ModelState-like body). Nothing is created either way.
     pub duplicate_post_status: u16,
@@ -138,6 +150,8 @@ pub struct PortalDb {
     /// (default 404 `{"message":"User not found"}`).
     pub delete_missing_status: u16,
     groups: BTreeSet<String>,
+    /// The write-only flags of each user ([`HIDDEN_FLAGS`]), by lower-case id.
+    hidden: BTreeMap<String, BTreeMap<String, bool>>,
 }
 
 impl Default for PortalDb {
@@ -153,9 +167,11 @@ impl Default for PortalDb {
             requests: Vec::new(),
             reversed_role_codes: false,
             put_keeps_missing: false,
+            put_resets: BTreeSet::new(),
             duplicate_post_status: 400,
             delete_missing_status: 404,
             groups: BTreeSet::new(),
+            hidden: BTreeMap::new(),
         }
     }
 }
@@ -177,6 +193,32 @@ pub fn default_user(email: &str, name: &str, role: i64) -> Map<String, Value> {
     user.insert("role".to_owned(), Value::from(role));
     fill_defaults(&mut user);
     user
+}
+
+/// The cleared value of a field (`PUT` without it, [`PortalDb::put_resets`]).
+fn cleared(key: &str) -> Value {
+    if ARRAY_FIELDS.contains(&key) {
+        Value::Array(Vec::new())
+    } else if FLAG_FIELDS.contains(&key) {
+        Value::Bool(false)
+    } else {
+        Value::Null
+    }
+}
+
+/// Takes the write-only flags out of `user` (a seed or a `POST` body): every one of
+/// [`HIDDEN_FLAGS`], `false` when absent or not a boolean.
+fn take_hidden(user: &mut Map<String, Value>) -> BTreeMap<String, bool> {
+    HIDDEN_FLAGS
+        .iter()
+        .map(|flag| {
+            let value = user
+                .remove(*flag)
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            ((*flag).to_owned(), value)
+        })
+        .collect()
 }
 
 /// Adds every known field missing from `user` at its default value.
@@ -220,18 +262,51 @@ impl PortalDb {
                 Value::String(uuid::Uuid::new_v4().to_string()),
             );
         }
+        let hidden = take_hidden(&mut user);
         fill_defaults(&mut user);
         let id = id_of(&user).to_owned();
+        self.hidden.insert(id.to_lowercase(), hidden);
         self.users.push(user);
         Ok(id)
     }
 
     /// Inserts a user with default fields (no write counted). Returns the id.
     pub fn add_user(&mut self, email: &str, name: &str, role: i64) -> String {
-        let user = default_user(email, name, role);
+        let mut user = default_user(email, name, role);
         let id = id_of(&user).to_owned();
+        self.hidden
+            .insert(id.to_lowercase(), take_hidden(&mut user));
         self.users.push(user);
         id
+    }
+
+    /// The write-only flags stored for the user with `email` ([`HIDDEN_FLAGS`]: what the last
+    /// `POST`/`PUT` sent, or `false`), which `GET` never shows. `None`: no such user.
+    pub fn write_only_flags(&self, email: &str) -> Option<BTreeMap<String, bool>> {
+        let id = id_of(self.find(email)?).to_lowercase();
+        Some(self.hidden.get(&id).cloned().unwrap_or_else(|| {
+            HIDDEN_FLAGS
+                .iter()
+                .map(|f| ((*f).to_owned(), false))
+                .collect()
+        }))
+    }
+
+    /// Sets a write-only flag of the user with `email` (a change made by hand in the portal);
+    /// `false` when there is no such user or `flag` is not one of [`HIDDEN_FLAGS`].
+    pub fn set_write_only_flag(&mut self, email: &str, flag: &str, value: bool) -> bool {
+        let Some(user) = self.find(email) else {
+            return false;
+        };
+        if !HIDDEN_FLAGS.contains(&flag) {
+            return false;
+        }
+        let id = id_of(user).to_lowercase();
+        self.hidden
+            .entry(id)
+            .or_default()
+            .insert(flag.to_owned(), value);
+        true
     }
 
     /// The user whose email equals `email`, case-insensitively.
@@ -630,6 +705,9 @@ async fn create_user(
     let name = name_of(&body).to_owned();
     let role = db.wire_role(body.get("role").and_then(Value::as_i64).unwrap_or(0));
     let mut user = default_user(&email, &name, role);
+    let mut sent = body.clone();
+    let hidden = take_hidden(&mut sent);
+    db.hidden.insert(id_of(&user).to_lowercase(), hidden);
     for field in ARRAY_FIELDS
         .iter()
         .chain(NULLABLE_FIELDS.iter())
@@ -709,16 +787,31 @@ async fn update_user(
     let mut updated = Map::new();
     for (key, old) in stored {
         let value = match body.get(key) {
+            _ if db.put_resets.contains(key) => cleared(key),
             Some(value) if key == "role" => Value::from(db.wire_role(value.as_i64().unwrap_or(0))),
             Some(value) => value.clone(),
             None if keep => old.clone(),
-            None if ARRAY_FIELDS.contains(&key.as_str()) => Value::Array(Vec::new()),
-            None if FLAG_FIELDS.contains(&key.as_str()) => Value::Bool(false),
             None if key == "id" => old.clone(),
-            None => Value::Null,
+            None => cleared(key),
         };
         updated.insert(key.clone(), value);
     }
+    // The write-only flags: as sent, else kept or reset like any missing field.
+    let hidden_key = id.to_lowercase();
+    let old_hidden = db.hidden.get(&hidden_key).cloned().unwrap_or_default();
+    let hidden: BTreeMap<String, bool> = HIDDEN_FLAGS
+        .iter()
+        .map(|flag| {
+            let value = match body.get(*flag).and_then(Value::as_bool) {
+                _ if db.put_resets.contains(*flag) => false,
+                Some(value) => value,
+                None if keep => old_hidden.get(*flag).copied().unwrap_or(false),
+                None => false,
+            };
+            ((*flag).to_owned(), value)
+        })
+        .collect();
+    db.hidden.insert(hidden_key, hidden);
     db.users[index] = updated;
     db.writes.updates += 1;
     state.counters.writes += 1;
@@ -859,6 +952,23 @@ mod tests {
             1,
             "the same swap reads and writes"
         );
+    }
+
+    #[test]
+    fn write_only_flags_are_stored_but_never_listed() {
+        let mut db = PortalDb::default();
+        db.insert_user(
+            json!({"email": "a@x.example", "name": "A", "role": 1, "bypassFirewall": true}),
+        )
+        .expect("an object");
+        let user = db.find("a@x.example").expect("seeded");
+        assert!(user.get("bypassFirewall").is_none(), "never listed");
+        assert!(db.listed(user).get("bypassFirewall").is_none());
+        let flags = db.write_only_flags("a@x.example").expect("seeded");
+        assert_eq!(flags.get("bypassFirewall"), Some(&true));
+        assert_eq!(flags.get("canExportReportOtherPages"), Some(&false));
+        assert!(db.set_write_only_flag("a@x.example", "canExportReportOtherPages", true));
+        assert!(!db.set_write_only_flag("a@x.example", "hideFolders", true));
     }
 
     #[test]

@@ -43,7 +43,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use super::{
-    Action, Change, GuestOnRemoval, Notice, Observed, Plan, Policy, Refusal, RefusalScope,
+    Action, Change, GuestOnRemoval, HiddenFields, Notice, Observed, Plan, Policy, Refusal,
+    RefusalScope,
 };
 use super::{MAX_RESENDS, REPLICATION_GRACE};
 use super::{State, UserRecord};
@@ -525,6 +526,13 @@ pub fn plan(
     refusals.append(&mut b.user_refusals);
 
     let mut notices = std::mem::take(&mut b.notices);
+    let updates = b
+        .changes
+        .values()
+        .flatten()
+        .filter(|c| matches!(c.action, Action::UpdatePortal { .. }))
+        .count();
+    notices.extend(write_only_note(updates, &policy.hidden_fields));
     notices.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut changes = Vec::new();
@@ -542,6 +550,56 @@ pub fn plan(
         refusals,
         notices,
     }
+}
+
+/// The one plan-wide notice `write-only-flags`: `updates` portal updates while write-only flags
+/// are not stated, so their `PUT`s cannot send them; with what the portal probe observed of a
+/// `PUT` that leaves fields out, when it ran.
+fn write_only_note(updates: usize, hidden: &HiddenFields) -> Option<Notice> {
+    let flags = &hidden.unstated_flags;
+    if updates == 0 || flags.is_empty() {
+        return None;
+    }
+    let (names, it, is) = match flags.as_slice() {
+        [one] => (one.clone(), "it", "is"),
+        many => (many.join(" and "), "them", "are"),
+    };
+    let (n, s) = (updates, if updates == 1 { "" } else { "s" });
+    let mut message = format!(
+        "{names} {is} not stated in portal.writeOnlyFlags: the portal does not return {it}, so guestops does not send {it}, and the PUT of the {n} portal update{s} in this plan may reset {it}"
+    );
+    match &hidden.probed_put {
+        None => message.push_str(
+            "; whether this portal's PUT keeps what it is not sent is unknown (guestops probe portal observes it)",
+        ),
+        Some(probe) => {
+            let day = probe.time.format("%Y-%m-%d");
+            let observed = match probe.keeps_flags {
+                Some(true) => format!(
+                    "; guestops probe portal ({day}) observed that a PUT keeps the flags it is not sent (put.keepsFlags: true), so {it} probably stay{}",
+                    if flags.len() == 1 { "s" } else { "" }
+                ),
+                Some(false) => format!(
+                    "; guestops probe portal ({day}) observed that a PUT resets the flags it is not sent (put.keepsFlags: false), so {it} will be reset"
+                ),
+                None => format!(
+                    "; guestops probe portal ({day}) could not observe whether a PUT keeps the flags it is not sent (put.keepsFlags: null)"
+                ),
+            };
+            message.push_str(&observed);
+        }
+    }
+    let _ = write!(
+        message,
+        "; state {} value{} in portal.writeOnlyFlags to have {it} sent on every create and update",
+        if flags.len() == 1 { "its" } else { "their" },
+        if flags.len() == 1 { "" } else { "s" }
+    );
+    Some(Notice {
+        key: None,
+        code: "write-only-flags".to_owned(),
+        message,
+    })
 }
 
 /// The per-user refusal of a desired user whose domain `policy.allowedDomains` does not list.

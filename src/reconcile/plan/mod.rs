@@ -70,6 +70,47 @@ pub struct Policy {
     pub resend_after: Option<Duration>,
     /// Overrides the `maxDeletions` and empty-desired guards (never the domain policy).
     pub force: bool,
+    /// The portal's fields an update cannot send back (`portal.writeOnlyFlags`, the probe's
+    /// facts): what the `write-only-flags` note says.
+    pub hidden_fields: HiddenFields,
+}
+
+/// What the plan knows of the portal's write-only flags (design §7): which ones the operator
+/// did not state (never sent, so an update's `PUT` may reset them) and what `guestops probe
+/// portal` observed of a `PUT` that leaves fields out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenFields {
+    /// The write-only flags `portal.writeOnlyFlags` does not state, by portal field name.
+    pub unstated_flags: Vec<String>,
+    /// What the portal probe observed, when its facts exist for this portal.
+    pub probed_put: Option<ProbedPut>,
+}
+
+impl Default for HiddenFields {
+    /// Nothing stated (the host configuration's default), no probe facts.
+    fn default() -> Self {
+        Self {
+            unstated_flags: crate::remote::portal::WRITE_ONLY_FLAGS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            probed_put: None,
+        }
+    }
+}
+
+/// What `guestops probe portal` observed of a `PUT /api/user` sent with only `id`, `email`,
+/// `name` and `role` (`state.dir/portal-facts.json`, `put.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedPut {
+    /// When the probe ran.
+    pub time: DateTime<Utc>,
+    /// `put.keepsFlags`: whether a visible flag it was not sent survived (`None`: not observed).
+    pub keeps_flags: Option<bool>,
+    /// `put.keepsGroups`: whether a linked group survived.
+    pub keeps_groups: Option<bool>,
+    /// `put.keepsNullableFields`: whether `department` survived.
+    pub keeps_nullable_fields: Option<bool>,
 }
 
 impl Default for Policy {
@@ -81,6 +122,7 @@ impl Default for Policy {
             max_deletions: 5,
             resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
             force: false,
+            hidden_fields: HiddenFields::default(),
         }
     }
 }

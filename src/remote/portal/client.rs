@@ -10,7 +10,11 @@
 //! - the `email` filter is a contains match, so the client matches exactly itself;
 //! - `POST /api/user` succeeds on 200/201/204 with any body (the body is undocumented);
 //! - `PUT /api/user` sends back every field the GET returned, unknown ones included, because
-//!   leaving a field out may clear it (§4);
+//!   leaving a field out may clear it (§4), and then reads the user once more: any field other
+//!   than `name` and `role` that changed is a loss, reported as [`PortalError::FieldsLost`];
+//! - the write-only flags (`bypassFirewall`, `canExportReportOtherPages`, §1.5) cannot be read
+//!   back: only those the operator stated ([`super::WriteOnlyFlags`]) are sent, on every
+//!   `POST` and `PUT`;
 //! - `DELETE /api/user/{email}` percent-encodes the address as one path segment; 404 means
 //!   "already gone".
 //!
@@ -128,6 +132,33 @@ pub enum PortalError {
         retry_after: Option<Duration>,
     },
 
+    /// The `PUT /api/user` took effect but the read after it shows that fields guestops sent
+    /// back unchanged were changed (cleared, reset): the portal's `PUT` does not keep them.
+    #[error(
+        "the PUT /api/user of {email} changed {} field(s) it was sent unchanged: {}; the new name and role are stored, the lost values are not restored: set them again in the Administration Portal (Users → {email}) and check the portal's PUT with guestops probe portal (docs/specs/power-embedded.md §4)",
+        .fields.len(),
+        lost_list(.fields)
+    )]
+    FieldsLost {
+        /// The address of the user.
+        email: String,
+        /// What changed, field by field, in the order of the first read's object.
+        fields: Vec<super::LostField>,
+    },
+
+    /// The `PUT /api/user` was accepted but the read after it, which checks that nothing else
+    /// changed, failed.
+    #[error(
+        "the PUT /api/user of {email} was accepted but the read that checks its other fields failed, so a loss of groups, reports, companies or flags cannot be ruled out: look at the user in the Administration Portal (Users)"
+    )]
+    Unverified {
+        /// The address of the user.
+        email: String,
+        /// Why the read failed.
+        #[source]
+        source: Box<PortalError>,
+    },
+
     /// The user to update does not exist (any more) in the portal.
     #[error(
         "no portal user has the email {email} ({operation}): it was removed meanwhile; the next reconcile re-observes it"
@@ -241,6 +272,39 @@ fn for_user(user: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// `groups: ["a"] → [], department: "x" → null` (values shortened).
+fn lost_list(fields: &[super::LostField]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} → {}",
+                f.field,
+                shown(Some(&f.before)),
+                f.after
+                    .as_ref()
+                    .map_or_else(|| "(missing)".to_owned(), |v| shown(Some(v)))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The fields of `before` other than the ones the update changes (`name`, `role`) whose value
+/// differs in `after`.
+fn lost_fields(before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<super::LostField> {
+    before
+        .iter()
+        .filter(|(key, _)| !matches!(key.as_str(), "name" | "role"))
+        .filter(|(key, value)| after.get(key.as_str()) != Some(*value))
+        .map(|(key, value)| super::LostField {
+            field: key.clone(),
+            before: value.clone(),
+            after: after.get(key.as_str()).cloned(),
+        })
+        .collect()
+}
+
 fn errors_suffix(errors: &Option<String>) -> String {
     errors
         .as_deref()
@@ -292,6 +356,7 @@ pub struct PortalClient {
     user_url: Url,
     api_key: Credential,
     role_codes: RoleCodes,
+    write_only_flags: super::WriteOnlyFlags,
     max_pages: u32,
 }
 
@@ -302,6 +367,7 @@ impl fmt::Debug for PortalClient {
             .field("api_key", &self.api_key)
             .field("retry", self.edge.retry())
             .field("role_codes", &self.role_codes)
+            .field("write_only_flags", &self.write_only_flags)
             .field("max_pages", &self.max_pages)
             .finish()
     }
@@ -413,6 +479,7 @@ impl PortalClient {
             user_url,
             api_key,
             role_codes: settings.role_codes,
+            write_only_flags: settings.write_only_flags,
             max_pages: DEFAULT_MAX_PAGES,
         })
     }
@@ -692,11 +759,14 @@ impl Portal for PortalClient {
 
     async fn create_user(&self, user: &NewPortalUser) -> Result<(), PortalError> {
         let email = user.email.trim();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "email": email,
             "name": user.name,
             "role": self.role_codes.code(user.role),
         });
+        for (flag, value) in self.write_only_flags.stated() {
+            body[flag] = Value::Bool(value);
+        }
         let op = Op {
             operation: "POST /api/user".to_owned(),
             endpoint: "POST /api/user",
@@ -734,8 +804,13 @@ impl Portal for PortalClient {
             tracing::debug!(user = email, "portal user already has this name and role");
             return Ok(());
         }
+        let before = user.clone();
         user.insert("name".to_owned(), Value::String(name.to_owned()));
         user.insert("role".to_owned(), Value::from(code));
+        // GET never returns them, so only what the operator stated can be sent.
+        for (flag, value) in self.write_only_flags.stated() {
+            user.insert(flag.to_owned(), Value::Bool(value));
+        }
         let body = Value::Object(user);
         let op = Op {
             operation: "PUT /api/user".to_owned(),
@@ -756,7 +831,35 @@ impl Portal for PortalClient {
                 email: email.to_owned(),
             });
         }
-        self.check(reply, &op).map(|_| ())
+        self.check(reply, &op)?;
+        // One read after the write: did the portal keep what it was sent back?
+        let after = match self.find_raw(email).await {
+            Ok(Some(after)) => after,
+            Ok(None) => {
+                return Err(PortalError::Unverified {
+                    email: email.to_owned(),
+                    source: Box::new(PortalError::UserNotFound {
+                        operation: "GET /api/user?email= after PUT".to_owned(),
+                        email: email.to_owned(),
+                    }),
+                });
+            }
+            Err(err) => {
+                return Err(PortalError::Unverified {
+                    email: email.to_owned(),
+                    source: Box::new(err),
+                });
+            }
+        };
+        let lost = lost_fields(&before, &after);
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(PortalError::FieldsLost {
+                email: email.to_owned(),
+                fields: lost,
+            })
+        }
     }
 
     async fn delete_user(&self, email: &str) -> Result<bool, PortalError> {

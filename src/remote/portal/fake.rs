@@ -6,7 +6,8 @@
 //! updating changes only name and role and keeps every other field (here: `groups`); deleting a
 //! missing user answers `Ok(false)`.
 //!
-//! Test knobs: [`PortalFault`]s (fail the next N calls of an operation, optionally only for one
+//! Test knobs: [`FakePortal::set_put_drops_groups`] (an update clears the groups and reports
+//! the loss, as the HTTP client's read after the `PUT` does), [`PortalFault`]s (fail the next N calls of an operation, optionally only for one
 //! address, optionally after the write happened), latency, call counts and the largest number
 //! of calls in flight at once.
 
@@ -48,6 +49,7 @@ struct Inner {
     users: Vec<Stored>,
     codes: RoleCodes,
     next_id: u64,
+    put_drops_groups: bool,
 }
 
 /// An in-memory portal; clones share the same users.
@@ -117,6 +119,13 @@ impl FakePortal {
             .iter()
             .find(|s| s.user.email.eq_ignore_ascii_case(email.trim()))
             .map(|s| s.groups.clone())
+    }
+
+    /// From now on an update also clears the user's groups and fails with
+    /// [`PortalError::FieldsLost`] naming them (a portal whose `PUT` drops the groups it is
+    /// sent back); the name and role are changed all the same.
+    pub fn set_put_drops_groups(&self, drops: bool) {
+        self.lock().put_drops_groups = drops;
     }
 
     /// Injects a fault.
@@ -233,10 +242,22 @@ impl Portal for FakePortal {
         let Some(i) = position(&inner, email) else {
             return Err(api_error(operation, 404, "user not found"));
         };
+        let drops_groups = inner.put_drops_groups;
         let stored = &mut inner.users[i];
         stored.user.name = name.to_owned();
         stored.user.role = Some(role);
         stored.user.role_code = Some(code);
+        if drops_groups && !stored.groups.is_empty() {
+            let before = std::mem::take(&mut stored.groups);
+            return Err(PortalError::FieldsLost {
+                email: stored.user.email.clone(),
+                fields: vec![super::LostField {
+                    field: "groups".to_owned(),
+                    before: serde_json::json!(before),
+                    after: Some(serde_json::json!([])),
+                }],
+            });
+        }
         match fault {
             Some(fault) => Err(injected(operation, &fault)),
             None => Ok(()),

@@ -30,6 +30,64 @@ pub struct PortalSettings {
     pub write_rate: crate::remote::pace::WriteRate,
     /// Role names ↔ portal codes.
     pub role_codes: RoleCodes,
+    /// The values of the write-only flags the operator stated (`portal.writeOnlyFlags`), sent
+    /// on every create and update; an unstated flag is never sent.
+    pub write_only_flags: WriteOnlyFlags,
+}
+
+/// The portal's write-only flags (`docs/specs/power-embedded.md` §1.5): accepted on `POST` and
+/// `PUT /api/user`, never returned by `GET`, so a read-modify-write cannot send them back and
+/// a `PUT` may reset them (§4).
+pub const WRITE_ONLY_FLAGS: [&str; 2] = ["bypassFirewall", "canExportReportOtherPages"];
+
+/// What the operator states about the write-only flags (`portal.writeOnlyFlags.*`): `None` is
+/// "not stated" (never sent), not a default of `false`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOnlyFlags {
+    /// `bypassFirewall`: the user is exempt from the portal's IP firewall.
+    pub bypass_firewall: Option<bool>,
+    /// `canExportReportOtherPages`: the user may choose pages when exporting.
+    pub can_export_report_other_pages: Option<bool>,
+}
+
+impl WriteOnlyFlags {
+    /// Every flag by its portal field name, in [`WRITE_ONLY_FLAGS`] order, with its stated
+    /// value.
+    pub fn all(&self) -> [(&'static str, Option<bool>); 2] {
+        [
+            (WRITE_ONLY_FLAGS[0], self.bypass_firewall),
+            (WRITE_ONLY_FLAGS[1], self.can_export_report_other_pages),
+        ]
+    }
+
+    /// The stated flags and their values: what every create and update sends.
+    pub fn stated(&self) -> Vec<(&'static str, bool)> {
+        self.all()
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect()
+    }
+
+    /// The flags not stated: never sent, so a `PUT` may reset them.
+    pub fn unstated(&self) -> Vec<&'static str> {
+        self.all()
+            .into_iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// A field a `PUT /api/user` changed although guestops sent it back unchanged (found by the
+/// read after the update).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostField {
+    /// The field's name, e.g. `groups`.
+    pub field: String,
+    /// Its value before the update.
+    pub before: serde_json::Value,
+    /// Its value after the update; `None` when the field is gone.
+    pub after: Option<serde_json::Value>,
 }
 
 /// Role names ↔ the portal's numeric `role` codes, in one place.
@@ -129,7 +187,9 @@ pub trait Portal: Send + Sync {
     ) -> impl Future<Output = Result<(), PortalError>> + Send;
 
     /// Read-modify-write: GET the user, change only `name` and `role`, and `PUT /api/user`
-    /// every field the GET returned (unknown fields included).
+    /// every field the GET returned (unknown fields included) plus the stated write-only
+    /// flags; then GET it once more and fail with [`PortalError::FieldsLost`] when any other
+    /// field changed.
     fn update_user(
         &self,
         email: &str,

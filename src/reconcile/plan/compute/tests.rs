@@ -992,3 +992,75 @@ fn unrelated_tenant_and_portal_users_are_ignored() {
     assert!(p.is_empty());
     assert!(p.notices.is_empty(), "{:?}", p.notices);
 }
+
+/// Two updates while both write-only flags are unstated: one note for the plan, not per user.
+#[test]
+fn updates_with_unstated_write_only_flags_get_one_plan_wide_note() {
+    let bob = "bob@vendor.example";
+    let st = state(vec![
+        owned(ANA, Some("g1"), Some("p-ana")),
+        owned(bob, Some("g2"), Some("p-bob")),
+    ]);
+    let observed = observed(
+        vec![guest("g1", ANA), guest("g2", bob)],
+        vec![
+            portal_user("p-ana", ANA, "Ana Silva", Some(Role::Viewer)),
+            portal_user("p-bob", bob, "Bob", Some(Role::Viewer)),
+        ],
+    );
+    let d = desired(vec![ana(), user(bob, "Bob", Role::Contributor)]);
+    let p = plan(&d, &observed, &st, &prune(), now());
+    assert_eq!(actions(&p).len(), 2, "{:?}", actions(&p));
+    let notes: Vec<&Notice> = p
+        .notices
+        .iter()
+        .filter(|n| n.code == "write-only-flags")
+        .collect();
+    assert_eq!(notes.len(), 1, "{:?}", p.notices);
+    assert_eq!(notes[0].key, None, "plan-wide");
+    assert_eq!(
+        notes[0].message,
+        "bypassFirewall and canExportReportOtherPages are not stated in portal.writeOnlyFlags: \
+         the portal does not return them, so guestops does not send them, and the PUT of the 2 \
+         portal updates in this plan may reset them; whether this portal's PUT keeps what it is \
+         not sent is unknown (guestops probe portal observes it); state their values in \
+         portal.writeOnlyFlags to have them sent on every create and update"
+    );
+
+    // One flag stated, and the probe saw a PUT keep what it was not sent.
+    let mut policy = prune();
+    policy.hidden_fields = HiddenFields {
+        unstated_flags: vec!["canExportReportOtherPages".to_owned()],
+        probed_put: Some(super::super::ProbedPut {
+            time: hours_ago(48),
+            keeps_flags: Some(true),
+            keeps_groups: Some(true),
+            keeps_nullable_fields: Some(true),
+        }),
+    };
+    let p = plan(&d, &observed, &st, &policy, now());
+    let note = p
+        .notices
+        .iter()
+        .find(|n| n.code == "write-only-flags")
+        .expect("one flag is unstated");
+    assert!(
+        note.message.starts_with("canExportReportOtherPages is not stated")
+            && note.message.contains(
+                "guestops probe portal (2026-03-08) observed that a PUT keeps the flags it is not sent (put.keepsFlags: true), so it probably stays"
+            ),
+        "{}",
+        note.message
+    );
+
+    // Every flag stated, or no update: no note.
+    policy.hidden_fields.unstated_flags.clear();
+    let p = plan(&d, &observed, &st, &policy, now());
+    assert!(!p.notices.iter().any(|n| n.code == "write-only-flags"));
+    let in_sync = desired(vec![
+        user(ANA, "Ana Silva", Role::Viewer),
+        user(bob, "Bob", Role::Viewer),
+    ]);
+    let p = plan(&in_sync, &observed, &st, &prune(), now());
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+}
