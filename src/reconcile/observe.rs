@@ -33,6 +33,7 @@ use crate::reconcile::state::State;
 use crate::remote::graph::{
     DeltaChange, DeltaRound, DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant,
 };
+use crate::remote::identity;
 use crate::remote::portal::{Portal, PortalError};
 
 /// Why observation failed. Nothing was written. The message says so; the remote's error is
@@ -148,6 +149,17 @@ pub async fn observe<T: Tenant, P: Portal>(
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
+    // Deleted items only for the addresses no live user holds, after both reads: the ones the
+    // plan would otherwise invite (none in a steady state, so no request).
+    let unheld = unheld_addresses(&by_email, &found_by_email);
+    let mut deleted: Vec<DirectoryUser> =
+        futures::stream::iter(unheld.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|emails| async move { tenant.find_deleted_by_emails(&emails).await })
+            .buffer_unordered(concurrency)
+            .try_concat()
+            .await?;
+    deleted.sort_by(|a, b| a.id.cmp(&b.id));
+    deleted.dedup_by(|a, b| a.id == b.id);
     lookups.extend(found_by_email);
     lookups.extend(found_by_id.into_iter().flatten().flatten());
     // Deterministic regardless of completion order.
@@ -158,6 +170,7 @@ pub async fn observe<T: Tenant, P: Portal>(
         Observed {
             guests,
             lookups,
+            deleted,
             portal_users,
         },
         picture,
@@ -381,6 +394,15 @@ fn members_that_matter(
     by_address
         .chain(by_id)
         .filter(|u| !u.is_guest())
+        .cloned()
+        .collect()
+}
+
+/// The addresses of `looked_up` that none of `found` holds.
+fn unheld_addresses(looked_up: &[String], found: &[DirectoryUser]) -> Vec<String> {
+    looked_up
+        .iter()
+        .filter(|email| !found.iter().any(|u| identity::holds_address(u, email)))
         .cloned()
         .collect()
 }

@@ -113,6 +113,7 @@ fn observed(guests: Vec<DirectoryUser>, portal: Vec<PortalUser>) -> Observed {
     Observed {
         guests,
         lookups: Vec::new(),
+        deleted: Vec::new(),
         portal_users: portal,
     }
 }
