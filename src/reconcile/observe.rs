@@ -490,6 +490,56 @@ mod tests {
         assert_eq!(ids, [member.as_str()]);
     }
 
+    // Issue 9 item 4: deleted items are read only for addresses no live user holds.
+    #[tokio::test]
+    async fn deleted_items_are_looked_up_only_for_addresses_no_live_user_holds() {
+        let tenant = FakeTenant::new();
+        tenant.add_guest("listed@partner.example", "Listed");
+        tenant.add_member("member@partner.example", "Member");
+        let gone = tenant.add_guest("gone@partner.example", "Gone");
+        assert!(tenant.soft_delete(&gone));
+        let observe_of = |emails: &'static [&'static str]| {
+            let tenant = tenant.clone();
+            async move {
+                observe(
+                    &desired_of(emails),
+                    &State::default(),
+                    &tenant,
+                    &FakePortal::new(),
+                    2,
+                    TenantRead::Listing,
+                )
+                .await
+            }
+        };
+
+        let (held, _) = observe_of(&["listed@partner.example", "member@partner.example"])
+            .await
+            .expect("observe");
+        assert!(held.deleted.is_empty());
+        assert_eq!(tenant.calls(TenantOp::FindDeletedByEmails), 0, "all held");
+
+        let (observed, _) = observe_of(&[
+            "listed@partner.example",
+            "member@partner.example",
+            "gone@partner.example",
+            "new@partner.example",
+        ])
+        .await
+        .expect("observe");
+        assert_eq!(tenant.calls(TenantOp::FindDeletedByEmails), 1, "one batch");
+        let ids: Vec<&str> = observed.deleted.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, [gone.as_str()]);
+
+        // Fail closed: a failed look-up of deleted items fails the observation.
+        tenant.inject(crate::remote::fake::Fault::new(
+            TenantOp::FindDeletedByEmails,
+            503,
+        ));
+        let failed = observe_of(&["gone@partner.example"]).await;
+        assert!(matches!(failed, Err(ObserveError::Tenant(_))), "{failed:?}");
+    }
+
     fn desired_of(emails: &[&str]) -> DesiredState {
         let mut yaml = String::from("apiVersion: guestops/v1\nusers:\n");
         for email in emails {

@@ -2387,6 +2387,114 @@ mod permission_tests {
         }
     }
 
+    // Issue 9 item 4: deleted items, their look-up and the restore with its permission.
+    #[tokio::test]
+    async fn a_deleted_guest_is_found_by_mail_not_upn_and_restored_only_with_the_permission() {
+        let sim = Sim::new();
+        let id = sim.state().graph.add_guest("ana@partner.example", "Ana");
+        let upn = sim
+            .state()
+            .graph
+            .user(&id)
+            .expect("ana")
+            .user_principal_name
+            .clone();
+        assert!(sim.state().graph.delete_user(&id));
+        let token = sign_in(&sim).await;
+        let list = |filter: &str| {
+            format!(
+                "/v1.0/directory/deletedItems/microsoft.graph.user?$filter={}&$select=id,mail,userPrincipalName",
+                encode(filter)
+            )
+        };
+        let by_mail =
+            list("mail eq 'ANA@partner.example' or otherMails/any(x:x eq 'ana@partner.example')");
+        let (status, answer) = call(&sim, Method::GET, &by_mail, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["value"][0]["id"], id.as_str());
+        assert_eq!(answer["value"][0]["@odata.type"], "#microsoft.graph.user");
+        assert_eq!(
+            answer["value"][0]["userPrincipalName"],
+            format!("{id}{upn}")
+        );
+        let by_upn = list(&format!("userPrincipalName eq '{upn}'"));
+        let (_, answer) = call(&sim, Method::GET, &by_upn, Some(&token), None).await;
+        assert_eq!(
+            answer["value"],
+            json!([]),
+            "the UPN of a deleted user carries its id"
+        );
+        let (status, _) = call(
+            &sim,
+            Method::GET,
+            "/v1.0/directory/deletedItems/microsoft.graph.user?$orderby=displayName",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "strict on what it does not emulate"
+        );
+        // The invitation of a held address fails.
+        let (status, answer) = call(
+            &sim,
+            Method::POST,
+            "/v1.0/invitations",
+            Some(&token),
+            Some(json!({"invitedUserEmailAddress": "ana@partner.example", "inviteRedirectUrl": "https://portal.example"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+        let restore = format!("/v1.0/directory/deletedItems/{id}/restore");
+        sim.state().graph.set_roles(&[
+            "User.Read.All",
+            "User.Invite.All",
+            "User.EnableDisableAccount.All",
+        ]);
+        let without = sign_in(&sim).await;
+        let (status, answer) = call(&sim, Method::POST, &restore, Some(&without), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert_eq!(code(&answer), "Authorization_RequestDenied");
+        assert_eq!(sim.state().graph.deleted_users().len(), 1, "still deleted");
+        let (status, _) = call(
+            &sim,
+            Method::POST,
+            &restore,
+            Some(&token),
+            Some(json!({"anything": 1})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "no body");
+        let (status, answer) = call(&sim, Method::POST, &restore, Some(&token), None).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["id"], id.as_str());
+        assert_eq!(
+            answer["userPrincipalName"],
+            upn.as_str(),
+            "the UPN is given back"
+        );
+        assert!(sim.state().graph.user(&id).is_some(), "live again, same id");
+        assert_eq!(sim.state().counters.writes, 1);
+        let (status, answer) = call(&sim, Method::POST, &restore, Some(&token), None).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "no longer in deleted items: {answer}"
+        );
+        // User.ReadWrite.All will do too; an address taken meanwhile blocks the restore.
+        assert!(sim.state().graph.delete_user(&id));
+        sim.state()
+            .graph
+            .add_guest("ana@partner.example", "Ana again");
+        sim.state().graph.set_roles(&["User.ReadWrite.All"]);
+        let broad = sign_in(&sim).await;
+        let (status, answer) = call(&sim, Method::POST, &restore, Some(&broad), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    }
+
     #[tokio::test]
     async fn a_token_keeps_the_roles_it_was_issued_with() {
         let sim = Sim::new();

@@ -8,6 +8,9 @@
 //!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively — through
 //!   [`crate::remote::identity`], the same matching as the client and the plan;
 //! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404;
+//! - a soft-deleted user keeps its addresses: inviting one fails (`400`), restoring it
+//!   ([`super::Tenant::restore_user`]) brings it back with its id, an id not in deleted items
+//!   answers 404;
 //! - a batched lookup ([`super::Tenant::find_by_emails`], [`super::Tenant::get_users`]) is one
 //!   call that succeeds or fails as a whole; each of its items is a read (replication lag).
 //!
@@ -474,6 +477,23 @@ impl Tenant for FakeTenant {
             return Err(api_error(&operation, fault, rid));
         }
         inner.invitations.push(invitation.clone());
+        // A soft-deleted user still holds its addresses: Graph refuses the invitation.
+        if let Some(ghost) = inner
+            .deleted
+            .iter()
+            .find(|u| identity::holds_address(u, &invitation.email))
+        {
+            return Err(GraphError::Api {
+                operation,
+                status: 400,
+                code: "BadRequest".to_owned(),
+                message: format!(
+                    "The invited user already exists in the directory as object {} (a deleted user).",
+                    ghost.id
+                ),
+                request_id: Some(rid),
+            });
+        }
         let existing = inner
             .users
             .iter()
