@@ -7,6 +7,8 @@ mod common;
 mod fail_closed;
 #[path = "e2e/restore.rs"]
 mod restore;
+#[path = "e2e/retry_after.rs"]
+mod retry_after;
 #[path = "e2e/sign_in.rs"]
 mod sign_in;
 
