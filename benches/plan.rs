@@ -116,6 +116,7 @@ fn main() {
     let observed = Observed {
         guests,
         lookups: Vec::new(),
+        deleted: Vec::new(),
         portal_users,
     };
     let state = State::default();

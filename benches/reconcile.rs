@@ -42,7 +42,7 @@ use guestops::reconcile::state::StateStore;
 use guestops::reconcile::{Context, Desired, Mode, Settings, run_once};
 use guestops::remote::Credential;
 use guestops::remote::graph::{
-    DeltaRound, DirectoryUser, GraphClient, GraphError, Invitation, Invited, Tenant,
+    DeltaRound, DirectoryUser, GraphClient, GraphError, Invitation, Invited, Restored, Tenant,
 };
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::pace::WriteRate;
@@ -316,6 +316,17 @@ impl Tenant for Serial<GraphClient> {
     async fn delta(&self, from: Option<&str>) -> Result<DeltaRound, GraphError> {
         let _one = self.one().await;
         self.inner.delta(from).await
+    }
+    async fn find_deleted_by_emails(
+        &self,
+        emails: &[String],
+    ) -> Result<Vec<DirectoryUser>, GraphError> {
+        let _one = self.one().await;
+        self.inner.find_deleted_by_emails(emails).await
+    }
+    async fn restore_user(&self, id: &str) -> Result<Restored, GraphError> {
+        let _one = self.one().await;
+        self.inner.restore_user(id).await
     }
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
         let _one = self.one().await;

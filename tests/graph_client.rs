@@ -1497,3 +1497,60 @@ async fn each_cloud_asks_for_its_own_graph_resource_whatever_the_endpoints() {
         }
     }
 }
+
+// Issue 9 item 4: deleted items through `$batch`, and the restore.
+#[tokio::test]
+async fn deleted_guests_are_found_in_batches_and_restored_with_their_id() {
+    let env = start().await;
+    let ana = env
+        .sim
+        .state()
+        .graph
+        .add_guest("Ana@Partner.example", "Ana");
+    let bo = env
+        .sim
+        .state()
+        .graph
+        .add_guest("o'bo@partner.example", "Bo");
+    let live = env
+        .sim
+        .state()
+        .graph
+        .add_guest("live@partner.example", "Live");
+    assert!(env.sim.state().graph.delete_user(&ana));
+    assert!(env.sim.state().graph.delete_user(&bo));
+    let client = env.client();
+    let emails: Vec<String> = (0..21)
+        .map(|i| format!("nobody{i}@partner.example"))
+        .chain(["ana@partner.example".into(), "o'bo@partner.example".into()])
+        .chain(["live@partner.example".into()])
+        .collect();
+    let before = env.sim.state().counters.clone();
+    let found = client
+        .find_deleted_by_emails(&emails)
+        .await
+        .expect("the look-up");
+    let ids: BTreeSet<&str> = found.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids, [ana.as_str(), bo.as_str()].into_iter().collect());
+    let after = env.sim.state().counters.clone();
+    assert_eq!(after.graph_batches - before.graph_batches, 2, "20 + 4");
+    assert_eq!(
+        after.graph_batch_inner_requests - before.graph_batch_inner_requests,
+        24
+    );
+
+    let restored = client.restore_user(&ana).await.expect("restored");
+    assert_eq!(restored.user_id, ana);
+    assert!(env.sim.state().graph.user(&ana).is_some());
+    assert!(env.sim.state().graph.user(&live).is_some());
+
+    // Without the permission: Graph's 403, for the caller to explain.
+    env.sim
+        .state()
+        .graph
+        .revoke_permission("User.DeleteRestore.All");
+    let narrow = env.client();
+    let err = narrow.restore_user(&bo).await.expect_err("refused");
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert_eq!(err.code(), Some("Authorization_RequestDenied"));
+}

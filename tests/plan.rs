@@ -71,6 +71,20 @@ fn apply_model(
                 rec.guest_id = Some(guest_id.clone());
                 rec.guest_owned = true;
             }
+            Action::RestoreGuest { guest_id } => {
+                // The deleted guest comes back with its id, and guestops owns it.
+                let at = obs.deleted.iter().position(|u| &u.id == guest_id);
+                let restored = obs.deleted.remove(at.expect("restores a deleted guest"));
+                obs.guests.push(restored);
+                let rec = record(&mut st, key, email);
+                if rec.guest_id.as_deref() != Some(guest_id) {
+                    rec.invited_at = None;
+                    rec.last_invitation_at = None;
+                    rec.resend_count = 0;
+                }
+                rec.guest_id = Some(guest_id.clone());
+                rec.guest_owned = true;
+            }
             Action::Invite { display_name, .. } => {
                 let id = format!("new-guest-{n}");
                 obs.guests.push(DirectoryUser {
@@ -566,7 +580,7 @@ fn portal_user(id: &str, email: &str, name: &str, role: Option<Role>) -> PortalU
 }
 
 /// One of everything: invite + register, adopt, update (role and name), resend, a removal,
-/// a member, a refusal.
+/// a member, a refusal, a restore of a soft-deleted guest.
 fn representative_plan() -> Plan {
     let mut users = vec![
         desired_user(
@@ -583,6 +597,7 @@ fn representative_plan() -> Plan {
         desired_user("dan@contoso.example", "Dan Internal", Role::Contributor),
         desired_user("eve@evil.example", "Eve | <b>@everyone</b>", Role::Viewer),
         desired_user("fay@partner.example", "Fay Ok", Role::Administrator),
+        desired_user("ivy@partner.example", "Ivy Back", Role::Viewer),
     ];
     users[0].reason = Some("CHG-1234 migration support".to_owned());
     let mut expired = desired_user("gus@vendor.example", "Gus Gone", Role::Contributor);
@@ -612,6 +627,7 @@ fn representative_plan() -> Plan {
             guest("g-hal", "hal@vendor.example"),
         ],
         lookups: vec![dan],
+        deleted: vec![guest("g-ivy", "ivy@partner.example")],
         portal_users: vec![
             portal_user(
                 "p-bob",
@@ -643,6 +659,12 @@ fn representative_plan() -> Plan {
                 "hal@vendor.example",
                 "Hal",
                 Some(Role::Administrator),
+            ),
+            portal_user(
+                "p-ivy",
+                "ivy@partner.example",
+                "Ivy Back",
+                Some(Role::Viewer),
             ),
             portal_user(
                 "p-viewer",
@@ -679,6 +701,10 @@ fn representative_plan() -> Plan {
             (
                 "hal@vendor.example".to_owned(),
                 owned("hal@vendor.example", "g-hal", "p-hal"),
+            ),
+            (
+                "ivy@partner.example".to_owned(),
+                owned("ivy@partner.example", "g-ivy", "p-ivy"),
             ),
         ]
         .into_iter()

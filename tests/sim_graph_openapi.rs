@@ -624,3 +624,48 @@ fn the_converted_schemas_catch_drift() {
             .is_empty()
     );
 }
+
+// Issue 9 item 4: the restore action answers a directoryObject (here a user), and the deleted
+// items listing holds users.
+#[tokio::test]
+async fn a_restored_user_and_deleted_items_match_their_schemas() {
+    let env = start().await;
+    let schemas = Schemas::load();
+    let mut user_props = schemas.properties("microsoft.graph.user");
+    user_props.extend(DEFAULT_PROPERTIES.iter().map(|p| (*p).to_owned()));
+    let id = env
+        .sim
+        .state()
+        .graph
+        .add_guest("ana@partner.example", "Ana");
+    assert!(env.sim.state().graph.delete_user(&id));
+
+    let (status, listing) = env
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "directory/deletedItems/microsoft.graph.user?$filter=mail%20eq%20'ana@partner.example'&$select={USER_SELECT}"
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{listing}");
+    let users = listing["value"].as_array().expect("value");
+    assert_eq!(users.len(), 1);
+    for user in users {
+        schemas.assert_valid("microsoft.graph.user", user);
+        assert_declared(user, &user_props, "a deleted user");
+    }
+
+    let (status, restored) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("directory/deletedItems/{id}/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{restored}");
+    schemas.assert_valid("microsoft.graph.directoryObject", &restored);
+    schemas.assert_valid("microsoft.graph.user", &restored);
+    assert_declared(&restored, &user_props, "the restored user");
+}

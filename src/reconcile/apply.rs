@@ -611,6 +611,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 portal_id: Some(portal_id.clone()),
             }),
             Action::ReleaseGuest { .. } => Step::state_only(Effect::GuestReleased { gone: false }),
+            Action::RestoreGuest { guest_id } => self.restore(email, guest_id).await,
             Action::Invite {
                 display_name,
                 send_email,
@@ -706,6 +707,41 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                     Effect::RemovalFailed,
                 ),
             },
+        }
+    }
+
+    /// `POST /directory/deletedItems/{id}/restore` of the soft-deleted guest holding the
+    /// address, then guestops owns it like an adopted guest (no invitation, no email). Not
+    /// retried: after any failure the next reconcile observes where the guest is (restored:
+    /// adopted; still deleted: restored again). A `403` is the missing permission: the failure
+    /// says how to fix it, for this user only.
+    async fn restore(&self, email: &str, guest_id: &str) -> Step {
+        match self.tenant.restore_user(guest_id).await {
+            Ok(restored) => Step::done(
+                Effect::GuestOwned {
+                    guest_id: restored.user_id,
+                    invited: false,
+                },
+                restored.request_id,
+                true,
+            )
+            .with_detail("restored from deleted items".to_owned()),
+            Err(err) if err.status() == Some(403) => Step::failed(
+                format!(
+                    "{email} is held by the soft-deleted guest {guest_id}, which cannot be invited again, and guestops may not restore it ({err}); grant the application permission User.DeleteRestore.All (with admin consent) so that guestops restores it, or restore it yourself in the Entra admin center (Users > Deleted users), or delete it permanently so that the address can be invited",
+                    err = chain(&err)
+                ),
+                err.request_id().map(str::to_owned),
+                Effect::None,
+            ),
+            Err(err) => Step::failed(
+                format!(
+                    "could not restore the soft-deleted guest {guest_id} of {email}: {err}",
+                    err = chain(&err)
+                ),
+                err.request_id().map(str::to_owned),
+                Effect::None,
+            ),
         }
     }
 

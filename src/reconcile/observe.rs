@@ -33,6 +33,7 @@ use crate::reconcile::state::State;
 use crate::remote::graph::{
     DeltaChange, DeltaRound, DirectoryUser, GraphError, MAX_BATCH_REQUESTS, Tenant,
 };
+use crate::remote::identity;
 use crate::remote::portal::{Portal, PortalError};
 
 /// Why observation failed. Nothing was written. The message says so; the remote's error is
@@ -148,6 +149,17 @@ pub async fn observe<T: Tenant, P: Portal>(
             .buffer_unordered(concurrency)
             .try_collect()
             .await?;
+    // Deleted items only for the addresses no live user holds, after both reads: the ones the
+    // plan would otherwise invite (none in a steady state, so no request).
+    let unheld = unheld_addresses(&by_email, &found_by_email);
+    let mut deleted: Vec<DirectoryUser> =
+        futures::stream::iter(unheld.chunks(MAX_BATCH_REQUESTS).map(<[String]>::to_vec))
+            .map(|emails| async move { tenant.find_deleted_by_emails(&emails).await })
+            .buffer_unordered(concurrency)
+            .try_concat()
+            .await?;
+    deleted.sort_by(|a, b| a.id.cmp(&b.id));
+    deleted.dedup_by(|a, b| a.id == b.id);
     lookups.extend(found_by_email);
     lookups.extend(found_by_id.into_iter().flatten().flatten());
     // Deterministic regardless of completion order.
@@ -158,6 +170,7 @@ pub async fn observe<T: Tenant, P: Portal>(
         Observed {
             guests,
             lookups,
+            deleted,
             portal_users,
         },
         picture,
@@ -385,6 +398,15 @@ fn members_that_matter(
         .collect()
 }
 
+/// The addresses of `looked_up` that none of `found` holds.
+fn unheld_addresses(looked_up: &[String], found: &[DirectoryUser]) -> Vec<String> {
+    looked_up
+        .iter()
+        .filter(|email| !found.iter().any(|u| identity::holds_address(u, email)))
+        .cloned()
+        .collect()
+}
+
 /// Which desired addresses and which recorded guest ids the picture does not explain.
 fn lookups_needed(
     desired: &DesiredState,
@@ -466,6 +488,56 @@ mod tests {
         assert_eq!(tenant.max_in_flight(), 2, "two batches at once, never more");
         let ids: Vec<&str> = observed.lookups.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, [member.as_str()]);
+    }
+
+    // Issue 9 item 4: deleted items are read only for addresses no live user holds.
+    #[tokio::test]
+    async fn deleted_items_are_looked_up_only_for_addresses_no_live_user_holds() {
+        let tenant = FakeTenant::new();
+        tenant.add_guest("listed@partner.example", "Listed");
+        tenant.add_member("member@partner.example", "Member");
+        let gone = tenant.add_guest("gone@partner.example", "Gone");
+        assert!(tenant.soft_delete(&gone));
+        let observe_of = |emails: &'static [&'static str]| {
+            let tenant = tenant.clone();
+            async move {
+                observe(
+                    &desired_of(emails),
+                    &State::default(),
+                    &tenant,
+                    &FakePortal::new(),
+                    2,
+                    TenantRead::Listing,
+                )
+                .await
+            }
+        };
+
+        let (held, _) = observe_of(&["listed@partner.example", "member@partner.example"])
+            .await
+            .expect("observe");
+        assert!(held.deleted.is_empty());
+        assert_eq!(tenant.calls(TenantOp::FindDeletedByEmails), 0, "all held");
+
+        let (observed, _) = observe_of(&[
+            "listed@partner.example",
+            "member@partner.example",
+            "gone@partner.example",
+            "new@partner.example",
+        ])
+        .await
+        .expect("observe");
+        assert_eq!(tenant.calls(TenantOp::FindDeletedByEmails), 1, "one batch");
+        let ids: Vec<&str> = observed.deleted.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, [gone.as_str()]);
+
+        // Fail closed: a failed look-up of deleted items fails the observation.
+        tenant.inject(crate::remote::fake::Fault::new(
+            TenantOp::FindDeletedByEmails,
+            503,
+        ));
+        let failed = observe_of(&["gone@partner.example"]).await;
+        assert!(matches!(failed, Err(ObserveError::Tenant(_))), "{failed:?}");
     }
 
     fn desired_of(emails: &[&str]) -> DesiredState {

@@ -97,6 +97,30 @@ pub struct Counters {
     pub graph_batch_inner_requests: u64,
 }
 
+/// One request the simulator received on the wire (inner `$batch` requests and the identity
+/// endpoints are not logged), with when it arrived and when it was answered, so that a test
+/// can count what reached a service within a span of the simulator's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// When the request arrived (before any injected latency).
+    pub received: tokio::time::Instant,
+    /// When its answer left.
+    pub answered: tokio::time::Instant,
+    /// Graph (token endpoint included) or the portal.
+    pub system: SystemKind,
+    /// Whether it went to the token endpoint rather than Graph itself.
+    pub token: bool,
+    /// HTTP method.
+    pub method: String,
+    /// Path (no query: it may hold addresses).
+    pub path: String,
+    /// Status of the answer.
+    pub status: u16,
+}
+
+/// The most requests [`SimState::requests`] keeps (the oldest are dropped).
+pub const REQUEST_LOG_LIMIT: usize = 65_536;
+
 /// Everything the emulators hold, behind one lock.
 #[derive(Debug, Default)]
 pub struct SimState {
@@ -112,6 +136,8 @@ pub struct SimState {
     pub graph_batch_faults: graph::batch::BatchFaults,
     /// What was served.
     pub counters: Counters,
+    /// The last [`REQUEST_LOG_LIMIT`] requests on the wire, in the order they were answered.
+    pub requests: std::collections::VecDeque<LoggedRequest>,
     /// The test OIDC issuers and the managed-identity host.
     pub identity: entra::IdentityState,
 }
@@ -217,6 +243,7 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
         .extensions()
         .get::<graph::batch::InnerRequest>()
         .is_some();
+    let received = tokio::time::Instant::now();
     let is_token = request.uri().path().ends_with("/oauth2/v2.0/token");
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
@@ -287,7 +314,7 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match injected {
+    let response = match injected {
         None => next.run(request).await,
         Some((status, after_processing, retry_after)) => {
             if after_processing {
@@ -295,7 +322,23 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             }
             fault_response(system, status, retry_after)
         }
+    };
+    if !inner {
+        let mut state = sim.state();
+        if state.requests.len() >= REQUEST_LOG_LIMIT {
+            state.requests.pop_front();
+        }
+        state.requests.push_back(LoggedRequest {
+            received,
+            answered: tokio::time::Instant::now(),
+            system,
+            token: is_token,
+            method,
+            path,
+            status: response.status().as_u16(),
+        });
     }
+    response
 }
 
 /// An injected failure in the shape of the system's own errors.

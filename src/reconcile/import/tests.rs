@@ -192,6 +192,7 @@ fn entries_validation_would_reject_are_listed_with_why() {
             guest("g4", "dup@partner.example", "Dup"),
         ],
         lookups: Vec::new(),
+        deleted: Vec::new(),
         portal_users: vec![
             portal_user(
                 "ok@partner.example",
@@ -291,6 +292,7 @@ fn names_that_look_like_yaml_syntax_survive_the_round_trip() {
             .map(|(i, _)| guest(&format!("g{i}"), &format!("u{i}@p.example"), "x"))
             .collect(),
         lookups: Vec::new(),
+        deleted: Vec::new(),
         portal_users: names
             .iter()
             .enumerate()

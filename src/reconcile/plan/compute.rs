@@ -13,15 +13,16 @@
 //! | rank | action | system |
 //! |---|---|---|
 //! | 1 | `adopt-guest` | state (ownership of the tenant guest) |
-//! | 2 | `invite` | tenant |
-//! | 3 | `resend-invitation` | tenant |
-//! | 4 | `disable-guest` | tenant |
-//! | 5 | `delete-guest` | tenant |
-//! | 6 | `adopt-portal` | state (ownership of the portal user) |
-//! | 7 | `register` | portal |
-//! | 8 | `update-portal` | portal |
-//! | 9 | `unregister` | portal |
-//! | 10 | `release-guest` | state only |
+//! | 2 | `restore-guest` | tenant |
+//! | 3 | `invite` | tenant |
+//! | 4 | `resend-invitation` | tenant |
+//! | 5 | `disable-guest` | tenant |
+//! | 6 | `delete-guest` | tenant |
+//! | 7 | `adopt-portal` | state (ownership of the portal user) |
+//! | 8 | `register` | portal |
+//! | 9 | `update-portal` | portal |
+//! | 10 | `unregister` | portal |
+//! | 11 | `release-guest` | state only |
 //!
 //! That is: tenant actions, then portal actions, then state-only actions, with each adoption
 //! placed first among the actions of the system it adopts from.
@@ -56,15 +57,16 @@ use crate::remote::portal::PortalUser;
 pub(crate) fn action_rank(action: &Action) -> u8 {
     match action {
         Action::AdoptGuest { .. } => 1,
-        Action::Invite { .. } => 2,
-        Action::ResendInvitation { .. } => 3,
-        Action::DisableGuest { .. } => 4,
-        Action::DeleteGuest { .. } => 5,
-        Action::AdoptPortal { .. } => 6,
-        Action::Register { .. } => 7,
-        Action::UpdatePortal { .. } => 8,
-        Action::Unregister { .. } => 9,
-        Action::ReleaseGuest { .. } => 10,
+        Action::RestoreGuest { .. } => 2,
+        Action::Invite { .. } => 3,
+        Action::ResendInvitation { .. } => 4,
+        Action::DisableGuest { .. } => 5,
+        Action::DeleteGuest { .. } => 6,
+        Action::AdoptPortal { .. } => 7,
+        Action::Register { .. } => 8,
+        Action::UpdatePortal { .. } => 9,
+        Action::Unregister { .. } => 10,
+        Action::ReleaseGuest { .. } => 11,
     }
 }
 
@@ -414,6 +416,13 @@ pub fn plan(
             .iter()
             .filter(|p| with_lower(&p.email, |e| relevant.addresses.contains(e))),
     );
+    // Soft-deleted users: observation looked up only the desired addresses no live user holds.
+    let deleted = GuestIndex::new(
+        observed
+            .deleted
+            .iter()
+            .filter(|u| u.is_guest() && relevant.directory_user(u)),
+    );
     let mut b = Builder::default();
 
     // Resolve every active desired user's guest first: a guest in use by a desired user is
@@ -441,7 +450,7 @@ pub fn plan(
     for (key, d, record, tenant) in &active {
         let before = b.changes.get(*key).map_or(0, Vec::len);
         plan_desired(
-            &mut b, key, d, *record, tenant, &portal, desired, policy, now,
+            &mut b, key, d, *record, tenant, &deleted, &portal, desired, policy, now,
         );
         if let Some(refusal) = domain_refusal(d, policy) {
             // Refused for this user only: the changes are shown, never made.
@@ -639,6 +648,7 @@ fn plan_desired(
     d: &DesiredUser,
     record: Option<&UserRecord>,
     tenant: &TenantMatch<'_>,
+    deleted: &GuestIndex<'_>,
     portal: &PortalIndex<'_>,
     desired: &DesiredState,
     policy: &Policy,
@@ -693,6 +703,23 @@ fn plan_desired(
                     "{email} is an internal account of the tenant ({}); no invitation needed",
                     member.id
                 ),
+            );
+        }
+        TenantMatch::Nothing
+            if let Some(ghost) = pick(
+                &deleted.find(key, None),
+                record.and_then(|r| r.guest_id.as_deref()),
+                |u| u.id.as_str(),
+            ) =>
+        {
+            // The address is held by a soft-deleted guest: an invitation would fail (§7).
+            b.change(
+                key,
+                email,
+                Action::RestoreGuest {
+                    guest_id: ghost.id.clone(),
+                },
+                reason,
             );
         }
         TenantMatch::Nothing => {

@@ -135,6 +135,9 @@ pub struct Observed {
     /// Users found by targeted lookups: members, and guests missing from the listing
     /// (replication) found by address or by the id recorded in state.
     pub lookups: Vec<DirectoryUser>,
+    /// Soft-deleted users (deleted items) holding a desired address that no live user holds:
+    /// looked up only for those addresses (the ones that would otherwise be invited).
+    pub deleted: Vec<DirectoryUser>,
     /// Every portal user.
     pub portal_users: Vec<PortalUser>,
 }
@@ -158,6 +161,13 @@ pub enum Action {
     /// An existing guest matches: record ownership, never re-invite.
     AdoptGuest {
         /// Object id of the guest.
+        guest_id: String,
+    },
+    /// A soft-deleted guest (deleted items) holds the address, so it cannot be invited:
+    /// `POST /directory/deletedItems/{id}/restore`, then guestops owns it (as after an
+    /// invitation, without a second email).
+    RestoreGuest {
+        /// Object id of the deleted guest (kept by the restore).
         guest_id: String,
     },
     /// `POST /invitations`.
@@ -232,6 +242,7 @@ impl Action {
     pub fn system(&self) -> System {
         match self {
             Action::Invite { .. }
+            | Action::RestoreGuest { .. }
             | Action::ResendInvitation { .. }
             | Action::DisableGuest { .. }
             | Action::DeleteGuest { .. } => System::Tenant,
@@ -256,6 +267,7 @@ impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::AdoptGuest { .. } => "adopt-guest",
+            Action::RestoreGuest { .. } => "restore-guest",
             Action::Invite { .. } => "invite",
             Action::ResendInvitation { .. } => "resend-invitation",
             Action::AdoptPortal { .. } => "adopt-portal",

@@ -82,6 +82,8 @@ pub struct Summary {
     pub changes: usize,
     /// `invite` changes.
     pub invite: usize,
+    /// `restore-guest` changes.
+    pub restore: usize,
     /// `resend-invitation` changes.
     pub resend: usize,
     /// `register` changes.
@@ -120,6 +122,7 @@ impl Summary {
         for c in &plan.changes {
             match c.action {
                 Action::Invite { .. } => s.invite += 1,
+                Action::RestoreGuest { .. } => s.restore += 1,
                 Action::ResendInvitation { .. } => s.resend += 1,
                 Action::Register { .. } => s.register += 1,
                 Action::UpdatePortal { .. } => s.update += 1,
@@ -137,6 +140,7 @@ impl Summary {
     fn parts(&self) -> Vec<(usize, &'static str)> {
         [
             (self.invite, "invite"),
+            (self.restore, "restore"),
             (self.resend, "resend"),
             (self.register, "register"),
             (self.update, "update"),
@@ -207,7 +211,7 @@ pub fn render_with(
 /// `+` creates, `~` changes or adopts, `-` removes or releases.
 fn marker(action: &Action) -> char {
     match action {
-        Action::Invite { .. } | Action::Register { .. } => '+',
+        Action::Invite { .. } | Action::RestoreGuest { .. } | Action::Register { .. } => '+',
         Action::AdoptGuest { .. }
         | Action::AdoptPortal { .. }
         | Action::ResendInvitation { .. }
@@ -224,6 +228,7 @@ fn label(action: &Action) -> &'static str {
     match action {
         Action::AdoptGuest { .. } | Action::AdoptPortal { .. } => "adopt",
         Action::Invite { .. } => "invite",
+        Action::RestoreGuest { .. } => "restore",
         Action::ResendInvitation { .. } => "resend",
         Action::Register { .. } => "register",
         Action::UpdatePortal { .. } => "update",
@@ -264,6 +269,9 @@ fn details(action: &Action, style: &DetailStyle) -> String {
     let id = style.id;
     match action {
         Action::AdoptGuest { guest_id } => format!("guest {}", id(guest_id)),
+        Action::RestoreGuest { guest_id } => {
+            format!("deleted guest {} from deleted items", id(guest_id))
+        }
         Action::AdoptPortal { portal_id } => format!("portal user {}", id(portal_id)),
         Action::Invite {
             display_name,
@@ -587,6 +595,7 @@ pub(crate) struct JsonPlan<'a> {
 fn json_details(action: &Action) -> Value {
     match action {
         Action::AdoptGuest { guest_id }
+        | Action::RestoreGuest { guest_id }
         | Action::DisableGuest { guest_id }
         | Action::DeleteGuest { guest_id }
         | Action::ReleaseGuest { guest_id } => json!({ "guestId": guest_id }),

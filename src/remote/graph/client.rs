@@ -29,7 +29,7 @@ use super::error::GraphError;
 use super::token::{self, TokenSource};
 use super::{
     DeltaChange, DeltaRound, DirectoryUser, GraphSettings, Invitation, Invited, MAX_BATCH_REQUESTS,
-    ObjectIdentity, RemovedReason, Tenant, USER_SELECT,
+    ObjectIdentity, RemovedReason, Restored, Tenant, USER_SELECT,
 };
 use crate::remote::http::{self, Edge, Idempotency, Request, RetryPolicy};
 use crate::remote::pace::Pacer;
@@ -377,6 +377,21 @@ impl GraphClient {
         self.url(&["users"], Some(&query))
     }
 
+    /// The URL [`Tenant::find_deleted_by_emails`] reads for `email`: deleted items cast to
+    /// `user`, filtered by `mail` and `otherMails` ([`deleted_filter`]).
+    fn deleted_lookup_url(&self, email: &str) -> Url {
+        let filter = deleted_filter(email);
+        let query = encode_query(&[
+            ("$filter", &filter),
+            ("$select", USER_SELECT),
+            ("$top", "999"),
+        ]);
+        self.url(
+            &["directory", "deletedItems", "microsoft.graph.user"],
+            Some(&query),
+        )
+    }
+
     /// The URL [`Tenant::get_user`] reads for `id`.
     fn user_url(&self, id: &str) -> Url {
         let query = encode_query(&[("$select", USER_SELECT)]);
@@ -546,6 +561,48 @@ impl GraphClient {
         Ok(answered)
     }
 
+    /// Looks every address of `emails` up through [`Self::batch_get`], the URL of each made by
+    /// `url_of` (`what` names the collection in errors): the users holding any of them (matched
+    /// again with [`identity::holds_address`]), all of them or an error. A failed inner lookup
+    /// fails the whole call (fail closed: never "not found").
+    async fn lookup_batched(
+        &self,
+        emails: &[String],
+        what: &str,
+        url_of: impl Fn(&str) -> Url,
+    ) -> Result<Vec<DirectoryUser>, GraphError> {
+        let emails: Vec<&str> = emails.iter().map(|e| e.trim()).collect();
+        let urls: Vec<Url> = emails.iter().map(|e| url_of(e)).collect();
+        let batch_operation = format!("look up the {what} holding {} addresses", emails.len());
+        let answers = self.batch_get(&batch_operation, &urls).await?;
+        let mut users = Vec::new();
+        for (email, inner) in emails.into_iter().zip(answers) {
+            let operation = format!("look up {what} holding {email}");
+            if inner.status != StatusCode::OK {
+                return Err(Self::inner_error(&operation, &inner));
+            }
+            let page: Page =
+                serde_json::from_value(inner.body).map_err(|err| GraphError::Malformed {
+                    operation: operation.clone(),
+                    detail: format!("the batched lookup is not a user collection: {err}"),
+                    request_id: inner.request_id.clone(),
+                })?;
+            let mut found: Vec<DirectoryUser> =
+                page.value.into_iter().map(DirectoryUser::from).collect();
+            if let Some(link) = page.next_link {
+                // Further pages are read directly, following the nextLink verbatim.
+                let next = self.check_next_link(&operation, &link, &HeaderMap::new())?;
+                found.extend(self.list_all(&operation, next).await?);
+            }
+            users.extend(
+                found
+                    .into_iter()
+                    .filter(|u| identity::holds_address(u, email)),
+            );
+        }
+        Ok(users)
+    }
+
     /// The error of a failed inner answer (fail closed: never "not found").
     fn inner_error(operation: &str, inner: &Inner) -> GraphError {
         if inner.status == StatusCode::TOO_MANY_REQUESTS {
@@ -655,6 +712,16 @@ pub fn email_filter(email: &str) -> String {
         ));
     }
     filter
+}
+
+/// The `$filter` that finds the soft-deleted users holding `email` by `mail` or `otherMails`.
+/// The list page of deleted items says it takes the query options of the cast's resource
+/// (`user`), so these are the filters of [`email_filter`] that work without advanced queries;
+/// the UPN terms are left out because a deleted user's UPN carries its object id as a prefix
+/// (the `Get-EntraDeletedUser` example), so they would never match.
+pub fn deleted_filter(email: &str) -> String {
+    let literal = odata_string(email);
+    format!("mail eq {literal} or otherMails/any(x:x eq {literal})")
 }
 
 fn header_request_id(headers: &HeaderMap) -> Option<String> {
@@ -857,38 +924,54 @@ impl Tenant for GraphClient {
     }
 
     async fn find_by_emails(&self, emails: &[String]) -> Result<Vec<DirectoryUser>, GraphError> {
-        let emails: Vec<&str> = emails.iter().map(|e| e.trim()).collect();
-        let urls: Vec<Url> = emails.iter().map(|e| self.email_lookup_url(e)).collect();
-        let batch_operation = format!("look up the users holding {} addresses", emails.len());
-        let answers = self.batch_get(&batch_operation, &urls).await?;
-        let mut users = Vec::new();
-        for (email, inner) in emails.into_iter().zip(answers) {
-            let operation = format!("look up users holding {email}");
-            if inner.status != StatusCode::OK {
-                return Err(Self::inner_error(&operation, &inner));
-            }
-            let page: Page =
-                serde_json::from_value(inner.body).map_err(|err| GraphError::Malformed {
-                    operation: operation.clone(),
-                    detail: format!("the batched lookup is not a user collection: {err}"),
-                    request_id: inner.request_id.clone(),
-                })?;
-            let mut found: Vec<DirectoryUser> =
-                page.value.into_iter().map(DirectoryUser::from).collect();
-            if let Some(link) = page.next_link {
-                // Further pages are read directly, following the nextLink verbatim.
-                let next = self.check_next_link(&operation, &link, &HeaderMap::new())?;
-                found.extend(self.list_all(&operation, next).await?);
-            }
-            users.extend(
-                found
-                    .into_iter()
-                    .filter(|u| identity::holds_address(u, email)),
-            );
-        }
-        Ok(users)
+        self.lookup_batched(emails, "users", |email| self.email_lookup_url(email))
+            .await
     }
 
+    async fn find_deleted_by_emails(
+        &self,
+        emails: &[String],
+    ) -> Result<Vec<DirectoryUser>, GraphError> {
+        self.lookup_batched(emails, "deleted users", |email| {
+            self.deleted_lookup_url(email)
+        })
+        .await
+    }
+
+    async fn restore_user(&self, id: &str) -> Result<Restored, GraphError> {
+        let url = self.url(&["directory", "deletedItems", id, "restore"], None);
+        let operation = format!("restore deleted user {id}");
+        // A restore that timed out may have happened: not resent blindly (the next
+        // reconcile observes where the user is).
+        let (_, headers, bytes) = self
+            .execute(
+                &operation,
+                Method::POST,
+                &url,
+                None,
+                Idempotency::NotIdempotent,
+                &[],
+            )
+            .await?;
+        let request_id = header_request_id(&headers);
+        let user: WireUser =
+            serde_json::from_slice(&bytes).map_err(|err| GraphError::Malformed {
+                operation: operation.clone(),
+                detail: format!("not a directory object: {err}"),
+                request_id: request_id.clone(),
+            })?;
+        if user.id != id {
+            return Err(GraphError::Malformed {
+                operation,
+                detail: format!("the restored object is {}, not {id}", user.id),
+                request_id,
+            });
+        }
+        Ok(Restored {
+            user_id: user.id,
+            request_id,
+        })
+    }
     async fn get_users(&self, ids: &[String]) -> Result<Vec<Option<DirectoryUser>>, GraphError> {
         let urls: Vec<Url> = ids.iter().map(|id| self.user_url(id)).collect();
         let batch_operation = format!("read {} users", ids.len());

@@ -8,6 +8,9 @@
 //!   the UPN and the guest UPN form `local_domain#EXT#@…`, case-insensitively — through
 //!   [`crate::remote::identity`], the same matching as the client and the plan;
 //! - deleting a user that is gone answers `Ok(false)`; disabling one answers 404;
+//! - a soft-deleted user keeps its addresses: inviting one fails (`400`), restoring it
+//!   ([`super::Tenant::restore_user`]) brings it back with its id, an id not in deleted items
+//!   answers 404;
 //! - a batched lookup ([`super::Tenant::find_by_emails`], [`super::Tenant::get_users`]) is one
 //!   call that succeeds or fails as a whole; each of its items is a read (replication lag).
 //!
@@ -25,7 +28,8 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{
-    DeltaChange, DeltaRound, DirectoryUser, GraphError, Invitation, Invited, RemovedReason, Tenant,
+    DeltaChange, DeltaRound, DirectoryUser, GraphError, Invitation, Invited, RemovedReason,
+    Restored, Tenant,
 };
 
 /// A tenant operation, for counting calls and injecting faults.
@@ -43,6 +47,10 @@ pub enum TenantOp {
     /// [`Tenant::get_users`]: one call per batch (a `GetUser` fault for one of its ids fails
     /// it).
     GetUsers,
+    /// [`Tenant::find_deleted_by_emails`]: one call per batch.
+    FindDeletedByEmails,
+    /// [`Tenant::restore_user`].
+    RestoreUser,
     /// [`Tenant::delta`]: one call per round.
     Delta,
     /// [`Tenant::invite`].
@@ -171,6 +179,20 @@ impl FakeTenant {
     /// Soft-deleted users.
     pub fn deleted(&self) -> Vec<DirectoryUser> {
         self.lock().deleted.clone()
+    }
+
+    /// Soft-deletes the user with object id `id` (it moves to deleted items, keeping its
+    /// addresses); returns whether it existed.
+    pub fn soft_delete(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.users.iter().position(|u| u.id == id) {
+            Some(index) => {
+                let user = inner.users.remove(index);
+                inner.deleted.push(user);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Every invitation that reached the tenant (including those answered with an injected
@@ -391,6 +413,59 @@ impl Tenant for FakeTenant {
         })
     }
 
+    async fn find_deleted_by_emails(
+        &self,
+        emails: &[String],
+    ) -> Result<Vec<DirectoryUser>, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::FindDeletedByEmails, "").await;
+        let mut inner = self.lock();
+        if let Some(fault) = fault {
+            let rid = request_id(&mut inner);
+            return Err(api_error("find deleted users by address", &fault, rid));
+        }
+        Ok(emails
+            .iter()
+            .flat_map(|email| {
+                inner
+                    .deleted
+                    .iter()
+                    .filter(|u| identity::holds_address(u, email))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    async fn restore_user(&self, id: &str) -> Result<Restored, GraphError> {
+        let (_guard, fault) = self.calls.enter(TenantOp::RestoreUser, id).await;
+        let mut inner = self.lock();
+        let rid = request_id(&mut inner);
+        let operation = format!("restore deleted user {id}");
+        if let Some(fault) = &fault
+            && !fault.after_applying
+        {
+            return Err(api_error(&operation, fault, rid));
+        }
+        let Some(index) = inner.deleted.iter().position(|u| u.id == id) else {
+            return Err(GraphError::Api {
+                operation,
+                status: 404,
+                code: "Request_ResourceNotFound".to_owned(),
+                message: format!("Resource '{id}' does not exist"),
+                request_id: Some(rid),
+            });
+        };
+        let user = inner.deleted.remove(index);
+        inner.users.push(user);
+        match fault {
+            Some(fault) => Err(api_error(&operation, &fault, rid)),
+            None => Ok(Restored {
+                user_id: id.to_owned(),
+                request_id: Some(rid),
+            }),
+        }
+    }
+
     async fn invite(&self, invitation: &Invitation) -> Result<Invited, GraphError> {
         let (_guard, fault) = self.calls.enter(TenantOp::Invite, &invitation.email).await;
         let mut inner = self.lock();
@@ -402,6 +477,23 @@ impl Tenant for FakeTenant {
             return Err(api_error(&operation, fault, rid));
         }
         inner.invitations.push(invitation.clone());
+        // A soft-deleted user still holds its addresses: Graph refuses the invitation.
+        if let Some(ghost) = inner
+            .deleted
+            .iter()
+            .find(|u| identity::holds_address(u, &invitation.email))
+        {
+            return Err(GraphError::Api {
+                operation,
+                status: 400,
+                code: "BadRequest".to_owned(),
+                message: format!(
+                    "The invited user already exists in the directory as object {} (a deleted user).",
+                    ghost.id
+                ),
+                request_id: Some(rid),
+            });
+        }
         let existing = inner
             .users
             .iter()

@@ -204,6 +204,15 @@ pub struct Invited {
     pub request_id: Option<String>,
 }
 
+/// What `POST /directory/deletedItems/{id}/restore` answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The restored user's object id (the same as before the deletion).
+    pub user_id: String,
+    /// `request-id` response header, for the audit log.
+    pub request_id: Option<String>,
+}
+
 /// The tenant operations guestops needs. Implemented over HTTP by [`GraphClient`].
 pub trait Tenant: Send + Sync {
     /// Every guest of the tenant (`userType eq 'Guest'`), read completely or not at all.
@@ -263,6 +272,21 @@ pub trait Tenant: Send + Sync {
         &self,
         from: Option<&str>,
     ) -> impl Future<Output = Result<DeltaRound, GraphError>> + Send;
+
+    /// The soft-deleted users (deleted items, kept 30 days) holding any of `emails` by `mail`
+    /// or `otherMails`, all of them or none. An address such a user holds cannot be invited
+    /// (`docs/specs/microsoft-graph.md` §1, §6). [`GraphClient`] sends the lookups
+    /// [`MAX_BATCH_REQUESTS`] to a `$batch` of
+    /// `GET /directory/deletedItems/microsoft.graph.user?$filter=…`.
+    fn find_deleted_by_emails(
+        &self,
+        emails: &[String],
+    ) -> impl Future<Output = Result<Vec<DirectoryUser>, GraphError>> + Send;
+
+    /// `POST /directory/deletedItems/{id}/restore`: the user comes back with its id. Needs
+    /// `User.DeleteRestore.All` (or `User.ReadWrite.All`); without it Graph answers `403`.
+    /// Not retried blindly.
+    fn restore_user(&self, id: &str) -> impl Future<Output = Result<Restored, GraphError>> + Send;
 
     /// `POST /invitations`. Not retried blindly: after an ambiguous failure the caller looks
     /// the address up first.

@@ -113,6 +113,7 @@ fn observed(guests: Vec<DirectoryUser>, portal: Vec<PortalUser>) -> Observed {
     Observed {
         guests,
         lookups: Vec::new(),
+        deleted: Vec::new(),
         portal_users: portal,
     }
 }
@@ -1063,4 +1064,82 @@ fn updates_with_unstated_write_only_flags_get_one_plan_wide_note() {
     ]);
     let p = plan(&in_sync, &observed, &st, &prune(), now());
     assert!(p.notices.is_empty(), "{:?}", p.notices);
+}
+
+#[test]
+fn an_address_held_by_a_deleted_guest_is_restored_not_invited() {
+    let obs = Observed {
+        deleted: vec![guest("g-gone", ANA), member("m-gone", ANA)],
+        ..observed(vec![], vec![ana_portal()])
+    };
+    let p = plan(
+        &desired(vec![ana()]),
+        &obs,
+        &State::default(),
+        &Policy::default(),
+        now(),
+    );
+    assert_eq!(
+        p.changes[0].action,
+        Action::RestoreGuest {
+            guest_id: "g-gone".to_owned()
+        }
+    );
+    assert_eq!(
+        actions(&p),
+        vec![
+            (ANA.to_owned(), "restore-guest"),
+            (ANA.to_owned(), "adopt-portal")
+        ]
+    );
+}
+
+#[test]
+fn of_several_deleted_guests_the_recorded_one_is_restored() {
+    let st = state(vec![owned(ANA, Some("g-b"), Some("p-ana"))]);
+    let obs = Observed {
+        deleted: vec![guest("g-a", ANA), guest("g-b", ANA)],
+        ..observed(vec![], vec![ana_portal()])
+    };
+    let p = plan(&desired(vec![ana()]), &obs, &st, &Policy::default(), now());
+    assert_eq!(
+        p.changes.iter().map(|c| &c.action).collect::<Vec<_>>(),
+        vec![&Action::RestoreGuest {
+            guest_id: "g-b".to_owned()
+        }]
+    );
+}
+
+#[test]
+fn a_live_guest_wins_over_a_deleted_one_and_a_deleted_member_is_not_restored() {
+    let live = Observed {
+        deleted: vec![guest("g-gone", ANA)],
+        ..observed(vec![guest("g1", ANA)], vec![ana_portal()])
+    };
+    let p = plan(
+        &desired(vec![ana()]),
+        &live,
+        &State::default(),
+        &Policy::default(),
+        now(),
+    );
+    assert_eq!(
+        actions(&p),
+        vec![
+            (ANA.to_owned(), "adopt-guest"),
+            (ANA.to_owned(), "adopt-portal")
+        ]
+    );
+    let only_a_member = Observed {
+        deleted: vec![member("m-gone", ANA)],
+        ..observed(vec![], vec![ana_portal()])
+    };
+    let p = plan(
+        &desired(vec![ana()]),
+        &only_a_member,
+        &State::default(),
+        &Policy::default(),
+        now(),
+    );
+    assert_eq!(p.changes[0].action.name(), "invite");
 }
