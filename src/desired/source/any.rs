@@ -26,6 +26,10 @@ pub trait DesiredSource: Send + Sync {
 impl DesiredSource for GitSource {
     async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
         let revision = self.fetch().await?;
+        // A refused commit is never read: nothing of it reaches the parser.
+        if let Some(signer) = self.verify(&revision, Utc::now()).await? {
+            tracing::debug!(revision = %revision.short, signer = %signer, "signature verified");
+        }
         let bytes = self.read(&revision).await?;
         Ok((revision, bytes))
     }
@@ -95,10 +99,10 @@ impl AnySource {
             None => {
                 let settings = super::GitSettings::from_config(&config.source)
                     .ok_or(SourceError::NotConfigured)?;
-                Ok(AnySource::Git(GitSource::new(
-                    settings,
-                    config.state.dir.join("mirror"),
-                )))
+                Ok(AnySource::Git(
+                    GitSource::new(settings, config.state.dir.join("mirror"))
+                        .with_verify(config.source.verify.clone()),
+                ))
             }
         }
     }
