@@ -841,3 +841,64 @@ async fn a_malformed_allowed_signers_file_is_an_error_naming_the_line() {
     );
     assert!(chain.contains(&format!("{}:1", file.display())), "{chain}");
 }
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn openpgp_signed_commits_of_keyring_keys_are_loaded() {
+    let users = std::fs::read(support::signing_fixture("users.yaml")).expect("users.yaml");
+    // An ed25519 key and an RSA key, both exported armored into keyring.asc.
+    for name in ["pgp-ana", "pgp-rui"] {
+        let (_, loaded) = load_signed(&fixture_commit(name), trusting_fixture_keys()).await;
+        assert_eq!(loaded.unwrap_or_else(|e| panic!("{name}: {e}")), users);
+    }
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn an_openpgp_key_outside_the_keyring_is_refused_naming_its_fingerprint() {
+    let (id, loaded) = load_signed(&fixture_commit("pgp-mallory"), trusting_fixture_keys()).await;
+    let fingerprint = std::fs::read_to_string(support::signing_fixture("mallory.pgp-fingerprint"))
+        .expect("fingerprint");
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::UnknownKey { signer, .. }
+            if signer.kind == "openpgp" && signer.fingerprint == fingerprint.trim()),
+        "{refused:?}"
+    );
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn a_tampered_openpgp_signed_commit_is_refused_and_a_binary_keyring_works() {
+    let raw = String::from_utf8(fixture_commit("pgp-ana")).expect("utf-8");
+    let tampered = raw.replace("users: pgp-ana", "users: pgp-ana, and more");
+    let (id, loaded) = load_signed(tampered.as_bytes(), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::BadSignature { signer }
+            if signer.principal.as_deref() == Some("Ana Silva <ana@partner.example>")),
+        "{refused:?}"
+    );
+    // The same keys unarmored (`gpg --export` without --armor).
+    let dir = TempDir::new().expect("temp dir");
+    let binary = dir.path().join("keyring.gpg");
+    let armored =
+        std::fs::read_to_string(support::signing_fixture("keyring.asc")).expect("keyring");
+    let body: String = armored
+        .lines()
+        .skip_while(|l| !l.is_empty())
+        .skip(1)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64 body");
+    std::fs::write(&binary, bytes).expect("write");
+    let policy = VerifyPolicy {
+        keyring_file: Some(binary),
+        ..trusting_fixture_keys()
+    };
+    let (_, loaded) = load_signed(&fixture_commit("pgp-rui"), policy).await;
+    assert!(loaded.is_ok(), "{loaded:?}");
+}
