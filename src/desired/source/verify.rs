@@ -6,7 +6,7 @@
 //!   OpenSSH's `PROTOCOL.sshsig`, namespace `git`) against `source.verify.allowedSignersFile`, a
 //!   file in git's and `ssh-keygen -Y verify`'s `allowed_signers` format ([`AllowedSigners`]);
 //! - **OpenPGP** (`-----BEGIN PGP SIGNATURE-----`) against `source.verify.keyringFile`, armored
-//!   or binary public keys (see [`super::openpgp`], cargo feature `openpgp`).
+//!   or binary public keys (`openpgp.rs`, cargo feature `openpgp`, on by default).
 //!
 //! The signed payload is the commit object without its `gpgsig` header, as libgit2's
 //! `extract_signature` returns it. Everything runs in Rust (RustCrypto's `ssh-key`, rPGP's
