@@ -93,9 +93,17 @@ impl AnySource {
         config: &crate::config::Config,
     ) -> Result<AnySource, SourceError> {
         match desired {
-            Some(path) => Ok(AnySource::File(FileSource {
-                path: path.to_owned(),
-            })),
+            Some(path) => {
+                if config.source.verify.is_on() {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "source.verify does not apply to --desired FILE: the file is used unchecked"
+                    );
+                }
+                Ok(AnySource::File(FileSource {
+                    path: path.to_owned(),
+                }))
+            }
             None => {
                 let settings = super::GitSettings::from_config(&config.source)
                     .ok_or(SourceError::NotConfigured)?;
