@@ -902,3 +902,16 @@ async fn a_tampered_openpgp_signed_commit_is_refused_and_a_binary_keyring_works(
     let (_, loaded) = load_signed(&fixture_commit("pgp-rui"), policy).await;
     assert!(loaded.is_ok(), "{loaded:?}");
 }
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn an_expired_openpgp_key_is_refused_though_it_is_in_the_keyring() {
+    let (id, loaded) = load_signed(&fixture_commit("pgp-expired"), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::KeyNotUsable { signer, reason }
+            if signer.principal.as_deref() == Some("Old Key <old@partner.example>")
+                && reason.contains("expired")),
+        "{refused:?}"
+    );
+}
