@@ -329,6 +329,12 @@ fn every_key_has_a_working_override() {
         ("source.pollInterval", "1m"),
         ("source.resyncInterval", "1h"),
         ("source.credentialFile", "/etc/guestops/git-token"),
+        ("source.verify.mode", "head"),
+        (
+            "source.verify.allowedSignersFile",
+            "/etc/guestops/allowed_signers",
+        ),
+        ("source.verify.keyringFile", "/etc/guestops/keyring.asc"),
         ("tenant.tenantId", "fabrikam.onmicrosoft.com"),
         ("tenant.clientId", "99999999-8888-7777-6666-555555555555"),
         ("tenant.credential.kind", "githubActions"),
@@ -398,6 +404,12 @@ fn every_key_has_a_working_override() {
         };
         let mut env = vec![(var.as_str(), *value)];
         let mut base_env = vec![];
+        // `mode: head` needs a trust file: the same one on both sides.
+        if key == "source.verify.mode" {
+            let signers = ("GUESTOPS_SOURCE_VERIFY_ALLOWED_SIGNERS_FILE", "/etc/a_s");
+            env.push(signers);
+            base_env.push(signers);
+        }
         if let Some(kind) = kind_of(key) {
             env.push(("GUESTOPS_TENANT_CREDENTIAL_KIND", kind));
             base_env.push(("GUESTOPS_TENANT_CREDENTIAL_KIND", kind));
@@ -1436,4 +1448,27 @@ fn the_credential_of_each_kind_is_read_from_its_sources() {
         }
         other => panic!("{}", other.kind()),
     }
+}
+
+#[test]
+fn verify_head_needs_a_trust_file() {
+    let problems = problems(load(MINIMAL, &[("GUESTOPS_SOURCE_VERIFY_MODE", "head")]));
+    let p = problem_for(&problems, "source.verify.mode");
+    assert!(p.message.contains("allowedSignersFile"), "{p}");
+    let problems = problems_of_section("source:\n  verify:\n    mode: signed\n");
+    let p = problem_for(&problems, "source.verify.mode");
+    assert!(p.message.contains("none or head"), "{p}");
+    let config = load(
+        MINIMAL,
+        &[
+            ("GUESTOPS_SOURCE_VERIFY_MODE", "head"),
+            (
+                "GUESTOPS_SOURCE_VERIFY_KEYRING_FILE",
+                "/etc/guestops/keyring.gpg",
+            ),
+        ],
+    )
+    .expect("a keyring alone is enough");
+    assert!(config.source.verify.is_on());
+    assert_eq!(config.source.verify.allowed_signers_file, None);
 }

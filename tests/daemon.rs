@@ -32,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    Guestops, NotifySocket, Repo, free_port, invalid_users_yaml, parse_exposition, sample,
-    users_yaml, wait_for,
+    Guestops, NotifySocket, Repo, free_port, invalid_users_yaml, parse_exposition,
+    plant_fixture_commit, sample, signing_fixture, users_yaml, wait_for,
 };
 
 const ANA: (&str, &str) = ("ana@partner.example", "Ana");
@@ -714,6 +714,11 @@ struct Setup {
 
 impl Setup {
     async fn new(repo: &Repo) -> Setup {
+        Setup::new_with(repo, |_| {}).await
+    }
+
+    /// [`Setup::new`], with `edit` applied to the config before it is written.
+    async fn new_with(repo: &Repo, edit: impl FnOnce(&mut Config)) -> Setup {
         let sim = Sim::new();
         let stop = CancellationToken::new();
         let base = sim
@@ -733,6 +738,7 @@ impl Setup {
         config.server.listen = listen;
         config.tenant.client_secret = SecretSource::File(graph_secret);
         config.portal.api_key = SecretSource::File(api_key);
+        edit(&mut config);
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config.to_yaml()).expect("config file");
         Setup {
@@ -997,4 +1003,127 @@ async fn a_plan_from_git_names_the_commit_and_runs_beside_the_daemon() {
     }
     let (code, log) = guestops.terminate().await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// Issue 9 item 5: with `source.verify.mode: head`, an unsigned tip is refused like an invalid
+/// revision: the last verified commit keeps being enforced, `/readyz` and the metrics say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_verify_head_keeps_the_last_signed_commit_when_an_unsigned_one_is_pushed() {
+    let repo = Repo::new();
+    repo.commit(&users_yaml(&[ANA]), "unsigned start");
+    // The tip: ana, signed by an allowed SSH key.
+    let signed = plant_fixture_commit(repo.path(), "main", "ssh-ana");
+    repo.git(&["reset", "-q", "--hard", "main"]);
+    let setup = Setup::new_with(&repo, |config| {
+        config.source.verify = guestops::desired::source::VerifyPolicy {
+            mode: guestops::desired::source::VerifyMode::Head,
+            allowed_signers_file: Some(signing_fixture("allowed_signers")),
+            keyring_file: None,
+        };
+    })
+    .await;
+    setup.sim.state().graph.add_guest(ANA.0, ANA.1);
+    let guestops = setup.start(None);
+    let (_, body) = wait_for("the signed commit loaded", &guestops, || async {
+        readyz(&guestops)
+            .await
+            .filter(|(s, b)| *s == 200 && b["loadedRevision"] == signed.as_str())
+    })
+    .await;
+    assert_eq!(body["invalidRevision"], serde_json::Value::Null, "{body}");
+
+    let unsigned = repo.commit(&users_yaml(&[ANA, (CARL, "Carl")]), "add carl, unsigned");
+    let (status, body) = wait_for("the unsigned commit in /readyz", &guestops, || async {
+        readyz(&guestops)
+            .await
+            .filter(|(_, b)| b["invalidRevision"]["revision"] == unsigned.as_str())
+    })
+    .await;
+    assert_eq!(
+        status, 200,
+        "a refused newer commit keeps the daemon ready: {body}"
+    );
+    assert_eq!(body["loadedRevision"], signed.as_str(), "{body}");
+    let message = body["invalidRevision"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("refused by source.verify") && message.contains("not signed"),
+        "/readyz says why: {message}"
+    );
+    assert_eq!(reconciles(&guestops, "unverified").await, Some(1.0));
+    // Reconciles go on with the signed commit; nothing of the unsigned one is applied.
+    let before = reconciles(&guestops, "success").await.unwrap_or_default();
+    wait_for("two more reconciles", &guestops, || async {
+        reconciles(&guestops, "success")
+            .await
+            .filter(|n| *n >= before + 2.0)
+    })
+    .await;
+    assert_eq!(setup.invitations(CARL), 0, "nothing of the unsigned commit");
+    assert_eq!(
+        reconciles(&guestops, "unverified").await,
+        Some(1.0),
+        "the same refused commit is reported once, not at every poll"
+    );
+
+    // A signed commit clears the report.
+    let resigned = plant_fixture_commit(repo.path(), "main", "ssh-rui");
+    wait_for("the newly signed commit loaded", &guestops, || async {
+        readyz(&guestops).await.filter(|(_, b)| {
+            b["loadedRevision"] == resigned.as_str() && b["invalidRevision"].is_null()
+        })
+    })
+    .await;
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&unsigned),
+        "the log names the refused commit:\n{log}"
+    );
+}
+
+/// Issue 9 item 5: `plan` and `apply` refuse a tip that `source.verify` refuses: exit 1,
+/// naming the commit and the signer, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_apply_refuse_an_unsigned_or_unknown_signed_tip_naming_commit_and_signer() {
+    let repo = Repo::new();
+    let unsigned = repo.commit(&users_yaml(&[ANA, BOB]), "add bob, unsigned");
+    let setup = Setup::new_with(&repo, |config| {
+        config.source.verify = guestops::desired::source::VerifyPolicy {
+            mode: guestops::desired::source::VerifyMode::Head,
+            allowed_signers_file: Some(signing_fixture("allowed_signers")),
+            keyring_file: None,
+        };
+    })
+    .await;
+    let config = setup.config.display().to_string();
+
+    for command in ["plan", "apply"] {
+        let run = support::guestops(&[command, "--config", &config]).await;
+        assert_eq!(run.code, 1, "{command}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(&unsigned) && run.stderr.contains("not signed"),
+            "{command} names the commit and why: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(setup.invitations(BOB.0), 0, "apply wrote nothing");
+
+    let mallory = plant_fixture_commit(repo.path(), "main", "ssh-mallory");
+    let fingerprint =
+        std::fs::read_to_string(signing_fixture("mallory.fingerprint")).expect("fingerprint");
+    let run = support::guestops(&["plan", "--config", &config]).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&mallory) && run.stderr.contains(fingerprint.trim()),
+        "names the commit and the unknown key: {}",
+        run.stderr
+    );
+
+    let signed = plant_fixture_commit(repo.path(), "main", "ssh-ana");
+    let run = support::guestops(&["plan", "--config", &config, "--format", "json"]).await;
+    assert_eq!(run.code, 0, "a signed tip is planned: {}", run.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(doc["revision"], signed.as_str(), "{doc}");
 }

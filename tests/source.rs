@@ -687,3 +687,231 @@ async fn an_https_repository_is_fetched_with_the_token_after_a_401_and_a_redirec
         "{seen:?}"
     );
 }
+
+// --- Signed commits (`source.verify`, issue 9 item 5) ---------------------------------------
+
+mod support;
+
+use guestops::desired::source::{DesiredSource as _, Refusal, VerifyMode, VerifyPolicy};
+
+/// Both trust files of `tests/fixtures/signing/`.
+fn trusting_fixture_keys() -> VerifyPolicy {
+    VerifyPolicy {
+        mode: VerifyMode::Head,
+        allowed_signers_file: Some(support::signing_fixture("allowed_signers")),
+        keyring_file: Some(support::signing_fixture("keyring.asc")),
+    }
+}
+
+/// Plants `raw` as the tip of `main` of a fresh upstream and loads it through a verifying
+/// source: the bytes of `users.yaml`, or why the commit is refused.
+async fn load_signed(raw: &[u8], policy: VerifyPolicy) -> (String, Result<Vec<u8>, SourceError>) {
+    let upstream = Upstream::new();
+    let id = support::plant_commit_bytes(upstream.path(), "main", raw);
+    let mirror = TempDir::new().expect("temp dir");
+    let source = upstream.source(&mirror, "main").with_verify(policy);
+    let loaded = source.load().await.map(|(revision, bytes)| {
+        assert_eq!(revision.id, id);
+        bytes
+    });
+    (id, loaded)
+}
+
+fn fixture_commit(name: &str) -> Vec<u8> {
+    std::fs::read(support::signing_fixture(&format!("{name}.commit"))).expect("fixture commit")
+}
+
+/// The refusal of a commit, checking that the error names the commit.
+fn refusal(id: &str, result: Result<Vec<u8>, SourceError>) -> Refusal {
+    match result {
+        Err(err @ SourceError::Unverified { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains(id), "names the commit: {message}");
+            let SourceError::Unverified { revision, refusal } = err else {
+                unreachable!()
+            };
+            assert_eq!(revision.id, id);
+            *refusal
+        }
+        other => panic!("expected a refused commit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ssh_signed_commits_of_allowed_signers_are_loaded() {
+    let users = std::fs::read(support::signing_fixture("users.yaml")).expect("users.yaml");
+    // ed25519 with namespaces="git", RSA with two principals, ECDSA with a past valid-after.
+    for name in ["ssh-ana", "ssh-rui", "ssh-eva"] {
+        let (_, loaded) = load_signed(&fixture_commit(name), trusting_fixture_keys()).await;
+        assert_eq!(loaded.unwrap_or_else(|e| panic!("{name}: {e}")), users);
+    }
+}
+
+#[tokio::test]
+async fn an_unsigned_commit_is_refused_and_never_read() {
+    let (id, loaded) = load_signed(&fixture_commit("unsigned"), trusting_fixture_keys()).await;
+    assert_eq!(refusal(&id, loaded), Refusal::Unsigned);
+    // Mode `none` (the default) loads the same commit: today's behaviour.
+    let (_, loaded) = load_signed(&fixture_commit("unsigned"), VerifyPolicy::default()).await;
+    assert!(loaded.is_ok(), "{loaded:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_ssh_key_is_refused_naming_its_fingerprint() {
+    let (id, loaded) = load_signed(&fixture_commit("ssh-mallory"), trusting_fixture_keys()).await;
+    let fingerprint = std::fs::read_to_string(support::signing_fixture("mallory.fingerprint"))
+        .expect("fingerprint");
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::UnknownKey { signer, .. }
+            if signer.fingerprint == fingerprint.trim() && signer.principal.is_none()),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains(fingerprint.trim()),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_commit_is_refused() {
+    let raw = String::from_utf8(fixture_commit("ssh-ana")).expect("utf-8");
+    // The same signature over another author: what a forger who copies a signature gets.
+    let tampered = raw.replace("author Ana Silva", "author Mallory Evil");
+    assert_ne!(tampered, raw);
+    let (id, loaded) = load_signed(tampered.as_bytes(), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::BadSignature { signer }
+            if signer.principal.as_deref() == Some("ana@partner.example")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn signers_outside_their_namespaces_or_validity_are_refused() {
+    let (id, loaded) = load_signed(&fixture_commit("ssh-caio"), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::NamespaceNotAllowed { namespaces, .. } if namespaces == "file,ssh-*"),
+        "{refused:?}"
+    );
+    let (id, loaded) = load_signed(&fixture_commit("ssh-bea"), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::OutsideValidity { signer, window }
+            if signer.principal.as_deref() == Some("bea@partner.example") && window.contains("before 2020-01-01")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_ssh_signature_without_allowed_signers_file_is_refused() {
+    let policy = VerifyPolicy {
+        allowed_signers_file: None,
+        ..trusting_fixture_keys()
+    };
+    let (id, loaded) = load_signed(&fixture_commit("ssh-ana"), policy).await;
+    assert!(
+        matches!(
+            refusal(&id, loaded),
+            Refusal::NoTrustFile { kind: "ssh", .. }
+        ),
+        "an SSH signature is not checked against the OpenPGP keyring"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_allowed_signers_file_is_an_error_naming_the_line() {
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("allowed_signers");
+    std::fs::write(&file, "ana@partner.example restrict ssh-ed25519 AAAA\n").expect("write");
+    let policy = VerifyPolicy {
+        allowed_signers_file: Some(file.clone()),
+        ..trusting_fixture_keys()
+    };
+    let (_, loaded) = load_signed(&fixture_commit("ssh-ana"), policy).await;
+    let err = loaded.expect_err("a bad trust file is an error");
+    assert!(matches!(err, SourceError::Verify { .. }), "{err:?}");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(chain.contains(&format!("{}:1", file.display())), "{chain}");
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn openpgp_signed_commits_of_keyring_keys_are_loaded() {
+    let users = std::fs::read(support::signing_fixture("users.yaml")).expect("users.yaml");
+    // An ed25519 key and an RSA key, both exported armored into keyring.asc.
+    for name in ["pgp-ana", "pgp-rui"] {
+        let (_, loaded) = load_signed(&fixture_commit(name), trusting_fixture_keys()).await;
+        assert_eq!(loaded.unwrap_or_else(|e| panic!("{name}: {e}")), users);
+    }
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn an_openpgp_key_outside_the_keyring_is_refused_naming_its_fingerprint() {
+    let (id, loaded) = load_signed(&fixture_commit("pgp-mallory"), trusting_fixture_keys()).await;
+    let fingerprint = std::fs::read_to_string(support::signing_fixture("mallory.pgp-fingerprint"))
+        .expect("fingerprint");
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::UnknownKey { signer, .. }
+            if signer.kind == "openpgp" && signer.fingerprint == fingerprint.trim()),
+        "{refused:?}"
+    );
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn a_tampered_openpgp_signed_commit_is_refused_and_a_binary_keyring_works() {
+    let raw = String::from_utf8(fixture_commit("pgp-ana")).expect("utf-8");
+    let tampered = raw.replace("users: pgp-ana", "users: pgp-ana, and more");
+    let (id, loaded) = load_signed(tampered.as_bytes(), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::BadSignature { signer }
+            if signer.principal.as_deref() == Some("Ana Silva <ana@partner.example>")),
+        "{refused:?}"
+    );
+    // The same keys unarmored (`gpg --export` without --armor).
+    let dir = TempDir::new().expect("temp dir");
+    let binary = dir.path().join("keyring.gpg");
+    let armored =
+        std::fs::read_to_string(support::signing_fixture("keyring.asc")).expect("keyring");
+    let body: String = armored
+        .lines()
+        .skip_while(|l| !l.is_empty())
+        .skip(1)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64 body");
+    std::fs::write(&binary, bytes).expect("write");
+    let policy = VerifyPolicy {
+        keyring_file: Some(binary),
+        ..trusting_fixture_keys()
+    };
+    let (_, loaded) = load_signed(&fixture_commit("pgp-rui"), policy).await;
+    assert!(loaded.is_ok(), "{loaded:?}");
+}
+
+#[cfg(feature = "openpgp")]
+#[tokio::test]
+async fn an_expired_openpgp_key_is_refused_though_it_is_in_the_keyring() {
+    let (id, loaded) = load_signed(&fixture_commit("pgp-expired"), trusting_fixture_keys()).await;
+    let refused = refusal(&id, loaded);
+    assert!(
+        matches!(&refused, Refusal::KeyNotUsable { signer, reason }
+            if signer.principal.as_deref() == Some("Old Key <old@partner.example>")
+                && reason.contains("expired")),
+        "{refused:?}"
+    );
+}

@@ -17,6 +17,7 @@ use super::{
     Cloud, Config, CredentialConfig, CredentialKind, PolicyConfig, PortalConfig, Problem,
     SecretSource, ServerConfig, SourceConfig, StateConfig, TenantConfig,
 };
+use crate::desired::source::{VerifyMode, VerifyPolicy};
 use crate::desired::spec::Role;
 use crate::reconcile::plan::GuestOnRemoval;
 use crate::remote::graph::credential::{AssertionAlgorithm, DEFAULT_FEDERATION_AUDIENCE};
@@ -82,6 +83,7 @@ pub(crate) fn defaults() -> Config {
             poll_interval: Duration::from_secs(5 * 60),
             resync_interval: Duration::from_secs(10 * 60),
             credential_file: None,
+            verify: VerifyPolicy::default(),
         },
         tenant: TenantConfig {
             tenant_id: String::new(),
@@ -385,6 +387,29 @@ pub(crate) fn build(
         parse_interval,
     );
     s.credential_file = r.path("source.credentialFile");
+    r.set(
+        &mut s.verify.mode,
+        "source.verify.mode",
+        |text| match text {
+            "none" => Ok(VerifyMode::None),
+            "head" => Ok(VerifyMode::Head),
+            other => Err(format!("unknown value `{other}`; expected none or head")),
+        },
+    );
+    s.verify.allowed_signers_file = r.path("source.verify.allowedSignersFile");
+    s.verify.keyring_file = r.path("source.verify.keyringFile");
+    if s.verify.mode == VerifyMode::Head
+        && s.verify.allowed_signers_file.is_none()
+        && s.verify.keyring_file.is_none()
+    {
+        let at = r.at("source.verify.mode").cloned();
+        r.problem(
+            at.as_ref(),
+            "source.verify.mode",
+            "is head, so set source.verify.allowedSignersFile (SSH signatures) or \
+             source.verify.keyringFile (OpenPGP signatures), or both",
+        );
+    }
 
     // tenant.*
     let t = &mut config.tenant;

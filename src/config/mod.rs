@@ -67,6 +67,8 @@ pub struct SourceConfig {
     pub resync_interval: Duration,
     /// Token or deploy key for the repository.
     pub credential_file: Option<PathBuf>,
+    /// `source.verify.*`: which commits must be signed, and by whom.
+    pub verify: crate::desired::source::VerifyPolicy,
 }
 
 /// Where a secret comes from; read only when needed ([`SecretSource::load`]), never logged.

@@ -35,6 +35,15 @@ pub(crate) fn to_yaml(config: &Config) -> String {
     if let Some(path) = &s.credential_file {
         line(format!("  credentialFile: {}", path_scalar(path)));
     }
+    let v = &s.verify;
+    line("  verify:".into());
+    line(format!("    mode: {}", v.mode.as_str()));
+    if let Some(path) = &v.allowed_signers_file {
+        line(format!("    allowedSignersFile: {}", path_scalar(path)));
+    }
+    if let Some(path) = &v.keyring_file {
+        line(format!("    keyringFile: {}", path_scalar(path)));
+    }
 
     let t = &config.tenant;
     line("tenant:".into());

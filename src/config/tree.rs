@@ -38,6 +38,14 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("pollInterval", Kind::Leaf),
             ("resyncInterval", Kind::Leaf),
             ("credentialFile", Kind::Leaf),
+            (
+                "verify",
+                Kind::Section(&[
+                    ("mode", Kind::Leaf),
+                    ("allowedSignersFile", Kind::Leaf),
+                    ("keyringFile", Kind::Leaf),
+                ]),
+            ),
         ]),
     ),
     (

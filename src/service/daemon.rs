@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::desired::source::DesiredSource;
+use crate::desired::source::{DesiredSource, Refusal, Revision, SourceError};
 use crate::desired::spec::{self, SpecPolicy};
 use crate::reconcile::ObserveError;
 use crate::reconcile::apply::ChangeResult;
@@ -504,11 +504,14 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         current: Option<&Loaded>,
         invalid: &mut Option<String>,
     ) -> Result<Refresh, String> {
-        let (revision, bytes) = self
-            .source
-            .load()
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", self.source.describe()))?;
+        let (revision, bytes) = match self.source.load().await {
+            Ok(loaded) => loaded,
+            // Refused like an invalid revision: reported once, the last verified one kept.
+            Err(SourceError::Unverified { revision, refusal }) => {
+                return self.refused_revision(current, invalid, &revision, &refusal);
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", self.source.describe())),
+        };
         if let Some(current) = current
             && current.revision.id == revision.id
         {
@@ -571,6 +574,39 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     None => Err(message),
                 }
             }
+        }
+    }
+
+    /// The tip of the branch is refused by `source.verify`: reported (log, metric, `/readyz`)
+    /// once per revision, like an invalid one; the revision being enforced stays.
+    fn refused_revision(
+        &self,
+        current: Option<&Loaded>,
+        invalid: &mut Option<String>,
+        revision: &Revision,
+        refusal: &Refusal,
+    ) -> Result<Refresh, String> {
+        let enforcing = current.map_or("nothing (no verified revision yet)", |c| {
+            c.revision.short.as_str()
+        });
+        let message = format!(
+            "commit {} is refused by source.verify: {refusal}; still enforcing {enforcing}: \
+             sign the commit with a trusted key (source.verify.allowedSignersFile or \
+             keyringFile) and push it",
+            revision.id
+        );
+        if invalid.as_deref() != Some(revision.id.as_str()) {
+            tracing::error!(revision = %revision, signer = ?refusal.signer().map(ToString::to_string), "{message}");
+            self.health.set_invalid_revision(&revision.id, &message);
+            self.metrics
+                .record_reconcile(ReconcileResult::Unverified, Duration::ZERO);
+            *invalid = Some(revision.id.clone());
+        } else if current.is_some() {
+            return Ok(Refresh::Unchanged);
+        }
+        match current {
+            Some(_) => Ok(Refresh::Invalid(message)),
+            None => Err(message),
         }
     }
 

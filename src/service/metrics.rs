@@ -56,24 +56,29 @@ pub enum ReconcileResult {
     Refused,
     /// The desired state at the new revision is invalid; the last valid one is kept.
     Invalid,
+    /// The new revision is refused by `source.verify` (unsigned, unknown signer, bad
+    /// signature); the last verified one is kept.
+    Unverified,
 }
 
 impl ReconcileResult {
     /// Every result, in label order.
-    pub const ALL: [ReconcileResult; 4] = [
+    pub const ALL: [ReconcileResult; 5] = [
         ReconcileResult::Success,
         ReconcileResult::Error,
         ReconcileResult::Refused,
         ReconcileResult::Invalid,
+        ReconcileResult::Unverified,
     ];
 
-    /// The label value: `success`, `error`, `refused` or `invalid`.
+    /// The label value: `success`, `error`, `refused`, `invalid` or `unverified`.
     pub fn as_str(self) -> &'static str {
         match self {
             ReconcileResult::Success => "success",
             ReconcileResult::Error => "error",
             ReconcileResult::Refused => "refused",
             ReconcileResult::Invalid => "invalid",
+            ReconcileResult::Unverified => "unverified",
         }
     }
 }

@@ -513,3 +513,47 @@ impl RawServer {
         self.heads.lock().expect("lock").clone()
     }
 }
+
+/// `tests/fixtures/signing/` (see its `make.sh`): commits signed with throw-away keys, their
+/// `allowed_signers` file and OpenPGP keyring.
+pub fn signing_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/signing")
+        .join(name)
+}
+
+/// Writes the raw commit object `tests/fixtures/signing/<name>.commit` (with the tree of that
+/// folder's `users.yaml` it was made on) into the repository at `repo` and points
+/// `refs/heads/<branch>` at it; returns the commit id.
+pub fn plant_fixture_commit(repo: &Path, branch: &str, name: &str) -> String {
+    plant_commit_bytes(
+        repo,
+        branch,
+        &std::fs::read(signing_fixture(&format!("{name}.commit"))).expect("fixture commit"),
+    )
+}
+
+/// [`plant_fixture_commit`] with the raw commit bytes given (e.g. a tampered fixture).
+pub fn plant_commit_bytes(repo: &Path, branch: &str, raw: &[u8]) -> String {
+    let repo = git2::Repository::open(repo).expect("open the repository");
+    let users = std::fs::read(signing_fixture("users.yaml")).expect("fixture users.yaml");
+    let blob = repo.blob(&users).expect("blob");
+    let mut tree = repo.treebuilder(None).expect("treebuilder");
+    tree.insert("users.yaml", blob, 0o100_644)
+        .expect("tree entry");
+    let tree = tree.write().expect("tree");
+    let oid = repo
+        .odb()
+        .expect("odb")
+        .write(git2::ObjectType::Commit, raw)
+        .expect("write the commit object");
+    let commit = repo.find_commit(oid).expect("a commit");
+    assert_eq!(
+        commit.tree_id(),
+        tree,
+        "the fixture commit is of users.yaml's tree"
+    );
+    repo.reference(&format!("refs/heads/{branch}"), oid, true, "fixture")
+        .expect("point the branch");
+    oid.to_string()
+}

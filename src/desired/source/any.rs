@@ -26,6 +26,10 @@ pub trait DesiredSource: Send + Sync {
 impl DesiredSource for GitSource {
     async fn load(&self) -> Result<(Revision, Vec<u8>), SourceError> {
         let revision = self.fetch().await?;
+        // A refused commit is never read: nothing of it reaches the parser.
+        if let Some(signer) = self.verify(&revision, Utc::now()).await? {
+            tracing::debug!(revision = %revision.short, signer = %signer, "signature verified");
+        }
         let bytes = self.read(&revision).await?;
         Ok((revision, bytes))
     }
@@ -89,16 +93,24 @@ impl AnySource {
         config: &crate::config::Config,
     ) -> Result<AnySource, SourceError> {
         match desired {
-            Some(path) => Ok(AnySource::File(FileSource {
-                path: path.to_owned(),
-            })),
+            Some(path) => {
+                if config.source.verify.is_on() {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "source.verify does not apply to --desired FILE: the file is used unchecked"
+                    );
+                }
+                Ok(AnySource::File(FileSource {
+                    path: path.to_owned(),
+                }))
+            }
             None => {
                 let settings = super::GitSettings::from_config(&config.source)
                     .ok_or(SourceError::NotConfigured)?;
-                Ok(AnySource::Git(GitSource::new(
-                    settings,
-                    config.state.dir.join("mirror"),
-                )))
+                Ok(AnySource::Git(
+                    GitSource::new(settings, config.state.dir.join("mirror"))
+                        .with_verify(config.source.verify.clone()),
+                ))
             }
         }
     }

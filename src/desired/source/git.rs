@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use git2::{AutotagOption, ErrorCode, FetchOptions, ObjectType, Oid, Repository};
 
 use super::transport::{self, FetchContext};
-use super::{READ_LIMIT, Revision, SourceError};
+use super::{READ_LIMIT, Revision, SourceError, Verdict, VerifyPolicy};
 use crate::config::SourceConfig;
 
 /// Where the desired state lives in git (`source.*` of the host configuration).
@@ -67,6 +67,7 @@ pub struct GitSource {
     settings: GitSettings,
     mirror_dir: PathBuf,
     fetch_lock: Arc<tokio::sync::Mutex<()>>,
+    verify: VerifyPolicy,
 }
 
 impl GitSource {
@@ -80,7 +81,66 @@ impl GitSource {
             settings,
             mirror_dir,
             fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
+            verify: VerifyPolicy::default(),
         }
+    }
+
+    /// The same source, checking the signature of every revision it loads as `policy` says
+    /// (`source.verify`; the default checks nothing).
+    pub fn with_verify(mut self, policy: VerifyPolicy) -> Self {
+        self.verify = policy;
+        self
+    }
+
+    /// The signature policy.
+    pub fn verify_policy(&self) -> &VerifyPolicy {
+        &self.verify
+    }
+
+    /// Checks the signature of the fetched commit `rev` (as returned by [`GitSource::fetch`])
+    /// at `now`, as `source.verify` asks; `Ok` with nothing to check when it is off.
+    ///
+    /// # Errors
+    /// [`SourceError::Unverified`] for a refused commit (unsigned, unknown signer, bad
+    /// signature, a signer not allowed now), [`SourceError::Verify`] when a trust file cannot
+    /// be used.
+    pub async fn verify(
+        &self,
+        rev: &Revision,
+        now: DateTime<Utc>,
+    ) -> Result<Option<super::Signer>, SourceError> {
+        if !self.verify.is_on() {
+            return Ok(None);
+        }
+        let policy = self.verify.clone();
+        let mirror_dir = self.mirror_dir.clone();
+        let revision = rev.clone();
+        tokio::task::spawn_blocking(move || {
+            let repo =
+                Repository::open_bare(&mirror_dir).map_err(|source| SourceError::Mirror {
+                    dir: mirror_dir.clone(),
+                    source,
+                })?;
+            let oid =
+                Oid::from_str(&revision.id).map_err(|source| SourceError::RevisionNotFound {
+                    repo: mirror_dir.clone(),
+                    rev: revision.id.clone(),
+                    source,
+                })?;
+            match policy.check_commit(&repo, oid, now) {
+                Ok(Verdict::Verified(signer)) => Ok(Some(signer)),
+                Ok(Verdict::Refused(refusal)) => Err(SourceError::Unverified {
+                    revision: Box::new(revision),
+                    refusal: Box::new(refusal),
+                }),
+                Err(source) => Err(SourceError::Verify {
+                    commit: revision.id,
+                    source,
+                }),
+            }
+        })
+        .await
+        .map_err(SourceError::Task)?
     }
 
     /// The settings this source follows.

@@ -13,7 +13,9 @@
 //! them to [`crate::desired::spec::parse`]. libgit2 is blocking, so the async functions run it on
 //! tokio's blocking pool and never stall the runtime's worker threads.
 //!
-//! Signature checks of commits (design §12, optional) are not implemented.
+//! - **signature checks** of the commit about to be applied (`source.verify`, design §12):
+//!   SSH signatures against an `allowed_signers` file, OpenPGP signatures against a keyring
+//!   ([`VerifyPolicy`]); a refused commit is [`SourceError::Unverified`], never read.
 
 use std::path::PathBuf;
 
@@ -22,11 +24,18 @@ use serde::{Deserialize, Serialize};
 
 mod any;
 mod git;
+#[cfg(feature = "openpgp")]
+mod openpgp;
 mod transport;
+mod verify;
 mod watch;
 
 pub use any::{AnySource, DesiredSource, FileSource};
 pub use git::{GitSettings, GitSource, read_at};
+pub use verify::{
+    AllowedSigner, AllowedSigners, CheckError, GIT_NAMESPACE, Refusal, Signer, TrustFileError,
+    Verdict, VerifyMode, VerifyPolicy,
+};
 pub use watch::{FileChange, FileWatch, content_hash, read_file, watch_file};
 
 /// Most bytes of `users.yaml` this module hands out: one more than
@@ -223,6 +232,28 @@ pub enum SourceError {
     /// A blocking git task did not complete (it panicked or the runtime is shutting down).
     #[error("a git task did not complete (it panicked, or the runtime is shutting down)")]
     Task(#[source] tokio::task::JoinError),
+    /// `source.verify` refused the commit at the tip of the branch: it is not applied.
+    #[error(
+        "commit {} is refused by source.verify: {refusal}; sign it with a key listed in \
+         source.verify.allowedSignersFile (SSH) or source.verify.keyringFile (OpenPGP) and push \
+         again",
+        revision.id
+    )]
+    Unverified {
+        /// The refused commit.
+        revision: Box<Revision>,
+        /// Why.
+        refusal: Box<Refusal>,
+    },
+    /// The signature of a commit could not be checked (a trust file is missing or malformed).
+    #[error("cannot check the signature of commit {commit}")]
+    Verify {
+        /// The commit.
+        commit: String,
+        /// What went wrong.
+        #[source]
+        source: CheckError,
+    },
     /// A plain `users.yaml` file (`--desired FILE`) could not be read.
     #[error("cannot read {}: check the --desired path and its permissions", path.display())]
     File {
