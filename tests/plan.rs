@@ -259,6 +259,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 max_deletions,
                 resend_after,
                 force,
+                ..Policy::default()
             },
         )
 }
