@@ -420,3 +420,68 @@ fn kill_matrix_long() {
         }
     }
 }
+
+/// Issue 9 item 9: a full disk (`ENOSPC`, injected through the debug-only write seam) during
+/// any save fails the apply with exit 1 and leaves the previous files whole; once there is
+/// space again the next apply converges with no duplicate.
+#[test]
+fn a_full_disk_during_any_save_fails_with_exit_1_and_leaves_the_files_whole() {
+    for kind in ["journal", "audit", "state"] {
+        let mut h = Harness::new();
+        h.configure(|c| c.tenant.replication_grace = GRACE);
+        h.write_users_yaml(&users_yaml(&[(BOB, "viewer")]));
+        h.apply(&[]).expect_code(0);
+        h.write_users_yaml(&users_yaml(&[(ANA, "viewer"), (BOB, "viewer")]));
+        let dir = h.state_dir();
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let (state, audit) = (read("state.json"), read("audit.jsonl"));
+
+        let run = h
+            .cmd()
+            .env("GUESTOPS_FAILPOINT", format!("enospc-{kind}"))
+            .arg("apply")
+            .arg("--config")
+            .arg(h.config_path())
+            .arg("--desired")
+            .arg(h.users_path())
+            .output()
+            .expect("guestops runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{kind}: exit 1\n{stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{kind}: says why\n{stderr}"
+        );
+        let state_now = read("state.json");
+        if kind == "state" {
+            assert_eq!(state_now, state, "{kind}: state.json untouched");
+        } else {
+            // Saved whole before the failing write (the guests seen, portal ids learnt).
+            serde_json::from_slice::<serde_json::Value>(&state_now)
+                .unwrap_or_else(|e| panic!("{kind}: state.json whole: {e}"));
+        }
+        assert!(!dir.join("state.json.tmp").exists(), "{kind}: no temp file");
+        let audit_now = read("audit.jsonl");
+        assert!(
+            audit_now.starts_with(&audit) && audit_now.ends_with(b"\n"),
+            "{kind}: the audit log only grew by whole lines"
+        );
+        if kind == "journal" {
+            assert_eq!(h.invitations(ANA), 0, "no intent, no request");
+        }
+        assert!(
+            StateStore::read_only(&dir).is_ok(),
+            "{kind}: the state stays readable"
+        );
+
+        // Space again: converges, every write once.
+        let deadline = Instant::now() + 3 * GRACE + Duration::from_secs(10);
+        while !reached(&h, Write::Invite) {
+            h.apply(&[]).expect_code(0);
+            assert!(Instant::now() < deadline, "{kind}: not converged");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(h.invitations(ANA), 1, "{kind}: invited once");
+        assert_eq!(h.creates(ANA), 1, "{kind}: registered once");
+    }
+}
