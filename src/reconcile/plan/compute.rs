@@ -663,7 +663,7 @@ fn plan_desired(
                         )
                     } else {
                         format!(
-                            "the invitation of {email} at {} ended in an ambiguous error and no guest is visible yet (Entra replication); not invited again before tenant.replicationGrace ({}) has passed",
+                            "the invitation of {email} at {} has no known outcome (an ambiguous error, or guestops stopped before recording the answer) and no guest is visible yet (Entra replication); looked up again at every reconcile, not invited again before tenant.replicationGrace ({}) has passed",
                             at.format("%Y-%m-%d %H:%M UTC"),
                             humantime_secs(policy.replication_grace)
                         )
