@@ -12,9 +12,17 @@
 //! Writes: invitation, registration, role update, removal (portal `DELETE`), guest disable and
 //! guest delete. Graces are seconds here (`tenant.replicationGrace: 3s`, replication 1 s).
 //!
-//! The short form (every write × every point, replication on for the invitation) runs in
-//! `cargo test`; the long form (replication on and off for every write, and a run of several
-//! admins at once per case) is `cargo test --test e2e kill -- --ignored`.
+//! The short form (every write × every point; the invitation with and without replication)
+//! runs in `cargo test`; the long form (replication on and off for every write: 36 cases) is
+//! `cargo test --test e2e kill -- --ignored`.
+//!
+//! Each case asserts: the killed run made exactly the writes before the kill point (0 before,
+//! 1 held or after); the next runs (exit 0 each) reach the goal in the simulator and in
+//! `state.json` within three graces; from the killed run on, the remote writes are exactly the
+//! ones the change needs (no second invitation, registration, PUT, DELETE or PATCH), at most
+//! one guest and one registration for the address; a last run says "No changes" and writes
+//! nothing; the bystander Bob is untouched. Without intents the invitation cases "held" and
+//! "after" with replication fail (two invitations).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
