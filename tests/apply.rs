@@ -568,8 +568,15 @@ async fn resend_bumps_the_count_and_skips_an_accepted_guest() {
 async fn a_state_that_cannot_be_saved_stops_new_changes() {
     let world = World::new();
     let mut store = StateStore::open(world.dir.path()).unwrap();
-    // A directory where state.json should be: the rename fails (even for root).
-    std::fs::create_dir(world.dir.path().join(state::STATE_FILE)).unwrap();
+    // A directory where the journal should be: the first intent cannot be recorded (even
+    // for root), so its request is never sent.
+    std::fs::create_dir(
+        world
+            .dir
+            .path()
+            .join(guestops::reconcile::journal::JOURNAL_FILE),
+    )
+    .unwrap();
     let opts = ApplyOptions {
         tenant_concurrency: 1,
         ..options()
@@ -595,17 +602,45 @@ async fn a_state_that_cannot_be_saved_stops_new_changes() {
     // The message says its own part; the state error (naming the file) is its cause, and
     // the chain is what a person reads.
     let text = guestops::error::chain(&err);
-    assert!(text.contains("state.json"), "{text}");
+    assert!(text.contains("journal.jsonl"), "{text}");
     assert_eq!(
         world.tenant.calls(TenantOp::Invite),
-        1,
-        "no write after the failed save"
+        0,
+        "no request whose intent is not recorded"
     );
-    assert_eq!(
-        (report.succeeded(), report.skipped()),
-        (1, 2),
-        "{report:#?}"
-    );
+    assert_eq!((report.failed(), report.skipped()), (1, 2), "{report:#?}");
+    assert!(world.audit().is_empty(), "nothing was written");
+}
+
+#[tokio::test]
+async fn a_compaction_that_fails_is_an_error_and_loses_nothing() {
+    let world = World::new();
+    let mut store = StateStore::open(world.dir.path()).unwrap();
+    // A directory where state.json should be: the changes are journaled, the compaction at
+    // the end fails (the rename), and the journal still holds every change.
+    std::fs::create_dir(world.dir.path().join(state::STATE_FILE)).unwrap();
+    let changes = (0..3)
+        .map(|i| invite(&format!("user{i}@vendor.example")))
+        .collect();
+    let err = apply(
+        &plan(changes),
+        &world.tenant,
+        &world.portal,
+        &mut store,
+        &options(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    let ApplyError::State { report, .. } = &err else {
+        panic!("expected a state error, got {err:?}");
+    };
+    assert_eq!(report.succeeded(), 3, "{report:#?}");
     assert!(!world.dir.path().join(state::STATE_TMP_FILE).exists());
-    assert_eq!(world.audit().len(), 1, "the write that happened is audited");
+    assert_eq!(world.audit().len(), 3, "every write is audited");
+    drop(store);
+    std::fs::remove_dir(world.dir.path().join(state::STATE_FILE)).unwrap();
+    let state = StateStore::read_only(world.dir.path()).unwrap();
+    assert_eq!(state.users.len(), 3, "the journal holds every change");
+    assert!(state.users.values().all(|u| u.guest_owned));
 }

@@ -365,6 +365,7 @@ fn every_key_has_a_working_override() {
         ("tenant.concurrency", "3"),
         ("tenant.deltaQuery", "false"),
         ("tenant.fullResyncInterval", "6h"),
+        ("tenant.replicationGrace", "90s"),
         ("portal.baseUrl", "https://pe.example"),
         ("portal.apiKeyFile", "/etc/guestops/pe"),
         ("portal.concurrency", "1"),

@@ -1127,3 +1127,35 @@ async fn plan_and_apply_refuse_an_unsigned_or_unknown_signed_tip_naming_commit_a
     let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
     assert_eq!(doc["revision"], signed.as_str(), "{doc}");
 }
+
+// Issue 9: while an invitation is not visible yet (an open intent), the daemon reconciles again
+// after a tenth of `tenant.replicationGrace`, not at the next resync.
+#[tokio::test(start_paused = true)]
+async fn an_invitation_not_visible_yet_requeues_the_daemon_soon_not_at_the_resync() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tenant = FakeTenant::new();
+    tenant.set_replication_lag(1_000);
+    let mut settings = Settings {
+        resync_interval: Duration::from_secs(600),
+        ..settings()
+    };
+    settings.reconcile.policy.replication_grace = Duration::from_secs(30);
+    let d = start(
+        MemSource::new(&users_yaml(&[ANA])),
+        tenant,
+        FakePortal::new(),
+        dir.path(),
+        settings,
+        Notifier::disabled(),
+    );
+    pass(Duration::from_secs(1)).await;
+    assert_eq!(d.invitations_of(ANA.0), 1);
+    let reads = d.tenant.calls(TenantOp::ListGuests);
+    pass(Duration::from_secs(5)).await;
+    assert!(
+        d.tenant.calls(TenantOp::ListGuests) > reads,
+        "reconciled again within 3 s, long before the 600 s resync"
+    );
+    assert_eq!(d.invitations_of(ANA.0), 1, "never invited twice");
+    d.stop().await.expect("clean shutdown");
+}

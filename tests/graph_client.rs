@@ -67,6 +67,7 @@ fn tenant(base: &Url) -> TenantConfig {
         cloud: Default::default(),
         delta_query: true,
         full_resync_interval: std::time::Duration::from_secs(24 * 3600),
+        replication_grace: guestops::reconcile::plan::DEFAULT_REPLICATION_GRACE,
     }
 }
 

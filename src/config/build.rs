@@ -97,6 +97,7 @@ pub(crate) fn defaults() -> Config {
             concurrency: 8,
             delta_query: true,
             full_resync_interval: Duration::from_secs(24 * 3600),
+            replication_grace: crate::reconcile::plan::DEFAULT_REPLICATION_GRACE,
         },
         portal: PortalConfig {
             // A constant that parses.
@@ -464,6 +465,11 @@ pub(crate) fn build(
     r.set(
         &mut t.full_resync_interval,
         "tenant.fullResyncInterval",
+        parse_interval,
+    );
+    r.set(
+        &mut t.replication_grace,
+        "tenant.replicationGrace",
         parse_interval,
     );
 

@@ -282,6 +282,11 @@ pub struct TenantConfig {
     /// Enumerate the whole tenant again after this long even when the delta link still works
     /// (`tenant.fullResyncInterval`, default 24 hours).
     pub full_resync_interval: Duration,
+    /// How long an invitation whose outcome is unknown (a write-ahead intent without an
+    /// outcome, or an ambiguous failure) is resolved by observation before it is sent once
+    /// more (`tenant.replicationGrace`, default
+    /// [`crate::reconcile::plan::DEFAULT_REPLICATION_GRACE`]).
+    pub replication_grace: Duration,
 }
 
 impl TenantConfig {
@@ -606,6 +611,7 @@ impl Config {
             max_deletions: self.policy.max_deletions,
             resend_after: self.policy.resend_after,
             force,
+            replication_grace: self.tenant.replication_grace,
             hidden_fields: crate::reconcile::plan::HiddenFields {
                 unstated_flags: (self.portal.write_only_flags.unstated().into_iter())
                     .map(str::to_owned)

@@ -106,6 +106,10 @@ pub(crate) fn to_yaml(config: &Config) -> String {
         "  fullResyncInterval: {}",
         duration(t.full_resync_interval)
     ));
+    line(format!(
+        "  replicationGrace: {}",
+        duration(t.replication_grace)
+    ));
 
     let p = &config.portal;
     line("portal:".into());

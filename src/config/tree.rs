@@ -74,6 +74,7 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("concurrency", Kind::Leaf),
             ("deltaQuery", Kind::Leaf),
             ("fullResyncInterval", Kind::Leaf),
+            ("replicationGrace", Kind::Leaf),
         ]),
     ),
     (

@@ -13,9 +13,14 @@
 //!   `invite` is one `POST` too: the same reconcile's observation looked the address up (the
 //!   directory picture, or a batched look-up of every address it does not hold). After an
 //!   ambiguous failure (timeout, 5xx) both look again and never re-POST blindly.
-//! - Crash safety: after every change the state is saved atomically, and an audit line is
-//!   appended, before that user's next change starts. Whatever point a crash happens at, the next
-//!   reconcile re-observes and converges without duplicates.
+//! - Crash safety: before an invitation or a registration its intent is journaled and
+//!   fsync'd ([`journal`]); after every change an audit line and the user's record are
+//!   appended (one journal line, O(1)), before that user's next change starts; the journal is
+//!   compacted into `state.json` once, at the end. Whatever point a crash happens at, the next
+//!   reconcile re-observes and converges without duplicates: an open intent is resolved by
+//!   observation within `tenant.replicationGrace` (adopted when the guest is visible, sent
+//!   once more after the grace), a registration by the portal listing (a `POST` answered
+//!   "already exists" is adopted).
 //! - Cancellation: once the token fires no new change starts; changes in flight finish and are
 //!   recorded; the rest are reported as skipped.
 //!
@@ -33,6 +38,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::chain;
+use crate::reconcile::journal::{self, Entry};
 use crate::reconcile::plan::{Action, Change, Plan, RefusalScope, System};
 use crate::reconcile::state::{
     AuditRecord, AuditResult, StateError, StateStore, UserRecord, append_audit_line, write_snapshot,
@@ -484,6 +490,44 @@ enum Effect {
     RemovalFailed,
     /// An invitation may have been made (ambiguous error, no guest visible yet).
     InvitationUnconfirmed,
+    /// A registration may have been made (ambiguous error, the user not visible afterwards).
+    RegistrationUnconfirmed,
+    /// The write announced by an intent certainly did not happen (a definitive error).
+    IntentVoid(Intent),
+}
+
+/// A write whose intent is journaled before it is sent (design §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    /// `POST /invitations`.
+    Invite,
+    /// `POST /api/user`.
+    Register,
+}
+
+impl Intent {
+    fn of(action: &Action) -> Option<Intent> {
+        match action {
+            Action::Invite { .. } => Some(Intent::Invite),
+            Action::Register { .. } => Some(Intent::Register),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Intent::Invite => "invite",
+            Intent::Register => "register",
+        }
+    }
+
+    /// Marks the intent open in `record` since `now`.
+    fn open(self, record: &mut UserRecord, now: DateTime<Utc>) {
+        match self {
+            Intent::Invite => record.invitation_unconfirmed_at = Some(now),
+            Intent::Register => record.registration_unconfirmed_at = Some(now),
+        }
+    }
 }
 
 impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
@@ -548,7 +592,33 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             return (ChangeResult::Skipped { why }, Vec::new());
         }
 
-        let step = self.execute(change).await;
+        // Write-ahead intent (invitation, registration): journaled and fsync'd before the
+        // request leaves, so a crash after it is resolved by observation, never repeated
+        // blindly (design §8).
+        let intent = Intent::of(&change.action);
+        if let Some(intent) = intent {
+            let now = (self.opts.clock)();
+            if let Err(err) = self.recorder.intent(change, intent, now).await {
+                tracing::error!(user = %change.email, error = %err, "could not record an intent; the change was not started");
+                self.stop.cancel();
+                return (
+                    ChangeResult::Failed {
+                        error: format!(
+                            "the intent could not be recorded, so the request was not sent: {}",
+                            chain(&err)
+                        ),
+                    },
+                    Vec::new(),
+                );
+            }
+        }
+        journal::failpoint(&format!("before-{}", change.action.name()));
+        let mut step = self.execute(change).await;
+        journal::failpoint(&format!("after-{}", change.action.name()));
+        if let (Some(intent), Effect::None) = (intent, &step.effect) {
+            // A definitive answer: nothing happened, the intent is void.
+            step.effect = Effect::IntentVoid(intent);
+        }
         // One line per change, at the daemon's default level.
         let (action, user) = (change.action.name(), change.email.as_str());
         match &step.result {
@@ -872,16 +942,38 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                 Ok(None) => Step::failed(
                     format!("the registration of {email} may or may not have happened ({err}) and the user is not visible; it was not repeated, the next reconcile looks again", err = chain(&err)),
                     None,
-                    Effect::None,
+                    Effect::RegistrationUnconfirmed,
                 ),
                 Err(lookup) => Step::failed(
                     format!("the registration of {email} may or may not have happened ({err}) and the look-up afterwards failed ({lookup}); it was not repeated, the next reconcile looks again", err = chain(&err), lookup = chain(&lookup)),
                     None,
-                    Effect::None,
+                    Effect::RegistrationUnconfirmed,
                 ),
             },
+            // The portal already holds the address (a registration of a crashed run, or one
+            // the listing did not show yet): registered, adopted after a re-read.
+            Err(err) if already_exists(&err) => {
+                let found = self.portal.find_user(email).await;
+                let portal_id = found.as_ref().ok().and_then(|f| f.as_ref()).map(|f| f.id.clone());
+                let detail = match (&found, &portal_id) {
+                    (_, Some(id)) => format!("the portal answered that {email} exists already ({err}): adopted as registered (portal id {id})", err = chain(&err)),
+                    (Ok(_), None) => format!("the portal answered that {email} exists already ({err}) but a re-read does not show it yet: recorded as registered, the next listing tells its id", err = chain(&err)),
+                    (Err(lookup), None) => format!("the portal answered that {email} exists already ({err}); the re-read failed ({lookup}): recorded as registered, the next listing tells its id", err = chain(&err), lookup = chain(lookup)),
+                };
+                Step::done(Effect::PortalOwned { portal_id }, None, false).with_detail(detail)
+            }
             Err(err) => Step::failed(format!("could not register {email}: {err}", err = chain(&err)), None, Effect::None),
         }
+    }
+}
+
+/// Whether the portal refused a `POST /api/user` because the address is registered already
+/// (the simulator answers 400 "already exists"; the real status is unknown, 409 is accepted
+/// too: `docs/specs/power-embedded.md`).
+fn already_exists(err: &crate::remote::portal::PortalError) -> bool {
+    matches!(err.status(), Some(400 | 409)) && {
+        let message = chain(err).to_lowercase();
+        message.contains("already") || message.contains("exists")
     }
 }
 
@@ -919,6 +1011,9 @@ fn apply_effect(
     match effect {
         Effect::None => {}
         Effect::GuestOwned { guest_id, invited } => {
+            // An adopted guest while an invitation intent was open: guestops' own invitation,
+            // resolved by observation.
+            let intended = record.invitation_unconfirmed_at.filter(|_| !invited);
             // Another guest than the one recorded: its invitation history is not ours
             // (the plan's resend and replication rules read these fields).
             if record.guest_id.as_deref() != Some(guest_id.as_str()) && !invited {
@@ -938,6 +1033,9 @@ fn apply_effect(
             if invited {
                 record.invited_at.get_or_insert(now);
                 record.last_invitation_at = Some(now);
+            } else if let Some(at) = intended {
+                record.invited_at.get_or_insert(at);
+                record.last_invitation_at.get_or_insert(at);
             }
         }
         Effect::Resent { guest_id } => {
@@ -952,6 +1050,7 @@ fn apply_effect(
                 record.portal_id = portal_id;
             }
             record.portal_owned = true;
+            record.registration_unconfirmed_at = None;
         }
         Effect::PortalUpdated { portal_id } => {
             record.portal_id.get_or_insert(portal_id);
@@ -972,6 +1071,11 @@ fn apply_effect(
         Effect::InvitationUnconfirmed => {
             record.invitation_unconfirmed_at = Some(now);
         }
+        Effect::RegistrationUnconfirmed => {
+            record.registration_unconfirmed_at = Some(now);
+        }
+        Effect::IntentVoid(Intent::Invite) => record.invitation_unconfirmed_at = None,
+        Effect::IntentVoid(Intent::Register) => record.registration_unconfirmed_at = None,
     }
     if !record.guest_owned && !record.portal_owned {
         // Nothing owned is left: no removal can be pending.
@@ -984,16 +1088,20 @@ fn apply_effect(
 }
 
 /// Serializes state changes and disk writes of concurrent users.
+///
+/// Each change is one journal line (the user's record after it, [`journal`]): O(1) per change
+/// however many users the state holds. [`Recorder::flush`] compacts the journal into
+/// `state.json` once, at the end of the apply.
 struct Recorder<'s> {
     inner: Mutex<RecorderInner<'s>>,
-    /// Held while writing to disk; holds the generation last saved.
-    io: tokio::sync::Mutex<u64>,
+    /// Held while writing to disk.
+    io: tokio::sync::Mutex<()>,
 }
 
 struct RecorderInner<'s> {
     store: &'s mut StateStore,
-    /// Bumped at every state modification.
-    generation: u64,
+    /// Whether the journal holds lines `state.json` does not.
+    journaled: bool,
     /// The first save failure.
     error: Option<StateError>,
 }
@@ -1003,10 +1111,10 @@ impl<'s> Recorder<'s> {
         Self {
             inner: Mutex::new(RecorderInner {
                 store,
-                generation: 0,
+                journaled: false,
                 error: None,
             }),
-            io: tokio::sync::Mutex::new(0),
+            io: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -1015,8 +1123,34 @@ impl<'s> Recorder<'s> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `effect` and appends `audit`, then saves the state (unless a later save
-    /// already covered it).
+    /// Journals the intent of `change` (its record with the intent open since `now`) and
+    /// fsyncs it; the request may be sent once this returns `Ok`.
+    async fn intent(
+        &self,
+        change: &Change,
+        intent: Intent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let entry = {
+            let mut inner = self.lock();
+            let users = &mut inner.store.state_mut().users;
+            let record = users
+                .entry(change.key.clone())
+                .or_insert_with(|| UserRecord {
+                    email: change.email.clone(),
+                    ..UserRecord::default()
+                });
+            intent.open(record, now);
+            Entry {
+                key: change.key.clone(),
+                intent: Some(intent.name().to_owned()),
+                record: Some(record.clone()),
+            }
+        };
+        self.remember(self.write(None, Some(entry)).await)
+    }
+
+    /// Records `effect` and appends `audit`, then journals the user's record.
     async fn record(
         &self,
         change: &Change,
@@ -1024,13 +1158,20 @@ impl<'s> Recorder<'s> {
         audit: Option<AuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<(), StateError> {
-        {
+        let entry = {
             let mut inner = self.lock();
-            if apply_effect(&mut inner.store.state_mut().users, change, effect, now) {
-                inner.generation += 1;
-            }
-        }
-        let result = self.write(audit).await;
+            let users = &mut inner.store.state_mut().users;
+            apply_effect(users, change, effect, now).then(|| Entry {
+                key: change.key.clone(),
+                intent: None,
+                record: users.get(&change.key).cloned(),
+            })
+        };
+        self.remember(self.write(audit, entry).await)
+    }
+
+    /// Keeps the first failure for the final report.
+    fn remember(&self, result: Result<(), StateError>) -> Result<(), StateError> {
         if let Err(err) = &result {
             let mut inner = self.lock();
             if inner.error.is_none() {
@@ -1040,9 +1181,13 @@ impl<'s> Recorder<'s> {
         result
     }
 
-    /// Appends `audit` (if any) and saves the state if it changed since the last save.
-    async fn write(&self, audit: Option<AuditRecord>) -> Result<(), StateError> {
-        let mut saved = self.io.lock().await;
+    /// Appends `audit` (if any), then `entry` (if any) to the journal, each fsync'd.
+    async fn write(
+        &self,
+        audit: Option<AuditRecord>,
+        entry: Option<Entry>,
+    ) -> Result<(), StateError> {
+        let _io = self.io.lock().await;
         if let Some(record) = audit {
             let (dir, file) = {
                 let mut inner = self.lock();
@@ -1050,25 +1195,42 @@ impl<'s> Recorder<'s> {
             };
             blocking(dir, move |dir| append_audit_line(dir, &file, &record)).await?;
         }
-        let (dir, bytes, generation) = {
-            let inner = self.lock();
-            if inner.generation <= *saved {
+        if let Some(entry) = entry {
+            let (dir, file) = {
+                let mut inner = self.lock();
+                inner.journaled = true;
+                (
+                    inner.store.dir().to_path_buf(),
+                    inner.store.journal_handle()?,
+                )
+            };
+            blocking(dir, move |dir| journal::append(dir, &file, &entry)).await?;
+        }
+        Ok(())
+    }
+
+    /// Compacts: writes the whole state to `state.json` and empties the journal, if the
+    /// journal holds anything.
+    async fn flush(&self) -> Result<(), StateError> {
+        let _io = self.io.lock().await;
+        let (dir, bytes, file) = {
+            let mut inner = self.lock();
+            if !inner.journaled {
                 return Ok(());
             }
             (
                 inner.store.dir().to_path_buf(),
                 inner.store.snapshot()?,
-                inner.generation,
+                inner.store.journal_handle()?,
             )
         };
-        blocking(dir, move |dir| write_snapshot(dir, &bytes)).await?;
-        *saved = generation;
+        blocking(dir, move |dir| {
+            write_snapshot(dir, &bytes)?;
+            journal::truncate(dir, &file)
+        })
+        .await?;
+        self.lock().journaled = false;
         Ok(())
-    }
-
-    /// Saves whatever is not saved yet.
-    async fn flush(&self) -> Result<(), StateError> {
-        self.write(None).await
     }
 
     fn take_error(&self) -> Option<StateError> {
@@ -1100,6 +1262,7 @@ fn clone_error(err: &StateError) -> StateError {
             | StateError::Lock { path, .. }
             | StateError::Corrupt { path, .. }
             | StateError::AuditLine { path, .. }
+            | StateError::JournalLine { path, .. }
             | StateError::NewerVersion { path, .. } => path.clone(),
             StateError::CreateDir { dir, .. } | StateError::Locked { dir, .. } => dir.clone(),
         },
@@ -1211,5 +1374,104 @@ mod tests {
             at(7),
         );
         assert!(users.is_empty(), "{users:?}");
+    }
+}
+
+#[cfg(test)]
+mod intent_tests {
+    use super::*;
+    use crate::desired::spec::Role;
+    use crate::remote::portal::fake::{FakePortal, PortalOp};
+
+    fn plan_of(change: Change) -> Plan {
+        Plan {
+            generated_at: Utc::now(),
+            desired_users: 1,
+            in_sync: 0,
+            changes: vec![change],
+            refused_changes: Vec::new(),
+            refusals: Vec::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    // Issue 9: a `POST /api/user` answered "already exists" is a registration, adopted after
+    // a re-read, never a failure.
+    #[tokio::test]
+    async fn a_registration_answered_already_exists_is_adopted_after_a_re_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        let tenant = crate::remote::graph::fake::FakeTenant::new();
+        let portal = FakePortal::new();
+        let id = portal.add_user("ana@p.example", "Ana", Role::Administrator);
+        let plan = plan_of(Change {
+            key: "ana@p.example".into(),
+            email: "ana@p.example".into(),
+            action: Action::Register {
+                name: "Ana".into(),
+                role: Role::Administrator,
+            },
+            reason: None,
+        });
+        let opts = ApplyOptions::default();
+        let report = apply(
+            &plan,
+            &tenant,
+            &portal,
+            &mut store,
+            &opts,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.failed(), 0, "{report:?}");
+        assert_eq!(portal.calls(PortalOp::CreateUser), 1);
+        assert_eq!(portal.calls(PortalOp::FindUser), 1, "one re-read");
+        let ana = &store.state().users["ana@p.example"];
+        assert!(ana.portal_owned, "{ana:?}");
+        assert_eq!(ana.portal_id.as_deref(), Some(id.as_str()));
+        assert_eq!(ana.registration_unconfirmed_at, None, "intent resolved");
+        // The journal was compacted into state.json at the end of the apply.
+        assert_eq!(
+            std::fs::metadata(dir.path().join(journal::JOURNAL_FILE))
+                .unwrap()
+                .len(),
+            0
+        );
+        let saved = StateStore::read_only(dir.path()).unwrap();
+        assert!(saved.users["ana@p.example"].portal_owned);
+    }
+
+    // A definitive refusal voids the intent: nothing lingers in the state.
+    #[tokio::test]
+    async fn a_definitive_failure_voids_the_intent() {
+        use crate::remote::graph::fake::{FakeTenant, Fault, TenantOp};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        let tenant = FakeTenant::new();
+        tenant.inject(Fault::new(TenantOp::Invite, 400));
+        let plan = plan_of(Change {
+            key: "ana@p.example".into(),
+            email: "ana@p.example".into(),
+            action: Action::Invite {
+                display_name: "Ana".into(),
+                send_email: true,
+                message: None,
+            },
+            reason: None,
+        });
+        let opts = ApplyOptions::default();
+        let report = apply(
+            &plan,
+            &tenant,
+            &FakePortal::new(),
+            &mut store,
+            &opts,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.failed(), 1);
+        assert!(store.state().users.is_empty(), "{:?}", store.state().users);
     }
 }

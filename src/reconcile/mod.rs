@@ -30,6 +30,7 @@ use crate::remote::portal::Portal;
 pub mod apply;
 pub mod directory;
 pub mod import;
+pub mod journal;
 pub mod observe;
 pub mod plan;
 pub mod state;
@@ -180,6 +181,10 @@ pub struct Outcome {
     pub report: Option<ApplyReport>,
     /// Pending invitations after the reconcile.
     pub pending: Pending,
+    /// Users with a write-ahead intent (or an ambiguous or not yet visible invitation) still
+    /// open after the reconcile, younger than `tenant.replicationGrace`: the next reconcile
+    /// resolves them by observation (the daemon requeues itself soon for them).
+    pub unresolved: usize,
     /// What was read (`status` builds its rows from it).
     pub observed: Observed,
     /// How the tenant was read (listing, delta round, full sync and why).
@@ -312,7 +317,14 @@ pub async fn run_once<T: Tenant, P: Portal>(
             state.learn_portal_ids(&observed);
             let plan = plan_now(ctx, desired, &observed, &state);
             let outcome = Outcome::planned(plan, desired);
-            Ok(outcome.finish(observed, picture, &state, (ctx.settings.clock)(), started))
+            Ok(outcome.finish(
+                observed,
+                picture,
+                &state,
+                (ctx.settings.clock)(),
+                ctx.settings.policy.replication_grace,
+                started,
+            ))
         }
         Mode::Apply { store, progress } => {
             let (observed, picture) =
@@ -329,6 +341,7 @@ pub async fn run_once<T: Tenant, P: Portal>(
                 picture,
                 store.state(),
                 (ctx.settings.clock)(),
+                ctx.settings.policy.replication_grace,
                 started,
             ))
         }
@@ -358,6 +371,7 @@ impl Outcome {
             revision: desired.plan_revision(),
             report: None,
             pending: Pending::default(),
+            unresolved: 0,
             observed: Observed::default(),
             tenant_picture: TenantPicture::default(),
             duration: Duration::ZERO,
@@ -372,9 +386,11 @@ impl Outcome {
         picture: TenantPicture,
         state: &State,
         now: DateTime<Utc>,
+        grace: Duration,
         started: tokio::time::Instant,
     ) -> Self {
         self.pending = pending_invitations(&observed, state, now);
+        self.unresolved = unresolved_intents(state, grace, now);
         self.observed = observed;
         self.tenant_picture = picture;
         self.duration = started.elapsed();
@@ -462,6 +478,17 @@ fn record_revision(store: &mut StateStore, revision: &Revision) -> Result<(), St
         state.revision = Some(applied.id.clone());
         state.revision_info = Some(applied);
     })
+}
+
+/// Users whose open intent ([`plan::UserRecord::open_intent_since`]) is younger than `grace`.
+pub fn unresolved_intents(state: &State, grace: Duration, now: DateTime<Utc>) -> usize {
+    let grace = chrono::TimeDelta::from_std(grace).unwrap_or(chrono::TimeDelta::MAX);
+    state
+        .users
+        .values()
+        .filter_map(plan::UserRecord::open_intent_since)
+        .filter(|at| now.signed_duration_since(*at) < grace)
+        .count()
 }
 
 /// Owned guests whose invitation is not redeemed, from `observed` and `state` as they are
@@ -711,6 +738,82 @@ mod tests {
             let ana = &store.state().users["ana@partner.example"];
             assert_eq!(ana.guest_id.as_deref(), Some(guest.as_str()));
             assert!(ana.guest_owned);
+        }
+    }
+
+    // Issue 9: an invitation intent without an outcome (killed after Graph made the guest,
+    // before the record) waits for the guest, looked up on every reconcile, and adopts it;
+    // an intent older than the grace with no guest is invited once more.
+    #[tokio::test]
+    async fn an_open_invitation_intent_is_resolved_by_observation_within_the_grace() {
+        use crate::remote::graph::Invitation;
+        let d = desired("  - email: ana@partner.example\n    name: Ana\n");
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let intent = |at| plan::UserRecord {
+            email: "ana@partner.example".into(),
+            invitation_unconfirmed_at: Some(at),
+            ..plan::UserRecord::default()
+        };
+        store
+            .update(|s| {
+                s.users
+                    .insert("ana@partner.example".into(), intent(Utc::now()));
+            })
+            .expect("save");
+        let settings = Settings::default();
+        let first = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+        assert!(
+            first
+                .plan
+                .notices
+                .iter()
+                .any(|n| n.code == "awaiting-replication"),
+            "{:?}",
+            first.plan
+        );
+        assert_eq!(first.unresolved, 1, "the daemon requeues soon");
+        assert_eq!(tenant.calls(TenantOp::Invite), 0, "not invited again");
+        // The crashed run's invitation replicates.
+        tenant
+            .invite(&Invitation {
+                email: "ana@partner.example".into(),
+                display_name: "Ana".into(),
+                send_email: true,
+                message: None,
+            })
+            .await
+            .expect("invite");
+        let second = apply_once(&tenant, &portal, &settings, &d, &mut store).await;
+        assert_eq!(second.failed(), 0, "{:?}", second.report);
+        assert_eq!(tenant.calls(TenantOp::Invite), 1, "adopted, not invited");
+        let ana = &store.state().users["ana@partner.example"];
+        assert!(
+            ana.guest_owned && ana.invitation_unconfirmed_at.is_none(),
+            "{ana:?}"
+        );
+        assert!(
+            ana.invited_at.is_some(),
+            "guestops' own invitation: {ana:?}"
+        );
+        assert_eq!(second.unresolved, 0);
+
+        // An intent whose request never reached Graph: after the grace, one invitation.
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let mut short = Settings::default();
+        short.policy.replication_grace = Duration::from_secs(5);
+        for (age, invites) in [(1, 0), (6, 1)] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut store = StateStore::open(dir.path()).expect("state");
+            let at = Utc::now() - chrono::TimeDelta::seconds(age);
+            store
+                .update(|s| {
+                    s.users.insert("ana@partner.example".into(), intent(at));
+                })
+                .expect("save");
+            apply_once(&tenant, &portal, &short, &d, &mut store).await;
+            assert_eq!(tenant.calls(TenantOp::Invite), invites, "intent {age}s old");
         }
     }
 

@@ -6,7 +6,14 @@
 //!   `state.json`. A corrupt file, or one written by a newer guestops, is an error and is never
 //!   overwritten.
 //! - [`StateStore::save`] writes `state.json.tmp`, fsyncs it, renames it over `state.json` and
-//!   fsyncs the directory, so a crash leaves either the old or the new state, never a mix.
+//!   fsyncs the directory, so a crash leaves either the old or the new state, never a mix; then
+//!   it empties the journal (compaction).
+//! - Between two saves, each change is one line appended to `journal.jsonl`
+//!   ([`crate::reconcile::journal`]: write-ahead intents and outcomes, O(1) per change);
+//!   [`StateStore::open`] and [`StateStore::read_only`] replay it over `state.json`, and `open`
+//!   compacts it when it holds anything (a crashed run).
+//! - A save that fails (a full disk, `ENOSPC`) leaves the previous files intact: the temp file
+//!   is removed, a half-appended journal or audit line is cut off again.
 //! - [`StateStore::append_audit`] appends one JSON line to `audit.jsonl` and fsyncs it.
 //! - [`StateStore::read_only`] loads the state without the lock, for `plan` and `status`.
 //!
@@ -22,6 +29,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::reconcile::journal::{self, WriteKind};
 use crate::reconcile::plan::System;
 pub use crate::reconcile::plan::owned::{AppliedRevision, STATE_VERSION, State, UserRecord};
 
@@ -212,6 +220,21 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    /// A line of `journal.jsonl` is not a valid entry (a torn last line is not this: it is
+    /// ignored).
+    #[error(
+        "line {line} of {} is not a valid journal entry ({source}); it was left untouched: inspect it, or move the journal away to let the next reconcile re-observe (unrecorded invitations may then be sent again)",
+        path.display()
+    )]
+    JournalLine {
+        /// The journal.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A state file could not be written.
     #[error("cannot write {}: {source}; check free space and permissions of the state directory", path.display())]
     Write {
@@ -233,6 +256,7 @@ pub struct StateStore {
     _lock: File,
     state: State,
     audit: Option<File>,
+    journal: Option<File>,
 }
 
 impl StateStore {
@@ -282,19 +306,26 @@ impl StateStore {
             path: lock_path.clone(),
             source,
         })?;
-        let state = load(dir)?;
-        Ok(StateStore {
+        let (state, pending) = load_with_journal(dir)?;
+        let mut store = StateStore {
             dir: dir.to_path_buf(),
             _lock: lock,
             state,
             audit: None,
-        })
+            journal: None,
+        };
+        if pending {
+            // A run ended without compacting (a crash): fold the journal into state.json.
+            store.save()?;
+        }
+        Ok(store)
     }
 
-    /// Loads the state of `dir` without taking the lock (for `plan` and `status`).
-    /// A missing directory or file gives an empty [`State`]; nothing is created.
+    /// Loads the state of `dir` (`state.json` and the journal replayed over it) without
+    /// taking the lock (for `plan` and `status`). A missing directory or file gives an empty
+    /// [`State`]; nothing is created or written.
     pub fn read_only(dir: &Path) -> Result<State, StateError> {
-        load(dir)
+        load_with_journal(dir).map(|(state, _)| state)
     }
 
     /// Whether `dir` holds a `state.json` (an unreadable directory counts as holding one: the
@@ -340,10 +371,29 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Writes `state.json` atomically: temp file, fsync, rename, fsync of the directory.
+    /// Writes `state.json` atomically (temp file, fsync, rename, fsync of the directory), then
+    /// empties the journal, whose lines it now holds (compaction).
     pub fn save(&mut self) -> Result<(), StateError> {
         let bytes = self.snapshot()?;
-        write_snapshot(&self.dir, &bytes)
+        write_snapshot(&self.dir, &bytes)?;
+        self.truncate_journal()
+    }
+
+    /// Empties the journal if there is one.
+    fn truncate_journal(&mut self) -> Result<(), StateError> {
+        if self.journal.is_none() && !self.dir.join(journal::JOURNAL_FILE).exists() {
+            return Ok(());
+        }
+        let file = open_journal(&mut self.journal, &self.dir)?;
+        journal::truncate(&self.dir, file)
+    }
+
+    /// An owned handle on the journal (for writing from a blocking task).
+    pub(crate) fn journal_handle(&mut self) -> Result<File, StateError> {
+        let path = self.dir.join(journal::JOURNAL_FILE);
+        open_journal(&mut self.journal, &self.dir)?
+            .try_clone()
+            .map_err(|source| StateError::Write { path, source })
     }
 
     /// Appends `record` as one line of `audit.jsonl`, then flushes and fsyncs it.
@@ -379,6 +429,15 @@ fn write_holder(mut file: &File, holder: &LockHolder) -> io::Result<()> {
     file.seek(io::SeekFrom::Start(0))?;
     file.write_all(holder.to_file().as_bytes())?;
     file.flush()
+}
+
+/// The journal of `dir`, opened for appending on first use and kept in `slot`.
+fn open_journal<'f>(slot: &'f mut Option<File>, dir: &Path) -> Result<&'f File, StateError> {
+    let file = match slot.take() {
+        Some(file) => file,
+        None => journal::open(dir)?,
+    };
+    Ok(slot.insert(file))
 }
 
 /// The audit log of `dir`, opened for appending on first use and kept in `slot`.
@@ -424,12 +483,12 @@ pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> Result<(), StateError>
     let tmp = dir.join(STATE_TMP_FILE);
     let target = dir.join(STATE_FILE);
     let written = (|| -> io::Result<()> {
-        let mut file = private_options()
+        let file = private_options()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        journal::write_all(WriteKind::State, dir, &file, bytes)?;
         file.sync_all()
     })();
     if let Err(source) = written {
@@ -455,7 +514,7 @@ pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> Result<(), StateError>
 /// Appends one JSON line for `record` to `file` (opened in append mode), flushes and fsyncs.
 pub(crate) fn append_audit_line(
     dir: &Path,
-    mut file: &File,
+    file: &File,
     record: &AuditRecord,
 ) -> Result<(), StateError> {
     let path = dir.join(AUDIT_FILE);
@@ -464,11 +523,19 @@ pub(crate) fn append_audit_line(
         source: io::Error::other(source),
     })?;
     line.push(b'\n');
-    // One write call per line: appends of whole lines do not interleave.
-    file.write_all(&line)
-        .and_then(|()| file.flush())
-        .and_then(|()| file.sync_data())
+    // One write call per line: appends of whole lines do not interleave; a failed one is cut
+    // off again.
+    journal::append_line(WriteKind::Audit, dir, file, &line)
         .map_err(|source| StateError::Write { path, source })
+}
+
+/// `state.json` with the journal replayed over it, and whether the journal holds anything
+/// (then [`StateStore::open`] compacts it).
+fn load_with_journal(dir: &Path) -> Result<(State, bool), StateError> {
+    let mut state = load(dir)?;
+    journal::replay(dir, &mut state.users)?;
+    let pending = std::fs::metadata(dir.join(journal::JOURNAL_FILE)).is_ok_and(|m| m.len() > 0);
+    Ok((state, pending))
 }
 
 fn load(dir: &Path) -> Result<State, StateError> {
@@ -494,7 +561,11 @@ fn load(dir: &Path) -> Result<State, StateError> {
             supported: STATE_VERSION,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
+    let mut state: State =
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })?;
+    // An older schema is read as it is and written back as the current one.
+    state.version = STATE_VERSION;
+    Ok(state)
 }
 
 fn create_dir(dir: &Path) -> Result<(), StateError> {
@@ -512,7 +583,7 @@ fn create_dir(dir: &Path) -> Result<(), StateError> {
 }
 
 /// Options creating files readable by the owner only.
-fn private_options() -> OpenOptions {
+pub(crate) fn private_options() -> OpenOptions {
     #[allow(unused_mut)]
     let mut options = OpenOptions::new();
     #[cfg(unix)]
@@ -777,5 +848,214 @@ mod tests {
         let text = std::fs::read_to_string(tmp.path().join(AUDIT_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(text.contains("\"result\":\"error\""), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::reconcile::journal::{self, Entry, JOURNAL_FILE, WriteKind};
+
+    fn ana() -> UserRecord {
+        UserRecord {
+            email: "Ana@x.example".to_owned(),
+            invitation_unconfirmed_at: Some(DateTime::<Utc>::UNIX_EPOCH),
+            ..UserRecord::default()
+        }
+    }
+
+    fn append(store: &mut StateStore, entry: &Entry) -> Result<(), StateError> {
+        let file = store.journal_handle()?;
+        journal::append(store.dir(), &file, entry)
+    }
+
+    fn intent(key: &str, record: UserRecord) -> Entry {
+        Entry {
+            key: key.to_owned(),
+            intent: Some("invite".to_owned()),
+            record: Some(record),
+        }
+    }
+
+    #[test]
+    fn a_journaled_intent_survives_a_crash_and_is_compacted_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        store.update(|s| s.revision = Some("r1".into())).unwrap();
+        append(&mut store, &intent("ana@x.example", ana())).unwrap();
+        // A crash: no compaction. Readers see the journal replayed.
+        drop(store);
+        let seen = StateStore::read_only(tmp.path()).unwrap();
+        assert_eq!(seen.users["ana@x.example"], ana());
+        assert_eq!(seen.revision.as_deref(), Some("r1"));
+        let on_disk = std::fs::read_to_string(tmp.path().join(STATE_FILE)).unwrap();
+        assert!(
+            !on_disk.contains("ana@x.example"),
+            "not compacted by a reader"
+        );
+        // Opening compacts: state.json holds the record, the journal is empty.
+        let store = StateStore::open(tmp.path()).unwrap();
+        assert_eq!(store.state().users["ana@x.example"], ana());
+        let on_disk = std::fs::read_to_string(tmp.path().join(STATE_FILE)).unwrap();
+        assert!(on_disk.contains("ana@x.example"), "{on_disk}");
+        assert_eq!(
+            std::fs::metadata(tmp.path().join(JOURNAL_FILE))
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn an_outcome_replaces_the_intent_and_null_drops_the_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        append(&mut store, &intent("ana@x.example", ana())).unwrap();
+        let owned = UserRecord {
+            email: "Ana@x.example".to_owned(),
+            guest_id: Some("g1".into()),
+            guest_owned: true,
+            ..UserRecord::default()
+        };
+        let outcome = Entry {
+            key: "ana@x.example".into(),
+            intent: None,
+            record: Some(owned.clone()),
+        };
+        append(&mut store, &outcome).unwrap();
+        append(&mut store, &intent("bob@x.example", ana())).unwrap();
+        let dropped = Entry {
+            key: "bob@x.example".into(),
+            intent: None,
+            record: None,
+        };
+        append(&mut store, &dropped).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 4, "one line per step: {text}");
+        drop(store);
+        let state = StateStore::read_only(tmp.path()).unwrap();
+        assert_eq!(state.users.len(), 1);
+        assert_eq!(state.users["ana@x.example"], owned);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_a_bad_complete_line_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        append(&mut store, &intent("ana@x.example", ana())).unwrap();
+        drop(store);
+        let path = tmp.path().join(JOURNAL_FILE);
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"key\":\"bob@x.exa");
+        std::fs::write(&path, &text).unwrap();
+        let store = StateStore::open(tmp.path()).expect("a torn tail is not corruption");
+        assert_eq!(store.state().users.len(), 1);
+        drop(store);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "compacted");
+
+        std::fs::write(&path, b"not json\n").unwrap();
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, StateError::JournalLine { line: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"not json\n",
+            "left untouched"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_journal_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        append(&mut store, &intent("ana@x.example", ana())).unwrap();
+        let mode = std::fs::metadata(tmp.path().join(JOURNAL_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_version_1_state_loads_and_is_written_back_as_the_current_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join(STATE_FILE),
+            br#"{"version":1,"revision":"r0","users":{"ana@x.example":{"email":"Ana@x.example","guestId":"g1","guestOwned":true}}}"#,
+        )
+        .unwrap();
+        let mut store = StateStore::open(tmp.path()).unwrap();
+        assert!(store.state().users["ana@x.example"].guest_owned);
+        store.save().unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(STATE_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("\"version\": {STATE_VERSION}")),
+            "{text}"
+        );
+    }
+
+    // Issue 9 item 9: a full disk during any save leaves the previous files intact.
+    #[test]
+    fn a_full_disk_leaves_state_journal_and_audit_as_they_were() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = StateStore::open(dir).unwrap();
+        store
+            .update(|s| s.revision = Some("before".into()))
+            .unwrap();
+        append(&mut store, &intent("ana@x.example", ana())).unwrap();
+        let audit = AuditRecord {
+            time: DateTime::<Utc>::UNIX_EPOCH,
+            revision: None,
+            author: None,
+            action: "invite".into(),
+            system: System::Tenant,
+            user: "ana@x.example".into(),
+            result: AuditResult::Ok,
+            detail: None,
+            request_id: None,
+        };
+        store.append_audit(&audit).unwrap();
+        let files = |dir: &Path| {
+            [STATE_FILE, JOURNAL_FILE, AUDIT_FILE].map(|f| std::fs::read(dir.join(f)).unwrap())
+        };
+        let before = files(dir);
+
+        journal::inject_full_disk(dir, WriteKind::State);
+        let err = store
+            .update(|s| s.revision = Some("after".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert!(!dir.join(STATE_TMP_FILE).exists(), "no temp file left");
+
+        journal::clear_full_disk(dir);
+        journal::inject_full_disk(dir, WriteKind::Journal);
+        let err = append(&mut store, &intent("bob@x.example", ana())).unwrap_err();
+        assert!(matches!(err, StateError::Write { .. }), "{err:?}");
+
+        journal::clear_full_disk(dir);
+        journal::inject_full_disk(dir, WriteKind::Audit);
+        store.append_audit(&audit).unwrap_err();
+        journal::clear_full_disk(dir);
+
+        assert_eq!(
+            files(dir),
+            before,
+            "every file as it was before the failed saves"
+        );
+        drop(store);
+        let state = StateStore::read_only(dir).unwrap();
+        assert_eq!(state.revision.as_deref(), Some("before"));
+        assert_eq!(state.users["ana@x.example"], ana());
+        assert_eq!(read_audit(dir).unwrap().len(), 1);
+        // After space is freed, appends go on from a clean line boundary.
+        let mut store = StateStore::open(dir).unwrap();
+        append(&mut store, &intent("bob@x.example", ana())).unwrap();
+        drop(store);
+        assert_eq!(StateStore::read_only(dir).unwrap().users.len(), 2);
     }
 }

@@ -206,6 +206,18 @@ impl Action {
     }
 }
 
+/// When to reconcile again after a successful reconcile: after `resync`, or sooner while
+/// `unresolved` users have an open write-ahead intent (an invitation whose outcome is
+/// unknown, a guest invited but not visible yet): after a tenth of `grace`, between 1 s and
+/// 60 s, so the guest is adopted soon after it replicates instead of at the next resync.
+pub fn requeue_after(resync: Duration, unresolved: usize, grace: Duration) -> Duration {
+    if unresolved == 0 {
+        return resync;
+    }
+    let soon = (grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    resync.min(soon)
+}
+
 /// The error policy: the `failures`-th failure in a row becomes the next delay
 /// ([`backoff_delay`], at least the `Retry-After` Graph *or* the portal asked for), and that
 /// `Retry-After` holds every trigger. Pure: `jitter` in `[0, 1]` is passed in.
@@ -663,10 +675,19 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         if outcome.interrupted {
             return Err(ReconcileError::Interrupted);
         }
-        Ok((
-            Action::requeue(self.settings.resync_interval),
-            outcome.summary(),
-        ))
+        let after = requeue_after(
+            self.settings.resync_interval,
+            outcome.unresolved,
+            self.settings.reconcile.policy.replication_grace,
+        );
+        if after < self.settings.resync_interval {
+            tracing::info!(
+                unresolved = outcome.unresolved,
+                after_secs = after.as_secs_f64(),
+                "intents are open (an invitation may still be replicating); reconciling again soon"
+            );
+        }
+        Ok((Action::requeue(after), outcome.summary()))
     }
 
     /// Metrics and readiness right after a reconcile: drift, refusals, changes, pending
@@ -735,6 +756,32 @@ async fn recv_while_open(triggers: &mut mpsc::Receiver<Trigger>, open: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_intents_requeue_soon_within_bounds() {
+        let resync = Duration::from_secs(600);
+        let minute = Duration::from_secs(60);
+        assert_eq!(requeue_after(resync, 0, minute * 15), resync);
+        assert_eq!(
+            requeue_after(resync, 2, minute * 15),
+            minute,
+            "capped at 60 s"
+        );
+        assert_eq!(
+            requeue_after(resync, 1, Duration::from_secs(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            requeue_after(resync, 1, Duration::from_secs(2)),
+            Duration::from_secs(1),
+            "at least 1 s"
+        );
+        assert_eq!(
+            requeue_after(Duration::from_millis(500), 1, minute),
+            Duration::from_millis(500),
+            "never later than the resync"
+        );
+    }
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {

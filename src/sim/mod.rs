@@ -40,6 +40,22 @@ pub struct Faults {
     pub retry_after: Option<String>,
     /// Requests answered with an injected failure, by rule.
     pub fail: Vec<FailRule>,
+    /// Requests processed at once but answered late, by rule (the kill matrix kills the
+    /// client while the service has done the work and the answer is held).
+    pub hold: Vec<HoldRule>,
+}
+
+/// Process matching requests at once, then hold their answer for `delay` before sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRule {
+    /// HTTP method to match, e.g. `POST`; `None` = any.
+    pub method: Option<String>,
+    /// The request path (without query) must start with this.
+    pub path_prefix: String,
+    /// How long the answer is held after processing.
+    pub delay: Duration,
+    /// How many matching requests to hold; `None` = all of them.
+    pub times: Option<u32>,
 }
 
 /// Answer matching requests with `status` (a `503` carries `retry_after` when set).
@@ -95,6 +111,8 @@ pub struct Counters {
     /// Inner requests of accepted batches (not counted in `graph_requests`: they are not
     /// requests on the wire).
     pub graph_batch_inner_requests: u64,
+    /// Requests processed whose answer is being held, or was ([`HoldRule`]).
+    pub held: u64,
 }
 
 /// One request the simulator received on the wire (inner `$batch` requests and the identity
@@ -249,7 +267,7 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
 
-    let (latency, injected) = {
+    let (latency, injected, hold) = {
         let mut state = sim.state();
         let count = match (system, is_token) {
             _ if inner => 0,
@@ -305,9 +323,34 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             Some(_) => state.counters.injected_failures += 1,
             None => {}
         }
+        let faults = match system {
+            SystemKind::Graph | SystemKind::Identity => &mut state.graph_faults,
+            SystemKind::Portal => &mut state.portal_faults,
+        };
+        let hold = if injected.is_none() && !is_token && !inner {
+            faults
+                .hold
+                .iter_mut()
+                .find(|r| {
+                    r.method
+                        .as_deref()
+                        .is_none_or(|m| m.eq_ignore_ascii_case(&method))
+                        && path.starts_with(&r.path_prefix)
+                        && r.times.is_none_or(|t| t > 0)
+                })
+                .map(|rule| {
+                    if let Some(times) = rule.times.as_mut() {
+                        *times -= 1;
+                    }
+                    rule.delay
+                })
+        } else {
+            None
+        };
         (
             latency,
             injected.map(|(status, after)| (status, after, retry_after)),
+            hold,
         )
     };
 
@@ -315,7 +358,15 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
         tokio::time::sleep(latency).await;
     }
     let response = match injected {
-        None => next.run(request).await,
+        None => match hold {
+            None => next.run(request).await,
+            Some(delay) => {
+                let response = next.run(request).await;
+                sim.state().counters.held += 1;
+                tokio::time::sleep(delay).await;
+                response
+            }
+        },
         Some((status, after_processing, retry_after)) => {
             if after_processing {
                 let _ = next.run(request).await;

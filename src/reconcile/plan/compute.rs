@@ -43,11 +43,11 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
+use super::MAX_RESENDS;
 use super::{
     Action, Change, GuestOnRemoval, HiddenFields, Notice, Observed, Plan, Policy, Refusal,
     RefusalScope,
 };
-use super::{MAX_RESENDS, REPLICATION_GRACE};
 use super::{State, UserRecord};
 use crate::desired::spec::{DesiredState, DesiredUser};
 use crate::remote::graph::DirectoryUser;
@@ -378,7 +378,7 @@ fn list_ids<'x>(ids: impl Iterator<Item = &'x str>) -> String {
 /// - tenant: a matching member needs no invitation (notice `member`); a matching guest is
 ///   adopted unless already owned; several matching guests → state's id, else the smallest id
 ///   (notice `ambiguous-guest`); no match → `invite`, unless state recorded an invitation
-///   within [`REPLICATION_GRACE`], or an invitation whose outcome was ambiguous
+///   within `policy.replication_grace`, or an invitation whose outcome was ambiguous
 ///   (`invitation_unconfirmed_at`), in which case notice `awaiting-replication`; a pending guest whose last
 ///   invitation is older than `policy.resend_after` → `resend-invitation`, at most
 ///   [`MAX_RESENDS`] times (then notice `invitation-pending`);
@@ -734,7 +734,7 @@ fn plan_desired(
                 }
                 .max(r.invitation_unconfirmed_at)?;
                 let age = now.signed_duration_since(at);
-                let grace = TimeDelta::from_std(REPLICATION_GRACE).unwrap_or(TimeDelta::MAX);
+                let grace = TimeDelta::from_std(policy.replication_grace).unwrap_or(TimeDelta::MAX);
                 (age < grace).then_some(at)
             });
             match recent {
@@ -748,9 +748,9 @@ fn plan_desired(
                         )
                     } else {
                         format!(
-                            "the invitation of {email} at {} ended in an ambiguous error and no guest is visible yet (Entra replication); not invited again for {} minutes",
+                            "the invitation of {email} at {} has no known outcome (an ambiguous error, or guestops stopped before recording the answer) and no guest is visible yet (Entra replication); looked up again at every reconcile, not invited again before tenant.replicationGrace ({}) has passed",
                             at.format("%Y-%m-%d %H:%M UTC"),
-                            REPLICATION_GRACE.as_secs() / 60
+                            humantime_secs(policy.replication_grace)
                         )
                     },
                 ),
@@ -990,6 +990,18 @@ fn plan_removal(
     }
     for action in actions {
         b.change(key, email, action, Some(reason));
+    }
+}
+
+/// `90s`, `15m`, `2h` (the largest unit that divides `d`), for messages.
+fn humantime_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 

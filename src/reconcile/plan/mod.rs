@@ -35,9 +35,21 @@ pub use render::{
 };
 pub(crate) use render::{JsonPlan, json_document};
 
-/// How long a guest that guestops invited may stay invisible to reads (Entra replication
-/// delay) before it is considered gone and invited again.
-pub const REPLICATION_GRACE: Duration = Duration::from_secs(15 * 60);
+/// The default of `tenant.replicationGrace` ([`Policy::replication_grace`]): how long a guest
+/// that guestops invited, or may have invited (a write-ahead intent without an outcome, an
+/// ambiguous failure), may stay invisible to reads (Entra replication delay) before it is
+/// considered gone and invited again.
+///
+/// Evidence: Microsoft publishes no bound for users; the only window it states for a newly
+/// created directory object is 15 minutes ("If the group was created less than 15 minutes ago,
+/// it's possible for the Create team call to fail with a 404 error code due to replication
+/// delays", Microsoft Graph, *Create team from group*, `team-put-teams`). The Entra blog
+/// *Designing for Eventual Consistency for Microsoft Entra* (2026-03-24) states no figure
+/// (`docs/specs/microsoft-graph.md` §2, `docs/config.md`).
+pub const DEFAULT_REPLICATION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// The default grace, under its former name.
+pub const REPLICATION_GRACE: Duration = DEFAULT_REPLICATION_GRACE;
 
 /// At most this many invitation re-sends per guest.
 pub const MAX_RESENDS: u32 = 3;
@@ -70,6 +82,9 @@ pub struct Policy {
     pub resend_after: Option<Duration>,
     /// Overrides the `maxDeletions` and empty-desired guards (never the domain policy).
     pub force: bool,
+    /// How long an invitation whose outcome is unknown waits for the guest to become visible
+    /// before it is sent once more (`tenant.replicationGrace`).
+    pub replication_grace: Duration,
     /// The portal's fields an update cannot send back (`portal.writeOnlyFlags`, the probe's
     /// facts): what the `write-only-flags` note says.
     pub hidden_fields: HiddenFields,
@@ -122,6 +137,7 @@ impl Default for Policy {
             max_deletions: 5,
             resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
             force: false,
+            replication_grace: DEFAULT_REPLICATION_GRACE,
             hidden_fields: HiddenFields::default(),
         }
     }

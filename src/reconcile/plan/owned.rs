@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Observed;
 
-/// Current `state.json` schema version.
-pub const STATE_VERSION: u32 = 1;
+/// Current `state.json` schema version. 2 (issue 9): `registrationUnconfirmedAt` and the
+/// write-ahead journal `journal.jsonl` beside it (a version-1 guestops would ignore the
+/// journal of a crashed run); version-1 files load as they are.
+pub const STATE_VERSION: u32 = 2;
 
 /// What guestops knows about the users it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +98,9 @@ pub struct UserRecord {
     pub last_change: Option<DateTime<Utc>>,
     /// When an invitation was posted whose outcome is unknown (an ambiguous error, and no
     /// guest visible afterwards): the guest may exist but still be replicating, so the plan
-    /// does not invite again within [`crate::reconcile::plan::REPLICATION_GRACE`].
+    /// does not invite again within `tenant.replicationGrace`
+    /// ([`crate::reconcile::plan::Policy::replication_grace`]). Also set *before* the request,
+    /// as the write-ahead intent of an invitation (journaled), and cleared by its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation_unconfirmed_at: Option<DateTime<Utc>>,
     /// Whether the guest `guest_id` has been visible to reads since it was recorded. A guest
@@ -104,6 +108,12 @@ pub struct UserRecord {
     /// replicating: it is invited again without waiting for the replication grace.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub guest_seen: bool,
+    /// When a portal registration (`POST /api/user`) was about to be sent or ended in an
+    /// ambiguous error, and no outcome is recorded yet: the write-ahead intent of a
+    /// registration, resolved by the next portal listing (adopt if the user is listed,
+    /// register again otherwise: a `POST` answered "already exists" is then adopted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_unconfirmed_at: Option<DateTime<Utc>>,
 }
 
 impl State {
@@ -176,5 +186,20 @@ impl UserRecord {
             && !self.portal_owned
             && self.removal_pending_since.is_none()
             && self.invitation_unconfirmed_at.is_none()
+            && self.registration_unconfirmed_at.is_none()
+    }
+
+    /// The newest open write-ahead intent (or ambiguous invitation, or invited guest not
+    /// visible yet) of this record: what the next reconcile resolves by observation.
+    pub fn open_intent_since(&self) -> Option<DateTime<Utc>> {
+        let unseen_invitation = match self.guest_id {
+            Some(_) if self.guest_owned && !self.guest_seen => {
+                self.last_invitation_at.max(self.invited_at)
+            }
+            _ => None,
+        };
+        unseen_invitation
+            .max(self.invitation_unconfirmed_at)
+            .max(self.registration_unconfirmed_at)
     }
 }

@@ -389,7 +389,8 @@ fn recent_invitation_waits_for_replication() {
     assert_eq!(codes(&p), vec!["awaiting-replication"]);
 
     // After the grace period the guest is considered gone: invite again.
-    let later = now() + TimeDelta::from_std(REPLICATION_GRACE).expect("small");
+    let later = now()
+        + TimeDelta::from_std(crate::reconcile::plan::DEFAULT_REPLICATION_GRACE).expect("small");
     let p = plan(
         &desired(vec![ana()]),
         &Observed::default(),
