@@ -26,6 +26,8 @@
 pub mod config;
 pub mod desired;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod markup;
 pub mod preflight;
 pub mod reconcile;

@@ -678,3 +678,67 @@ fn name_length_is_counted_in_characters_up_to_256() {
     let codes: Vec<&str> = over.diagnostics.iter().map(|d| d.code).collect();
     assert_eq!(codes, [codes::INVALID_NAME]);
 }
+
+/// The short form of the fuzz targets (`fuzz/`, `docs/fuzzing.md`): their seed inputs hold
+/// the same properties the targets check, on every `cargo test`.
+#[test]
+fn the_fuzz_seeds_hold_the_fuzz_properties() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let files = |target: &str| -> Vec<Vec<u8>> {
+        let mut paths: Vec<_> = std::fs::read_dir(seeds.join(target))
+            .expect("the seed folder")
+            .map(|e| e.expect("an entry").path())
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| std::fs::read(p).expect("a seed"))
+            .collect()
+    };
+    let users = files("users_yaml");
+    assert!(users.len() > 10, "the users.yaml seeds are there");
+    for data in &users {
+        let parsed = guestops::desired::spec::parse(data, &SpecPolicy::default());
+        assert_eq!(parsed.desired.is_some(), !parsed.has_errors());
+        for format in [
+            OutputFormat::Human,
+            OutputFormat::Github,
+            OutputFormat::Json,
+        ] {
+            let mut out = Vec::new();
+            guestops::desired::spec::render(
+                &parsed.diagnostics,
+                data,
+                "users.yaml",
+                format,
+                &mut out,
+            )
+            .expect("rendering into memory");
+        }
+    }
+    let no_env = |_: &str| None;
+    let mut loaded = 0;
+    for data in files("host_config") {
+        let text = String::from_utf8(data).expect("the config seeds are text");
+        if let Ok(config) =
+            guestops::config::Config::from_yaml_with_env(&text, "seed.yaml", &no_env)
+        {
+            let again = guestops::config::Config::from_yaml_with_env(
+                &config.to_yaml(),
+                "rendered.yaml",
+                &no_env,
+            )
+            .expect("the rendering loads");
+            assert_eq!(again, config);
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 3, "valid configs among the seeds");
+    for data in files("webhook_body") {
+        guestops::fuzzing::webhook_push(&data, false);
+        guestops::fuzzing::webhook_push(&data, true);
+    }
+    for data in files("portal_page") {
+        guestops::fuzzing::portal_page(&data);
+    }
+}

@@ -60,6 +60,7 @@ pub enum WriteKind {
 }
 
 impl WriteKind {
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     fn name(self) -> &'static str {
         match self {
             WriteKind::State => "state",

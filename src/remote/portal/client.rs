@@ -423,7 +423,7 @@ struct Op<'a> {
 }
 
 /// One page of a listing.
-struct Page {
+pub(crate) struct Page {
     items: Vec<Value>,
     has_more: bool,
 }
@@ -909,7 +909,7 @@ fn truncate(text: &str, max: usize) -> String {
 /// `data` must be an array; `hasNextPage` decides whether to go on, and `pageIndex >=
 /// totalPages` stops too (when both are present). A bare array is taken as a complete,
 /// unpaged list.
-fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
+pub(crate) fn parse_page(body: &[u8], page: u32) -> Result<Page, String> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         format!(
             "page {page} is not JSON ({err}): {}",

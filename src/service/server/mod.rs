@@ -12,7 +12,7 @@
 //! Owns no clock beyond [`Health`]'s, takes its listener and cancellation token as parameters.
 
 mod health;
-mod webhook;
+pub(crate) mod webhook;
 
 use axum::Router;
 use axum::body::Bytes;
