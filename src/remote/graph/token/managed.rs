@@ -33,9 +33,7 @@ use super::{
     parse_token_response, resource_name,
 };
 use crate::remote::graph::credential::{ManagedIdentitySettings, ManagedIdentitySource};
-use crate::remote::graph::error::{
-    CredentialError, GraphError, SignInContext, TokenFailure, TokenProblem,
-};
+use crate::remote::graph::error::{CredentialError, GraphError, SignInContext, TokenProblem};
 use crate::remote::http::{Edge, Idempotency, Reply, Request, RetryPolicy, check_url};
 
 /// The largest Arc challenge file accepted (as azure_identity checks).
@@ -302,26 +300,18 @@ impl ManagedIdentityCredential {
         }
         let problem =
             TokenProblem::classify_managed(code, &body.error, &body.error_codes, &description);
-        GraphError::Token(Box::new(TokenFailure {
+        body.into_failure(
             problem,
-            status: code,
-            error: if body.error.is_empty() {
-                "(no error field)".into()
-            } else {
-                body.error
-            },
-            error_codes: body.error_codes,
+            code,
             description,
-            trace_id: body.trace_id,
-            correlation_id: body.correlation_id,
-            token_url: self.endpoint().to_string(),
-            secret_origin: None,
-            context: SignInContext::ManagedIdentity {
+            self.endpoint().as_str(),
+            None,
+            SignInContext::ManagedIdentity {
                 source: self.settings.source.name(),
                 client_id: self.settings.client_id.clone(),
                 resource: self.resource.clone(),
             },
-        }))
+        )
     }
 
     /// The secret of an Arc challenge: the content of the file its `WWW-Authenticate` names.

@@ -324,25 +324,18 @@ impl TokenEndpoint {
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            return Err(GraphError::Token(Box::new(TokenFailure {
+            let secret_origin = match &auth {
+                ClientAuth::Secret(secret) => Some(secret.origin().to_owned()),
+                ClientAuth::Assertion(_) => None,
+            };
+            return Err(body.into_failure(
                 problem,
-                status: reply.status.as_u16(),
-                error: if body.error.is_empty() {
-                    "(no error field)".into()
-                } else {
-                    body.error
-                },
-                error_codes: body.error_codes,
+                reply.status.as_u16(),
                 description,
-                trace_id: body.trace_id,
-                correlation_id: body.correlation_id,
-                token_url: self.token_url.to_string(),
-                secret_origin: match &auth {
-                    ClientAuth::Secret(secret) => Some(secret.origin().to_owned()),
-                    ClientAuth::Assertion(_) => None,
-                },
-                context: context.clone(),
-            })));
+                self.token_url.as_str(),
+                secret_origin,
+                context.clone(),
+            ));
         }
     }
 }
@@ -361,6 +354,37 @@ pub(crate) struct TokenErrorBody {
     pub(crate) trace_id: Option<String>,
     #[serde(default)]
     pub(crate) correlation_id: Option<String>,
+}
+
+impl TokenErrorBody {
+    /// The refusal as a [`GraphError::Token`]: `problem` classified from this body,
+    /// `description` its first line, `token_url` the endpoint that answered `status`.
+    pub(crate) fn into_failure(
+        self,
+        problem: TokenProblem,
+        status: u16,
+        description: String,
+        token_url: &str,
+        secret_origin: Option<String>,
+        context: SignInContext,
+    ) -> GraphError {
+        GraphError::Token(Box::new(TokenFailure {
+            problem,
+            status,
+            error: if self.error.is_empty() {
+                "(no error field)".into()
+            } else {
+                self.error
+            },
+            error_codes: self.error_codes,
+            description,
+            trace_id: self.trace_id,
+            correlation_id: self.correlation_id,
+            token_url: token_url.to_owned(),
+            secret_origin,
+            context,
+        }))
+    }
 }
 
 /// `expires_in`/`expires_on` are numbers in the v2 endpoint and strings in IMDS and App Service.
