@@ -1262,6 +1262,19 @@ fn query_options(uri: &Uri) -> Result<BTreeMap<String, String>, Response> {
     Ok(options)
 }
 
+/// `$top`: [`DEFAULT_PAGE_SIZE`] when absent, else 1 to [`MAX_PAGE_SIZE`].
+fn parse_top(raw: Option<&String>) -> Result<usize, Response> {
+    match raw {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+            _ => Err(bad_request(&format!(
+                "Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive."
+            ))),
+        },
+    }
+}
+
 /// Validates `$select`.
 fn parse_select(raw: Option<&String>) -> Result<Option<Vec<String>>, Response> {
     let Some(raw) = raw else { return Ok(None) };
@@ -1405,16 +1418,9 @@ fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Res
         Ok(select) => select,
         Err(response) => return response,
     };
-    let top = match options.get("$top") {
-        None => DEFAULT_PAGE_SIZE,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return bad_request(&format!(
-                    "Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive."
-                ));
-            }
-        },
+    let top = match parse_top(options.get("$top")) {
+        Ok(top) => top,
+        Err(response) => return response,
     };
     let filter: Option<Filter> = match options.get("$filter").map(|f| filter::parse(f)) {
         None => None,
@@ -1790,16 +1796,9 @@ async fn list_deleted_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri
         Ok(select) => select,
         Err(response) => return response,
     };
-    let top = match options.get("$top") {
-        None => DEFAULT_PAGE_SIZE,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return bad_request(&format!(
-                    "Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive."
-                ));
-            }
-        },
+    let top = match parse_top(options.get("$top")) {
+        Ok(top) => top,
+        Err(response) => return response,
     };
     let filter: Option<Filter> = match options.get("$filter").map(|f| filter::parse(f)) {
         None => None,
