@@ -70,6 +70,15 @@ fn apply_model(
                 }
                 rec.guest_id = Some(guest_id.clone());
                 rec.guest_owned = true;
+                rec.guest_disabled = false;
+            }
+            Action::EnableGuest { guest_id } => {
+                for g in guests_mut(&mut obs, guest_id) {
+                    g.account_enabled = Some(true);
+                }
+                let rec = record(&mut st, key, email);
+                rec.guest_owned = true;
+                rec.guest_disabled = false;
             }
             Action::RestoreGuest { guest_id } => {
                 // The deleted guest comes back with its id, and guestops owns it.
@@ -149,17 +158,22 @@ fn apply_model(
                 for g in guests_mut(&mut obs, guest_id) {
                     g.account_enabled = Some(false);
                 }
-                record(&mut st, key, email).guest_owned = false;
+                let rec = record(&mut st, key, email);
+                rec.guest_owned = false;
+                rec.guest_disabled = true;
             }
             Action::DeleteGuest { guest_id } => {
                 obs.guests.retain(|g| &g.id != guest_id);
                 obs.lookups.retain(|g| &g.id != guest_id);
                 let rec = record(&mut st, key, email);
                 rec.guest_owned = false;
+                rec.guest_disabled = false;
                 rec.guest_id = None;
             }
             Action::ReleaseGuest { .. } => {
-                record(&mut st, key, email).guest_owned = false;
+                let rec = record(&mut st, key, email);
+                rec.guest_owned = false;
+                rec.guest_disabled = false;
             }
         }
     }

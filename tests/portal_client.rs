@@ -1315,3 +1315,44 @@ async fn a_retry_after_on_a_read_pauses_the_writes() {
     );
     assert_eq!(h.sim.state().portal.creates_for("ana@partner.example"), 1);
 }
+
+#[tokio::test]
+async fn a_connection_dropped_after_a_registration_is_an_ambiguous_failure_the_listing_resolves() {
+    let h = Harness::start().await;
+    h.sim.state().portal_faults.drop_every = Some(1);
+    let client = h.client();
+    let err = client
+        .create_user(&new_user("ana@partner.example", "Ana", Role::Viewer))
+        .await
+        .expect_err("the connection was dropped");
+    assert!(err.is_ambiguous(), "{err}");
+    {
+        let state = h.sim.state();
+        // The service did the work: the simulator logged what it wrote, and that it dropped.
+        assert_eq!(state.portal.creates_for("ana@partner.example"), 1);
+        let last = state.requests.back().expect("logged");
+        assert!(last.dropped, "{last:?}");
+        assert_eq!(
+            last.wrote,
+            Some(guestops::sim::Wrote {
+                kind: guestops::sim::WriteKind::Register,
+                address: "ana@partner.example".to_owned(),
+            })
+        );
+        assert_eq!(state.counters.dropped, 1);
+    }
+    h.sim.state().portal_faults.drop_every = None;
+    let users = client.list_users().await.expect("a listing");
+    assert_eq!(users.len(), 1);
+    // A whole listing page is marked as the first and the last of the portal's listing.
+    let state = h.sim.state();
+    let page = state.requests.back().and_then(|r| r.listing.clone());
+    assert_eq!(
+        page,
+        Some(guestops::sim::ListingPage {
+            listing: "portal users".to_owned(),
+            first: true,
+            last: true,
+        })
+    );
+}

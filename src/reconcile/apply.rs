@@ -486,6 +486,9 @@ enum Effect {
     PortalGone,
     /// guestops no longer owns the guest; `gone` when it was deleted.
     GuestReleased { gone: bool },
+    /// guestops disabled the guest at a removal and no longer owns it (it enables it again
+    /// if the user is granted again: [`UserRecord::guest_disabled`]).
+    GuestDisabled,
     /// A removal failed: remember since when it is pending.
     RemovalFailed,
     /// An invitation may have been made (ambiguous error, no guest visible yet).
@@ -682,6 +685,23 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             }),
             Action::ReleaseGuest { .. } => Step::state_only(Effect::GuestReleased { gone: false }),
             Action::RestoreGuest { guest_id } => self.restore(email, guest_id).await,
+            Action::EnableGuest { guest_id } => {
+                match self.tenant.set_account_enabled(guest_id, true).await {
+                    Ok(()) => Step::done(
+                        Effect::GuestOwned {
+                            guest_id: guest_id.clone(),
+                            invited: false,
+                        },
+                        None,
+                        true,
+                    ),
+                    Err(err) => Step::failed(
+                        chain(&err),
+                        err.request_id().map(str::to_owned),
+                        Effect::None,
+                    ),
+                }
+            }
             Action::Invite {
                 display_name,
                 send_email,
@@ -759,7 +779,7 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
             },
             Action::DisableGuest { guest_id } => {
                 match self.tenant.set_account_enabled(guest_id, false).await {
-                    Ok(()) => Step::done(Effect::GuestReleased { gone: false }, None, true),
+                    Ok(()) => Step::done(Effect::GuestDisabled, None, true),
                     Err(err) => Step::failed(
                         chain(&err),
                         err.request_id().map(str::to_owned),
@@ -1029,6 +1049,7 @@ fn apply_effect(
             }
             record.guest_id = Some(guest_id);
             record.guest_owned = true;
+            record.guest_disabled = false;
             record.invitation_unconfirmed_at = None;
             if invited {
                 record.invited_at.get_or_insert(now);
@@ -1061,9 +1082,14 @@ fn apply_effect(
         }
         Effect::GuestReleased { gone } => {
             record.guest_owned = false;
+            record.guest_disabled = false;
             if gone {
                 record.guest_id = None;
             }
+        }
+        Effect::GuestDisabled => {
+            record.guest_owned = false;
+            record.guest_disabled = true;
         }
         Effect::RemovalFailed => {
             record.removal_pending_since.get_or_insert(now);

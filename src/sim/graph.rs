@@ -28,9 +28,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::Sim;
 use super::entra::assertion::{self, Refusal};
 use super::entra::{SimCertificate, SimFederatedCredential, SimManagedIdentity};
+use super::{Sim, WriteKind};
 
 pub mod batch;
 pub mod delta;
@@ -324,6 +324,14 @@ impl SimUser {
             created_date_time: Utc::now(),
             visible_at: None,
         }
+    }
+
+    /// The address a test names this user by: `mail`, else the UPN (lower case).
+    pub fn address(&self) -> String {
+        self.mail
+            .as_deref()
+            .unwrap_or(&self.user_principal_name)
+            .to_lowercase()
     }
 
     /// Whether reads see the user now.
@@ -1545,7 +1553,16 @@ fn list_users_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Res
         body.insert("@odata.nextLink".into(), json!(link));
     }
     body.insert("value".into(), Value::Array(page));
-    graph_json(StatusCode::OK, Value::Object(body))
+    let listing = format!(
+        "graph users {}",
+        options.get("$filter").map_or("", String::as_str)
+    );
+    crate::sim::listing_page(
+        graph_json(StatusCode::OK, Value::Object(body)),
+        listing,
+        first_page,
+        !more,
+    )
 }
 
 async fn get_user(
@@ -1617,10 +1634,24 @@ async fn patch_user(
 ) -> Response {
     let mut state = sim.state();
     let response = patch_user_locked(&mut state.graph, &id, &headers, &body);
-    if response.status().is_success() {
-        state.counters.writes += 1;
+    if !response.status().is_success() {
+        return response;
     }
-    response
+    state.counters.writes += 1;
+    let disable = serde_json::from_slice::<Map<String, Value>>(&body).is_ok_and(|fields| {
+        fields.len() == 1 && fields.get("accountEnabled") == Some(&Value::Bool(false))
+    });
+    let kind = if disable {
+        WriteKind::DisableGuest
+    } else {
+        WriteKind::UpdateGuest
+    };
+    let address = state
+        .graph
+        .user(&id)
+        .map(SimUser::address)
+        .unwrap_or_default();
+    crate::sim::wrote(response, kind, &address)
 }
 
 /// `415` unless the body is declared `application/json`; `what` names it in the message.
@@ -1753,12 +1784,19 @@ async fn delete_user(
     ]) {
         return denied();
     }
-    let Some(id) = dir.visible(&key, Instant::now()).map(|u| u.id.clone()) else {
+    let Some((id, address)) = dir
+        .visible(&key, Instant::now())
+        .map(|u| (u.id.clone(), u.address()))
+    else {
         return not_found(&key);
     };
     dir.delete_user(&id);
     state.counters.writes += 1;
-    StatusCode::NO_CONTENT.into_response()
+    crate::sim::wrote(
+        StatusCode::NO_CONTENT.into_response(),
+        WriteKind::DeleteGuest,
+        &address,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1885,7 +1923,11 @@ async fn restore_deleted(
         )),
     );
     body.insert("@odata.type".into(), json!("#microsoft.graph.user"));
-    graph_json(StatusCode::OK, Value::Object(body))
+    crate::sim::wrote(
+        graph_json(StatusCode::OK, Value::Object(body)),
+        WriteKind::RestoreGuest,
+        &user.address(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1990,10 +2032,20 @@ fn invitation_error(message: &str) -> Response {
 async fn invite(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
     let mut state = sim.state();
     let response = invite_locked(&mut state.graph, &headers, &body);
-    if response.status() == StatusCode::CREATED {
-        state.counters.writes += 1;
+    if response.status() != StatusCode::CREATED {
+        return response;
     }
-    response
+    state.counters.writes += 1;
+    let address = serde_json::from_slice::<Map<String, Value>>(&body)
+        .ok()
+        .and_then(|fields| {
+            fields
+                .get("invitedUserEmailAddress")
+                .and_then(Value::as_str)
+                .map(|a| a.trim().to_owned())
+        })
+        .unwrap_or_default();
+    crate::sim::wrote(response, WriteKind::Invite, &address)
 }
 
 fn invite_locked(dir: &mut Directory, headers: &HeaderMap, body: &[u8]) -> Response {

@@ -43,6 +43,94 @@ pub struct Faults {
     /// Requests processed at once but answered late, by rule (the kill matrix kills the
     /// client while the service has done the work and the answer is held).
     pub hold: Vec<HoldRule>,
+    /// Every Nth request (1-based count of this system's requests, token requests excluded)
+    /// is processed, then its connection is dropped instead of answered: the body of the
+    /// answer fails, so the client sees a broken connection (for a write: one that happened).
+    pub drop_every: Option<u64>,
+}
+
+/// A response extension the listing handlers set on a page they served, so that a test can
+/// tell from [`SimState::requests`] whether a client read a listing to its end before it
+/// wrote (issue 9's chaos soak).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingPage {
+    /// Which listing (e.g. `graph delta`, `graph users userType eq 'Guest'`, `portal users`):
+    /// pages of one listing share it.
+    pub listing: String,
+    /// The first page of a listing (a fresh start, a delta round from its deltaLink).
+    pub first: bool,
+    /// The listing ends with this page (no nextLink; the delta round's deltaLink; the last
+    /// portal page holding users).
+    pub last: bool,
+}
+
+/// What a successful write changed, a response extension the write handlers set, kept in
+/// [`LoggedRequest::wrote`] even when the answer was then replaced by an injected failure
+/// or a dropped connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrote {
+    /// The kind of write.
+    pub kind: WriteKind,
+    /// The address of the user written (lower case): the invited address, the guest's `mail`
+    /// (else its UPN), the portal email.
+    pub address: String,
+}
+
+/// The kinds of [`Wrote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// `POST /v1.0/invitations`.
+    Invite,
+    /// `PATCH /v1.0/users/{id}` with `accountEnabled: false` only.
+    DisableGuest,
+    /// Any other `PATCH /v1.0/users/{id}` (re-enabling included).
+    UpdateGuest,
+    /// `DELETE /v1.0/users/{id}`.
+    DeleteGuest,
+    /// `POST /v1.0/directory/deletedItems/{id}/restore`.
+    RestoreGuest,
+    /// `POST /api/user`.
+    Register,
+    /// `PUT /api/user`.
+    UpdatePortal,
+    /// `DELETE /api/user/{email}`.
+    Unregister,
+    /// Any other portal write (group links).
+    OtherPortal,
+}
+
+impl WriteKind {
+    /// Whether the write takes access away (the removals `policy.maxDeletions` bounds).
+    pub fn is_removal(self) -> bool {
+        matches!(
+            self,
+            WriteKind::DisableGuest | WriteKind::DeleteGuest | WriteKind::Unregister
+        )
+    }
+}
+
+/// `response` with the extension saying it wrote `kind` for `address`.
+pub(crate) fn wrote(mut response: Response, kind: WriteKind, address: &str) -> Response {
+    response.extensions_mut().insert(Wrote {
+        kind,
+        address: address.to_lowercase(),
+    });
+    response
+}
+
+/// `response` with the extension marking it as a page of `listing`.
+pub(crate) fn listing_page(
+    mut response: Response,
+    listing: String,
+    first: bool,
+    last: bool,
+) -> Response {
+    response.extensions_mut().insert(ListingPage {
+        listing,
+        first,
+        last,
+    });
+    response
 }
 
 /// Process matching requests at once, then hold their answer for `delay` before sending it.
@@ -113,6 +201,9 @@ pub struct Counters {
     pub graph_batch_inner_requests: u64,
     /// Requests processed whose answer is being held, or was ([`HoldRule`]).
     pub held: u64,
+    /// Connections dropped instead of answered ([`Faults::drop_every`]; also counted in
+    /// `injected_failures`).
+    pub dropped: u64,
 }
 
 /// One request the simulator received on the wire (inner `$batch` requests and the identity
@@ -134,6 +225,13 @@ pub struct LoggedRequest {
     pub path: String,
     /// Status of the answer.
     pub status: u16,
+    /// The connection was dropped instead of answered ([`Faults::drop_every`]).
+    pub dropped: bool,
+    /// The listing page this was, when the client received it whole (a `200` not dropped).
+    pub listing: Option<ListingPage>,
+    /// What the service wrote, even when the client got an injected failure or a dropped
+    /// connection instead of the answer.
+    pub wrote: Option<Wrote>,
 }
 
 /// The most requests [`SimState::requests`] keeps (the oldest are dropped).
@@ -267,7 +365,7 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
 
-    let (latency, injected, hold) = {
+    let (latency, injected, hold, dropped) = {
         let mut state = sim.state();
         let count = match (system, is_token) {
             _ if inner => 0,
@@ -327,7 +425,11 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             SystemKind::Graph | SystemKind::Identity => &mut state.graph_faults,
             SystemKind::Portal => &mut state.portal_faults,
         };
-        let hold = if injected.is_none() && !is_token && !inner {
+        let dropped = injected.is_none()
+            && !is_token
+            && !inner
+            && faults.drop_every.is_some_and(|n| n > 0 && count % n == 0);
+        let hold = if injected.is_none() && !dropped && !is_token && !inner {
             faults
                 .hold
                 .iter_mut()
@@ -347,10 +449,15 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
         } else {
             None
         };
+        if dropped {
+            state.counters.injected_failures += 1;
+            state.counters.dropped += 1;
+        }
         (
             latency,
             injected.map(|(status, after)| (status, after, retry_after)),
             hold,
+            dropped,
         )
     };
 
@@ -368,11 +475,27 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             }
         },
         Some((status, after_processing, retry_after)) => {
+            let mut response = fault_response(system, status, retry_after);
             if after_processing {
-                let _ = next.run(request).await;
+                let processed = next.run(request).await;
+                if let Some(wrote) = processed.extensions().get::<Wrote>().cloned() {
+                    response.extensions_mut().insert(wrote);
+                }
             }
-            fault_response(system, status, retry_after)
+            response
         }
+    };
+    let wrote = response.extensions().get::<Wrote>().cloned();
+    let listing = response
+        .extensions()
+        .get::<ListingPage>()
+        .filter(|_| !dropped && response.status().is_success())
+        .cloned();
+    let status = response.status().as_u16();
+    let response = if dropped {
+        dropped_connection(response)
+    } else {
+        response
     };
     if !inner {
         let mut state = sim.state();
@@ -386,10 +509,26 @@ async fn inject_faults(State(sim): State<Sim>, request: Request, next: Next) -> 
             token: is_token,
             method,
             path,
-            status: response.status().as_u16(),
+            status,
+            dropped,
+            listing,
+            wrote,
         });
     }
     response
+}
+
+/// `response`'s head with a body that fails at once: hyper aborts the connection, so the
+/// client sees it dropped before the answer was complete.
+fn dropped_connection(response: Response) -> Response {
+    let (parts, _) = response.into_parts();
+    let failing = futures::stream::once(async {
+        Err::<axum::body::Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection dropped by the simulator's fault injection",
+        ))
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(failing))
 }
 
 /// An injected failure in the shape of the system's own errors.

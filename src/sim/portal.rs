@@ -39,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use serde_json::{Map, Value, json};
 
-use super::Sim;
+use super::{Sim, WriteKind};
 
 /// The `X-API-Key` the emulated portal accepts unless changed.
 pub const SIM_API_KEY: &str = "sim-portal-api-key";
@@ -558,7 +558,18 @@ async fn list_users(State(sim): State<Sim>, headers: HeaderMap, uri: Uri) -> Res
         // Only objects are ever scheduled.
         let _ = db.insert_user(Value::Object(user));
     }
-    (StatusCode::OK, axum::Json(body)).into_response()
+    let response = (StatusCode::OK, axum::Json(body)).into_response();
+    if email_filter.is_some() || name_filter.is_some() {
+        return response;
+    }
+    // The whole listing ends with the page that holds its last user (any page past it
+    // holds none: a client that reads it has read them all as well).
+    crate::sim::listing_page(
+        response,
+        "portal users".to_owned(),
+        page_number == 1,
+        page_number >= total_pages,
+    )
 }
 
 /// Parses a JSON object body, or the 400/415 to answer.
@@ -722,7 +733,7 @@ async fn create_user(
     db.writes.creates += 1;
     state.counters.writes += 1;
     // The real response body is undocumented: answer none, so that no client relies on it.
-    StatusCode::OK.into_response()
+    crate::sim::wrote(StatusCode::OK.into_response(), WriteKind::Register, &email)
 }
 
 /// `PUT /api/user`: the full object; what is missing is cleared.
@@ -812,10 +823,15 @@ async fn update_user(
         })
         .collect();
     db.hidden.insert(hidden_key, hidden);
+    let email = email_of(&updated).to_owned();
     db.users[index] = updated;
     db.writes.updates += 1;
     state.counters.writes += 1;
-    StatusCode::OK.into_response()
+    crate::sim::wrote(
+        StatusCode::OK.into_response(),
+        WriteKind::UpdatePortal,
+        &email,
+    )
 }
 
 /// `DELETE /api/user/{email}`.
@@ -851,7 +867,11 @@ async fn delete_user(
     db.users.remove(index);
     db.writes.deletes += 1;
     state.counters.writes += 1;
-    StatusCode::OK.into_response()
+    crate::sim::wrote(
+        StatusCode::OK.into_response(),
+        WriteKind::Unregister,
+        &email,
+    )
 }
 
 /// `PUT /api/user/link-groups` `{userEmail, groups: [id, …]}`: adds the groups to the user's
@@ -912,7 +932,11 @@ async fn link_groups(
     }
     db.writes.updates += 1;
     state.counters.writes += 1;
-    StatusCode::OK.into_response()
+    crate::sim::wrote(
+        StatusCode::OK.into_response(),
+        WriteKind::OtherPortal,
+        &wanted,
+    )
 }
 
 #[cfg(test)]

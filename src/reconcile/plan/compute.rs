@@ -58,15 +58,16 @@ pub(crate) fn action_rank(action: &Action) -> u8 {
     match action {
         Action::AdoptGuest { .. } => 1,
         Action::RestoreGuest { .. } => 2,
-        Action::Invite { .. } => 3,
-        Action::ResendInvitation { .. } => 4,
-        Action::DisableGuest { .. } => 5,
-        Action::DeleteGuest { .. } => 6,
-        Action::AdoptPortal { .. } => 7,
-        Action::Register { .. } => 8,
-        Action::UpdatePortal { .. } => 9,
-        Action::Unregister { .. } => 10,
-        Action::ReleaseGuest { .. } => 11,
+        Action::EnableGuest { .. } => 3,
+        Action::Invite { .. } => 4,
+        Action::ResendInvitation { .. } => 5,
+        Action::DisableGuest { .. } => 6,
+        Action::DeleteGuest { .. } => 7,
+        Action::AdoptPortal { .. } => 8,
+        Action::Register { .. } => 9,
+        Action::UpdatePortal { .. } => 10,
+        Action::Unregister { .. } => 11,
+        Action::ReleaseGuest { .. } => 12,
     }
 }
 
@@ -671,7 +672,19 @@ fn plan_desired(
                 );
             }
             let same_guest = record.filter(|r| r.guest_id.as_deref() == Some(chosen.id.as_str()));
-            if !same_guest.is_some_and(|r| r.guest_owned) {
+            // The guest guestops disabled at a removal, granted again: enable it.
+            let disabled_by_us = chosen.account_enabled == Some(false)
+                && same_guest.is_some_and(|r| r.guest_disabled);
+            if disabled_by_us {
+                b.change(
+                    key,
+                    email,
+                    Action::EnableGuest {
+                        guest_id: chosen.id.clone(),
+                    },
+                    reason,
+                );
+            } else if !same_guest.is_some_and(|r| r.guest_owned) {
                 b.change(
                     key,
                     email,
@@ -681,7 +694,7 @@ fn plan_desired(
                     reason,
                 );
             }
-            if chosen.account_enabled == Some(false) {
+            if chosen.account_enabled == Some(false) && !disabled_by_us {
                 b.notice(
                     key,
                     "guest-disabled",

@@ -186,6 +186,13 @@ pub enum Action {
         /// Object id of the deleted guest (kept by the restore).
         guest_id: String,
     },
+    /// `PATCH /users/{id}` `accountEnabled=true`: the guest guestops disabled at a removal
+    /// (`guestOnRemoval: disable`) is granted again; guestops owns it again. A guest disabled
+    /// by someone else is never enabled (a notice says so).
+    EnableGuest {
+        /// Object id.
+        guest_id: String,
+    },
     /// `POST /invitations`.
     Invite {
         /// `invitedUserDisplayName`.
@@ -259,6 +266,7 @@ impl Action {
         match self {
             Action::Invite { .. }
             | Action::RestoreGuest { .. }
+            | Action::EnableGuest { .. }
             | Action::ResendInvitation { .. }
             | Action::DisableGuest { .. }
             | Action::DeleteGuest { .. } => System::Tenant,
@@ -284,6 +292,7 @@ impl Action {
         match self {
             Action::AdoptGuest { .. } => "adopt-guest",
             Action::RestoreGuest { .. } => "restore-guest",
+            Action::EnableGuest { .. } => "enable-guest",
             Action::Invite { .. } => "invite",
             Action::ResendInvitation { .. } => "resend-invitation",
             Action::AdoptPortal { .. } => "adopt-portal",

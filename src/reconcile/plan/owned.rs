@@ -114,6 +114,11 @@ pub struct UserRecord {
     /// register again otherwise: a `POST` answered "already exists" is then adopted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_unconfirmed_at: Option<DateTime<Utc>>,
+    /// guestops disabled the guest `guest_id` at a removal (`guestOnRemoval: disable`) and
+    /// no longer owns it: granted again, that guest is enabled (`enable-guest`), whereas a
+    /// guest disabled by someone else is left disabled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_disabled: bool,
 }
 
 impl State {
@@ -187,6 +192,7 @@ impl UserRecord {
             && self.removal_pending_since.is_none()
             && self.invitation_unconfirmed_at.is_none()
             && self.registration_unconfirmed_at.is_none()
+            && !self.guest_disabled
     }
 
     /// The newest open write-ahead intent (or ambiguous invitation, or invited guest not

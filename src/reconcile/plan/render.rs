@@ -84,6 +84,8 @@ pub struct Summary {
     pub invite: usize,
     /// `restore-guest` changes.
     pub restore: usize,
+    /// `enable-guest` changes.
+    pub enable: usize,
     /// `resend-invitation` changes.
     pub resend: usize,
     /// `register` changes.
@@ -123,6 +125,7 @@ impl Summary {
             match c.action {
                 Action::Invite { .. } => s.invite += 1,
                 Action::RestoreGuest { .. } => s.restore += 1,
+                Action::EnableGuest { .. } => s.enable += 1,
                 Action::ResendInvitation { .. } => s.resend += 1,
                 Action::Register { .. } => s.register += 1,
                 Action::UpdatePortal { .. } => s.update += 1,
@@ -141,6 +144,7 @@ impl Summary {
         [
             (self.invite, "invite"),
             (self.restore, "restore"),
+            (self.enable, "enable"),
             (self.resend, "resend"),
             (self.register, "register"),
             (self.update, "update"),
@@ -211,7 +215,10 @@ pub fn render_with(
 /// `+` creates, `~` changes or adopts, `-` removes or releases.
 fn marker(action: &Action) -> char {
     match action {
-        Action::Invite { .. } | Action::RestoreGuest { .. } | Action::Register { .. } => '+',
+        Action::Invite { .. }
+        | Action::RestoreGuest { .. }
+        | Action::EnableGuest { .. }
+        | Action::Register { .. } => '+',
         Action::AdoptGuest { .. }
         | Action::AdoptPortal { .. }
         | Action::ResendInvitation { .. }
@@ -229,6 +236,7 @@ fn label(action: &Action) -> &'static str {
         Action::AdoptGuest { .. } | Action::AdoptPortal { .. } => "adopt",
         Action::Invite { .. } => "invite",
         Action::RestoreGuest { .. } => "restore",
+        Action::EnableGuest { .. } => "enable",
         Action::ResendInvitation { .. } => "resend",
         Action::Register { .. } => "register",
         Action::UpdatePortal { .. } => "update",
@@ -271,6 +279,9 @@ fn details(action: &Action, style: &DetailStyle) -> String {
         Action::AdoptGuest { guest_id } => format!("guest {}", id(guest_id)),
         Action::RestoreGuest { guest_id } => {
             format!("deleted guest {} from deleted items", id(guest_id))
+        }
+        Action::EnableGuest { guest_id } => {
+            format!("guest {}, disabled by guestops at a removal", id(guest_id))
         }
         Action::AdoptPortal { portal_id } => format!("portal user {}", id(portal_id)),
         Action::Invite {
@@ -596,6 +607,7 @@ fn json_details(action: &Action) -> Value {
     match action {
         Action::AdoptGuest { guest_id }
         | Action::RestoreGuest { guest_id }
+        | Action::EnableGuest { guest_id }
         | Action::DisableGuest { guest_id }
         | Action::DeleteGuest { guest_id }
         | Action::ReleaseGuest { guest_id } => json!({ "guestId": guest_id }),

@@ -287,7 +287,13 @@ fn delta_locked(dir: &mut Directory, headers: &HeaderMap, uri: &Uri) -> Response
         );
         body.insert("@odata.deltaLink".into(), json!(delta_link(&host, &token)));
         body.insert("value".into(), json!([]));
-        return graph_json(StatusCode::OK, Value::Object(body));
+        let listing = listing_name(&query);
+        return crate::sim::listing_page(
+            graph_json(StatusCode::OK, Value::Object(body)),
+            listing,
+            true,
+            true,
+        );
     }
 
     let round = start_round(dir, query, &known, since, minimal, now);
@@ -536,6 +542,7 @@ fn serve_page(
     let size = if first && round.empty_first { 0 } else { size };
     let end = (offset + size).min(round.entries.len());
     let page: Vec<Value> = round.entries[offset..end].to_vec();
+    let listing = listing_name(&round.query);
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
@@ -564,8 +571,22 @@ fn serve_page(
         let token = issue_delta(dir, round.query.clone(), round.next.clone(), round.version);
         body.insert("@odata.deltaLink".into(), json!(delta_link(host, &token)));
     }
+    let last = body.contains_key("@odata.deltaLink");
     body.insert("value".into(), Value::Array(page));
-    graph_json(StatusCode::OK, Value::Object(body))
+    crate::sim::listing_page(
+        graph_json(StatusCode::OK, Value::Object(body)),
+        listing,
+        first,
+        last,
+    )
+}
+
+/// The [`crate::sim::ListingPage::listing`] of a delta round of `query`.
+fn listing_name(query: &Query) -> String {
+    format!(
+        "graph delta {}",
+        query.raw_filter.as_deref().unwrap_or_default()
+    )
 }
 
 /// The answer to an unknown or expired token (`query`: the sync's options, when known).

@@ -1144,3 +1144,45 @@ fn a_live_guest_wins_over_a_deleted_one_and_a_deleted_member_is_not_restored() {
     );
     assert_eq!(p.changes[0].action.name(), "invite");
 }
+
+#[test]
+fn a_guest_guestops_disabled_is_enabled_when_granted_again_one_disabled_by_others_is_not() {
+    let mut disabled = guest("g1", ANA);
+    disabled.account_enabled = Some(false);
+    let obs = observed(vec![disabled], vec![ana_portal()]);
+    // guestops disabled g1 when Ana was removed (guestOnRemoval: disable).
+    let mut record = owned(ANA, Some("g1"), None);
+    record.1.guest_owned = false;
+    record.1.portal_owned = false;
+    record.1.guest_disabled = true;
+    let p = plan(
+        &desired(vec![ana()]),
+        &obs,
+        &state(vec![record.clone()]),
+        &Policy::default(),
+        now(),
+    );
+    assert_eq!(
+        actions(&p),
+        vec![
+            (ANA.to_owned(), "enable-guest"),
+            (ANA.to_owned(), "adopt-portal")
+        ]
+    );
+    assert!(!p.notices.iter().any(|n| n.code == "guest-disabled"));
+
+    // Disabled by someone else (no record, or a record of another guest): only a notice.
+    for st in [State::default(), {
+        let mut other = record;
+        other.1.guest_id = Some("g-other".to_owned());
+        state(vec![other])
+    }] {
+        let p = plan(&desired(vec![ana()]), &obs, &st, &Policy::default(), now());
+        assert!(
+            !actions(&p).iter().any(|(_, a)| *a == "enable-guest"),
+            "{:?}",
+            actions(&p)
+        );
+        assert!(p.notices.iter().any(|n| n.code == "guest-disabled"));
+    }
+}
