@@ -644,3 +644,58 @@ async fn a_compaction_that_fails_is_an_error_and_loses_nothing() {
     assert_eq!(state.users.len(), 3, "the journal holds every change");
     assert!(state.users.values().all(|u| u.guest_owned));
 }
+
+#[tokio::test]
+async fn a_resend_with_an_unknown_outcome_stays_counted_as_sent_a_refused_one_does_not() {
+    let world = World::new();
+    let ana = world.tenant.add_guest("ana@partner.example", "Ana");
+    let bob = world.tenant.add_guest("bob@vendor.example", "Bob");
+    let resend = |email: &str, guest_id: &str| {
+        change(
+            email,
+            Action::ResendInvitation {
+                guest_id: guest_id.to_owned(),
+                display_name: "X".into(),
+                message: None,
+                pending_since: None,
+            },
+        )
+    };
+    // Ana's reminder may have left (a gateway timeout after Graph took it); Bob's was refused.
+    world.tenant.inject(
+        Fault::new(TenantOp::Invite, 504)
+            .after_applying()
+            .for_target("ana@partner.example"),
+    );
+    world
+        .tenant
+        .inject(Fault::new(TenantOp::Invite, 400).for_target("bob@vendor.example"));
+
+    let report = world
+        .apply(
+            &plan(vec![
+                resend("ana@partner.example", &ana),
+                resend("bob@vendor.example", &bob),
+            ]),
+            &options(),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(report.failed(), 2, "{report:#?}");
+    let state = world.state();
+    // The write-ahead intent of Ana's reminder stays: the plan counts it as sent now, so the
+    // next reconcile does not mail her again.
+    let ana = &state.users["ana@partner.example"];
+    assert_eq!(ana.resend_unconfirmed_at, Some(now()));
+    assert_eq!(ana.resend_count, 0);
+    // Bob's was certainly not sent: no intent is left, and no record at all.
+    assert!(
+        state
+            .users
+            .get("bob@vendor.example")
+            .is_none_or(|b| b.resend_unconfirmed_at.is_none()),
+        "{:?}",
+        state.users.get("bob@vendor.example")
+    );
+}

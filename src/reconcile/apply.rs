@@ -495,6 +495,8 @@ enum Effect {
     InvitationUnconfirmed,
     /// A registration may have been made (ambiguous error, the user not visible afterwards).
     RegistrationUnconfirmed,
+    /// A re-sent invitation may have been sent (ambiguous error): its intent stays open.
+    ResendUnconfirmed,
     /// The write announced by an intent certainly did not happen (a definitive error).
     IntentVoid(Intent),
 }
@@ -506,6 +508,9 @@ enum Intent {
     Invite,
     /// `POST /api/user`.
     Register,
+    /// `POST /invitations` re-sending a pending invitation (at most once: an open intent
+    /// counts as sent, [`UserRecord::resend_unconfirmed_at`]).
+    Resend,
 }
 
 impl Intent {
@@ -513,6 +518,7 @@ impl Intent {
         match action {
             Action::Invite { .. } => Some(Intent::Invite),
             Action::Register { .. } => Some(Intent::Register),
+            Action::ResendInvitation { .. } => Some(Intent::Resend),
             _ => None,
         }
     }
@@ -521,6 +527,7 @@ impl Intent {
         match self {
             Intent::Invite => "invite",
             Intent::Register => "register",
+            Intent::Resend => "resend-invitation",
         }
     }
 
@@ -529,6 +536,7 @@ impl Intent {
         match self {
             Intent::Invite => record.invitation_unconfirmed_at = Some(now),
             Intent::Register => record.registration_unconfirmed_at = Some(now),
+            Intent::Resend => record.resend_unconfirmed_at = Some(now),
         }
     }
 }
@@ -935,7 +943,11 @@ impl<'a, T: Tenant, P: Portal> Executor<'a, T, P> {
                     chain(&err)
                 ),
                 err.request_id().map(str::to_owned),
-                Effect::None,
+                if err.is_ambiguous() {
+                    Effect::ResendUnconfirmed
+                } else {
+                    Effect::None
+                },
             ),
         }
     }
@@ -1065,6 +1077,7 @@ fn apply_effect(
             record.guest_owned = true;
             record.resend_count += 1;
             record.last_invitation_at = Some(now);
+            record.resend_unconfirmed_at = None;
         }
         Effect::PortalOwned { portal_id } => {
             if portal_id.is_some() {
@@ -1102,6 +1115,9 @@ fn apply_effect(
         }
         Effect::IntentVoid(Intent::Invite) => record.invitation_unconfirmed_at = None,
         Effect::IntentVoid(Intent::Register) => record.registration_unconfirmed_at = None,
+        Effect::IntentVoid(Intent::Resend) => record.resend_unconfirmed_at = None,
+        // The reminder may have been sent: the intent stays, counted as sent.
+        Effect::ResendUnconfirmed => {}
     }
     if !record.guest_owned && !record.portal_owned {
         // Nothing owned is left: no removal can be pending.

@@ -857,14 +857,21 @@ fn plan_resend(
     let Ok(after) = TimeDelta::from_std(after) else {
         return;
     };
-    let recorded = record.and_then(|r| r.last_invitation_at.max(r.invited_at));
+    // A reminder whose outcome is unknown counts as sent then (at most once).
+    let recorded = record.and_then(|r| {
+        r.last_invitation_at
+            .max(r.invited_at)
+            .max(r.resend_unconfirmed_at)
+    });
     let Some(since) = recorded.max(guest.external_user_state_change_date_time) else {
         return;
     };
     if now.signed_duration_since(since) < after {
         return;
     }
-    let count = record.map_or(0, |r| r.resend_count);
+    let count = record.map_or(0, |r| {
+        r.resend_count + u32::from(r.resend_unconfirmed_at.is_some())
+    });
     if count < MAX_RESENDS {
         b.change(
             key,

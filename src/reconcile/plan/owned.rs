@@ -119,6 +119,12 @@ pub struct UserRecord {
     /// guest disabled by someone else is left disabled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub guest_disabled: bool,
+    /// When a re-sent invitation (`resend-invitation`) was about to be posted, or ended in
+    /// an ambiguous error, and no outcome is recorded: its write-ahead intent. A reminder is
+    /// sent at most once: the plan counts it as sent at that time (nothing observable tells
+    /// whether Graph sent it), so a crash or a timeout never mails the guest twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_unconfirmed_at: Option<DateTime<Utc>>,
 }
 
 impl State {
@@ -193,6 +199,7 @@ impl UserRecord {
             && self.invitation_unconfirmed_at.is_none()
             && self.registration_unconfirmed_at.is_none()
             && !self.guest_disabled
+            && self.resend_unconfirmed_at.is_none()
     }
 
     /// The newest open write-ahead intent (or ambiguous invitation, or invited guest not

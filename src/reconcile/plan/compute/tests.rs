@@ -461,6 +461,34 @@ fn recent_resend_is_not_repeated() {
 }
 
 #[test]
+fn a_reminder_with_an_unknown_outcome_counts_as_sent() {
+    // The intent of a re-sent invitation, open since an hour (killed, or a timeout).
+    let mut rec = owned(ANA, Some("g1"), Some("p-ana"));
+    rec.1.resend_unconfirmed_at = Some(hours_ago(1));
+    let g = pending(guest("g1", ANA), hours_ago(24 * 30));
+    let p = plan(
+        &desired(vec![ana()]),
+        &observed(vec![g.clone()], vec![ana_portal()]),
+        &state(vec![rec.clone()]),
+        &Policy::default(),
+        now(),
+    );
+    assert!(p.is_empty(), "not mailed twice: {:?}", p.changes);
+    // It counts toward the limit too.
+    rec.1.resend_count = MAX_RESENDS - 1;
+    rec.1.resend_unconfirmed_at = Some(hours_ago(24 * 30));
+    let p = plan(
+        &desired(vec![ana()]),
+        &observed(vec![g], vec![ana_portal()]),
+        &state(vec![rec]),
+        &Policy::default(),
+        now(),
+    );
+    assert!(p.is_empty());
+    assert_eq!(codes(&p), vec!["invitation-pending"]);
+}
+
+#[test]
 fn resend_is_bounded() {
     let mut rec = owned(ANA, Some("g1"), Some("p-ana"));
     rec.1.resend_count = MAX_RESENDS;
