@@ -242,10 +242,11 @@ fn invalid_file_at_the_new_revision_fails_with_positions() {
         "nothing printed on stdout: {}",
         run.stdout
     );
-    // rustc-style locations: revision:path:line:column.
-    assert!(run.stderr.contains("HEAD:users.yaml:3:5"), "{}", run.stderr);
+    // rustc-style locations: revision:path:line:column. The misspelled `nmae` is one error
+    // (read as `name`), not also a missing `name`.
     assert!(run.stderr.contains("HEAD:users.yaml:4:5"), "{}", run.stderr);
     assert!(run.stderr.contains("unknown key `nmae`"), "{}", run.stderr);
+    assert!(!run.stderr.contains("GO0103"), "{}", run.stderr);
 }
 
 #[test]

@@ -119,12 +119,6 @@ pub async fn read_desired(
     }))
 }
 
-/// Reads a `users.yaml` file (bounded, see [`guestops::desired::source::read_file`]).
-pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
-    guestops::desired::source::read_file(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-}
-
 /// The two remote systems, connected as configured.
 pub struct Clients {
     /// Microsoft Graph.
