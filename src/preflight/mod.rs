@@ -154,9 +154,9 @@ pub fn render_text(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(
         out,
-        "\n{} ok, {} warnings, {} failed",
+        "\n{} ok, {}, {} failed",
         report.count(CheckStatus::Ok),
-        report.count(CheckStatus::Warning),
+        crate::markup::count(report.count(CheckStatus::Warning), "warning"),
         report.count(CheckStatus::Failed)
     )
 }
