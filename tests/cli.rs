@@ -696,9 +696,21 @@ fn plan_without_desired_file_says_what_to_pass() {
 #[test]
 fn demo_converges_and_ends_with_an_empty_plan() {
     let dir = tempdir();
-    let run = run_in(dir.path(), &["demo"]);
+    // The delay in the config's duration syntax, as `sim --replication-delay` takes it.
+    let run = run_in(dir.path(), &["demo", "--replication-delay", "3s"]);
     run.expect_code(0);
     let out = &run.stdout;
+    assert!(
+        out.contains("new guests stay invisible to reads for 3s"),
+        "{out}"
+    );
+    // The role by its name (the config's roleCodes), not the portal's code.
+    assert!(
+        out.contains("Bob in the portal now: role contributor, groups 2, reports 3"),
+        "{out}"
+    );
+    // apply's report names the actions as the plan and its JSON do.
+    assert!(out.contains("adopt-guest"), "{out}");
     let first = out
         .find("1. guestops plan")
         .expect("the demo shows the first plan");
