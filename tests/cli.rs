@@ -32,9 +32,20 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 11] = [
-    "validate", "plan", "apply", "run", "status", "diff", "import", "doctor", "probe", "demo",
+const SUBCOMMANDS: [&str; 13] = [
+    "validate",
+    "plan",
+    "apply",
+    "run",
+    "status",
+    "diff",
+    "import",
+    "doctor",
+    "probe",
+    "demo",
     "sim",
+    "completions",
+    "man",
 ];
 
 #[test]
@@ -1002,4 +1013,74 @@ fn a_missing_config_file_prints_its_cause_once() {
         run.stderr
     );
     assert!(run.stderr.contains("/nonexistent/guestops/config.yaml"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// One duration syntax, completions, man page
+
+/// Issue 10: `demo` and `sim` take durations as the config writes them, through one parser:
+/// the same refusal for a bare number in both.
+#[test]
+fn demo_and_sim_share_the_config_duration_syntax() {
+    let dir = tempdir();
+    for sub in ["demo", "sim"] {
+        let run = run_in(dir.path(), &[sub, "--replication-delay", "3"]);
+        run.expect_code(1);
+        assert!(
+            run.stderr
+                .contains("`3` is not a duration; write a whole number and a unit, e.g. 30s, 5m, 2h, 7d (or 0)"),
+            "{sub}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn completions_cover_every_subcommand() {
+    let dir = tempdir();
+    let bash = run_in(dir.path(), &["completions", "bash"]);
+    bash.expect_code(0);
+    assert!(
+        bash.stdout.contains("complete -F _guestops"),
+        "{}",
+        bash.stdout
+    );
+    for sub in SUBCOMMANDS {
+        assert!(bash.stdout.contains(sub), "bash completion knows `{sub}`");
+    }
+    assert!(bash.stdout.contains("--detailed-exitcode"), "options too");
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let run = run_in(dir.path(), &["completions", shell]);
+        run.expect_code(0);
+        assert!(run.stdout.contains("validate"), "{shell}: {}", run.stdout);
+    }
+    let unknown = run_in(dir.path(), &["completions", "tcsh"]);
+    unknown.expect_code(1);
+    assert!(unknown.stderr.contains("bash"), "{}", unknown.stderr);
+}
+
+#[test]
+fn man_prints_a_roff_page() {
+    let dir = tempdir();
+    let man = run_in(dir.path(), &["man"]);
+    man.expect_code(0);
+    // The page starts with its `.TH` header, after clap_mangen's definition of the `Aq`
+    // string (`.ie` / `.el`, two lines every roff page of clap_mangen begins with).
+    let header = man
+        .stdout
+        .lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default();
+    assert!(
+        header.starts_with(".TH guestops 1 "),
+        "{}",
+        &man.stdout[..man.stdout.len().min(300)]
+    );
+    assert!(
+        man.stdout.lines().take(2).all(|l| l.starts_with('.')),
+        "roff requests only before the header"
+    );
+    assert!(man.stdout.contains(".SH NAME"), "{}", man.stdout);
+    assert!(man.stdout.contains("validate"), "{}", man.stdout);
+    assert!(man.stdout.contains("Exit codes"), "{}", man.stdout);
 }

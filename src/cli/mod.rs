@@ -10,10 +10,12 @@ use guestops::desired::spec::{self, OutputFormat, SpecPolicy};
 use guestops::reconcile::Desired;
 
 pub mod apply;
+pub mod completions;
 pub mod demo;
 pub mod diff;
 pub mod doctor;
 pub mod import;
+pub mod man;
 pub mod plan;
 pub mod probe;
 pub mod run;
