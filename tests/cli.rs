@@ -92,6 +92,30 @@ fn help_documents_the_exit_codes() {
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
     ];
+    // Every command lists its exit codes, not only the ones above.
+    for sub in SUBCOMMANDS
+        .iter()
+        .map(|s| vec![*s])
+        .chain([vec!["probe", "portal"]])
+    {
+        let mut args = sub.clone();
+        args.push("--help");
+        let help = run_in(dir.path(), &args);
+        help.expect_code(0);
+        let codes = help.stdout.split("Exit codes: ").nth(1).unwrap_or_else(|| {
+            panic!(
+                "`{} --help` has no `Exit codes: `:\n{}",
+                sub.join(" "),
+                help.stdout
+            )
+        });
+        assert!(
+            codes.starts_with("0 ") && codes.contains(", 1 "),
+            "`{} --help` says what 0 and 1 mean:\n{}",
+            sub.join(" "),
+            help.stdout
+        );
+    }
     for (sub, phrases) in expect {
         let help = run_in(dir.path(), &[sub, "--help"]);
         help.expect_code(0);

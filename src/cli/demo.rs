@@ -26,7 +26,8 @@ use super::{Status, stdout_color};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Everything runs in this process against the built-in simulator on a \
-loopback port; nothing leaves the machine. Exit code 0 when the demo converged."
+loopback port; nothing leaves the machine.\n\nExit codes: 0 the demo converged (the second plan \
+is empty), 1 it did not, or an error."
 )]
 pub struct Args {
     /// Unrelated guests seeded into the simulated tenant (several pages of 999).

@@ -21,7 +21,8 @@ use super::Status;
 and the portal API (/api/...) on one loopback port, prints a ready config, and runs until Ctrl-C. \
 With --federated it also serves test OIDC issuers (/oidc/NAME/...), with --managed-identity the \
 managed-identity endpoints (/msi/token, /metadata/identity/oauth2/token); the banner prints the \
-environment a client needs for them."
+environment a client needs for them.\n\nExit codes: 0 stopped by Ctrl-C (SIGINT), 1 it \
+cannot start (the address is in use or not loopback, a bad --certificate)."
 )]
 pub struct Args {
     /// Loopback address to listen on (port 0 picks a free port).
