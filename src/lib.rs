@@ -28,7 +28,7 @@ pub mod desired;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod markup;
+pub mod markup;
 pub mod preflight;
 pub mod reconcile;
 pub mod remote;

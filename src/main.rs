@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod cli;
 
@@ -54,12 +54,20 @@ enum Command {
     /// Check the setup: config, secrets, Graph permissions, portal, git, state, clock (read-only).
     Doctor(cli::doctor::Args),
     /// One-time probe of the portal's undocumented behaviour (a throw-away user, deleted again).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Exit codes: 0 the probe ran and the facts are recorded, 1 refused, \
+stopped, not confirmed, or a usage error."
+    )]
     Probe(cli::probe::Command),
     /// Run guestops against its built-in simulator and show what it does.
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
     Sim(cli::sim::Args),
+    /// Print shell completions (bash, zsh, fish, powershell, elvish).
+    Completions(cli::completions::Args),
+    /// Print the manual page (roff).
+    Man(cli::man::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +95,8 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
+        Command::Completions(args) => cli::completions::run(&args, &mut Cli::command()),
+        Command::Man(_) => cli::man::run(Cli::command()),
     };
     cli::finish(result)
 }

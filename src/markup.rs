@@ -10,6 +10,21 @@ pub(crate) fn is_unsafe_char(c: char) -> bool {
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `1 user`, `2 users`, `0 users`: a count and a noun whose plural takes an `s`.
+///
+/// ```
+/// assert_eq!(guestops::markup::count(1, "user"), "1 user");
+/// assert_eq!(guestops::markup::count(0, "error"), "0 errors");
+/// assert_eq!(guestops::markup::count(2, "change"), "2 changes");
+/// ```
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Escapes control and bidi characters as `\u{…}` (`\n` as `\n`).
 pub(crate) fn clean(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_unsafe_char) {

@@ -32,9 +32,20 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 11] = [
-    "validate", "plan", "apply", "run", "status", "diff", "import", "doctor", "probe", "demo",
+const SUBCOMMANDS: [&str; 13] = [
+    "validate",
+    "plan",
+    "apply",
+    "run",
+    "status",
+    "diff",
+    "import",
+    "doctor",
+    "probe",
+    "demo",
     "sim",
+    "completions",
+    "man",
 ];
 
 #[test]
@@ -81,6 +92,30 @@ fn help_documents_the_exit_codes() {
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
     ];
+    // Every command lists its exit codes, not only the ones above.
+    for sub in SUBCOMMANDS
+        .iter()
+        .map(|s| vec![*s])
+        .chain([vec!["probe", "portal"]])
+    {
+        let mut args = sub.clone();
+        args.push("--help");
+        let help = run_in(dir.path(), &args);
+        help.expect_code(0);
+        let codes = help.stdout.split("Exit codes: ").nth(1).unwrap_or_else(|| {
+            panic!(
+                "`{} --help` has no `Exit codes: `:\n{}",
+                sub.join(" "),
+                help.stdout
+            )
+        });
+        assert!(
+            codes.starts_with("0 ") && codes.contains(", 1 "),
+            "`{} --help` says what 0 and 1 mean:\n{}",
+            sub.join(" "),
+            help.stdout
+        );
+    }
     for (sub, phrases) in expect {
         let help = run_in(dir.path(), &[sub, "--help"]);
         help.expect_code(0);
@@ -128,6 +163,300 @@ fn validate_accepts_the_example() {
     let run = run_in(dir.path(), &["validate", &example.display().to_string()]);
     run.expect_code(0);
     assert!(run.stdout.contains("valid, 5 users"), "{}", run.stdout);
+}
+
+/// Every `users.yaml` under `examples/` is valid under the example host configuration (its
+/// `allowedDomains` included), as the README's "check and preview" step runs them.
+#[test]
+fn every_example_is_valid_under_the_example_config() {
+    let dir = tempdir();
+    let config = repo_file("examples/config.yaml").display().to_string();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_file("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with("apiVersion: guestops/")) {
+            continue;
+        }
+        let file = path.display().to_string();
+        let run = run_in(dir.path(), &["validate", "--config", &config, &file]);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "{file} is valid under examples/config.yaml:\n{}{}",
+            run.stdout,
+            run.stderr
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "no users.yaml example found");
+}
+
+/// Issue 10: "valid, 1 users" and "(1 errors": counts agree with their noun.
+#[test]
+fn validate_counts_agree_with_their_noun() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("one.yaml"),
+        "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n",
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "one.yaml"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, "one.yaml: valid, 1 user\n");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n",
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "bad.yaml"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("bad.yaml is invalid: 1 error\n"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Issue 10: a file over the limit is reported in human units with the limit, with its real
+/// size when it is known (a file) and as "larger" when only the first part was read (stdin).
+#[test]
+fn a_file_over_the_limit_is_reported_in_human_units() {
+    let dir = tempdir();
+    let mut big = String::from("apiVersion: guestops/v1\nusers: []\n");
+    big.push_str(&"#".repeat(2 * 1024 * 1024 - big.len()));
+    std::fs::write(dir.path().join("big.yaml"), &big).expect("write");
+    let run = run_in(dir.path(), &["validate", "big.yaml"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout
+            .contains("error[GO0001]: the file is 2 MiB; the limit is 1 MiB\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("1048577"), "{}", run.stdout);
+
+    let stdin = Run::from(
+        guestops(dir.path())
+            .current_dir(dir.path())
+            .args(["validate", "-"])
+            .write_stdin(big)
+            .output()
+            .expect("guestops runs"),
+    );
+    stdin.expect_code(1);
+    assert!(
+        stdin
+            .stdout
+            .contains("error[GO0001]: the file is larger than the limit of 1 MiB\n"),
+        "{}",
+        stdin.stdout
+    );
+}
+
+/// Issue 10: `validate -` reads users.yaml from stdin.
+#[test]
+fn validate_reads_stdin_for_a_dash() {
+    let dir = tempdir();
+    let run = Run::from(
+        guestops(dir.path())
+            .current_dir(dir.path())
+            .args(["validate", "-"])
+            .write_stdin(std::fs::read(repo_file("examples/users.yaml")).expect("example"))
+            .output()
+            .expect("guestops runs"),
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout, "stdin: valid, 5 users\n");
+    let run = Run::from(
+        guestops(dir.path())
+            .current_dir(dir.path())
+            .args(["validate", "--format", "github", "-"])
+            .write_stdin(BAD)
+            .output()
+            .expect("guestops runs"),
+    );
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("::error file=stdin,line=4,col=5"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Issue 10: a past `expires` is a warning at its line that says what happens: the file stays
+/// valid; with --config the warning follows the host's `policy.prune`.
+#[test]
+fn a_past_expiry_is_a_warning_saying_what_happens() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n    expires: 2020-01-31\n",
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "users.yaml"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains(
+            "warning[GO0208]: the access of `ana@partner.example` expired on 2020-01-31: guestops does not invite or register this user"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("--> users.yaml:5:14"), "{}", run.stdout);
+    assert!(
+        run.stdout.ends_with("users.yaml: valid, 1 user\n"),
+        "{}",
+        run.stdout
+    );
+
+    let github = run_in(
+        dir.path(),
+        &["validate", "--format", "github", "users.yaml"],
+    );
+    github.expect_code(0);
+    assert!(
+        github
+            .stdout
+            .starts_with("::warning file=users.yaml,line=5,col=14,title=GO0208::"),
+        "{}",
+        github.stdout
+    );
+
+    for (prune, says) in [
+        (
+            false,
+            "accounts that already exist are left in place because policy.prune is off",
+        ),
+        (
+            true,
+            "removes the accounts it owns for this user (policy.prune is on)",
+        ),
+    ] {
+        let mut config = guestops::config::Config::for_simulator(
+            &url::Url::parse("http://127.0.0.1:9/").expect("url"),
+            &dir.path().join("state"),
+        );
+        config.policy.prune = prune;
+        std::fs::write(dir.path().join("config.yaml"), config.to_yaml()).expect("write");
+        let run = run_in(dir.path(), &["validate", "-c", "config.yaml", "users.yaml"]);
+        run.expect_code(0);
+        assert!(run.stdout.contains(says), "prune {prune}:\n{}", run.stdout);
+    }
+
+    // A date still to come (today included: access ends at the end of the day) is silent.
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        format!(
+            "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n    expires: {}\n",
+            chrono::Utc::now().date_naive()
+        ),
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "users.yaml"]);
+    run.expect_code(0);
+    assert!(!run.stdout.contains("GO0208"), "{}", run.stdout);
+}
+
+/// Issue 10: with --format json or github, a file that cannot be read is reported in that
+/// format (a machine reads stdout), exit 1.
+#[test]
+fn an_unreadable_file_is_reported_in_the_requested_format() {
+    let dir = tempdir();
+    let json = run_in(
+        dir.path(),
+        &["validate", "--format", "json", "missing.yaml"],
+    );
+    json.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout)
+        .unwrap_or_else(|e| panic!("one JSON document ({e}):\n{}", json.stdout));
+    assert_eq!(report["file"], "missing.yaml");
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["diagnostics"], serde_json::json!([]));
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read missing.yaml")),
+        "{report}"
+    );
+
+    let github = run_in(
+        dir.path(),
+        &["validate", "--format", "github", "missing.yaml"],
+    );
+    github.expect_code(1);
+    assert!(
+        github.stdout.starts_with(
+            "::error file=missing.yaml,title=guestops validate::cannot read missing.yaml"
+        ),
+        "{}",
+        github.stdout
+    );
+    assert_eq!(github.stdout.lines().count(), 1, "{}", github.stdout);
+
+    // A broken --config too.
+    let json = run_in(
+        dir.path(),
+        &[
+            "validate",
+            "--format",
+            "json",
+            "-c",
+            "nope.yaml",
+            "missing.yaml",
+        ],
+    );
+    json.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nope.yaml")),
+        "{report}"
+    );
+
+    // The human format keeps the error on stderr.
+    let human = run_in(dir.path(), &["validate", "missing.yaml"]);
+    human.expect_code(1);
+    assert!(human.stdout.is_empty(), "{}", human.stdout);
+    assert!(
+        human.stderr.contains("cannot read missing.yaml"),
+        "{}",
+        human.stderr
+    );
+}
+
+/// Issue 10: a key in the wrong letter case is one mistake and one error (unknown key, with
+/// the suggestion), not also a missing `apiVersion`.
+#[test]
+fn a_key_in_the_wrong_case_is_one_error() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        "apiversion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n",
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "--format", "json", "users.yaml"]);
+    run.expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(diagnostics.len(), 1, "{report:#}");
+    assert_eq!(diagnostics[0]["code"], "GO0102");
+    assert_eq!(
+        diagnostics[0]["message"],
+        "unknown key `apiversion` in the top level"
+    );
+    assert_eq!(diagnostics[0]["help"], "did you mean `apiVersion`?");
+    // The value is still checked as the apiVersion it was meant to be.
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        "apiversion: guestops/v2\nusers: []\n",
+    )
+    .expect("write");
+    let run = run_in(dir.path(), &["validate", "users.yaml"]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("GO0104"), "{}", run.stdout);
+    assert!(!run.stdout.contains("GO0103"), "{}", run.stdout);
 }
 
 #[test]
@@ -402,9 +731,21 @@ fn plan_without_desired_file_says_what_to_pass() {
 #[test]
 fn demo_converges_and_ends_with_an_empty_plan() {
     let dir = tempdir();
-    let run = run_in(dir.path(), &["demo"]);
+    // The delay in the config's duration syntax, as `sim --replication-delay` takes it.
+    let run = run_in(dir.path(), &["demo", "--replication-delay", "3s"]);
     run.expect_code(0);
     let out = &run.stdout;
+    assert!(
+        out.contains("new guests stay invisible to reads for 3s"),
+        "{out}"
+    );
+    // The role by its name (the config's roleCodes), not the portal's code.
+    assert!(
+        out.contains("Bob in the portal now: role contributor, groups 2, reports 3"),
+        "{out}"
+    );
+    // apply's report names the actions as the plan and its JSON do.
+    assert!(out.contains("adopt-guest"), "{out}");
     let first = out
         .find("1. guestops plan")
         .expect("the demo shows the first plan");
@@ -696,4 +1037,74 @@ fn a_missing_config_file_prints_its_cause_once() {
         run.stderr
     );
     assert!(run.stderr.contains("/nonexistent/guestops/config.yaml"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// One duration syntax, completions, man page
+
+/// Issue 10: `demo` and `sim` take durations as the config writes them, through one parser:
+/// the same refusal for a bare number in both.
+#[test]
+fn demo_and_sim_share_the_config_duration_syntax() {
+    let dir = tempdir();
+    for sub in ["demo", "sim"] {
+        let run = run_in(dir.path(), &[sub, "--replication-delay", "3"]);
+        run.expect_code(1);
+        assert!(
+            run.stderr
+                .contains("`3` is not a duration; write a whole number and a unit, e.g. 30s, 5m, 2h, 7d (or 0)"),
+            "{sub}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn completions_cover_every_subcommand() {
+    let dir = tempdir();
+    let bash = run_in(dir.path(), &["completions", "bash"]);
+    bash.expect_code(0);
+    assert!(
+        bash.stdout.contains("complete -F _guestops"),
+        "{}",
+        bash.stdout
+    );
+    for sub in SUBCOMMANDS {
+        assert!(bash.stdout.contains(sub), "bash completion knows `{sub}`");
+    }
+    assert!(bash.stdout.contains("--detailed-exitcode"), "options too");
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let run = run_in(dir.path(), &["completions", shell]);
+        run.expect_code(0);
+        assert!(run.stdout.contains("validate"), "{shell}: {}", run.stdout);
+    }
+    let unknown = run_in(dir.path(), &["completions", "tcsh"]);
+    unknown.expect_code(1);
+    assert!(unknown.stderr.contains("bash"), "{}", unknown.stderr);
+}
+
+#[test]
+fn man_prints_a_roff_page() {
+    let dir = tempdir();
+    let man = run_in(dir.path(), &["man"]);
+    man.expect_code(0);
+    // The page starts with its `.TH` header, after clap_mangen's definition of the `Aq`
+    // string (`.ie` / `.el`, two lines every roff page of clap_mangen begins with).
+    let header = man
+        .stdout
+        .lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default();
+    assert!(
+        header.starts_with(".TH guestops 1 "),
+        "{}",
+        &man.stdout[..man.stdout.len().min(300)]
+    );
+    assert!(
+        man.stdout.lines().take(2).all(|l| l.starts_with('.')),
+        "roff requests only before the header"
+    );
+    assert!(man.stdout.contains(".SH NAME"), "{}", man.stdout);
+    assert!(man.stdout.contains("validate"), "{}", man.stdout);
+    assert!(man.stdout.contains("Exit codes"), "{}", man.stdout);
 }

@@ -242,10 +242,11 @@ fn invalid_file_at_the_new_revision_fails_with_positions() {
         "nothing printed on stdout: {}",
         run.stdout
     );
-    // rustc-style locations: revision:path:line:column.
-    assert!(run.stderr.contains("HEAD:users.yaml:3:5"), "{}", run.stderr);
+    // rustc-style locations: revision:path:line:column. The misspelled `nmae` is one error
+    // (read as `name`), not also a missing `name`.
     assert!(run.stderr.contains("HEAD:users.yaml:4:5"), "{}", run.stderr);
     assert!(run.stderr.contains("unknown key `nmae`"), "{}", run.stderr);
+    assert!(!run.stderr.contains("GO0103"), "{}", run.stderr);
 }
 
 #[test]
@@ -286,12 +287,148 @@ fn missing_file_names_the_path_and_revision() {
         ],
     );
     assert_eq!(run.code, 1);
+    // Missing at both revisions: a wrong --path, named as the option diff takes (not the
+    // daemon's source.path).
     assert!(
         run.stderr
-            .contains("`admins.yaml` does not exist at revision HEAD~2"),
+            .contains("`admins.yaml` does not exist at either HEAD~2 or HEAD~1"),
         "{}",
         run.stderr
     );
+    assert!(run.stderr.contains("check --path"), "{}", run.stderr);
+    assert!(!run.stderr.contains("source.path"), "{}", run.stderr);
+}
+
+/// Commits `files` (path, content) on top of HEAD (or as the first commit) in `dir`.
+fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    let repo = Repository::open(dir)
+        .or_else(|_| Repository::init(dir))
+        .expect("repository");
+    let mut index = repo.index().expect("index");
+    for (path, content) in files {
+        std::fs::write(dir.join(path), content).expect("write");
+        index.add_path(Path::new(path)).expect("stage");
+    }
+    index.write().expect("write index");
+    let tree = repo
+        .find_tree(index.write_tree().expect("write tree"))
+        .expect("tree");
+    let who = Signature::new(
+        "Requester",
+        "requester@contoso.example",
+        &Time::new(1_767_225_600, 0),
+    )
+    .expect("signature");
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    repo.commit(Some("HEAD"), &who, &who, message, &tree, &parents)
+        .expect("commit")
+        .to_string()
+}
+
+/// Issue 10: the pull request that adds users.yaml is diffed against an empty file: every
+/// user is an addition.
+#[test]
+fn a_change_that_adds_the_file_grants_every_user() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    commit(dir.path(), &[("README.md", "admins\n")], "start");
+    commit(dir.path(), &[("users.yaml", INITIAL)], "add users.yaml");
+    let run = diff(
+        dir.path(),
+        &["--from", "HEAD~1", "--to", "HEAD", "--detailed-exitcode"],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .starts_with("users.yaml HEAD~1 (no file) → HEAD "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(": 3 added, 0 removed, 0 changed\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.starts_with("+ ")).count(),
+        3
+    );
+    let md = diff(
+        dir.path(),
+        &["--from", "HEAD~1", "--to", "HEAD", "--format", "markdown"],
+    );
+    assert_eq!(md.code, 0, "{}", md.stderr);
+    assert_eq!(
+        md.stdout.matches("| ➕ granted |").count(),
+        3,
+        "{}",
+        md.stdout
+    );
+    let json = diff(
+        dir.path(),
+        &["--from", "HEAD~1", "--to", "HEAD", "--format", "json"],
+    );
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(value["from"]["absent"], true);
+    assert_eq!(value["added"].as_array().map(Vec::len), Some(3));
+
+    // The file missing at the newer revision is still an error, naming --path.
+    let run = diff(dir.path(), &["--from", "HEAD", "--to", "HEAD~1"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("`users.yaml` does not exist at revision HEAD~1"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("check --path"), "{}", run.stderr);
+}
+
+/// Issue 10: a removal says what will really happen: with `policy.prune: false` nothing is
+/// revoked (left in place); with `true` it is; without --config the comment says it depends.
+#[test]
+fn a_removal_says_what_pruning_does_with_it() {
+    let f = fixture();
+    let args = ["--from", "HEAD~2", "--to", "HEAD~1", "--format", "markdown"];
+    let plain = diff(f.dir.path(), &args);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(
+        plain.stdout.contains(
+            "| ➖ removed | `carla@partner.example` | administrator | Carla Mendes | revoked only if the host has policy.prune on"
+        ),
+        "{}",
+        plain.stdout
+    );
+    for (prune, row) in [
+        (
+            "false",
+            "| ➖ removed | `carla@partner.example` | administrator | Carla Mendes | left in place: policy.prune is off |",
+        ),
+        (
+            "true",
+            "| ➖ revoked | `carla@partner.example` | administrator | Carla Mendes | removed by guestops",
+        ),
+    ] {
+        let config = f.dir.path().join("host.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "tenant:\n  tenantId: contoso.onmicrosoft.com\n  clientId: 00000000-0000-0000-0000-000000000001\n\
+portal:\n  baseUrl: https://portal.example/api/\n\
+policy:\n  prune: {prune}\n"
+            ),
+        )
+        .expect("config");
+        let mut with_config = args.to_vec();
+        let config = config.display().to_string();
+        with_config.extend(["--config", &config]);
+        let run = diff(f.dir.path(), &with_config);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stdout.contains(row), "prune {prune}:\n{}", run.stdout);
+        if prune == "false" {
+            assert!(!run.stdout.contains("revoked"), "{}", run.stdout);
+        }
+    }
 }
 
 #[test]
@@ -336,7 +473,7 @@ fn huge_markdown_diff_fits_in_a_comment_and_says_what_is_missing() {
         md.contains("**5000 added, 1 removed, 0 changed**"),
         "the summary counts everything"
     );
-    assert!(md.contains("| ➖ revoked | `carla@partner.example` |"));
+    assert!(md.contains("| ➖ removed | `carla@partner.example` |"));
     let shown = md.matches("| ➕ granted |").count();
     assert!(shown > 100 && shown < 5000, "{shown} granted rows shown");
     assert!(

@@ -129,17 +129,25 @@ async fn import_writes_a_file_whose_plan_invites_and_registers_nobody() {
         "import and plan are read-only"
     );
 
-    // An existing file is not replaced without --force.
+    // An existing file is not replaced without --overwrite (not --force, which means
+    // "override the removal guards" in plan and apply, and is no option of import).
     let again = guestops(&["import", "--config", config, "--output", users]).await;
     assert_eq!(again.code, 1);
-    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
+    let old_flag = guestops(&["import", "--config", config, "--output", users, "--force"]).await;
+    assert_eq!(old_flag.code, 1, "{}", old_flag.stderr);
+    assert!(
+        old_flag.stderr.contains("unexpected argument '--force'"),
+        "{}",
+        old_flag.stderr
+    );
     let forced = guestops(&[
         "import",
         "--config",
         config,
         "--output",
         users,
-        "--force",
+        "--overwrite",
         "--uninvited",
         "include",
     ])

@@ -309,7 +309,7 @@ fn doctor_checks_the_git_source() {
     let run = doctor(&h, &[]);
     let (symbol, text) = line(&run, "source");
     assert_eq!(symbol, "✓", "{text}");
-    assert!(text.contains("1 users"), "{text}");
+    assert!(text.ends_with("lists 1 user"), "{text}");
     assert!(
         !h.state_dir().join("mirror").exists(),
         "the daemon's mirror is not touched"

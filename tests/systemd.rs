@@ -248,3 +248,40 @@ fn graph_secret(secrets: &guestops::config::Secrets) -> &guestops::remote::Crede
         other => panic!("expected a client secret, got {}", other.kind()),
     }
 }
+
+/// Issue 10: deploy/README.md says secrets never go through the environment; its commands
+/// must not export one either. The pre-flight runs `guestops doctor` with the unit's
+/// credentials, and its `LoadCredential=` lines are the unit's.
+#[test]
+fn the_deploy_guide_never_puts_a_secret_in_the_environment() {
+    let guide = std::fs::read_to_string(repo_path("deploy/README.md")).expect("deploy/README.md");
+    for variable in [
+        "GUESTOPS_TENANT_CLIENT_SECRET",
+        "GUESTOPS_PORTAL_API_KEY",
+        "GUESTOPS_SERVER_WEBHOOK_SECRET",
+    ] {
+        assert!(
+            !guide.contains(&format!("{variable}=")),
+            "deploy/README.md sets {variable}"
+        );
+    }
+    assert!(
+        !guide.contains("$(cat /etc/guestops/"),
+        "deploy/README.md reads a secret file into a shell value"
+    );
+    assert!(
+        guide.contains("preflight doctor"),
+        "the pre-flight runs doctor"
+    );
+    let unit = unit_text();
+    for credential in ["graph-secret", "portal-api-key"] {
+        let line = unit_values(&unit, "LoadCredential")
+            .into_iter()
+            .find(|v| v.starts_with(&format!("{credential}:")))
+            .unwrap_or_else(|| panic!("the unit loads {credential}"));
+        assert!(
+            guide.contains(&format!("-p LoadCredential={line}")),
+            "the pre-flight loads {credential} as the unit does ({line})"
+        );
+    }
+}

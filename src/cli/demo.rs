@@ -16,7 +16,6 @@ use guestops::remote::Credential;
 use guestops::remote::graph::GraphClient;
 use guestops::remote::http::RetryPolicy;
 use guestops::remote::portal::PortalClient;
-use guestops::remote::portal::RoleCodes;
 use guestops::sim::{Sim, seed};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,8 @@ use super::{Status, stdout_color};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Everything runs in this process against the built-in simulator on a \
-loopback port; nothing leaves the machine. Exit code 0 when the demo converged."
+loopback port; nothing leaves the machine.\n\nExit codes: 0 the demo converged (the second plan \
+is empty), 1 it did not, or an error."
 )]
 pub struct Args {
     /// Unrelated guests seeded into the simulated tenant (several pages of 999).
@@ -36,9 +36,10 @@ pub struct Args {
     /// Unrelated users seeded into the simulated portal.
     #[arg(long, default_value_t = 60)]
     pub portal_users: usize,
-    /// Simulated Entra replication delay of new guests.
-    #[arg(long, default_value = "3", value_name = "SECONDS")]
-    pub replication_delay: u64,
+    /// Simulated Entra replication delay of new guests: a duration as in the config, e.g.
+    /// 3s, 1m.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = guestops::config::parse_duration)]
+    pub replication_delay: Duration,
 }
 
 /// Runs `guestops demo`.
@@ -58,7 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     seed::demo_scenario(&sim);
     sim.state()
         .graph
-        .set_replication_delay(Duration::from_secs(args.replication_delay));
+        .set_replication_delay(args.replication_delay);
     let shutdown = CancellationToken::new();
     let base = sim
         .spawn(SocketAddr::from(([127, 0, 0, 1], 0)), shutdown.clone())
@@ -95,8 +96,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     )?;
     writeln!(
         out,
-        "  - new guests stay invisible to reads for {}s, like Entra's replication delay.",
-        args.replication_delay
+        "  - new guests stay invisible to reads for {}, like Entra's replication delay.",
+        guestops::config::format_duration(args.replication_delay)
     )?;
 
     heading(
@@ -194,7 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
                 "  Bob in the portal now: role {}, groups {}, reports {} — his role changed, nothing else.",
                 bob.get("role")
                     .and_then(serde_json::Value::as_i64)
-                    .and_then(|code| RoleCodes::default().role(code))
+                    .and_then(|code| config.portal.role_codes.role(code))
                     .map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
                 bob.get("groups")
                     .and_then(|g| g.as_array())

@@ -4,19 +4,22 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use guestops::desired::diff::{self, DiffFormat, Side};
-use guestops::desired::source::read_at;
+use guestops::desired::source::{SourceError, read_at};
 use guestops::desired::spec::{self, DesiredState, OutputFormat, SpecPolicy};
 
 use super::Status;
 
 /// Arguments of `guestops diff`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Offline: reads both revisions from a local git repository, no credentials. \
-With --config, the newer revision is also checked against policy.allowedDomains. \
+#[command(after_help = "\
+Offline: reads both revisions from a local git repository, no credentials. A file that does \
+not exist at the older revision (a change that adds it) is compared as an empty file: every \
+user is an addition. With --config, the newer revision is also checked against \
+policy.allowedDomains, and removals say what policy.prune does with them.
+
 Exit codes: 0 ok, 1 error (including an invalid users.yaml at either revision, reported with \
-positions); with --detailed-exitcode: 0 no change in access, 2 changes."
-)]
+positions, or a file missing at the newer revision); with --detailed-exitcode: 0 no change in \
+access, 2 changes.")]
 pub struct Args {
     /// The older revision (branch, tag, sha, HEAD~1, origin/main…).
     #[arg(long)]
@@ -37,51 +40,122 @@ pub struct Args {
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Host configuration: the newer revision is also checked against its policy
-    /// (`policy.allowedDomains`), as `validate --config` does. No credential is read.
+    /// (`policy.allowedDomains`), as `validate --config` does, and removals are described as
+    /// its `policy.prune` decides. No credential is read.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
+/// The file at `rev`: `Ok(None)` when it is invalid (diagnostics written to `err`).
 fn load(
     args: &Args,
     rev: &str,
+    bytes: &[u8],
     policy: &SpecPolicy,
     err: &mut dyn Write,
-) -> anyhow::Result<Option<(Side, DesiredState)>> {
-    let (revision, bytes) = read_at(&args.repo, rev, &args.path)?;
-    let parsed = spec::parse(&bytes, policy);
+) -> anyhow::Result<Option<DesiredState>> {
+    let parsed = spec::parse(bytes, policy);
     if parsed.has_errors() || parsed.desired.is_none() {
         spec::render(
             &parsed.diagnostics,
-            &bytes,
+            bytes,
             &format!("{rev}:{}", args.path),
             OutputFormat::Human,
             err,
         )?;
         return Ok(None);
     }
-    let side = Side {
-        rev: rev.to_owned(),
-        commit: Some(revision.id),
-    };
-    Ok(parsed.desired.map(|d| (side, d)))
+    Ok(parsed.desired)
+}
+
+/// The file missing at a revision, said with the option that names it (`--path`, not the
+/// daemon's `source.path`).
+fn missing(args: &Args, revisions: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`{}` does not exist at {revisions} in {}: check --path (the path of users.yaml inside \
+         the repository, default users.yaml) and that the file was committed",
+        args.path,
+        args.repo.display()
+    )
 }
 
 /// Runs `guestops diff`.
 pub fn run(args: Args) -> anyhow::Result<Status> {
     // The host's policy applies to what the change introduces: the newer revision.
-    let policy = match &args.config {
-        Some(path) => super::load_config(path)?.spec_policy(),
-        None => SpecPolicy::default(),
+    let config = args.config.as_deref().map(super::load_config).transpose()?;
+    let policy = config
+        .as_ref()
+        .map_or_else(SpecPolicy::default, guestops::config::Config::spec_policy);
+    let older = match read_at(&args.repo, &args.from, &args.path) {
+        Ok((revision, bytes)) => Some((revision, bytes)),
+        // A change that adds the file: compared with an empty file.
+        Err(SourceError::PathNotFound { .. }) => None,
+        Err(SourceError::NotAFile { revision, .. }) => {
+            anyhow::bail!(
+                "`{}` at revision {revision} is not a file (a directory, a link or a \
+                 submodule): check --path",
+                args.path
+            )
+        }
+        Err(err) => return Err(err.into()),
     };
+    let newer = match read_at(&args.repo, &args.to, &args.path) {
+        Ok(newer) => newer,
+        Err(SourceError::PathNotFound { revision, .. }) => {
+            return Err(match older {
+                None => missing(&args, &format!("either {} or {revision}", args.from)),
+                Some(_) => missing(&args, &format!("revision {revision}")),
+            });
+        }
+        Err(SourceError::NotAFile { revision, .. }) => {
+            anyhow::bail!(
+                "`{}` at revision {revision} is not a file (a directory, a link or a \
+                 submodule): check --path",
+                args.path
+            )
+        }
+        Err(err) => return Err(err.into()),
+    };
+
     let mut stderr = std::io::stderr().lock();
-    let from = load(&args, &args.from, &SpecPolicy::default(), &mut stderr)?;
-    let to = load(&args, &args.to, &policy, &mut stderr)?;
-    let (Some((from_side, from)), Some((to_side, to))) = (from, to) else {
+    let (from_side, from) = match older {
+        Some((revision, bytes)) => {
+            let side = Side {
+                rev: args.from.clone(),
+                commit: Some(revision.id),
+                absent: false,
+            };
+            let loaded = load(
+                &args,
+                &args.from,
+                &bytes,
+                &SpecPolicy::default(),
+                &mut stderr,
+            )?;
+            (side, loaded)
+        }
+        None => {
+            let side = Side {
+                rev: args.from.clone(),
+                commit: None,
+                absent: true,
+            };
+            (side, Some(DesiredState::default()))
+        }
+    };
+    let (revision, bytes) = newer;
+    let to = load(&args, &args.to, &bytes, &policy, &mut stderr)?;
+    let (Some(from), Some(to)) = (from, to) else {
         return Ok(Status::Error);
+    };
+    let to_side = Side {
+        rev: args.to.clone(),
+        commit: Some(revision.id),
+        absent: false,
     };
     let mut result = diff::diff(from_side, &from, to_side, &to);
     result.path = args.path.clone();
+    result.prune = config.as_ref().map(|c| c.policy.prune);
     result.mark_expired(chrono::Utc::now().date_naive());
     let mut out = std::io::stdout().lock();
     diff::render(&result, args.format, &mut out)?;

@@ -17,16 +17,17 @@ Read-only: reads the portal and the tenant, writes nothing remote and no state. 
 apply adopts the written users (no invitation, no portal write for them).
 
 Exit codes: 0 written, 1 error (config, an incomplete read, or an existing --output file \
-without --force).")]
+without --overwrite).")]
 pub struct Args {
     #[command(flatten)]
     pub config: super::ConfigArg,
     /// Write users.yaml to this file instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Replace the --output file when it exists.
+    /// Replace the --output file when it exists. (Not `--force`: in plan and apply that
+    /// overrides the removal guards.)
     #[arg(long)]
-    pub force: bool,
+    pub overwrite: bool,
     /// Portal admins without an account in the tenant: written commented out (comment),
     /// written (include: the first apply invites them) or left out (skip).
     #[arg(long, value_enum, default_value = "comment")]
@@ -37,11 +38,11 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<Status> {
     let config = load_config(&args.config.config)?;
     if let Some(path) = &args.output
-        && !args.force
+        && !args.overwrite
         && path.exists()
     {
         anyhow::bail!(
-            "{} exists: pass --force to replace it, or choose another --output",
+            "{} exists: pass --overwrite to replace it, or choose another --output",
             path.display()
         );
     }
@@ -73,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     }
 
     match &args.output {
-        Some(path) => write_file(path, &yaml, args.force)?,
+        Some(path) => write_file(path, &yaml, args.overwrite)?,
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(yaml.as_bytes())?;
@@ -86,8 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
 }
 
 /// Writes `content` to `path` atomically (temp file in the same directory, then rename);
-/// without `force`, an existing file is never replaced.
-fn write_file(path: &std::path::Path, content: &str, force: bool) -> anyhow::Result<()> {
+/// without `overwrite`, an existing file is never replaced.
+fn write_file(path: &std::path::Path, content: &str, overwrite: bool) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -97,13 +98,13 @@ fn write_file(path: &std::path::Path, content: &str, force: bool) -> anyhow::Res
     temp.write_all(content.as_bytes())
         .and_then(|()| temp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    if force {
+    if overwrite {
         temp.persist(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     } else {
         temp.persist_noclobber(path).with_context(|| {
             format!(
-                "cannot write {} (pass --force to replace an existing file)",
+                "cannot write {} (pass --overwrite to replace an existing file)",
                 path.display()
             )
         })?;

@@ -10,10 +10,12 @@ use guestops::desired::spec::{self, OutputFormat, SpecPolicy};
 use guestops::reconcile::Desired;
 
 pub mod apply;
+pub mod completions;
 pub mod demo;
 pub mod diff;
 pub mod doctor;
 pub mod import;
+pub mod man;
 pub mod plan;
 pub mod probe;
 pub mod run;
@@ -117,12 +119,6 @@ pub async fn read_desired(
         revision,
         branch: source.branch(),
     }))
-}
-
-/// Reads a `users.yaml` file (bounded, see [`guestops::desired::source::read_file`]).
-pub fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
-    guestops::desired::source::read_file(path)
-        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The two remote systems, connected as configured.

@@ -26,9 +26,12 @@ use super::Status;
     after_help = "Runs until SIGTERM or SIGINT (then finishes the writes in flight, saves the \
 state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
 source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
-source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen. \
-Exit code 1 when it cannot start (bad config, missing secret, state locked by another instance) \
-or when the state directory stops being writable (it stops rather than make unrecorded changes)."
+source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen.
+
+Exit codes: 0 stopped by SIGTERM or SIGINT, 1 it cannot start (bad config, missing secret, state \
+locked by another instance) or the state directory stopped being writable (it stops rather than \
+make unrecorded changes). A failing reconcile does not end the daemon: it is retried with backoff \
+and shown in /readyz."
 )]
 pub struct Args {
     #[command(flatten)]

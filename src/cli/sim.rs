@@ -21,7 +21,8 @@ use super::Status;
 and the portal API (/api/...) on one loopback port, prints a ready config, and runs until Ctrl-C. \
 With --federated it also serves test OIDC issuers (/oidc/NAME/...), with --managed-identity the \
 managed-identity endpoints (/msi/token, /metadata/identity/oauth2/token); the banner prints the \
-environment a client needs for them."
+environment a client needs for them.\n\nExit codes: 0 stopped by Ctrl-C (SIGINT), 1 it \
+cannot start (the address is in use or not loopback, a bad --certificate)."
 )]
 pub struct Args {
     /// Loopback address to listen on (port 0 picks a free port).
@@ -36,8 +37,9 @@ pub struct Args {
     /// Seed the demo scenario (the users that examples/users.yaml adopts and updates).
     #[arg(long)]
     pub demo: bool,
-    /// Hide newly invited guests from reads for this long (Entra replication delay), e.g. 5s.
-    #[arg(long, value_parser = humantime_like)]
+    /// Hide newly invited guests from reads for this long (Entra replication delay): a
+    /// duration as in the config, e.g. 5s, 2m.
+    #[arg(long, value_parser = guestops::config::parse_duration)]
     pub replication_delay: Option<Duration>,
     /// Answer every Nth Graph and portal request with 429.
     #[arg(long)]
@@ -123,24 +125,6 @@ fn sim_cloud(cloud: Cloud) -> SimCloud {
         Cloud::UsGovDod => SimCloud::UsGovDod,
         Cloud::China => SimCloud::China,
     }
-}
-
-/// Parses `500ms`, `5s`, `2m`.
-fn humantime_like(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((text, "s"), |at| text.split_at(at));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text}"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit in {text}: use ms, s or m")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 /// What a client needs for the sign-in kinds beyond the secret: certificates, federated

@@ -9,7 +9,8 @@ use super::plan::{Loaded, SourceArgs, load};
 /// Arguments of `guestops status`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Read-only. Exit code 0, or 1 when the tenant or the portal cannot be read."
+    after_help = "Read-only.\n\nExit codes: 0 the rows are printed, 1 error (config, an invalid \
+users.yaml, or the tenant or the portal cannot be read)."
 )]
 pub struct Args {
     #[command(flatten)]

@@ -652,8 +652,16 @@ fn parse_code(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("expected the portal's numeric role code, got `{text}`"))
 }
 
-/// A duration: `0`, or a whole number followed by `s`, `m`, `h` or `d`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A duration as the configuration writes it: `0`, or a whole number followed by `s`, `m`,
+/// `h` or `d` (`30s`, `5m`, `2h`, `7d`). The one duration syntax of guestops: config keys,
+/// `GUESTOPS_*` overrides and command-line options (`sim`, `demo`) alike.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(guestops::config::parse_duration("5s"), Ok(Duration::from_secs(5)));
+/// assert!(guestops::config::parse_duration("5").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let help = "write a whole number and a unit, e.g. 30s, 5m, 2h, 7d (or 0)";
     if text == "0" {
         return Ok(Duration::ZERO);

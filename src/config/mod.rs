@@ -27,6 +27,8 @@ mod render;
 mod secret;
 mod tree;
 
+pub use build::parse_duration;
+pub use render::duration as format_duration;
 pub use secret::{CREDENTIALS_DIRECTORY, LoadedSecret, SecretOrigin, Secrets};
 
 /// Where the host configuration is read from when `--config` is not given.

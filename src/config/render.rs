@@ -191,8 +191,9 @@ fn secret_line(line: &mut impl FnMut(String), key: &str, source: &SecretSource) 
     }
 }
 
-/// A duration in the largest unit that divides it exactly.
-fn duration(d: Duration) -> String {
+/// A duration in the largest unit that divides it exactly (`90s`, `5m`, `7d`, `0`), as the
+/// configuration writes it; sub-second parts are dropped.
+pub fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0 => "0".to_owned(),

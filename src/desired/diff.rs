@@ -24,6 +24,10 @@ pub struct Side {
     pub rev: String,
     /// The resolved commit id, when known.
     pub commit: Option<String>,
+    /// The file does not exist at this revision (the older side of a change that adds it):
+    /// compared as an empty file.
+    #[serde(skip_serializing_if = "is_false")]
+    pub absent: bool,
 }
 
 /// A desired user in a diff.
@@ -107,6 +111,10 @@ pub struct Diff {
     pub removed: Vec<DiffUser>,
     /// Users on both sides whose role, name, expiry or address spelling changed.
     pub changed: Vec<ChangedUser>,
+    /// The host's `policy.prune` when known (`diff --config`): whether a removal or an expiry
+    /// is acted on. Not part of the JSON document.
+    #[serde(skip)]
+    pub prune: Option<bool>,
 }
 
 impl Diff {
@@ -226,14 +234,48 @@ fn show(value: &Option<String>) -> &str {
     value.as_deref().unwrap_or("(none)")
 }
 
-/// `HEAD~1 (0123456789ab)`, or the revision alone when it already is the commit id.
+/// `HEAD~1 (0123456789ab)`, or the revision alone when it already is the commit id;
+/// `(no file)` after a revision that does not hold the file.
 fn side_label(side: &Side) -> String {
-    match &side.commit {
+    let mut label = match &side.commit {
         Some(commit) if !commit.starts_with(&side.rev) => {
             let short: String = commit.chars().take(12).collect();
             format!("{} ({short})", side.rev)
         }
         _ => side.rev.clone(),
+    };
+    if side.absent {
+        label.push_str(" (no file)");
+    }
+    label
+}
+
+/// What becomes of a user removed from the file, as the host's pruning decides (design §7):
+/// `(short word, explanation)`.
+fn removal_words(prune: Option<bool>) -> (&'static str, &'static str) {
+    match prune {
+        Some(true) => (
+            "revoked",
+            "removed by guestops (policy.prune is on; only accounts it owns)",
+        ),
+        Some(false) => ("removed", "left in place: policy.prune is off"),
+        None => (
+            "removed",
+            "revoked only if the host has policy.prune on, and only accounts guestops owns",
+        ),
+    }
+}
+
+/// What a past `expires` on a changed user means, as the host's pruning decides.
+fn expiry_words(prune: Option<bool>) -> &'static str {
+    match prune {
+        Some(true) => "already past: access ends",
+        Some(false) => {
+            "already past: no longer granted, existing accounts left in place (policy.prune is off)"
+        }
+        None => {
+            "already past: no longer granted; existing accounts are removed only with policy.prune on"
+        }
     }
 }
 
@@ -289,9 +331,10 @@ fn text(diff: &Diff) -> String {
                     c.to.as_deref().map_or_else(|| "(none)".into(), quoted)
                 ),
                 "expires" if user.expired => format!(
-                    "expires {} → {} (already past: access ends)",
+                    "expires {} → {} ({})",
                     clean(show(&c.from)),
-                    clean(show(&c.to))
+                    clean(show(&c.to)),
+                    expiry_words(diff.prune)
                 ),
                 field => format!("{field} {} → {}", clean(show(&c.from)), clean(show(&c.to))),
             })
@@ -302,10 +345,11 @@ fn text(diff: &Diff) -> String {
         }
         out.push('\n');
     }
+    let (_, removal) = removal_words(diff.prune);
     for user in &diff.removed {
         let _ = writeln!(
             out,
-            "- {}  {}  {}",
+            "- {}  {}  {}  ({removal})",
             clean(&user.email),
             user.role,
             quoted(&user.name)
@@ -344,7 +388,7 @@ fn granted_row(user: &DiffUser) -> String {
     )
 }
 
-fn changed_row(user: &ChangedUser) -> String {
+fn changed_row(user: &ChangedUser, prune: Option<bool>) -> String {
     let find = |field: &str| user.changes.iter().find(|c| c.field == field);
     let role = find("role").map_or_else(
         || user.role.clone(),
@@ -358,7 +402,7 @@ fn changed_row(user: &ChangedUser) -> String {
     if let Some(c) = find("expires") {
         let mut s = format!("expires {} → {}", md_value(&c.from), md_value(&c.to));
         if user.expired {
-            s.push_str(" ⚠️ already past: access ends");
+            let _ = write!(s, " ⚠️ {}", expiry_words(prune));
         }
         details.push(s);
     }
@@ -381,9 +425,10 @@ fn changed_row(user: &ChangedUser) -> String {
     )
 }
 
-fn revoked_row(user: &DiffUser) -> String {
+fn removed_row(user: &DiffUser, prune: Option<bool>) -> String {
+    let (word, explanation) = removal_words(prune);
     format!(
-        "| ➖ revoked | {} | {} | {} | |\n",
+        "| ➖ {word} | {} | {} | {} | {explanation} |\n",
         code(&user.email),
         user.role,
         md_text(&user.name)
@@ -437,12 +482,20 @@ fn markdown(diff: &Diff) -> String {
     out.push_str("\n| | user | role | name | details |\n|---|---|---|---|---|\n");
 
     let granted: Vec<String> = diff.added.iter().map(granted_row).collect();
-    let changed: Vec<String> = diff.changed.iter().map(changed_row).collect();
-    let revoked: Vec<String> = diff.removed.iter().map(revoked_row).collect();
+    let changed: Vec<String> = diff
+        .changed
+        .iter()
+        .map(|u| changed_row(u, diff.prune))
+        .collect();
+    let removed: Vec<String> = diff
+        .removed
+        .iter()
+        .map(|u| removed_row(u, diff.prune))
+        .collect();
     let groups = [
         (granted, "granted"),
         (changed, "changed"),
-        (revoked, "revoked"),
+        (removed, removal_words(diff.prune).0),
     ];
     let sizes: Vec<Vec<usize>> = groups
         .iter()
@@ -487,6 +540,7 @@ mod tests {
         Side {
             rev: rev.to_owned(),
             commit: None,
+            absent: false,
         }
     }
 
@@ -546,7 +600,21 @@ users:
         assert_eq!(d.removed.len(), 1);
         assert_eq!(d.removed[0].email, "bob@vendor.example");
         assert_eq!(d.removed[0].role, "contributor");
-        assert!(markdown(&d).contains("| ➖ revoked | `bob@vendor.example` | contributor |"));
+        assert!(markdown(&d).contains("| ➖ removed | `bob@vendor.example` | contributor |"));
+        assert!(markdown(&d).contains("revoked only if the host has policy.prune on"));
+    }
+
+    #[test]
+    fn a_removal_says_what_the_pruning_policy_does_with_it() {
+        let to = "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana Silva\n";
+        let mut d = between(BASE, to);
+        d.prune = Some(false);
+        let md = markdown(&d);
+        assert!(!md.contains("revoked"), "{md}");
+        assert!(md.contains("| ➖ removed | `bob@vendor.example` | contributor | Bob Stone | left in place: policy.prune is off |"), "{md}");
+        assert!(text(&d).contains("left in place: policy.prune is off"));
+        d.prune = Some(true);
+        assert!(markdown(&d).contains("| ➖ revoked | `bob@vendor.example`"));
     }
 
     #[test]
@@ -608,6 +676,8 @@ users:
         assert!(d.added[0].expired);
         assert!(d.changed[0].expired);
         assert!(text(&d).contains("already past: grants nothing"));
+        assert!(markdown(&d).contains("already past: no longer granted"));
+        d.prune = Some(true);
         assert!(markdown(&d).contains("already past: access ends"));
         let json = serde_json::to_string(&d).unwrap_or_default();
         assert!(json.contains("\"expired\":true"));

@@ -717,8 +717,9 @@ fn portal_key_check(
                 name,
                 match users {
                     Some(n) => format!(
-                        "GET {base}api/user answered {} ({n} users on page 1)",
-                        a.status
+                        "GET {base}api/user answered {} ({} on page 1)",
+                        a.status,
+                        crate::markup::count(n, "user")
                     ),
                     None => format!("GET {base}api/user answered {}", a.status),
                 },
@@ -798,9 +799,9 @@ async fn source_check(config: &Config) -> Check {
         Some(desired) if !parsed.has_errors() => Check::ok(
             name,
             format!(
-                "{shown}: commit {} lists {} users",
+                "{shown}: commit {} lists {}",
                 revision.short,
-                desired.users.len()
+                crate::markup::count(desired.users.len(), "user")
             ),
         ),
         _ => Check::failed(

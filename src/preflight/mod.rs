@@ -154,9 +154,9 @@ pub fn render_text(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(
         out,
-        "\n{} ok, {} warnings, {} failed",
+        "\n{} ok, {}, {} failed",
         report.count(CheckStatus::Ok),
-        report.count(CheckStatus::Warning),
+        crate::markup::count(report.count(CheckStatus::Warning), "warning"),
         report.count(CheckStatus::Failed)
     )
 }
@@ -292,6 +292,6 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("✓ a: fine\n"), "{text}");
         assert!(text.contains("✗ c: broken\n    → fix\n"), "{text}");
-        assert!(text.contains("1 ok, 1 warnings, 1 failed"), "{text}");
+        assert!(text.contains("1 ok, 1 warning, 1 failed"), "{text}");
     }
 }

@@ -240,7 +240,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let mut s = match &self.report {
             Some(r) => {
-                let mut s = format!("{} changes applied", r.succeeded());
+                let mut s = format!("{} applied", crate::markup::count(r.succeeded(), "change"));
                 if r.failed() > 0 {
                     s.push_str(&format!(", {} failed", r.failed()));
                 }
@@ -250,10 +250,16 @@ impl Outcome {
                 s
             }
             None if self.plan.is_refused() => {
-                format!("plan refused ({} changes not made)", self.refused_changes())
+                format!(
+                    "plan refused ({} not made)",
+                    crate::markup::count(self.refused_changes(), "change")
+                )
             }
             None if self.plan.is_empty() => "in sync".to_owned(),
-            None => format!("{} changes planned", self.plan.changes.len()),
+            None => format!(
+                "{} planned",
+                crate::markup::count(self.plan.changes.len(), "change")
+            ),
         };
         if !self.plan.is_refused() && !self.plan.refused_changes.is_empty() {
             s.push_str(&format!(
@@ -262,8 +268,9 @@ impl Outcome {
             ));
         }
         s.push_str(&format!(
-            "; {} of {} users in sync",
-            self.plan.in_sync, self.plan.desired_users
+            "; {} of {} in sync",
+            self.plan.in_sync,
+            crate::markup::count(self.plan.desired_users, "user")
         ));
         s
     }

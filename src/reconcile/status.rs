@@ -214,7 +214,11 @@ pub fn render(rows: &[StatusRow], format: StatusFormat, out: &mut dyn Write) -> 
         line(row.each_ref().map(String::as_str), out)?;
     }
     let synced = rows.iter().filter(|r| r.in_sync).count();
-    writeln!(out, "\n{synced} of {} users in sync.", rows.len())
+    writeln!(
+        out,
+        "\n{synced} of {} in sync.",
+        crate::markup::count(rows.len(), "user")
+    )
 }
 
 #[cfg(test)]

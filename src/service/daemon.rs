@@ -86,7 +86,7 @@ pub enum ReconcileError {
     #[error("the plan is refused by policy: {0}")]
     Refused(String),
     /// Some changes failed; the others were applied.
-    #[error("{failed} of {total} changes failed (first: {first})")]
+    #[error("{failed} of {} failed (first: {first})", crate::markup::count(*total, "change"))]
     ChangesFailed {
         /// Failed changes.
         failed: usize,
@@ -364,9 +364,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         load_failures = 0;
                         reconcile_pending = true;
                         let _ = notifier.status(&format!(
-                            "revision {}: loaded ({} users)",
+                            "revision {}: loaded ({})",
                             new.revision.short,
-                            new.state.users.len()
+                            crate::markup::count(new.state.users.len(), "user")
                         ));
                         loaded = Some(new);
                     }
@@ -567,9 +567,9 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                     .map(|d| format!("{}:{}: {} [{}]", d.line, d.column, d.message, d.code))
                     .collect();
                 let message = format!(
-                    "users.yaml at {} is invalid ({} errors; first: {}); still enforcing {}: fix the file in a new commit (guestops validate shows every error)",
+                    "users.yaml at {} is invalid ({}; first: {}); still enforcing {}: fix the file in a new commit (guestops validate shows every error)",
                     revision.short,
-                    errors.len(),
+                    crate::markup::count(errors.len(), "error"),
                     errors.first().map_or("?", String::as_str),
                     current.map_or("nothing (no valid revision yet)", |c| c
                         .revision
@@ -869,6 +869,26 @@ mod tests {
             error_policy(&refused, 1, &settings, 0.5),
             Action::requeue(Duration::from_secs(10))
         );
+    }
+
+    /// Issue 10: "1 of 1 changes failed" read wrong.
+    #[test]
+    fn failed_changes_are_counted_with_their_noun() {
+        let one = ReconcileError::ChangesFailed {
+            failed: 1,
+            total: 1,
+            first: "invite a@b.example".into(),
+        };
+        assert_eq!(
+            one.to_string(),
+            "1 of 1 change failed (first: invite a@b.example)"
+        );
+        let two = ReconcileError::ChangesFailed {
+            failed: 1,
+            total: 2,
+            first: "x".into(),
+        };
+        assert_eq!(two.to_string(), "1 of 2 changes failed (first: x)");
     }
 
     fn timers(now: Instant) -> Timers {

@@ -190,8 +190,10 @@ pub enum SourceError {
     },
     /// The file at that revision is larger than `users.yaml` may be.
     #[error(
-        "`{path}` at revision {revision} is {size} bytes, more than the {limit}-byte limit of \
-         users.yaml: shrink the file in the repository"
+        "`{path}` at revision {revision} is {}, more than the {} limit of users.yaml: shrink \
+         the file in the repository",
+        crate::desired::spec::human_size(*size as u64),
+        crate::desired::spec::human_size(*limit as u64)
     )]
     TooLarge {
         /// Path inside the repository.

@@ -170,6 +170,10 @@ pub mod codes {
     pub const INVALID_DATE: &str = "GO0206";
     /// `defaults.invitation.message` looks like HTML (a warning: Entra sends plain text).
     pub const HTML_MESSAGE: &str = "GO0207";
+    /// `expires` is before today (a warning: the user is not granted access, and removed when
+    /// owned and `policy.prune` is on). Only commands that know the date report it
+    /// (`guestops validate`).
+    pub const EXPIRED: &str = "GO0208";
     /// An email's domain is not in the host's `policy.allowedDomains`.
     pub const DOMAIN_NOT_ALLOWED: &str = "GO0301";
 }

@@ -19,8 +19,8 @@ mod validate;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Label, Severity, codes};
-pub use parse::{MAX_FILE_SIZE, parse};
-pub use render::{OutputFormat, render};
+pub use parse::{MAX_FILE_SIZE, human_size, parse, parse_with};
+pub use render::{OutputFormat, render, render_failure};
 
 /// An email address as written in `users.yaml`, with its normalized form.
 ///
@@ -200,6 +200,21 @@ pub struct DesiredState {
 pub struct SpecPolicy {
     /// Lower-case domains an email may belong to; empty means any domain.
     pub allowed_domains: Vec<String>,
+}
+
+/// What a command knows beyond the bytes and the policy, for [`parse_with`]: the date and the
+/// host's pruning (for the warning about a past `expires`) and the real size of a file read
+/// only in part. The pure [`parse`] knows none of them (no clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Today (UTC): an `expires` before it is warned about (GO0208). `None`: no warning.
+    pub today: Option<NaiveDate>,
+    /// The host's `policy.prune`, when known (`validate --config`): says what becomes of the
+    /// accounts of an expired user.
+    pub prune: Option<bool>,
+    /// The size of the whole file in bytes, when the bytes given are only its first part (a
+    /// bounded read of a larger file).
+    pub size: Option<u64>,
 }
 
 /// The result of [`parse`]: the desired state when the file is valid, and every diagnostic.

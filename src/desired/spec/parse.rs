@@ -3,7 +3,7 @@
 
 use super::diagnostic::codes;
 use super::yaml::{self, LoadError, Value};
-use super::{Diagnostic, Parsed, SpecPolicy, validate};
+use super::{Diagnostic, ParseOptions, Parsed, SpecPolicy, validate};
 
 /// Largest accepted `users.yaml`, in bytes.
 pub const MAX_FILE_SIZE: usize = 1024 * 1024;
@@ -14,8 +14,14 @@ pub const MAX_FILE_SIZE: usize = 1024 * 1024;
 /// since nothing after them can be read reliably; every other rule is checked on every entry.
 /// Diagnostics come back sorted by position.
 pub fn parse(bytes: &[u8], policy: &SpecPolicy) -> Parsed {
+    parse_with(bytes, policy, &ParseOptions::default())
+}
+
+/// [`parse`] with what the command knows beyond the bytes ([`ParseOptions`]): the date, for a
+/// warning about a past `expires`, and the real size of a file read only in part.
+pub fn parse_with(bytes: &[u8], policy: &SpecPolicy, options: &ParseOptions) -> Parsed {
     let mut diagnostics = Vec::new();
-    let desired = parse_into(bytes, policy, &mut diagnostics);
+    let desired = parse_into(bytes, policy, options, &mut diagnostics);
     diagnostics.sort_by_key(|d| (d.line, d.column));
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     Parsed {
@@ -24,19 +30,66 @@ pub fn parse(bytes: &[u8], policy: &SpecPolicy) -> Parsed {
     }
 }
 
+/// A size in bytes for people: `512 bytes`, `3.5 KiB`, `1.9 MiB`, `1 MiB` (binary units, one
+/// decimal, none for an exact multiple).
+///
+/// ```
+/// use guestops::desired::spec::human_size;
+/// assert_eq!(human_size(1024 * 1024), "1 MiB");
+/// assert_eq!(human_size(2 * 1024 * 1024), "2 MiB");
+/// assert_eq!(human_size(2_000_000), "1.9 MiB");
+/// assert_eq!(human_size(100), "100 bytes");
+/// ```
+pub fn human_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    const GIB: u64 = 1024 * MIB;
+    let (unit, name) = match bytes {
+        0..KIB => return format!("{bytes} bytes"),
+        KIB..MIB => (KIB, "KiB"),
+        MIB..GIB => (MIB, "MiB"),
+        _ => (GIB, "GiB"),
+    };
+    if bytes.is_multiple_of(unit) {
+        return format!("{} {name}", bytes / unit);
+    }
+    // One decimal: exact enough for a message, never used for arithmetic.
+    #[allow(clippy::cast_precision_loss)]
+    let scaled = bytes as f64 / unit as f64;
+    format!("{scaled:.1} {name}")
+}
+
+/// What GO0001 says of a file of `len` bytes read (more than the limit), `size` when the
+/// whole file's size is known.
+fn too_large_message(len: usize, size: Option<u64>) -> String {
+    let limit = human_size(MAX_FILE_SIZE as u64);
+    // A bounded reader stops one byte past the limit: then only "larger" is known.
+    let size = size.or_else(|| (len != MAX_FILE_SIZE + 1).then_some(len as u64));
+    match size {
+        Some(size) => {
+            let shown = human_size(size);
+            // `1.0 MiB` would read as the limit itself: give the bytes then.
+            if shown == "1.0 MiB" {
+                format!("the file is {size} bytes, just over the limit of {limit}")
+            } else {
+                format!("the file is {shown}; the limit is {limit}")
+            }
+        }
+        None => format!("the file is larger than the limit of {limit}"),
+    }
+}
+
 fn parse_into(
     bytes: &[u8],
     policy: &SpecPolicy,
+    options: &ParseOptions,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<super::DesiredState> {
     if bytes.len() > MAX_FILE_SIZE {
         diags.push(
             Diagnostic::error(
                 codes::FILE_TOO_LARGE,
-                format!(
-                    "the file is {} bytes; the limit is {MAX_FILE_SIZE} bytes (1 MiB)",
-                    bytes.len()
-                ),
+                too_large_message(bytes.len(), options.size),
                 1,
                 1,
                 1,
@@ -81,7 +134,7 @@ fn parse_into(
         diags.push(empty());
         return None;
     }
-    validate::validate(first, policy, diags)
+    validate::validate(first, policy, options, diags)
 }
 
 fn empty() -> Diagnostic {

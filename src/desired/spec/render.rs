@@ -34,6 +34,38 @@ pub fn render(
     }
 }
 
+/// Writes, in `format`, that `file_name` could not be checked at all (`message`: it cannot be
+/// read, or the host configuration given with it is broken): a `::error` workflow command
+/// without position, or a JSON document with `valid: false`, an `error` and no diagnostics, so
+/// that a machine reading the output always gets the format it asked for. `human` writes
+/// `error: message`.
+pub fn render_failure(
+    file_name: &str,
+    message: &str,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Human => writeln!(out, "error: {message}"),
+        OutputFormat::Github => writeln!(
+            out,
+            "::error file={},title=guestops validate::{}",
+            escape_property(file_name),
+            escape_data(message)
+        ),
+        OutputFormat::Json => {
+            let report = JsonFailure {
+                file: file_name,
+                valid: false,
+                error: message,
+                diagnostics: &[],
+            };
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(io::Error::from)?;
+            writeln!(out)
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Human
 
@@ -243,6 +275,14 @@ fn github(diagnostics: &[Diagnostic], file_name: &str, out: &mut dyn Write) -> i
 struct JsonReport<'a> {
     file: &'a str,
     valid: bool,
+    diagnostics: &'a [Diagnostic],
+}
+
+#[derive(Serialize)]
+struct JsonFailure<'a> {
+    file: &'a str,
+    valid: bool,
+    error: &'a str,
     diagnostics: &'a [Diagnostic],
 }
 

@@ -8,7 +8,10 @@ use chrono::NaiveDate;
 
 use super::diagnostic::codes;
 use super::yaml::{Node, Pos, Value};
-use super::{DesiredState, DesiredUser, Diagnostic, Email, InvitationDefaults, Role, SpecPolicy};
+use super::{
+    DesiredState, DesiredUser, Diagnostic, Email, InvitationDefaults, ParseOptions, Role,
+    SpecPolicy,
+};
 
 /// The only supported `apiVersion`.
 pub(crate) const API_VERSION: &str = "guestops/v1";
@@ -37,6 +40,7 @@ const ENTRA_REJECTED: &[char] = &[
 pub(crate) fn validate(
     root: &Node,
     policy: &SpecPolicy,
+    options: &ParseOptions,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<DesiredState> {
     let errors_before = count_errors(diags);
@@ -71,7 +75,7 @@ pub(crate) fn validate(
         ),
         Some(node) => {
             if let Some(items) = sequence(node, "users", diags) {
-                users = users_list(items, default_role, policy, diags);
+                users = users_list(items, default_role, policy, options, diags);
             }
         }
     }
@@ -147,6 +151,11 @@ struct Entries<'a> {
 
 impl<'a> Entries<'a> {
     /// Indexes `entries` by the known keys (first occurrence wins) and reports every other key.
+    ///
+    /// An unknown key that is a likely misspelling of a known key the mapping lacks
+    /// (`apiversion`, `emial`) is reported once, as unknown with the suggestion, and its value
+    /// is read as that key's: the mistake is not reported a second time as a missing key, and
+    /// the value is still checked.
     fn new(
         entries: &'a [(Node, Node)],
         context: &str,
@@ -154,6 +163,7 @@ impl<'a> Entries<'a> {
         diags: &mut Vec<Diagnostic>,
     ) -> Self {
         let mut known = BTreeMap::new();
+        let mut guesses: Vec<(&'static str, &'a Node)> = Vec::new();
         for (key, value) in entries {
             let Some(text) = key_text(key) else {
                 diags.push(
@@ -182,10 +192,17 @@ impl<'a> Entries<'a> {
                 "unknown key",
             );
             diag = match closest(&text, allowed) {
-                Some(best) => diag.with_help(format!("did you mean `{best}`?")),
+                Some(best) => {
+                    guesses.push((best, value));
+                    diag.with_help(format!("did you mean `{best}`?"))
+                }
                 None => diag.with_help(format!("the keys allowed here are {}", list(allowed))),
             };
             diags.push(diag);
+        }
+        // After every exact key: a key written correctly elsewhere in the mapping wins.
+        for (best, value) in guesses {
+            known.entry(best).or_insert(value);
         }
         Self { known }
     }
@@ -494,6 +511,7 @@ fn users_list(
     items: &[Node],
     default_role: Option<Role>,
     policy: &SpecPolicy,
+    options: &ParseOptions,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, DesiredUser> {
     let mut users = BTreeMap::new();
@@ -557,13 +575,19 @@ fn users_list(
             Some(node) => name(node, diags),
         };
         let role = entries.get("role").and_then(|n| role(n, "role", diags));
-        let expires = entries.get("expires").and_then(|n| expires(n, diags));
+        let expires_node = entries.get("expires");
+        let expires = expires_node.and_then(|n| expires(n, diags));
         let reason = entries
             .get("reason")
             .and_then(|n| string(n, "reason", diags))
             .map(str::to_owned);
 
         if let (Some((email, _)), Some(name)) = (email, name) {
+            if let (Some(node), Some(date), Some(today)) = (expires_node, expires, options.today)
+                && date < today
+            {
+                diags.push(expired(node, &email, date, options.prune));
+            }
             let key = email.normalized().to_owned();
             let user = DesiredUser {
                 email,
@@ -620,6 +644,31 @@ fn name(node: &Node, diags: &mut Vec<Diagnostic>) -> Option<String> {
             None
         }
     }
+}
+
+/// GO0208: `expires` is already past. What it means is what the plan does with it: no
+/// invitation or registration, and the owned accounts removed only with `policy.prune`.
+fn expired(node: &Node, email: &Email, date: NaiveDate, prune: Option<bool>) -> Diagnostic {
+    let consequence = match prune {
+        Some(true) => {
+            "guestops does not grant it and removes the accounts it owns for this user (policy.prune is on)"
+        }
+        Some(false) => {
+            "guestops does not grant it; accounts that already exist are left in place because policy.prune is off"
+        }
+        None => {
+            "guestops does not invite or register this user, and removes the accounts it owns for them when the host's policy.prune is on"
+        }
+    };
+    Diagnostic::warning(
+        codes::EXPIRED,
+        format!("the access of `{email}` expired on {date}: {consequence}"),
+        node.pos.line,
+        node.pos.column,
+        node.pos.len,
+        "in the past",
+    )
+    .with_help("remove the entry once the removal is done, or set a later date to keep the access (access ends at the end of that day, UTC)")
 }
 
 fn expires(node: &Node, diags: &mut Vec<Diagnostic>) -> Option<NaiveDate> {

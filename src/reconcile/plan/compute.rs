@@ -527,8 +527,9 @@ pub fn plan(
             scope: RefusalScope::Plan,
             email: None,
             message: format!(
-                "{} users would be removed, more than policy.maxDeletions ({})",
-                b.removed_users, policy.max_deletions
+                "{} would be removed, more than policy.maxDeletions ({})",
+                crate::markup::count(b.removed_users, "user"),
+                policy.max_deletions
             ),
             help: "review the removals listed with this plan; if they are intended, run again with --force or raise policy.maxDeletions in the host configuration".to_owned(),
         });

@@ -230,23 +230,6 @@ fn marker(action: &Action) -> char {
     }
 }
 
-/// The short verb shown in text and Markdown.
-fn label(action: &Action) -> &'static str {
-    match action {
-        Action::AdoptGuest { .. } | Action::AdoptPortal { .. } => "adopt",
-        Action::Invite { .. } => "invite",
-        Action::RestoreGuest { .. } => "restore",
-        Action::EnableGuest { .. } => "enable",
-        Action::ResendInvitation { .. } => "resend",
-        Action::Register { .. } => "register",
-        Action::UpdatePortal { .. } => "update",
-        Action::Unregister { .. } => "unregister",
-        Action::DisableGuest { .. } => "disable",
-        Action::DeleteGuest { .. } => "delete",
-        Action::ReleaseGuest { .. } => "release",
-    }
-}
-
 fn role_name(role: Option<crate::desired::spec::Role>) -> &'static str {
     role.map_or("unknown", |r| r.as_str())
 }
@@ -359,10 +342,11 @@ fn paint(s: &str, colour: &str, color: bool) -> String {
 
 /// One text line for a change (no newline, no colour).
 fn change_line(c: &Change) -> String {
+    // The action's stable name, as in the JSON (`docs/plan-json.md`) and `apply`'s report.
     let mut line = format!(
-        "{} {:<10} {}",
+        "{} {:<17} {}",
         marker(&c.action),
-        label(&c.action),
+        c.action.name(),
         clean(&c.email)
     );
     let details = details(&c.action, &TEXT_DETAILS);
@@ -451,7 +435,7 @@ fn markdown_change_row(c: &Change) -> String {
         "| `{}` | {} | {} | {} | {} |\n",
         marker(&c.action),
         code(&c.email),
-        label(&c.action),
+        c.action.name(),
         details(&c.action, &MARKDOWN_DETAILS),
         reason
     )
