@@ -305,9 +305,10 @@ async fn one_users_failure_does_not_stop_the_others() {
 #[tokio::test]
 async fn concurrency_bounds_are_respected() {
     let world = World::new();
-    // Latency keeps calls in flight long enough to overlap; no timing is asserted.
-    world.tenant.set_latency(Duration::from_millis(2));
-    world.portal.set_latency(Duration::from_millis(2));
+    // Latency keeps calls in flight long enough to overlap, well above the fsync of each
+    // write-ahead intent on a loaded machine; no timing is asserted.
+    world.tenant.set_latency(Duration::from_millis(100));
+    world.portal.set_latency(Duration::from_millis(20));
     let changes = (0..8)
         .map(|i| format!("user{i}@vendor.example"))
         .flat_map(|e| [invite(&e), register(&e)])
