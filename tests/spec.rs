@@ -741,4 +741,54 @@ fn the_fuzz_seeds_hold_the_fuzz_properties() {
     for data in files("portal_page") {
         guestops::fuzzing::portal_page(&data);
     }
+    for (target, check) in [
+        ("graph_page", guestops::fuzzing::graph_page as fn(&[u8])),
+        ("graph_delta_page", guestops::fuzzing::graph_delta_page),
+        ("graph_batch", guestops::fuzzing::graph_batch),
+        ("graph_error", guestops::fuzzing::graph_error),
+        ("plan", guestops::fuzzing::plan),
+    ] {
+        let seeds = files(target);
+        assert!(seeds.len() >= 5, "the {target} seeds are there");
+        for data in &seeds {
+            check(data);
+        }
+    }
+    // The plan seeds reach the plans they are named after: the decoder is not degenerate.
+    let mut actions = std::collections::BTreeSet::new();
+    let mut refusals = std::collections::BTreeSet::new();
+    for data in files("plan") {
+        let input = guestops::fuzzing::decode_plan_input(&data);
+        let plan = guestops::reconcile::plan::plan(
+            &input.desired,
+            &input.observed,
+            &input.state,
+            &input.policy,
+            guestops::fuzzing::plan_now(),
+        );
+        actions.extend(plan.changes.iter().map(|c| c.action.name()));
+        refusals.extend(plan.refusals.iter().map(|r| r.code.clone()));
+    }
+    for action in [
+        "invite",
+        "adopt-guest",
+        "restore-guest",
+        "resend-invitation",
+        "register",
+        "adopt-portal",
+        "update-portal",
+        "unregister",
+        "delete-guest",
+    ] {
+        assert!(
+            actions.contains(action),
+            "no plan seed plans {action}: {actions:?}"
+        );
+    }
+    for code in ["max-deletions", "empty-desired"] {
+        assert!(
+            refusals.contains(code),
+            "no plan seed is refused by {code}: {refusals:?}"
+        );
+    }
 }

@@ -18,6 +18,7 @@ pub mod credential;
 pub mod error;
 pub mod fake;
 pub mod token;
+pub(crate) mod wire;
 
 pub use client::GraphClient;
 pub use credential::CredentialSettings;

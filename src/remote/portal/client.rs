@@ -46,7 +46,7 @@ pub const DEFAULT_MAX_PAGES: u32 = 10_000;
 pub const API_KEY_HEADER: &str = "X-API-Key";
 
 /// At most this much of an unparseable error body is kept in an error.
-const MAX_ERROR_BODY: usize = 512;
+pub(crate) const MAX_ERROR_BODY: usize = 512;
 
 /// Everything but RFC 3986 unreserved characters is encoded in a path segment (`@` → `%40`,
 /// `'` → `%27`, `+` → `%2B`, `/` → `%2F`).
@@ -1008,7 +1008,7 @@ fn status_error(reply: &Reply, op: &Op<'_>, key_origin: &str) -> PortalError {
 }
 
 /// `message` (or `title`) and `errors` of an error body, or the raw body.
-fn error_body(body: &[u8]) -> (String, Option<String>) {
+pub(crate) fn error_body(body: &[u8]) -> (String, Option<String>) {
     if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
         let message = ["message", "title", "detail", "error"]
             .iter()

@@ -29,7 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{
-    Fetched, TokenCache, TokenErrorBody, TokenFuture, TokenSource, first_line,
+    Fetched, Refusal, TokenCache, TokenErrorBody, TokenFuture, TokenSource, first_line,
     parse_token_response, resource_name,
 };
 use crate::remote::graph::credential::{ManagedIdentitySettings, ManagedIdentitySource};
@@ -270,20 +270,11 @@ impl ManagedIdentityCredential {
     /// The error for a final non-success answer.
     fn refusal(&self, reply: &Reply) -> GraphError {
         let code = reply.status.as_u16();
-        #[derive(serde::Deserialize, Default)]
-        struct AppServiceError {
-            #[serde(default)]
-            message: Option<String>,
-        }
-        let body: TokenErrorBody = serde_json::from_slice(&reply.body).unwrap_or_default();
-        let message = serde_json::from_slice::<AppServiceError>(&reply.body)
-            .unwrap_or_default()
-            .message;
-        let description = first_line(if body.error_description.is_empty() {
-            message.as_deref().unwrap_or("")
-        } else {
-            &body.error_description
-        });
+        let Refusal {
+            body,
+            description,
+            problem,
+        } = parse_refusal(&reply.body, code);
         if body.error.is_empty() && description.is_empty() {
             return self
                 .answered(match code {
@@ -298,8 +289,6 @@ impl ManagedIdentityCredential {
                 })
                 .into();
         }
-        let problem =
-            TokenProblem::classify_managed(code, &body.error, &body.error_codes, &description);
         body.into_failure(
             problem,
             code,
@@ -373,6 +362,33 @@ impl ManagedIdentityCredential {
 
 /// Whether the endpoint may be used: `IDENTITY_ENDPOINT` over http or https; IMDS over https,
 /// loopback http, or http at `169.254.169.254`.
+/// Reads the error answer (`status`) of a managed-identity endpoint: the token endpoint's
+/// body, or App Service's `{"message"}` for the description when `error_description` is empty,
+/// classified by [`TokenProblem::classify_managed`].
+pub(crate) fn parse_refusal(bytes: &[u8], status: u16) -> Refusal {
+    #[derive(serde::Deserialize, Default)]
+    struct AppServiceError {
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let body = TokenErrorBody::parse(bytes);
+    let message = serde_json::from_slice::<AppServiceError>(bytes)
+        .unwrap_or_default()
+        .message;
+    let description = first_line(if body.error_description.is_empty() {
+        message.as_deref().unwrap_or("")
+    } else {
+        &body.error_description
+    });
+    let problem =
+        TokenProblem::classify_managed(status, &body.error, &body.error_codes, &description);
+    Refusal {
+        body,
+        description,
+        problem,
+    }
+}
+
 fn check_endpoint(source: &ManagedIdentitySource) -> Result<(), GraphError> {
     let (url, variable) = match source {
         ManagedIdentitySource::AppService { endpoint, .. }

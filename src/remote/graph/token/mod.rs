@@ -307,9 +307,11 @@ impl TokenEndpoint {
             if reply.status.is_success() {
                 return parse_token_response(&reply.body, OPERATION, SystemTime::now());
             }
-            let body: TokenErrorBody = serde_json::from_slice(&reply.body).unwrap_or_default();
-            let description = first_line(&body.error_description);
-            let problem = TokenProblem::classify(&body.error, &body.error_codes, &description);
+            let Refusal {
+                body,
+                description,
+                problem,
+            } = parse_refusal(&reply.body);
             let retry = self.edge.retry();
             if problem.is_transient() && attempt <= retry.max_retries {
                 let delay = retry
@@ -357,6 +359,12 @@ pub(crate) struct TokenErrorBody {
 }
 
 impl TokenErrorBody {
+    /// Reads an error body of the token endpoint (or of a managed-identity endpoint): the
+    /// documented JSON, or else an empty body (every field empty).
+    pub(crate) fn parse(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
     /// The refusal as a [`GraphError::Token`]: `problem` classified from this body,
     /// `description` its first line, `token_url` the endpoint that answered `status`.
     pub(crate) fn into_failure(
@@ -384,6 +392,31 @@ impl TokenErrorBody {
             secret_origin,
             context,
         }))
+    }
+}
+
+/// A refusal of a token endpoint, read from its body.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// The body.
+    pub(crate) body: TokenErrorBody,
+    /// The first line of its description ([`first_line`]).
+    pub(crate) description: String,
+    /// What it classifies as.
+    pub(crate) problem: TokenProblem,
+}
+
+/// Reads the error body of the token endpoint: the body, the first line of
+/// `error_description`, and the problem `error` and `error_codes` classify as
+/// ([`TokenProblem::classify`]).
+pub(crate) fn parse_refusal(bytes: &[u8]) -> Refusal {
+    let body = TokenErrorBody::parse(bytes);
+    let description = first_line(&body.error_description);
+    let problem = TokenProblem::classify(&body.error, &body.error_codes, &description);
+    Refusal {
+        body,
+        description,
+        problem,
     }
 }
 
