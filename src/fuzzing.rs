@@ -429,7 +429,7 @@ pub fn decode_plan_input(data: &[u8]) -> PlanInput {
                 let email = b.address();
                 let key = normalize_email(&email);
                 let f = b.byte();
-                let record = UserRecord {
+                let mut record = UserRecord {
                     email: if f & 1 != 0 { email } else { String::new() },
                     guest_id: (f & 2 != 0).then(|| b.pick(&["g0", "g1", "g2", "gone"]).to_owned()),
                     guest_owned: f & 4 != 0,
@@ -443,7 +443,16 @@ pub fn decode_plan_input(data: &[u8]) -> PlanInput {
                     invitation_unconfirmed_at: (f & 32 != 0).then(|| b.time()),
                     guest_seen: f & 64 != 0,
                     registration_unconfirmed_at: (f & 128 != 0).then(|| b.time()),
+                    ..UserRecord::default()
                 };
+                // Derived from what was read (no byte more), so that the seeds written
+                // before these fields decode to the same inputs: a released guest with four
+                // resends was disabled by guestops; three resends, the last one unconfirmed.
+                record.guest_disabled =
+                    !record.guest_owned && record.guest_id.is_some() && record.resend_count == 4;
+                if record.resend_count == 3 {
+                    record.resend_unconfirmed_at = record.last_invitation_at;
+                }
                 state.users.insert(key, record);
             }
         }
@@ -516,15 +525,16 @@ fn documented_rank(action: &Action) -> u8 {
     match action {
         Action::AdoptGuest { .. } => 1,
         Action::RestoreGuest { .. } => 2,
-        Action::Invite { .. } => 3,
-        Action::ResendInvitation { .. } => 4,
-        Action::DisableGuest { .. } => 5,
-        Action::DeleteGuest { .. } => 6,
-        Action::AdoptPortal { .. } => 7,
-        Action::Register { .. } => 8,
-        Action::UpdatePortal { .. } => 9,
-        Action::Unregister { .. } => 10,
-        Action::ReleaseGuest { .. } => 11,
+        Action::EnableGuest { .. } => 3,
+        Action::Invite { .. } => 4,
+        Action::ResendInvitation { .. } => 5,
+        Action::DisableGuest { .. } => 6,
+        Action::DeleteGuest { .. } => 7,
+        Action::AdoptPortal { .. } => 8,
+        Action::Register { .. } => 9,
+        Action::UpdatePortal { .. } => 10,
+        Action::Unregister { .. } => 11,
+        Action::ReleaseGuest { .. } => 12,
     }
 }
 
@@ -711,6 +721,18 @@ pub fn check_plan(input: &PlanInput) {
                     fail!("restores {guest_id} for {}", c.key);
                 }
             }
+            Action::EnableGuest { guest_id } => {
+                // Only the guest guestops itself disabled, and only while it is disabled.
+                let ours = record.is_some_and(|r| {
+                    r.guest_disabled && r.guest_id.as_deref() == Some(guest_id.as_str())
+                });
+                let disabled = first
+                    .get(guest_id.as_str())
+                    .is_some_and(|u| u.is_guest() && u.account_enabled == Some(false));
+                if !ours || !disabled {
+                    fail!("enables {guest_id} for {}", c.key);
+                }
+            }
             Action::AdoptGuest { guest_id } => {
                 let recorded = record.and_then(|r| r.guest_id.as_deref()) == Some(guest_id);
                 let ok = first
@@ -724,7 +746,9 @@ pub fn check_plan(input: &PlanInput) {
                 let pending = first.get(guest_id.as_str()).is_some_and(|u| u.is_pending());
                 let count = record
                     .filter(|r| r.guest_id.as_deref() == Some(guest_id))
-                    .map_or(0, |r| r.resend_count);
+                    .map_or(0, |r| {
+                        r.resend_count + u32::from(r.resend_unconfirmed_at.is_some())
+                    });
                 if !pending
                     || count >= MAX_RESENDS
                     || !desired.invitation.send_email
