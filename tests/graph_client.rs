@@ -1555,3 +1555,43 @@ async fn deleted_guests_are_found_in_batches_and_restored_with_their_id() {
     assert_eq!(err.status(), Some(403), "{err}");
     assert_eq!(err.code(), Some("Authorization_RequestDenied"));
 }
+
+/// The pages a progress hook saw, as `(pages, items, done)`.
+type SeenPages = Arc<std::sync::Mutex<Vec<(usize, usize, bool)>>>;
+
+/// A progress hook recording every page it sees.
+fn recording_progress() -> (guestops::remote::ReadProgress, SeenPages) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let progress = guestops::remote::ReadProgress::new(move |page| {
+        sink.lock()
+            .expect("not poisoned")
+            .push((page.pages, page.items, page.done));
+    });
+    (progress, seen)
+}
+
+#[tokio::test]
+async fn a_progress_hook_sees_every_page_of_a_listing_and_of_a_delta_round() {
+    let env = start().await;
+    {
+        let mut state = env.sim.state();
+        for i in 0..250 {
+            state.graph.add_guest(&format!("g{i}@partner.example"), "G");
+        }
+        state.graph.set_page_size_cap(Some(100));
+    }
+    let (progress, seen) = recording_progress();
+    let client = env.client().with_progress(progress);
+    client.list_guests().await.expect("listing");
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        vec![(1, 100, false), (2, 200, false), (3, 250, true)]
+    );
+    seen.lock().expect("not poisoned").clear();
+    let round = client.delta(None).await.expect("a delta round");
+    let seen = seen.lock().expect("not poisoned").clone();
+    assert_eq!(seen.last().map(|s| s.2), Some(true), "{seen:?}");
+    assert_eq!(seen.len(), round.pages, "{seen:?}");
+    assert!(seen[..seen.len() - 1].iter().all(|s| !s.2), "{seen:?}");
+}

@@ -1356,3 +1356,35 @@ async fn a_connection_dropped_after_a_registration_is_an_ambiguous_failure_the_l
         })
     );
 }
+
+#[tokio::test]
+async fn a_progress_hook_sees_every_page_of_the_listing_not_the_lookups() {
+    let h = Harness::start().await;
+    {
+        let mut state = h.sim.state();
+        state.portal.set_page_size(10);
+        for i in 0..25 {
+            state
+                .portal
+                .add_user(&format!("u{i}@partner.example"), "U", 3);
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let client = h
+        .client()
+        .with_progress(guestops::remote::ReadProgress::new(move |page| {
+            sink.lock()
+                .expect("not poisoned")
+                .push((page.pages, page.items, page.done));
+        }));
+    assert_eq!(client.list_users().await.expect("a listing").len(), 25);
+    client
+        .find_user("u3@partner.example")
+        .await
+        .expect("a look-up");
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        vec![(1, 10, false), (2, 20, false), (3, 25, true)]
+    );
+}

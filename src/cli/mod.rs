@@ -133,7 +133,46 @@ pub struct Clients {
 pub fn connect(config: &guestops::config::Config) -> anyhow::Result<Clients> {
     let credential = config.load_credential()?;
     let api_key = config.portal.api_key.load()?;
-    clients(config, credential, &api_key)
+    let Clients { tenant, portal } = clients(config, credential, &api_key)?;
+    Ok(match terminal_read_progress() {
+        Some(progress) => Clients {
+            tenant: tenant.with_progress(progress.clone()),
+            portal: portal.with_progress(progress),
+        },
+        None => Clients { tenant, portal },
+    })
+}
+
+/// A progress line on stderr while a long read goes on, only when stderr is a terminal (never
+/// in logs and pipes): from the second page of a listing, rewritten in place
+/// (`enumerate the tenant's users (delta query): page 12, 11988 users so far…`), ended with its total.
+pub fn terminal_read_progress() -> Option<guestops::remote::ReadProgress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(guestops::remote::ReadProgress::new(|page| {
+        if let Some(line) = read_progress_line(page) {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{line}");
+            let _ = err.flush();
+        }
+    }))
+}
+
+/// What [`terminal_read_progress`] writes for `page` (`None`: a one-page read shows nothing).
+fn read_progress_line(page: guestops::remote::ReadPage<'_>) -> Option<String> {
+    if page.pages < 2 {
+        return None;
+    }
+    let items = guestops::markup::count(page.items, "user");
+    Some(if page.done {
+        format!("\r\x1b[2K{}: {items} in {} pages.\n", page.what, page.pages)
+    } else {
+        format!(
+            "\r\x1b[2K{}: page {}, {items} so far…",
+            page.what, page.pages
+        )
+    })
 }
 
 /// Both clients from credentials already loaded.
@@ -260,5 +299,39 @@ pub fn init_tracing(default_filter: &str) {
         builder.without_time().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use guestops::remote::ReadPage;
+
+    use super::read_progress_line;
+
+    fn page(pages: usize, items: usize, done: bool) -> ReadPage<'static> {
+        ReadPage {
+            what: "list the portal's users",
+            pages,
+            items,
+            done,
+        }
+    }
+
+    #[test]
+    fn a_long_read_shows_a_line_rewritten_in_place_and_ended_with_its_total() {
+        assert_eq!(read_progress_line(page(1, 25, false)), None);
+        assert_eq!(
+            read_progress_line(page(1, 25, true)),
+            None,
+            "one page: silent"
+        );
+        assert_eq!(
+            read_progress_line(page(2, 50, false)).as_deref(),
+            Some("\r\x1b[2Klist the portal's users: page 2, 50 users so far…")
+        );
+        assert_eq!(
+            read_progress_line(page(3, 61, true)).as_deref(),
+            Some("\r\x1b[2Klist the portal's users: 61 users in 3 pages.\n")
+        );
     }
 }

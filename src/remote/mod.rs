@@ -19,6 +19,43 @@ pub mod identity;
 pub mod pace;
 pub mod portal;
 
+/// Reports the progress of a complete read (a listing, a delta round) page by page, for a
+/// person at a terminal: called after each page with what is read, how many pages and items so
+/// far, and whether that page was the last.
+#[derive(Clone)]
+pub struct ReadProgress(std::sync::Arc<dyn Fn(ReadPage<'_>) + Send + Sync>);
+
+/// One call of [`ReadProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPage<'a> {
+    /// What is read, e.g. `the tenant's guests`.
+    pub what: &'a str,
+    /// Pages read so far.
+    pub pages: usize,
+    /// Items read so far.
+    pub items: usize,
+    /// Whether this page ended the read.
+    pub done: bool,
+}
+
+impl ReadProgress {
+    /// A progress report calling `report`.
+    pub fn new(report: impl Fn(ReadPage<'_>) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(report))
+    }
+
+    /// Reports one page.
+    pub fn page(&self, page: ReadPage<'_>) {
+        (self.0)(page);
+    }
+}
+
+impl std::fmt::Debug for ReadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadProgress")
+    }
+}
+
 /// A secret sent to a remote system (a client secret, an API key), with a description of
 /// where it was read from, so that a hint about a refused secret names the place to fix it.
 /// `Debug` never shows the value.

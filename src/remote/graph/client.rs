@@ -48,6 +48,7 @@ pub struct GraphClient {
     token: Arc<dyn TokenSource>,
     invite_redirect_url: String,
     max_pages: usize,
+    progress: Option<crate::remote::ReadProgress>,
 }
 
 /// The edge of a Graph client: `settings.concurrency` requests in flight, retrying by `retry`.
@@ -93,6 +94,7 @@ impl GraphClient {
             token,
             invite_redirect_url: settings.invite_redirect_url.clone(),
             max_pages: DEFAULT_MAX_PAGES,
+            progress: None,
         })
     }
 
@@ -131,6 +133,13 @@ impl GraphClient {
     /// Changes the bound on pages of one listing (default [`DEFAULT_MAX_PAGES`]).
     pub fn with_max_pages(mut self, pages: usize) -> Self {
         self.max_pages = pages.max(1);
+        self
+    }
+
+    /// Reports every page of the listings and delta rounds to `progress` (a terminal's
+    /// progress line).
+    pub fn with_progress(mut self, progress: crate::remote::ReadProgress) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -242,9 +251,22 @@ impl GraphClient {
             )?;
             users.extend(page.users);
             next = page.next;
+            self.report(operation, pages, users.len(), next.is_none());
         }
         tracing::debug!(operation, pages, users = users.len(), "listing complete");
         Ok(users)
+    }
+
+    /// Reports one page of a complete read to [`Self::with_progress`]'s hook.
+    fn report(&self, operation: &str, pages: usize, items: usize, done: bool) {
+        if let Some(progress) = &self.progress {
+            progress.page(crate::remote::ReadPage {
+                what: operation,
+                pages,
+                items,
+                done,
+            });
+        }
     }
 
     /// GETs the `number`th page of a collection: its body and `request-id`; past
@@ -292,6 +314,8 @@ impl GraphClient {
                 request_id.as_deref(),
             )?;
             changes.extend(page.changes);
+            let done = matches!(page.end, DeltaEnd::Delta(_));
+            self.report(operation, pages, changes.len(), done);
             match page.end {
                 DeltaEnd::Next(next) => url = next,
                 DeltaEnd::Delta(delta_link) => {

@@ -358,6 +358,7 @@ pub struct PortalClient {
     role_codes: RoleCodes,
     write_only_flags: super::WriteOnlyFlags,
     max_pages: u32,
+    progress: Option<crate::remote::ReadProgress>,
 }
 
 impl fmt::Debug for PortalClient {
@@ -481,12 +482,19 @@ impl PortalClient {
             role_codes: settings.role_codes,
             write_only_flags: settings.write_only_flags,
             max_pages: DEFAULT_MAX_PAGES,
+            progress: None,
         })
     }
 
     /// The same client with another hard page cap (at least 1).
     pub fn with_max_pages(mut self, max_pages: u32) -> Self {
         self.max_pages = max_pages.max(1);
+        self
+    }
+
+    /// Reports every page of the complete listing to `progress` (a terminal's progress line).
+    pub fn with_progress(mut self, progress: crate::remote::ReadProgress) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -636,6 +644,14 @@ impl PortalClient {
                     }
                     _ => items.push(item),
                 }
+            }
+            if let (Some(progress), None) = (&self.progress, email) {
+                progress.page(crate::remote::ReadPage {
+                    what: "list the portal's users",
+                    pages: page as usize,
+                    items: items.len(),
+                    done: !parsed.has_more,
+                });
             }
             if !parsed.has_more {
                 return Ok(items);
