@@ -60,6 +60,8 @@ enum Command {
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
     Sim(cli::sim::Args),
+    /// The remote writes recorded in the audit log, by user, date or revision (offline).
+    History(cli::history::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
+        Command::History(args) => cli::history::run(args),
     };
     cli::finish(result)
 }

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod demo;
 pub mod diff;
 pub mod doctor;
+pub mod history;
 pub mod import;
 pub mod plan;
 pub mod probe;

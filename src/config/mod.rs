@@ -618,6 +618,7 @@ impl Config {
                     .collect(),
                 probed_put: None,
             },
+            only: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! One reconcile: observe both systems completely ([`observe()`]), compute the pure plan
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
-//! from the same observation.
+//! from the same observation; [`history`] reads the audit log back; [`saved`] is the saved
+//! plan (`plan --out`, `apply FILE`).
 //!
 //! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
 //! (a dry run, whose `Outcome::observed` it renders), the demo and the daemon call it and
@@ -29,10 +30,12 @@ use crate::remote::portal::Portal;
 
 pub mod apply;
 pub mod directory;
+pub mod history;
 pub mod import;
 pub mod journal;
 pub mod observe;
 pub mod plan;
+pub mod saved;
 pub mod state;
 pub mod status;
 
@@ -67,6 +70,9 @@ pub struct Settings {
     /// Read the tenant through delta queries and this directory cache; `None`: the guest
     /// listing every reconcile.
     pub delta: Option<DeltaSettings>,
+    /// Whether a dry run digests what it observed per user ([`Outcome::facts`], for a saved
+    /// plan); an apply of a saved plan always does.
+    pub facts: bool,
 }
 
 impl Default for Settings {
@@ -78,6 +84,7 @@ impl Default for Settings {
             portal_concurrency: 2,
             clock: Utc::now,
             delta: None,
+            facts: false,
         }
     }
 }
@@ -107,6 +114,7 @@ impl Settings {
                 },
                 full_resync_interval: tenant.full_resync_interval,
             }),
+            facts: false,
         }
     }
 
@@ -157,6 +165,18 @@ pub enum Mode<'a> {
         /// Called once per finished change.
         progress: Option<Progress>,
     },
+    /// Apply a saved plan (`guestops apply FILE`, or the plan confirmed at a terminal):
+    /// observe as a dry run does, plan, and apply only when the fresh plan equals `saved`
+    /// ([`saved::SavedPlan::check_fresh`]); else [`ReconcileError::Stale`] and nothing is
+    /// written, not even the guests seen.
+    ApplySaved {
+        /// The state, locked.
+        store: &'a mut StateStore,
+        /// Called once per finished change.
+        progress: Option<Progress>,
+        /// The plan to apply.
+        saved: &'a saved::SavedPlan,
+    },
 }
 
 /// Pending invitations of owned guests right after a reconcile.
@@ -193,6 +213,9 @@ pub struct Outcome {
     pub duration: Duration,
     /// Whether cancellation stopped changes from starting.
     pub interrupted: bool,
+    /// What the plan depended on, per user ([`saved::facts`]): with [`Settings::facts`], and
+    /// for an apply of a saved plan.
+    pub facts: Option<saved::Facts>,
 }
 
 /// How a reconcile ended, in the order of the exit codes' precedence.
@@ -284,6 +307,10 @@ pub enum ReconcileError {
     /// Cancelled while reading, before any write.
     #[error("interrupted before any change was made")]
     Interrupted,
+    /// A saved plan no longer holds (another revision, or the fresh plan differs); nothing
+    /// was written.
+    #[error(transparent)]
+    Stale(#[from] saved::StalePlan),
 }
 
 impl ReconcileError {
@@ -316,7 +343,15 @@ pub async fn run_once<T: Tenant, P: Portal>(
             state.note_seen_guests(&observed);
             state.learn_portal_ids(&observed);
             let plan = plan_now(ctx, desired, &observed, &state);
-            let outcome = Outcome::planned(plan, desired);
+            let mut outcome = Outcome::planned(plan, desired);
+            if ctx.settings.facts {
+                outcome.facts = Some(saved::facts(
+                    &desired.state,
+                    &observed,
+                    &state,
+                    &ctx.settings.policy,
+                ));
+            }
             Ok(outcome.finish(
                 observed,
                 picture,
@@ -336,6 +371,35 @@ pub async fn run_once<T: Tenant, P: Portal>(
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
             let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
+            Ok(outcome.finish(
+                observed,
+                picture,
+                store.state(),
+                (ctx.settings.clock)(),
+                ctx.settings.policy.replication_grace,
+                started,
+            ))
+        }
+        Mode::ApplySaved {
+            store,
+            progress,
+            saved,
+        } => {
+            // Read as the dry run that made the plan read, so that the two compare.
+            let (observed, picture) =
+                observe_cancellable(ctx, desired, store.state(), false, cancel).await?;
+            let mut state = store.state().clone();
+            let seen = state.note_seen_guests(&observed);
+            let learned = state.learn_portal_ids(&observed);
+            let facts = saved::facts(&desired.state, &observed, &state, &ctx.settings.policy);
+            let plan = plan_now(ctx, desired, &observed, &state);
+            saved.check_fresh(desired, &plan, &facts)?;
+            if seen || learned {
+                *store.state_mut() = state;
+                store.save()?;
+            }
+            let mut outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
+            outcome.facts = Some(facts);
             Ok(outcome.finish(
                 observed,
                 picture,
@@ -376,6 +440,7 @@ impl Outcome {
             tenant_picture: TenantPicture::default(),
             duration: Duration::ZERO,
             interrupted: false,
+            facts: None,
         }
     }
 
