@@ -32,9 +32,9 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 12] = [
     "validate", "plan", "apply", "run", "status", "diff", "import", "doctor", "probe", "demo",
-    "sim",
+    "sim", "history",
 ];
 
 #[test]
@@ -80,6 +80,7 @@ fn help_documents_the_exit_codes() {
         ),
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
+        ("history", &["0 the history was printed", "1 error"][..]),
     ];
     for (sub, phrases) in expect {
         let help = run_in(dir.path(), &[sub, "--help"]);

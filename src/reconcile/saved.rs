@@ -548,7 +548,12 @@ impl SavedPlan {
         if changed.is_empty() {
             "nothing observed of it changed: time did (an expiry, a re-send that fell due, a replication grace that ended)".to_owned()
         } else {
-            format!("{} changed since the plan", changed.join(" and "))
+            let list = match changed.as_slice() {
+                [one] => (*one).to_owned(),
+                [first @ .., last] => format!("{} and {last}", first.join(", ")),
+                [] => String::new(),
+            };
+            format!("{list} changed since the plan")
         }
     }
 
