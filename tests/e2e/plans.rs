@@ -2,6 +2,7 @@
 //! (`plan --out`, `apply FILE`), `apply` without a terminal, `--only`, and `history` from the
 //! audit log a real apply wrote.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::common::{Harness, Run, role_code};
@@ -481,4 +482,77 @@ fn history_lists_the_writes_of_real_applies_filtered_by_user_revision_and_date()
         "{}",
         corrupt.stderr
     );
+}
+
+/// Runs `guestops apply …` at a terminal: under `script` (util-linux), which gives it a
+/// pseudo-terminal and feeds it `input`. `None` when `script` is not installed.
+fn apply_at_a_terminal(h: &Harness, input: &str) -> Option<Run> {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let line = format!(
+        "{} apply --config {} --desired {}",
+        quote(&crate::common::binary()),
+        quote(&h.config_path()),
+        quote(&h.users_path())
+    );
+    let mut child = std::process::Command::new("script")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.dir.path())
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .expect("write the answer");
+    Some(Run::from(child.wait_with_output().expect("script runs")))
+}
+
+#[test]
+fn apply_at_a_terminal_shows_the_plan_and_applies_it_only_after_yes() {
+    let h = Harness::new();
+    two_users(&h);
+    let Some(declined) = apply_at_a_terminal(&h, "no\n") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "`script` (util-linux) is not installed: the terminal case is covered by the unit tests of cli::apply only"
+        );
+        return;
+    };
+    declined.expect_code(1);
+    assert!(
+        declined.stdout.contains("invite"),
+        "the plan is shown:\n{}",
+        declined.stdout
+    );
+    assert!(
+        declined
+            .stdout
+            .contains("Make these 4 changes? Only 'yes' is accepted")
+            && declined
+                .stdout
+                .contains("Apply cancelled; nothing was changed."),
+        "{}",
+        declined.stdout
+    );
+    assert_eq!(h.writes(), 0, "declined: nothing written");
+
+    let confirmed = apply_at_a_terminal(&h, "yes\n").expect("script ran before");
+    confirmed.expect_code(0);
+    assert!(
+        confirmed.stdout.contains("Applied: 4 done, 0 failed"),
+        "{}",
+        confirmed.stdout
+    );
+    h.assert_converged_new(&[(ANA, "Ana", "administrator"), (BO, "Bo", "contributor")]);
+
+    // Nothing to do: no question.
+    let in_sync = apply_at_a_terminal(&h, "").expect("script ran before");
+    in_sync.expect_code(0);
+    assert!(!in_sync.stdout.contains("Only 'yes'"), "{}", in_sync.stdout);
 }
