@@ -137,6 +137,20 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     settings.policy.only = only.clone();
     settings.facts = args.out.is_some();
     let outcome = dry_run_with(&config, &desired, &settings, state).await?;
+    // Saved before it is printed: `guestops plan --out F | head` still saves it.
+    if let Some(path) = &args.out {
+        let saved = SavedPlan::new(
+            Target::of(&config),
+            &settings.policy,
+            &desired,
+            &outcome.plan,
+            outcome.facts.clone().unwrap_or_default(),
+            (settings.clock)(),
+        );
+        saved
+            .write(path)
+            .with_context(|| "the plan was not saved".to_owned())?;
+    }
     let mut out = std::io::stdout().lock();
     let options = RenderOptions {
         revision: Some(outcome.revision.clone()),
@@ -150,17 +164,6 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     }
     out.flush()?;
     if let Some(path) = &args.out {
-        let saved = SavedPlan::new(
-            Target::of(&config),
-            &settings.policy,
-            &desired,
-            &outcome.plan,
-            outcome.facts.clone().unwrap_or_default(),
-            (settings.clock)(),
-        );
-        saved
-            .write(path)
-            .with_context(|| "the plan was not saved".to_owned())?;
         let source = &args.target.source;
         let desired_arg = source
             .desired
