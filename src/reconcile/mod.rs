@@ -927,4 +927,87 @@ mod tests {
         let applied = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
         assert_eq!(applied.plan.changes, dry.plan.changes);
     }
+
+    // Issue 10 item 1: a saved plan is applied only while the fresh plan equals it; a stale
+    // one writes nothing, remote or local.
+    #[tokio::test]
+    async fn a_saved_plan_is_applied_only_while_fresh_and_a_stale_one_writes_nothing() {
+        use crate::desired::spec::Role;
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let d = desired(ANA_AND_EVE);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let settings = Settings {
+            facts: true,
+            ..Settings::default()
+        };
+        let ctx = Context {
+            tenant: &tenant,
+            portal: &portal,
+            settings: &settings,
+        };
+        let save = |outcome: &Outcome| {
+            saved::SavedPlan::new(
+                saved::Target {
+                    tenant_id: "t".into(),
+                    client_id: "c".into(),
+                    portal_url: "https://portal.example/".into(),
+                },
+                &settings.policy,
+                &d,
+                &outcome.plan,
+                outcome.facts.clone().expect("facts asked for"),
+                Utc::now(),
+            )
+        };
+        let cancel = CancellationToken::new();
+        let dry = run_once(&ctx, &d, Mode::DryRun(store.state().clone()), &cancel)
+            .await
+            .expect("dry run");
+        let reviewed = save(&dry);
+
+        // Someone registers Eve by hand: the saved plan no longer holds.
+        portal.add_user("eve@elsewhere.example", "Eve", Role::Viewer);
+        let mode = Mode::ApplySaved {
+            store: &mut store,
+            progress: None,
+            saved: &reviewed,
+        };
+        let err = run_once(&ctx, &d, mode, &cancel).await.unwrap_err();
+        let ReconcileError::Stale(stale) = err else {
+            panic!("stale expected: {err:?}");
+        };
+        assert!(
+            stale.to_string().contains(
+                "eve@elsewhere.example: planned invite, register, now invite, adopt-portal"
+            ),
+            "{stale}"
+        );
+        assert_eq!(tenant.calls(TenantOp::Invite), 0, "nothing written");
+        assert_eq!(portal.calls(PortalOp::CreateUser), 0);
+        assert!(
+            !dir.path().join(state::STATE_FILE).exists(),
+            "no state saved"
+        );
+
+        // Planned again, it holds and is applied exactly.
+        let dry = run_once(&ctx, &d, Mode::DryRun(store.state().clone()), &cancel)
+            .await
+            .expect("dry run");
+        let reviewed = save(&dry);
+        let mode = Mode::ApplySaved {
+            store: &mut store,
+            progress: None,
+            saved: &reviewed,
+        };
+        let applied = run_once(&ctx, &d, mode, &cancel).await.expect("fresh");
+        assert_eq!(applied.verdict(), Verdict::InSync, "{:?}", applied.report);
+        assert_eq!(applied.plan.changes, dry.plan.changes);
+        assert_eq!(tenant.calls(TenantOp::Invite), 2);
+        assert_eq!(
+            portal.calls(PortalOp::CreateUser),
+            1,
+            "Eve was adopted, not registered"
+        );
+    }
 }
