@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         }
     };
     let only = settings.policy.only.clone();
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     if args.dry_run {
         let state = StateStore::read_only(&config.state.dir)?;
         check_only(only.as_ref(), &desired, &state)?;
@@ -134,19 +134,20 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     } else if asks {
         let planned =
             run_once(&ctx, &desired, Mode::DryRun(store.state().clone()), &cancel).await?;
-        // The plan for the person deciding: on stdout, or on stderr when stdout is JSON.
-        let mut stderr = std::io::stderr().lock();
-        let screen: &mut dyn Write = if format == PlanFormat::Json {
-            &mut stderr
+        // The plan for the person deciding: on stdout, or as text on stderr when stdout is
+        // JSON (no lock is held across the apply below).
+        if format == PlanFormat::Json {
+            let mut stderr = std::io::stderr().lock();
+            print(
+                &planned,
+                PlanFormat::Text,
+                only.as_ref(),
+                false,
+                &mut stderr,
+            )?;
         } else {
-            &mut stdout
-        };
-        let shown_format = if format == PlanFormat::Json {
-            PlanFormat::Text
-        } else {
-            format
-        };
-        print(&planned, shown_format, only.as_ref(), false, screen)?;
+            print(&planned, format, only.as_ref(), false, &mut stdout)?;
+        }
         if planned.plan.is_empty() || planned.plan.is_refused() {
             // Nothing to confirm: in sync, or refused as a whole (nothing is written).
             if format == PlanFormat::Json {
