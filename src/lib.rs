@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | [`desired`] | `users.yaml` (parse, validate, diagnostics), the git and file sources, `diff` between revisions | talk to Graph or the portal |
 //! | [`remote`] | the HTTP edge, the Graph and portal clients, identity matching, in-memory fakes | decide what to change |
-//! | [`reconcile`] | observe → pure plan → apply → record (state, audit), and the views built from an observation (`status`, `import`) | read the config file or the clock inside the plan |
+//! | [`reconcile`] | observe → pure plan → apply → record (state, audit), the views built from an observation (`status`, `import`), the audit log read back (`history`) and saved plans (`saved`) | read the config file or the clock inside the plan |
 //! | [`service`] | the daemon loop, the HTTP server, metrics, systemd | reconcile differently from the CLI |
 //! | [`error`] | printing an error chain once | |
 //! | [`config`] | the host configuration and secret loading | be imported by the clients |

@@ -64,6 +64,8 @@ stopped, not confirmed, or a usage error."
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
     Sim(cli::sim::Args),
+    /// The remote writes recorded in the audit log, by user, date or revision (offline).
+    History(cli::history::Args),
     /// Print shell completions (bash, zsh, fish, powershell, elvish).
     Completions(cli::completions::Args),
     /// Print the manual page (roff).
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
+        Command::History(args) => cli::history::run(args),
         Command::Completions(args) => cli::completions::run(&args, &mut Cli::command()),
         Command::Man(_) => cli::man::run(Cli::command()),
     };

@@ -32,7 +32,7 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 13] = [
+const SUBCOMMANDS: [&str; 14] = [
     "validate",
     "plan",
     "apply",
@@ -46,6 +46,7 @@ const SUBCOMMANDS: [&str; 13] = [
     "sim",
     "completions",
     "man",
+    "history",
 ];
 
 #[test]
@@ -91,6 +92,7 @@ fn help_documents_the_exit_codes() {
         ),
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
+        ("history", &["0 the history was printed", "1 error"][..]),
     ];
     // Every command lists its exit codes, not only the ones above.
     for sub in SUBCOMMANDS

@@ -7,6 +7,8 @@ mod common;
 mod fail_closed;
 #[path = "e2e/kill.rs"]
 mod kill;
+#[path = "e2e/plans.rs"]
+mod plans;
 #[path = "e2e/portal_fields.rs"]
 mod portal_fields;
 #[path = "e2e/restore.rs"]

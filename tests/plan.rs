@@ -542,6 +542,27 @@ proptest! {
         }
     }
 
+    /// `--only` (issue 10 item 5) keeps exactly the targeted users' changes of the whole plan,
+    /// and never lifts a refusal of the whole plan.
+    #[test]
+    fn only_is_the_whole_plan_restricted(sc in scenario(), mut pol in policy(), mask in any::<u8>()) {
+        let whole = plan(&sc.desired, &sc.observed, &sc.state, &pol, now());
+        let targets: std::collections::BTreeSet<String> = EMAILS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << (i % 8)) != 0)
+            .map(|(_, e)| e.to_lowercase())
+            .collect();
+        pol.only = Some(targets.clone());
+        let only = plan(&sc.desired, &sc.observed, &sc.state, &pol, now());
+        let keep = |c: &&guestops::reconcile::plan::Change| targets.contains(&c.key);
+        prop_assert_eq!(&only.changes, &whole.changes.iter().filter(keep).cloned().collect::<Vec<_>>());
+        prop_assert_eq!(&only.refused_changes, &whole.refused_changes.iter().filter(keep).cloned().collect::<Vec<_>>());
+        prop_assert_eq!(only.is_refused(), whole.is_refused());
+        prop_assert!(only.in_sync <= whole.in_sync);
+        prop_assert_eq!(only.desired_users, whole.desired_users);
+    }
+
     /// No plan ever unregisters and registers the same user (no churn).
     #[test]
     fn never_delete_and_recreate(sc in scenario(), pol in policy()) {

@@ -14,6 +14,7 @@ pub mod completions;
 pub mod demo;
 pub mod diff;
 pub mod doctor;
+pub mod history;
 pub mod import;
 pub mod man;
 pub mod plan;

@@ -620,6 +620,7 @@ impl Config {
                     .collect(),
                 probed_put: None,
             },
+            only: None,
         }
     }
 

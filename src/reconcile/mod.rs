@@ -1,7 +1,8 @@
 //! One reconcile: observe both systems completely ([`observe()`]), compute the pure plan
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
-//! from the same observation.
+//! from the same observation; [`history`] reads the audit log back; [`saved`] is the saved
+//! plan (`plan --out`, `apply FILE`).
 //!
 //! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
 //! (a dry run, whose `Outcome::observed` it renders), the demo and the daemon call it and
@@ -29,10 +30,12 @@ use crate::remote::portal::Portal;
 
 pub mod apply;
 pub mod directory;
+pub mod history;
 pub mod import;
 pub mod journal;
 pub mod observe;
 pub mod plan;
+pub mod saved;
 pub mod state;
 pub mod status;
 
@@ -67,6 +70,9 @@ pub struct Settings {
     /// Read the tenant through delta queries and this directory cache; `None`: the guest
     /// listing every reconcile.
     pub delta: Option<DeltaSettings>,
+    /// Whether a dry run digests what it observed per user ([`Outcome::facts`], for a saved
+    /// plan); an apply of a saved plan always does.
+    pub facts: bool,
 }
 
 impl Default for Settings {
@@ -78,6 +84,7 @@ impl Default for Settings {
             portal_concurrency: 2,
             clock: Utc::now,
             delta: None,
+            facts: false,
         }
     }
 }
@@ -107,6 +114,7 @@ impl Settings {
                 },
                 full_resync_interval: tenant.full_resync_interval,
             }),
+            facts: false,
         }
     }
 
@@ -157,6 +165,18 @@ pub enum Mode<'a> {
         /// Called once per finished change.
         progress: Option<Progress>,
     },
+    /// Apply a saved plan (`guestops apply FILE`, or the plan confirmed at a terminal):
+    /// observe as a dry run does, plan, and apply only when the fresh plan equals `saved`
+    /// ([`saved::SavedPlan::check_fresh`]); else [`ReconcileError::Stale`] and nothing is
+    /// written, not even the guests seen.
+    ApplySaved {
+        /// The state, locked.
+        store: &'a mut StateStore,
+        /// Called once per finished change.
+        progress: Option<Progress>,
+        /// The plan to apply.
+        saved: &'a saved::SavedPlan,
+    },
 }
 
 /// Pending invitations of owned guests right after a reconcile.
@@ -193,6 +213,9 @@ pub struct Outcome {
     pub duration: Duration,
     /// Whether cancellation stopped changes from starting.
     pub interrupted: bool,
+    /// What the plan depended on, per user ([`saved::facts`]): with [`Settings::facts`], and
+    /// for an apply of a saved plan.
+    pub facts: Option<saved::Facts>,
 }
 
 /// How a reconcile ended, in the order of the exit codes' precedence.
@@ -291,6 +314,10 @@ pub enum ReconcileError {
     /// Cancelled while reading, before any write.
     #[error("interrupted before any change was made")]
     Interrupted,
+    /// A saved plan no longer holds (another revision, or the fresh plan differs); nothing
+    /// was written.
+    #[error(transparent)]
+    Stale(#[from] saved::StalePlan),
 }
 
 impl ReconcileError {
@@ -323,7 +350,15 @@ pub async fn run_once<T: Tenant, P: Portal>(
             state.note_seen_guests(&observed);
             state.learn_portal_ids(&observed);
             let plan = plan_now(ctx, desired, &observed, &state);
-            let outcome = Outcome::planned(plan, desired);
+            let mut outcome = Outcome::planned(plan, desired);
+            if ctx.settings.facts {
+                outcome.facts = Some(saved::facts(
+                    &desired.state,
+                    &observed,
+                    &state,
+                    &ctx.settings.policy,
+                ));
+            }
             Ok(outcome.finish(
                 observed,
                 picture,
@@ -343,6 +378,35 @@ pub async fn run_once<T: Tenant, P: Portal>(
             }
             let plan = plan_now(ctx, desired, &observed, store.state());
             let outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
+            Ok(outcome.finish(
+                observed,
+                picture,
+                store.state(),
+                (ctx.settings.clock)(),
+                ctx.settings.policy.replication_grace,
+                started,
+            ))
+        }
+        Mode::ApplySaved {
+            store,
+            progress,
+            saved,
+        } => {
+            // Read as the dry run that made the plan read, so that the two compare.
+            let (observed, picture) =
+                observe_cancellable(ctx, desired, store.state(), false, cancel).await?;
+            let mut state = store.state().clone();
+            let seen = state.note_seen_guests(&observed);
+            let learned = state.learn_portal_ids(&observed);
+            let facts = saved::facts(&desired.state, &observed, &state, &ctx.settings.policy);
+            let plan = plan_now(ctx, desired, &observed, &state);
+            saved.check_fresh(desired, &plan, &facts)?;
+            if seen || learned {
+                *store.state_mut() = state;
+                store.save()?;
+            }
+            let mut outcome = apply_and_record(ctx, desired, plan, store, progress, cancel).await?;
+            outcome.facts = Some(facts);
             Ok(outcome.finish(
                 observed,
                 picture,
@@ -383,6 +447,7 @@ impl Outcome {
             tenant_picture: TenantPicture::default(),
             duration: Duration::ZERO,
             interrupted: false,
+            facts: None,
         }
     }
 
@@ -868,5 +933,88 @@ mod tests {
         let mut store = StateStore::open(dir.path()).expect("state");
         let applied = apply_once(&tenant, &portal, &Settings::default(), &d, &mut store).await;
         assert_eq!(applied.plan.changes, dry.plan.changes);
+    }
+
+    // Issue 10 item 1: a saved plan is applied only while the fresh plan equals it; a stale
+    // one writes nothing, remote or local.
+    #[tokio::test]
+    async fn a_saved_plan_is_applied_only_while_fresh_and_a_stale_one_writes_nothing() {
+        use crate::desired::spec::Role;
+        let (tenant, portal) = (FakeTenant::new(), FakePortal::new());
+        let d = desired(ANA_AND_EVE);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = StateStore::open(dir.path()).expect("state");
+        let settings = Settings {
+            facts: true,
+            ..Settings::default()
+        };
+        let ctx = Context {
+            tenant: &tenant,
+            portal: &portal,
+            settings: &settings,
+        };
+        let save = |outcome: &Outcome| {
+            saved::SavedPlan::new(
+                saved::Target {
+                    tenant_id: "t".into(),
+                    client_id: "c".into(),
+                    portal_url: "https://portal.example/".into(),
+                },
+                &settings.policy,
+                &d,
+                &outcome.plan,
+                outcome.facts.clone().expect("facts asked for"),
+                Utc::now(),
+            )
+        };
+        let cancel = CancellationToken::new();
+        let dry = run_once(&ctx, &d, Mode::DryRun(store.state().clone()), &cancel)
+            .await
+            .expect("dry run");
+        let reviewed = save(&dry);
+
+        // Someone registers Eve by hand: the saved plan no longer holds.
+        portal.add_user("eve@elsewhere.example", "Eve", Role::Viewer);
+        let mode = Mode::ApplySaved {
+            store: &mut store,
+            progress: None,
+            saved: &reviewed,
+        };
+        let err = run_once(&ctx, &d, mode, &cancel).await.unwrap_err();
+        let ReconcileError::Stale(stale) = err else {
+            panic!("stale expected: {err:?}");
+        };
+        assert!(
+            stale.to_string().contains(
+                "eve@elsewhere.example: planned invite, register, now invite, adopt-portal"
+            ),
+            "{stale}"
+        );
+        assert_eq!(tenant.calls(TenantOp::Invite), 0, "nothing written");
+        assert_eq!(portal.calls(PortalOp::CreateUser), 0);
+        assert!(
+            !dir.path().join(state::STATE_FILE).exists(),
+            "no state saved"
+        );
+
+        // Planned again, it holds and is applied exactly.
+        let dry = run_once(&ctx, &d, Mode::DryRun(store.state().clone()), &cancel)
+            .await
+            .expect("dry run");
+        let reviewed = save(&dry);
+        let mode = Mode::ApplySaved {
+            store: &mut store,
+            progress: None,
+            saved: &reviewed,
+        };
+        let applied = run_once(&ctx, &d, mode, &cancel).await.expect("fresh");
+        assert_eq!(applied.verdict(), Verdict::InSync, "{:?}", applied.report);
+        assert_eq!(applied.plan.changes, dry.plan.changes);
+        assert_eq!(tenant.calls(TenantOp::Invite), 2);
+        assert_eq!(
+            portal.calls(PortalOp::CreateUser),
+            1,
+            "Eve was adopted, not registered"
+        );
     }
 }

@@ -456,25 +456,12 @@ fn open_audit<'f>(slot: &'f mut Option<File>, dir: &Path) -> Result<&'f File, St
     Ok(slot.insert(file))
 }
 
-/// Reads every record of `dir/audit.jsonl` (missing file → none).
+/// Reads every record of `dir/audit.jsonl` (missing file → none). A last line without its
+/// newline (being written, or cut off by a crash) is skipped; any other bad line is
+/// [`StateError::AuditLine`] ([`crate::reconcile::history::read`] also tells the skipped line).
 pub fn read_audit(dir: &Path) -> Result<Vec<AuditRecord>, StateError> {
-    let path = dir.join(AUDIT_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateError::Read { path, source }),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|source| StateError::AuditLine {
-                path: path.clone(),
-                line: i + 1,
-                source,
-            })
-        })
-        .collect()
+    crate::reconcile::history::read(dir, &crate::reconcile::history::Filter::default())
+        .map(|log| log.records)
 }
 
 /// Writes `bytes` as `dir/state.json` atomically (temp file, fsync, rename, directory fsync).

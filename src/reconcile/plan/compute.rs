@@ -460,7 +460,7 @@ pub fn plan(
                 b.refused_changes.append(&mut refused);
             }
             b.user_refusals.push(refusal);
-        } else if b.changes.get(*key).map_or(0, Vec::len) == before {
+        } else if b.changes.get(*key).map_or(0, Vec::len) == before && policy.targets(key) {
             in_sync += 1;
         }
     }
@@ -535,6 +535,18 @@ pub fn plan(
         });
     }
     refusals.append(&mut b.user_refusals);
+
+    // `--only`: the guards above counted every user; keep only the targeted users' parts.
+    if policy.only.is_some() {
+        b.changes.retain(|key, _| policy.targets(key));
+        b.refused_changes.retain(|c| policy.targets(&c.key));
+        b.notices
+            .retain(|n| n.key.as_deref().is_none_or(|key| policy.targets(key)));
+        refusals.retain(|r| {
+            r.scope == RefusalScope::Plan
+                || r.email.as_deref().is_none_or(|e| policy.targets(&lower(e)))
+        });
+    }
 
     let mut notices = std::mem::take(&mut b.notices);
     let updates = b

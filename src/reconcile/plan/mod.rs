@@ -13,6 +13,7 @@
 //! owned set it reads is its own type ([`owned`]), which the state store persists; it imports
 //! no client, store or daemon module.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -88,6 +89,11 @@ pub struct Policy {
     /// The portal's fields an update cannot send back (`portal.writeOnlyFlags`, the probe's
     /// facts): what the `write-only-flags` note says.
     pub hidden_fields: HiddenFields,
+    /// `--only`: the normalized addresses whose changes the plan keeps; `None` = every user.
+    /// The guards (`maxDeletions`, empty-desired) still count every user, so a plan refused
+    /// as a whole stays refused; per-user refusals, refused changes and notices of the other
+    /// users are left out, and `in_sync` counts the targeted users only.
+    pub only: Option<BTreeSet<String>>,
 }
 
 /// What the plan knows of the portal's write-only flags (design §7): which ones the operator
@@ -128,6 +134,33 @@ pub struct ProbedPut {
     pub keeps_nullable_fields: Option<bool>,
 }
 
+impl Policy {
+    /// Whether the plan keeps the changes of the user with normalized address `key`.
+    pub fn targets(&self, key: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(key))
+    }
+}
+
+/// The addresses of `--only` (normalized) that name nobody guestops could act on: neither in
+/// `users.yaml` nor owned (a guest or a portal user recorded in `state`). A typo must not
+/// silently plan nothing.
+pub fn unknown_targets<'o>(
+    only: &'o BTreeSet<String>,
+    desired: &crate::desired::spec::DesiredState,
+    state: &State,
+) -> Vec<&'o str> {
+    only.iter()
+        .filter(|key| {
+            !desired.users.contains_key(key.as_str())
+                && !state
+                    .users
+                    .get(key.as_str())
+                    .is_some_and(|r| r.guest_owned || r.portal_owned)
+        })
+        .map(String::as_str)
+        .collect()
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
@@ -139,6 +172,7 @@ impl Default for Policy {
             force: false,
             replication_grace: DEFAULT_REPLICATION_GRACE,
             hidden_fields: HiddenFields::default(),
+            only: None,
         }
     }
 }

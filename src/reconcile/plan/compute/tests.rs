@@ -1214,3 +1214,124 @@ fn a_guest_guestops_disabled_is_enabled_when_granted_again_one_disabled_by_other
         assert!(p.notices.iter().any(|n| n.code == "guest-disabled"));
     }
 }
+
+// ---- --only (issue 10 item 5) ----
+
+fn only(keys: &[&str]) -> Option<std::collections::BTreeSet<String>> {
+    Some(keys.iter().map(|k| (*k).to_owned()).collect())
+}
+
+#[test]
+fn only_keeps_the_targeted_users_changes_and_counts_only_them_in_sync() {
+    let carl = "carl@partner.example";
+    let eve = "eve@evil.example";
+    let d = desired(vec![
+        ana(),
+        user("bo@partner.example", "Bo", Role::Viewer),
+        user(carl, "Carl", Role::Administrator),
+        user(eve, "Eve", Role::Viewer),
+    ]);
+    // Carl is in sync; Ana and Bo are new; Eve is outside allowedDomains.
+    let obs = observed(
+        vec![guest("g-carl", carl)],
+        vec![portal_user(
+            "p-carl",
+            carl,
+            "Carl",
+            Some(Role::Administrator),
+        )],
+    );
+    let st = state(vec![owned(carl, Some("g-carl"), Some("p-carl"))]);
+    let policy = Policy {
+        allowed_domains: vec!["partner.example".to_owned()],
+        ..Policy::default()
+    };
+    let full = plan(&d, &obs, &st, &policy, now());
+    assert_eq!(full.in_sync, 1);
+    assert_eq!(refusal_codes(&full), vec!["domain-not-allowed"]);
+
+    let targeted = Policy {
+        only: only(&[ANA, carl]),
+        ..policy.clone()
+    };
+    let p = plan(&d, &obs, &st, &targeted, now());
+    let keys: std::collections::BTreeSet<&str> = p.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, [ANA].into_iter().collect(), "{:?}", p.changes);
+    assert_eq!(
+        p.changes,
+        full.changes
+            .iter()
+            .filter(|c| c.key == ANA)
+            .cloned()
+            .collect::<Vec<_>>(),
+        "the targeted user's changes are those of the whole plan"
+    );
+    assert_eq!(p.in_sync, 1, "Carl, targeted and in sync");
+    assert!(
+        p.refusals.is_empty(),
+        "Eve is not targeted: {:?}",
+        p.refusals
+    );
+    assert!(p.refused_changes.is_empty());
+    assert_eq!(p.desired_users, 4, "users.yaml is counted whole");
+
+    // Targeting Eve keeps her refusal (the domain policy still applies).
+    let eve_only = Policy {
+        only: only(&[eve]),
+        ..policy
+    };
+    let p = plan(&d, &obs, &st, &eve_only, now());
+    assert!(p.changes.is_empty(), "{:?}", p.changes);
+    assert_eq!(refusal_codes(&p), vec!["domain-not-allowed"]);
+    assert!(!p.refused_changes.is_empty());
+    assert_eq!(p.in_sync, 0);
+}
+
+#[test]
+fn only_does_not_lift_a_refusal_of_the_whole_plan() {
+    let mut records = Vec::new();
+    let mut portal = Vec::new();
+    for i in 0..3 {
+        let e = format!("u{i}@vendor.example");
+        portal.push(portal_user(&format!("p{i}"), &e, "U", Some(Role::Viewer)));
+        records.push(owned(&e, None, Some(&format!("p{i}"))));
+    }
+    let d = desired(vec![ana()]);
+    let obs = observed(vec![guest("g1", ANA)], portal);
+    let st = state(records);
+    let policy = Policy {
+        max_deletions: 2,
+        only: only(&["u0@vendor.example"]),
+        ..prune()
+    };
+    let p = plan(&d, &obs, &st, &policy, now());
+    assert!(p.is_refused(), "three removals in users.yaml as a whole");
+    assert_eq!(refusal_codes(&p), vec!["max-deletions"]);
+    assert!(
+        p.changes.iter().all(|c| c.key == "u0@vendor.example"),
+        "{:?}",
+        p.changes
+    );
+    assert_eq!(p.removals(), 1);
+}
+
+#[test]
+fn an_only_address_in_neither_users_yaml_nor_state_is_unknown() {
+    let d = desired(vec![ana()]);
+    let st = state(vec![
+        owned("gone@vendor.example", None, Some("p-gone")),
+        owned("released@vendor.example", None, None),
+    ]);
+    let keys = only(&[
+        ANA,
+        "gone@vendor.example",
+        "released@vendor.example",
+        "ana.silv@partner.example",
+    ])
+    .expect("some");
+    assert_eq!(
+        super::super::unknown_targets(&keys, &d, &st),
+        vec!["ana.silv@partner.example", "released@vendor.example"],
+        "a typo, and a record that owns nothing"
+    );
+}
