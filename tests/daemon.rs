@@ -170,6 +170,7 @@ fn start(
         metrics: metrics.clone(),
         health: health.clone(),
         notifier,
+        notifications: guestops::service::notify::Notifications::disabled(),
     };
     let task = tokio::spawn(daemon.run(trigger_rx, shutdown.clone()));
     Running {

@@ -535,6 +535,11 @@ pub fn plan(
     }
     refusals.append(&mut b.user_refusals);
 
+    for access in super::expiring_access(desired, now, policy.expiry_notice_before) {
+        let message = access.message(now);
+        b.notice(&access.key, "expiring", message);
+    }
+
     let mut notices = std::mem::take(&mut b.notices);
     let updates = b
         .changes
