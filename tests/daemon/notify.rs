@@ -1,0 +1,271 @@
+//! Notifications end to end (issue 10 item 7): the real daemon against the simulator posts
+//! to a loopback receiver. A failing reconcile (the portal's listing refused by an injected
+//! fault) posts exactly one `failed` to each notifier however often it is retried, then
+//! `recovered` once the fault clears; the webhook's signature verifies; the URLs, which are
+//! secrets, never appear in the daemon's log.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use guestops::config::NotifyConfig;
+use guestops::service::notify::{EventKind, NotifierKind};
+use guestops::sim::FailRule;
+use hmac::{KeyInit, Mac};
+use tokio_util::sync::CancellationToken;
+
+use super::support::{Guestops, parse_exposition, sample, users_yaml, wait_for};
+use super::{ANA, Repo, Setup, get, reconciles};
+
+/// One POST the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Received {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    fn event(&self) -> String {
+        self.headers
+            .get("x-guestops-event")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A loopback HTTP server recording every request (path, headers, body), answering 202 as a
+/// Teams workflow does.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let seen = received.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").push(Received {
+                    path: uri.path().to_owned(),
+                    headers,
+                    body,
+                });
+                StatusCode::ACCEPTED
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("address");
+        let stop = CancellationToken::new();
+        let cancelled = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { cancelled.cancelled().await })
+                .await;
+        });
+        Receiver {
+            addr,
+            received,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// The events posted to `path`, in order.
+    fn events(&self, path: &str) -> Vec<String> {
+        self.posts(path).iter().map(Received::event).collect()
+    }
+
+    fn posts(&self, path: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+const TEAMS_PATH: &str = "/workflows/teams-TOPSECRET-TEAMS/triggers/manual/paths/invoke";
+const HOOK_PATH: &str = "/hooks/guestops-TOPSECRET-HOOK";
+const HOOK_KEY: &str = "hook-key-TOPSECRET-KEY";
+
+async fn metric(guestops: &Guestops, series: &str) -> Option<f64> {
+    let (status, text) = get(&guestops.url("/metrics")).await?;
+    assert_eq!(status, 200);
+    sample(&parse_exposition(&text), series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_daemon_posts_one_failed_then_recovered_and_never_logs_the_urls() {
+    let receiver = Receiver::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, content: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, content).expect("write a secret file");
+        path
+    };
+    let teams_url = write(
+        "teams-url",
+        &format!(
+            "http://{}{TEAMS_PATH}?api-version=1&sig=TOPSECRET-SIG\n",
+            receiver.addr
+        ),
+    );
+    let hook_url = write(
+        "hook-url",
+        &format!("http://{}{HOOK_PATH}\n", receiver.addr),
+    );
+    let hook_key = write("hook-key", HOOK_KEY);
+
+    let repo = Repo::new();
+    repo.commit(&users_yaml(&[ANA]), "add ana");
+    let setup = Setup::new_with(&repo, |config| {
+        config.notify = vec![
+            NotifyConfig {
+                kind: NotifierKind::Teams,
+                url_file: teams_url.clone(),
+                secret_file: None,
+                events: EventKind::ALL.to_vec(),
+            },
+            NotifyConfig {
+                kind: NotifierKind::Webhook,
+                url_file: hook_url.clone(),
+                secret_file: Some(hook_key.clone()),
+                events: EventKind::ALL.to_vec(),
+            },
+        ];
+    })
+    .await;
+    // The portal refuses its listing: every reconcile fails before any write.
+    setup.sim.state().portal_faults.fail.push(FailRule {
+        method: Some("GET".to_owned()),
+        path_prefix: "/api/user".to_owned(),
+        query_contains: None,
+        status: 403,
+        times: None,
+        after_processing: false,
+    });
+    let guestops = setup.start(None);
+
+    wait_for("the first failed reconcile", &guestops, || async {
+        reconciles(&guestops, "error").await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    // Retried at once on each SIGHUP (a trigger does not wait for the backoff): the failure
+    // goes on.
+    for n in 2..=3 {
+        guestops.signal("-HUP");
+        wait_for("another failed reconcile", &guestops, || async {
+            reconciles(&guestops, "error")
+                .await
+                .filter(|count| *count >= f64::from(n))
+        })
+        .await;
+    }
+    wait_for("failed posted to both notifiers", &guestops, || async {
+        (!receiver.events(TEAMS_PATH).is_empty() && !receiver.events(HOOK_PATH).is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(!setup.registered(ANA.0), "nothing written while failing");
+
+    // The fault clears; the next reconcile succeeds.
+    setup.sim.state().portal_faults.fail.clear();
+    guestops.signal("-HUP");
+    wait_for("recovered posted to both notifiers", &guestops, || async {
+        let done = |path| receiver.events(path).iter().any(|e| e == "recovered");
+        (done(TEAMS_PATH) && done(HOOK_PATH)).then_some(())
+    })
+    .await;
+    assert!(
+        setup.registered(ANA.0),
+        "the recovered reconcile applied the plan"
+    );
+
+    // Each notifier's posts go out in order: everything queued before `recovered` arrived.
+    for path in [TEAMS_PATH, HOOK_PATH] {
+        assert_eq!(
+            receiver.events(path),
+            ["failed", "recovered"],
+            "one failed for three failed reconciles, then recovered ({path})"
+        );
+    }
+
+    // The webhook: guestops' JSON, signed with the key (verified here with the hmac crate).
+    let hook = receiver.posts(HOOK_PATH);
+    for post in &hook {
+        let header = post
+            .headers
+            .get("x-guestops-signature-256")
+            .and_then(|v| v.to_str().ok())
+            .expect("a signature header");
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_KEY.as_bytes()).expect("any key");
+        mac.update(&post.body);
+        assert_eq!(
+            header,
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+            "the signature is the HMAC-SHA256 of the body"
+        );
+        assert_eq!(
+            post.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+    }
+    let failed = hook[0].json();
+    assert_eq!(failed["schema"], "guestops.notification/v1");
+    assert_eq!(failed["event"], "failed");
+    assert_eq!(failed["tenant"], "sim.onmicrosoft.com");
+    let text = failed["text"].as_str().unwrap_or_default();
+    assert!(text.contains("403"), "the error is told: {text}");
+    assert_eq!(failed["revision"]["id"].as_str().map(str::len), Some(40));
+    assert_eq!(hook[1].json()["event"], "recovered");
+
+    // Teams: a message with one Adaptive Card, unsigned.
+    let teams = receiver.posts(TEAMS_PATH);
+    let card = teams[0].json();
+    assert_eq!(card["type"], "message");
+    let attachment = &card["attachments"][0];
+    assert_eq!(
+        attachment["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(attachment["content"]["type"], "AdaptiveCard");
+    assert_eq!(attachment["content"]["version"], "1.4");
+    assert_eq!(
+        attachment["content"]["body"][0]["text"],
+        "guestops: reconcile failed"
+    );
+    assert!(teams[0].headers.get("x-guestops-signature-256").is_none());
+
+    for kind in ["teams", "webhook"] {
+        let series = format!("guestops_notifications_sent_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&guestops, &series).await, Some(2.0), "{series}");
+        let series = format!("guestops_notifications_failed_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&guestops, &series).await, Some(0.0), "{series}");
+    }
+
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the teams notifier #1: notification sent"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("TOPSECRET"),
+        "a notifier's URL or key in the log:\n{log}"
+    );
+}
