@@ -269,3 +269,112 @@ async fn a_failing_daemon_posts_one_failed_then_recovered_and_never_logs_the_url
         "a notifier's URL or key in the log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_and_expiring_are_posted_once_per_user_and_removals_when_made() {
+    let receiver = Receiver::start().await;
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let hook_url = secrets.path().join("hook-url");
+    std::fs::write(&hook_url, format!("http://{}{HOOK_PATH}", receiver.addr)).expect("write");
+    let soon = (chrono::Utc::now().date_naive() + chrono::Days::new(2)).to_string();
+    let users = |with_bob: bool| {
+        let mut text = users_yaml(&[ANA]);
+        if with_bob {
+            text.push_str(&format!(
+                "  - email: bob@partner.example\n    name: Bob\n    expires: {soon}\n"
+            ));
+        }
+        text
+    };
+
+    let repo = Repo::new();
+    repo.commit(&users(true), "ana, and bob until the day after tomorrow");
+    let setup = Setup::new_with(&repo, |config| {
+        config.policy.prune = true;
+        // Any invitation is "long pending" after a second: the next resync says so.
+        config.policy.pending_alert_after = Some(std::time::Duration::from_secs(1));
+        config.notify = vec![NotifyConfig {
+            kind: NotifierKind::Webhook,
+            url_file: hook_url.clone(),
+            secret_file: None,
+            events: vec![EventKind::Pending, EventKind::Expiring, EventKind::Removed],
+        }];
+    })
+    .await;
+    let guestops = setup.start(None);
+
+    let users_of = |event: &str| -> Vec<String> {
+        receiver
+            .posts(HOOK_PATH)
+            .iter()
+            .map(Received::json)
+            .filter(|body| body["event"] == event)
+            .flat_map(|body| {
+                body["users"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|u| u["email"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    };
+    wait_for("pending and expiring posted", &guestops, || async {
+        (users_of("pending").len() == 2 && !users_of("expiring").is_empty()).then_some(())
+    })
+    .await;
+    // A few more resyncs: still pending, still expiring, nothing posted again.
+    let before = reconciles(&guestops, "success").await.unwrap_or_default();
+    wait_for("three more reconciles", &guestops, || async {
+        reconciles(&guestops, "success")
+            .await
+            .filter(|n| *n >= before + 3.0)
+    })
+    .await;
+    let mut pending = users_of("pending");
+    pending.sort();
+    assert_eq!(pending, [ANA.0, "bob@partner.example"], "once per user");
+    assert_eq!(users_of("expiring"), ["bob@partner.example"], "once");
+    let expiring = receiver
+        .posts(HOOK_PATH)
+        .iter()
+        .map(Received::json)
+        .find(|body| body["event"] == "expiring")
+        .expect("the expiring post");
+    assert_eq!(expiring["users"][0]["expires"], soon.as_str());
+    assert_eq!(
+        metric(&guestops, "guestops_access_expiring").await,
+        Some(1.0),
+        "the gauge counts bob"
+    );
+
+    // Bob is removed from users.yaml: his access is removed, and that is posted.
+    repo.commit(&users(false), "bob leaves");
+    wait_for("removed posted", &guestops, || async {
+        (!users_of("removed").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(users_of("removed"), ["bob@partner.example"]);
+    let removed = receiver
+        .posts(HOOK_PATH)
+        .iter()
+        .map(Received::json)
+        .find(|body| body["event"] == "removed")
+        .expect("the removed post");
+    let changes = removed["users"][0]["changes"].clone();
+    assert!(
+        changes
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "unregister")),
+        "{removed}"
+    );
+    assert!(!setup.registered("bob@partner.example"));
+    assert_eq!(
+        metric(&guestops, "guestops_access_expiring").await,
+        Some(0.0)
+    );
+
+    let (code, log) = guestops.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("TOPSECRET"), "{log}");
+}
