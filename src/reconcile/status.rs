@@ -374,4 +374,41 @@ users:
         assert!(text.contains("not invited"), "{text}");
         assert!(text.ends_with("0 of 2 users in sync.\n"), "{text}");
     }
+
+    #[test]
+    fn expiring_access_is_a_column_and_a_line() {
+        let text = "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n    expires: 2026-12-04\n  - email: bob@partner.example\n    name: Bob\n";
+        let desired = spec::parse(text.as_bytes(), &SpecPolicy::default())
+            .desired
+            .unwrap_or_default();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let mut rows = rows(
+            &desired,
+            &Observed::default(),
+            &State::default(),
+            now.date_naive(),
+        );
+        let week = Some(std::time::Duration::from_secs(7 * 86_400));
+        let expiring = crate::reconcile::plan::expiring_access(&desired, now, week);
+        mark_expiring(&mut rows, &expiring);
+        assert!(rows[0].expiring && !rows[1].expiring, "{rows:?}");
+        let mut out = Vec::new();
+        render(&rows, StatusFormat::Text, &mut out).unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.lines().next().unwrap_or_default().contains("EXPIRES"),
+            "{text}"
+        );
+        assert!(text.contains("2026-12-04 (soon)"), "{text}");
+        assert!(
+            text.contains("Access ending soon (policy.expiryNoticeBefore): ana@partner.example;"),
+            "{text}"
+        );
+        // Without any `expires`, no column.
+        let mut out = Vec::new();
+        render(&rows[1..], StatusFormat::Text, &mut out).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&out).contains("EXPIRES"));
+    }
 }

@@ -612,6 +612,26 @@ mod tests {
             .as_deref(),
             Some("1")
         );
+        metrics.set_access_expiring(2);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_access_expiring").as_deref(),
+            Some("2")
+        );
+        for kind in ["teams", "slack", "webhook"] {
+            for counter in ["sent", "failed", "dropped"] {
+                let series = format!("guestops_notifications_{counter}_total{{kind=\"{kind}\"}}");
+                assert_eq!(line_value(&text, &series).as_deref(), Some("0"), "{series}");
+            }
+        }
+        metrics
+            .notifications()
+            .failed(crate::service::notify::NotifierKind::Slack);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_notifications_failed_total{kind=\"slack\"}").as_deref(),
+            Some("1")
+        );
         metrics.set_pending_invitations(0, None);
         let text = metrics.encode();
         assert_eq!(

@@ -49,17 +49,27 @@ struct Receiver {
 
 impl Receiver {
     async fn start() -> Receiver {
+        Receiver::answering(|_| StatusCode::ACCEPTED).await
+    }
+
+    /// A receiver answering the `n`-th request (from 0) with `answer(n)`.
+    async fn answering(
+        answer: impl Fn(usize) -> StatusCode + Clone + Send + Sync + 'static,
+    ) -> Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let seen = received.clone();
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
             let seen = seen.clone();
+            let answer = answer.clone();
             async move {
-                seen.lock().expect("lock").push(Received {
+                let mut seen = seen.lock().expect("lock");
+                let n = seen.len();
+                seen.push(Received {
                     path: uri.path().to_owned(),
                     headers,
                     body,
                 });
-                StatusCode::ACCEPTED
+                answer(n)
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -377,4 +387,127 @@ async fn pending_and_expiring_are_posted_once_per_user_and_removals_when_made() 
     let (code, log) = guestops.terminate().await;
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("TOPSECRET"), "{log}");
+}
+
+/// The senders on their own (no daemon): an invalid revision reported through the handle.
+async fn post_one_invalid(receiver: &Receiver) -> guestops::service::metrics::Metrics {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = dir.path().join("slack-url");
+    std::fs::write(
+        &url,
+        format!("http://{}/services/T0/B0/TOPSECRET", receiver.addr),
+    )
+    .expect("write");
+    let base = url::Url::parse("http://127.0.0.1:1/").expect("url");
+    let mut config = guestops::config::Config::for_simulator(&base, dir.path());
+    config.notify = vec![NotifyConfig {
+        kind: NotifierKind::Slack,
+        url_file: url,
+        secret_file: None,
+        events: EventKind::ALL.to_vec(),
+    }];
+    let metrics = guestops::service::metrics::Metrics::new();
+    let policy = guestops::service::notify::send::SendPolicy {
+        attempts: 3,
+        first_delay: std::time::Duration::from_millis(10),
+        max_delay: std::time::Duration::from_millis(50),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let (notifications, senders) = guestops::service::notify::Notifications::start_with(
+        &config,
+        metrics.notifications(),
+        policy,
+    )
+    .expect("the notifier loads");
+    notifications.invalid(
+        &"a".repeat(40),
+        "aaaaaaa",
+        "users.yaml at aaaaaaa is invalid",
+        chrono::Utc::now(),
+    );
+    drop(notifications);
+    // A hang guard, not a speed assertion.
+    senders.finish(std::time::Duration::from_secs(60)).await;
+    metrics
+}
+
+fn count(metrics: &guestops::service::metrics::Metrics, series: &str) -> Option<f64> {
+    sample(&parse_exposition(&metrics.encode()), series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_retried_on_5xx_and_given_up_on_4xx_and_queued_posts_go_out_at_shutdown() {
+    let flaky = Receiver::answering(|n| {
+        if n < 2 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let metrics = post_one_invalid(&flaky).await;
+    assert_eq!(
+        flaky.events("/services/T0/B0/TOPSECRET"),
+        ["invalid"; 3],
+        "two 503s, then 200"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "guestops_notifications_sent_total{kind=\"slack\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "guestops_notifications_failed_total{kind=\"slack\"}"
+        ),
+        Some(0.0)
+    );
+    let body = flaky.posts("/services/T0/B0/TOPSECRET")[0].json();
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("is not applied")),
+        "{body}"
+    );
+    assert_eq!(body["blocks"][0]["type"], "header");
+
+    let refusing = Receiver::answering(|_| StatusCode::NOT_FOUND).await;
+    let metrics = post_one_invalid(&refusing).await;
+    assert_eq!(
+        refusing.events("/services/T0/B0/TOPSECRET").len(),
+        1,
+        "a 404 is not retried"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "guestops_notifications_sent_total{kind=\"slack\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "guestops_notifications_failed_total{kind=\"slack\"}"
+        ),
+        Some(1.0)
+    );
+
+    let down = Receiver::answering(|_| StatusCode::BAD_GATEWAY).await;
+    let metrics = post_one_invalid(&down).await;
+    assert_eq!(
+        down.events("/services/T0/B0/TOPSECRET").len(),
+        3,
+        "bounded: 3 attempts"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "guestops_notifications_failed_total{kind=\"slack\"}"
+        ),
+        Some(1.0)
+    );
 }

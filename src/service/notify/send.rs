@@ -295,3 +295,47 @@ async fn deliver(
         delay = (delay * 2).min(policy.max_delay);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::notify::EventKind;
+
+    fn event(kind: EventKind) -> Arc<Event> {
+        Arc::new(Event {
+            kind,
+            time: chrono::Utc::now(),
+            tenant: "t".to_owned(),
+            revision: None,
+            title: "t".to_owned(),
+            text: "t".to_owned(),
+            users: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_unwanted_events_are_not_queued() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = NotifyMetrics::register(&mut registry);
+        let (tx, mut rx) = mpsc::channel(1);
+        let queue = Queue {
+            name: notifier_name(0, NotifierKind::Slack),
+            kind: NotifierKind::Slack,
+            events: vec![EventKind::Failed],
+            tx,
+            metrics: metrics.clone(),
+        };
+        queue.offer(&event(EventKind::Pending));
+        assert!(rx.try_recv().is_err(), "pending is not among its events");
+        queue.offer(&event(EventKind::Failed));
+        queue.offer(&event(EventKind::Failed));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("guestops_notifications_dropped_total{kind=\"slack\"} 1"),
+            "{text}"
+        );
+        assert_eq!(rx.try_recv().map(|e| e.kind).ok(), Some(EventKind::Failed));
+        assert!(rx.try_recv().is_err(), "the second one was dropped");
+    }
+}
