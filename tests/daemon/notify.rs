@@ -511,3 +511,50 @@ async fn a_post_is_retried_on_5xx_and_given_up_on_4xx_and_queued_posts_go_out_at
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_file_without_a_usable_url_stops_the_start_naming_the_notifier_not_the_url() {
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let bad = secrets.path().join("slack-url");
+    // Plain http off loopback is refused; the message must not repeat the URL.
+    std::fs::write(&bad, "http://hooks.example/services/T0/B0/TOPSECRET\n").expect("write");
+    let repo = Repo::new();
+    repo.commit(&users_yaml(&[ANA]), "add ana");
+    let setup = Setup::new_with(&repo, |config| {
+        config.notify = vec![
+            NotifyConfig {
+                kind: NotifierKind::Teams,
+                url_file: secrets.path().join("teams-url-that-is-missing"),
+                secret_file: None,
+                events: EventKind::ALL.to_vec(),
+            },
+            NotifyConfig {
+                kind: NotifierKind::Slack,
+                url_file: bad.clone(),
+                secret_file: None,
+                events: EventKind::ALL.to_vec(),
+            },
+        ];
+    })
+    .await;
+    let (code, log) = setup.start(None).terminate_when_done().await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("the teams notifier #1"), "{log}");
+    assert!(
+        log.contains("teams-url-that-is-missing"),
+        "names the file: {log}"
+    );
+    assert!(!setup.registered(ANA.0), "nothing reconciled");
+
+    // The first notifier fixed: the second one is refused the same way.
+    std::fs::write(
+        secrets.path().join("teams-url-that-is-missing"),
+        "https://teams.example/x",
+    )
+    .expect("write");
+    let (code, log) = setup.start(None).terminate_when_done().await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("the slack notifier #2"), "{log}");
+    assert!(log.contains("loopback"), "says why: {log}");
+    assert!(!log.contains("TOPSECRET"), "{log}");
+}
