@@ -6,13 +6,15 @@
 //!   users concerned, and a small subtle line naming the tenant, the revision and the time.
 //!   The envelope is the one Microsoft documents for cards sent to a Teams webhook
 //!   (MicrosoftDocs/msteams-docs, `connectors-using.md`, "Send adaptive cards using an
-//!   incoming webhook"); 1.4 is the highest card version the Workflows "Post card in a chat
-//!   or channel" action renders everywhere.
+//!   incoming webhook": `type` must be `message`, `contentType` the adaptive card type,
+//!   `content` the card; its example card is version 1.2). The card says 1.4 and uses only
+//!   elements that exist since 1.0 (`TextBlock`, `FactSet`), so a host that renders 1.2
+//!   shows it too.
 //! - **slack** — an incoming webhook's message: `text` (the notification's fallback, plain)
 //!   and `blocks` (a header, a `mrkdwn` section of the text, a section listing the users, a
-//!   context line). `&`, `<` and `>` are escaped in `mrkdwn` and in `text` (Slack's control characters:
-//!   `<!channel>` would ping everyone), and each section stays under Slack's 3,000
-//!   characters.
+//!   context line). `&`, `<` and `>` are escaped in `mrkdwn` and in `text` (Slack's control
+//!   characters, api.slack.com's formatting reference: `<!channel>` would ping everyone), and
+//!   each section stays under 3,000 characters, the header under 150 (Block Kit's limits).
 //! - **webhook** — guestops' own JSON, schema `guestops.notification/v1` (documented in
 //!   `docs/config.md`, `notify`): `schema`, `event`, `time`, `tenant`, `revision` (`id`,
 //!   `short`, or `null`), `title`, `text`, `users` (`email`, `detail`, and by event
