@@ -748,6 +748,7 @@ async fn merge_to_access(
         metrics: metrics.clone(),
         health,
         notifier: Notifier::disabled(),
+        notifications: guestops::service::notify::Notifications::disabled(),
     };
     let running = tokio::spawn(daemon.run(trigger_rx, shutdown.clone()));
     wait_until("the daemon's first reconcile", || {

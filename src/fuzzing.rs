@@ -358,6 +358,8 @@ pub fn decode_plan_input(data: &[u8]) -> PlanInput {
         // `--only` has a property test of its own (tests/plan.rs); decoding it here would
         // change the meaning of every seed.
         only: None,
+        // A week, the default, without reading a byte (the seeds keep their meaning).
+        expiry_notice_before: Some(Duration::from_secs(7 * 24 * 3600)),
     };
     let mut desired = DesiredState {
         users: BTreeMap::new(),

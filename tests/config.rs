@@ -143,6 +143,19 @@ fn every_default() {
         config.policy.resend_after,
         Some(Duration::from_secs(7 * 86_400))
     );
+    assert_eq!(
+        config.policy.pending_alert_after,
+        Some(Duration::from_secs(14 * 86_400))
+    );
+    assert_eq!(
+        config.policy.expiry_notice_before,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(
+        config.policy(false).expiry_notice_before,
+        config.policy.expiry_notice_before
+    );
+    assert!(config.notify.is_empty(), "no notifications by default");
     assert_eq!(config.state.dir, PathBuf::from("/var/lib/guestops"));
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:9464");
     assert!(matches!(
@@ -382,6 +395,8 @@ fn every_key_has_a_working_override() {
         ("policy.guestOnRemoval", "delete"),
         ("policy.maxDeletions", "0"),
         ("policy.resendAfter", "2d"),
+        ("policy.pendingAlertAfter", "3d"),
+        ("policy.expiryNoticeBefore", "0"),
         ("state.dir", "/tmp/guestops"),
         ("server.listen", "0.0.0.0:80"),
         ("server.webhookSecretFile", "/etc/guestops/hook"),
@@ -423,6 +438,115 @@ fn every_key_has_a_working_override() {
         vars.len(),
         values.len(),
         "a test value for a key that does not exist"
+    );
+    // `notify` is a list set in the file only: no variable overrides it, and one that looks
+    // like it is reported as unknown (the command line warns about it).
+    assert!(
+        vars.iter()
+            .all(|(key, var)| !key.starts_with("notify") && !var.starts_with("GUESTOPS_NOTIFY")),
+        "{vars:?}"
+    );
+    assert_eq!(
+        guestops::config::unrecognized_variables(["GUESTOPS_NOTIFY", "GUESTOPS_NOTIFY_0_URL_FILE"]),
+        ["GUESTOPS_NOTIFY", "GUESTOPS_NOTIFY_0_URL_FILE"]
+    );
+    let with_notify =
+        format!("{MINIMAL}notify:\n  - {{ kind: slack, urlFile: /etc/guestops/slack-url }}\n");
+    let from_file = load(&with_notify, &[("GUESTOPS_NOTIFY", "")]).expect("valid");
+    assert_eq!(
+        from_file.notify.len(),
+        1,
+        "an empty GUESTOPS_NOTIFY resets nothing"
+    );
+}
+
+#[test]
+fn notifiers_load_with_their_events_and_secret_files() {
+    use guestops::service::notify::{EventKind, NotifierKind};
+    let config = load(&fixture("full.yaml"), &[]).expect("valid");
+    assert_eq!(config.notify.len(), 2);
+    let teams = &config.notify[0];
+    assert_eq!(teams.kind, NotifierKind::Teams);
+    assert_eq!(
+        teams.url_file,
+        PathBuf::from("/run/credentials/guestops.service/teams-url")
+    );
+    assert_eq!(teams.secret_file, None);
+    assert_eq!(teams.events, EventKind::ALL, "every event by default");
+    let hook = &config.notify[1];
+    assert_eq!(hook.kind, NotifierKind::Webhook);
+    assert_eq!(
+        hook.secret_file,
+        Some(PathBuf::from(
+            "/run/credentials/guestops.service/hook-secret"
+        ))
+    );
+    assert_eq!(
+        hook.events,
+        [EventKind::Failed, EventKind::Refused],
+        "canonical order"
+    );
+}
+
+#[test]
+fn notifier_mistakes_are_reported_with_their_lines() {
+    let text = format!(
+        "{MINIMAL}notify:
+  - kind: pager
+    urlFile: /etc/guestops/pager-url
+  - kind: teams
+  - kind: slack
+    urlFile: /etc/guestops/slack-url
+    events: [failed, exploded]
+  - kind: teams
+    urlFile: /etc/guestops/teams-url
+    secretFile: /etc/guestops/teams-secret
+  - kind: webhook
+    urlFile: /etc/guestops/hook-url
+    event: [failed]
+  - just a string
+"
+    );
+    let problems = problems(load(&text, &[]));
+    let p = problem_for(&problems, "notify[0].kind");
+    assert_eq!((p.line, p.column), (Some(5), Some(11)), "{p}");
+    assert!(
+        p.message
+            .contains("unknown notifier kind `pager`; expected one of teams, slack, webhook"),
+        "{p}"
+    );
+    let p = problem_for(&problems, "notify[1].urlFile");
+    assert_eq!(p.line, Some(7), "the item's line: {p}");
+    assert!(p.message.contains("is required"), "{p}");
+    let p = problem_for(&problems, "notify[2].events");
+    assert_eq!((p.line, p.column), (Some(10), Some(22)), "{p}");
+    assert!(p.message.contains("unknown event `exploded`"), "{p}");
+    assert!(
+        p.message
+            .contains("failed, recovered, refused, invalid, pending, expiring, removed"),
+        "{p}"
+    );
+    let p = problem_for(&problems, "notify[3].secretFile");
+    assert_eq!(p.line, Some(13), "{p}");
+    assert!(p.message.contains("only with kind webhook"), "{p}");
+    let p = problem_for(&problems, "notify[4].event");
+    assert_eq!(p.line, Some(16), "{p}");
+    assert!(p.message.contains("did you mean `events`"), "{p}");
+    let p = problem_for(&problems, "notify[5]");
+    assert_eq!(p.line, Some(17), "{p}");
+    assert!(p.message.contains("must be a mapping"), "{p}");
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+
+    let problems = problems_of_section(&format!("{MINIMAL}notify: {{ kind: teams }}\n"));
+    let p = problem_for(&problems, "notify");
+    assert!(p.message.contains("expected a list of mappings"), "{p}");
+    let problems = problems_of_section(&format!(
+        "{MINIMAL}notify:\n  - {{ kind: teams, urlFile: /u, events: [] }}\n"
+    ));
+    assert!(
+        problem_for(&problems, "notify[0].events")
+            .message
+            .contains("lists no event")
     );
 }
 
@@ -926,6 +1050,8 @@ fn to_yaml_loads_back_to_the_same_config() {
             ("GUESTOPS_STATE_DIR", "/var/lib/guest ops #1"),
             ("GUESTOPS_SOURCE_POLL_INTERVAL", "90s"),
             ("GUESTOPS_POLICY_RESEND_AFTER", "0"),
+            ("GUESTOPS_POLICY_PENDING_ALERT_AFTER", "36h"),
+            ("GUESTOPS_POLICY_EXPIRY_NOTICE_BEFORE", "0"),
         ],
     )
     .expect("valid");

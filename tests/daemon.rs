@@ -8,6 +8,8 @@
 //!   with a fake `NOTIFY_SOCKET`: bounded waits for what a user would see (a guest invited,
 //!   `/readyz`, `/metrics`), never assertions on speed.
 
+#[path = "daemon/notify.rs"]
+mod notify;
 #[path = "daemon/soak.rs"]
 mod soak;
 mod support;
@@ -170,6 +172,7 @@ fn start(
         metrics: metrics.clone(),
         health: health.clone(),
         notifier,
+        notifications: guestops::service::notify::Notifications::disabled(),
     };
     let task = tokio::spawn(daemon.run(trigger_rx, shutdown.clone()));
     Running {

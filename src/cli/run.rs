@@ -9,6 +9,7 @@ use guestops::desired::source::watch_file;
 use guestops::reconcile::state::StateStore;
 use guestops::service::daemon::{Daemon, Settings};
 use guestops::service::metrics::Metrics;
+use guestops::service::notify::Notifications;
 use guestops::service::server::{
     self, DEFAULT_READY_THRESHOLD, Health, ServerState, Trigger, WebhookConfig,
 };
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Status;
+
+/// How long queued notifications may take to go out after the daemon stopped.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(15);
 
 /// Arguments of `guestops run`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +60,8 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     )?;
     let notifier = Notifier::from_env().context("cannot talk to systemd (NOTIFY_SOCKET)")?;
     let metrics = Metrics::new();
+    // Before anything else starts: a notifier whose URL cannot be read stops the start.
+    let (notifications, senders) = Notifications::start(&config, metrics.notifications())?;
     let health = Health::new(DEFAULT_READY_THRESHOLD);
     let shutdown = CancellationToken::new();
     // Every task this command spawns, awaited before it returns.
@@ -111,8 +117,11 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         metrics,
         health,
         notifier,
+        notifications,
     };
     let stopped = daemon.run(trigger_rx, shutdown.clone()).await;
+    // The daemon (and its handle on the queues) is gone: what it queued last goes out.
+    senders.finish(NOTIFY_FLUSH).await;
     shutdown.cancel();
     tasks.close();
     match server.await {

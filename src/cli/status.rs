@@ -27,12 +27,14 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     };
     let state = StateStore::read_only(&config.state.dir)?;
     let outcome = super::plan::dry_run(&config, &desired, false, state.clone()).await?;
-    let rows = status::rows(
+    let now = chrono::Utc::now();
+    let mut rows = status::rows(&desired.state, &outcome.observed, &state, now.date_naive());
+    let expiring = guestops::reconcile::plan::expiring_access(
         &desired.state,
-        &outcome.observed,
-        &state,
-        chrono::Utc::now().date_naive(),
+        now,
+        config.policy.expiry_notice_before,
     );
+    status::mark_expiring(&mut rows, &expiring);
     status::render(&rows, args.format, &mut std::io::stdout().lock())?;
     Ok(Status::Success)
 }

@@ -14,8 +14,8 @@ use url::{Host, Url};
 use super::secret::{CERTIFICATE_PASSWORD, GRAPH_SECRET, PORTAL_API_KEY, WEBHOOK_SECRET};
 use super::tree::{At, Kind, Leaf, Raw, env_var_name, leaf_keys};
 use super::{
-    Cloud, Config, CredentialConfig, CredentialKind, PolicyConfig, PortalConfig, Problem,
-    SecretSource, ServerConfig, SourceConfig, StateConfig, TenantConfig,
+    Cloud, Config, CredentialConfig, CredentialKind, NotifyConfig, PolicyConfig, PortalConfig,
+    Problem, SecretSource, ServerConfig, SourceConfig, StateConfig, TenantConfig,
 };
 use crate::desired::source::{VerifyMode, VerifyPolicy};
 use crate::desired::spec::Role;
@@ -23,6 +23,7 @@ use crate::reconcile::plan::GuestOnRemoval;
 use crate::remote::graph::credential::{AssertionAlgorithm, DEFAULT_FEDERATION_AUDIENCE};
 use crate::remote::pace::WriteRate;
 use crate::remote::portal::{RoleCodes, WriteOnlyFlags};
+use crate::service::notify::{EventKind, NotifierKind};
 
 /// Default of `portal.baseUrl`.
 pub(crate) const DEFAULT_PORTAL_BASE_URL: &str = "https://api.powerembedded.com.br";
@@ -41,6 +42,15 @@ pub(crate) const DEFAULT_PORTAL_MAX_WRITES_PER_SECOND: f64 = 2.0;
 /// [`DEFAULT_PORTAL_MAX_WRITES_PER_SECOND`] as a rate: one write every 500 ms, one at a time.
 pub(crate) const DEFAULT_PORTAL_WRITE_RATE: WriteRate =
     WriteRate::every(Duration::from_millis(500), 1);
+/// Default of `policy.pendingAlertAfter`: two weeks, twice `policy.resendAfter`'s default, so
+/// that the alert says that even the re-sent invitation was not accepted.
+pub(crate) const DEFAULT_PENDING_ALERT_AFTER: Duration = Duration::from_secs(14 * 86_400);
+/// Default of `policy.expiryNoticeBefore`: a week, time enough to extend `expires` by a pull
+/// request.
+pub(crate) const DEFAULT_EXPIRY_NOTICE_BEFORE: Duration =
+    crate::reconcile::plan::DEFAULT_EXPIRY_NOTICE_BEFORE;
+/// Most entries of `notify`.
+pub(crate) const MAX_NOTIFIERS: usize = 16;
 /// Upper bound of `portal.maxWritesPerSecond`.
 pub(crate) const MAX_PORTAL_WRITES_PER_SECOND: f64 = 1000.0;
 
@@ -115,6 +125,8 @@ pub(crate) fn defaults() -> Config {
             guest_on_removal: GuestOnRemoval::Keep,
             max_deletions: 5,
             resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
+            pending_alert_after: Some(DEFAULT_PENDING_ALERT_AFTER),
+            expiry_notice_before: Some(DEFAULT_EXPIRY_NOTICE_BEFORE),
         },
         state: StateConfig {
             dir: PathBuf::from(DEFAULT_STATE_DIR),
@@ -124,6 +136,7 @@ pub(crate) fn defaults() -> Config {
             listen: DEFAULT_LISTEN.parse().expect("constant listen address"),
             webhook_secret: Some(WEBHOOK_SECRET.source()),
         },
+        notify: Vec::new(),
     }
 }
 
@@ -571,6 +584,16 @@ pub(crate) fn build(
     r.set(&mut pol.resend_after, "policy.resendAfter", |text| {
         parse_duration(text).map(|d| (!d.is_zero()).then_some(d))
     });
+    r.set(
+        &mut pol.pending_alert_after,
+        "policy.pendingAlertAfter",
+        |text| parse_duration(text).map(|d| (!d.is_zero()).then_some(d)),
+    );
+    r.set(
+        &mut pol.expiry_notice_before,
+        "policy.expiryNoticeBefore",
+        |text| parse_duration(text).map(|d| (!d.is_zero()).then_some(d)),
+    );
 
     // state.*, server.*
     if let Some(dir) = r.path("state.dir") {
@@ -587,7 +610,125 @@ pub(crate) fn build(
         config.server.webhook_secret = Some(SecretSource::File(path));
     }
 
+    config.notify = read_notify(&mut r);
+
     (!r.failed).then_some(config)
+}
+
+/// `notify`: each item's `kind`, `urlFile` (required), `secretFile` (webhook only) and
+/// `events` (default: all).
+fn read_notify(r: &mut Reader<'_>) -> Vec<NotifyConfig> {
+    let items: Vec<(String, At)> = (0..)
+        .map(|i| format!("notify[{i}]"))
+        .map_while(|key| r.at(&key).cloned().map(|at| (key, at)))
+        .collect();
+    if items.len() > MAX_NOTIFIERS {
+        let (key, at) = &items[MAX_NOTIFIERS];
+        r.problem(
+            Some(at),
+            key,
+            format!("at most {MAX_NOTIFIERS} notifiers; send to one channel and fan out there"),
+        );
+    }
+    let mut out = Vec::new();
+    for (key, at) in items {
+        let kind_key = format!("{key}.kind");
+        let kind = r.get(&kind_key, |text| {
+            NotifierKind::from_name(text).ok_or_else(|| {
+                format!(
+                    "unknown notifier kind `{text}`; expected one of {}",
+                    NotifierKind::ALL.map(NotifierKind::as_str).join(", ")
+                )
+            })
+        });
+        if r.at(&kind_key).is_none() {
+            r.problem(
+                Some(&at),
+                &kind_key,
+                format!(
+                    "is required: the kind of notifier, one of {}",
+                    NotifierKind::ALL.map(NotifierKind::as_str).join(", ")
+                ),
+            );
+        }
+        let url_key = format!("{key}.urlFile");
+        let url_file = r.path(&url_key);
+        if r.at(&url_key).is_none() {
+            r.problem(
+                Some(&at),
+                &url_key,
+                "is required: a file holding the webhook URL (a secret: it is never written in the configuration, logs or errors)",
+            );
+        }
+        let secret_key = format!("{key}.secretFile");
+        let secret_file = r.path(&secret_key);
+        if let Some(kind) = kind
+            && kind != NotifierKind::Webhook
+            && secret_file.is_some()
+        {
+            let at = r.at(&secret_key).cloned();
+            r.problem(
+                at.as_ref(),
+                &secret_key,
+                format!(
+                    "is read only with kind webhook (the HMAC of the body), but this notifier is {}; remove it",
+                    kind.as_str()
+                ),
+            );
+        }
+        let events_key = format!("{key}.events");
+        let events = match r.values.get(&events_key).map(|leaf| leaf.raw.clone()) {
+            None => EventKind::ALL.to_vec(),
+            Some(Raw::List(items)) => {
+                let mut events = Vec::new();
+                for (text, item_at) in items {
+                    match EventKind::from_name(text.trim()) {
+                        Some(event) if !events.contains(&event) => events.push(event),
+                        Some(_) => {}
+                        None => r.problem(
+                            Some(&item_at),
+                            &events_key,
+                            format!(
+                                "unknown event `{text}`; expected some of {}",
+                                EventKind::ALL.map(EventKind::as_str).join(", ")
+                            ),
+                        ),
+                    }
+                }
+                if events.is_empty() {
+                    let at = r.at(&events_key).cloned();
+                    r.problem(
+                        at.as_ref(),
+                        &events_key,
+                        "lists no event; leave events out to be told of every event, or remove the notifier",
+                    );
+                }
+                // The canonical order, whatever the file's.
+                EventKind::ALL
+                    .into_iter()
+                    .filter(|e| events.contains(e))
+                    .collect()
+            }
+            Some(Raw::Text(_)) => {
+                let at = r.at(&events_key).cloned();
+                r.problem(
+                    at.as_ref(),
+                    &events_key,
+                    "expected a list, e.g. [failed, recovered]",
+                );
+                Vec::new()
+            }
+        };
+        if let (Some(kind), Some(url_file)) = (kind, url_file) {
+            out.push(NotifyConfig {
+                kind,
+                url_file,
+                secret_file: secret_file.filter(|_| kind == NotifierKind::Webhook),
+                events,
+            });
+        }
+    }
+    out
 }
 
 fn check_role_codes(r: &mut Reader<'_>, codes: &RoleCodes) {

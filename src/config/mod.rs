@@ -52,6 +52,23 @@ pub struct Config {
     pub state: StateConfig,
     /// `server.*`: the daemon's HTTP endpoint.
     pub server: ServerConfig,
+    /// `notify`: where the daemon sends notifications (file only: no environment override).
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// One item of `notify`: a webhook the daemon posts its notifications to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// `kind`: the shape of the message (Teams Workflows, Slack, a generic JSON webhook).
+    pub kind: crate::service::notify::NotifierKind,
+    /// `urlFile`: the file holding the webhook URL, a secret (read when the daemon starts;
+    /// never logged, never in errors).
+    pub url_file: PathBuf,
+    /// `secretFile` (`kind: webhook` only): the file holding the HMAC-SHA256 key of
+    /// `X-Guestops-Signature-256`; `None`: the body is not signed.
+    pub secret_file: Option<PathBuf>,
+    /// `events`: what is sent, in the canonical order (default: every event).
+    pub events: Vec<crate::service::notify::EventKind>,
 }
 
 /// `source.*`.
@@ -369,6 +386,13 @@ pub struct PolicyConfig {
     pub max_deletions: usize,
     /// Re-send a pending invitation after this long; `None` = never.
     pub resend_after: Option<Duration>,
+    /// An invitation not accepted after this long is notified (`pending`) and counted
+    /// (`policy.pendingAlertAfter`, default 14 days); `None` = never.
+    pub pending_alert_after: Option<Duration>,
+    /// Access ending within this long is a plan notice `expiring`, a `status` column, the
+    /// gauge `guestops_access_expiring` and a notification (`policy.expiryNoticeBefore`,
+    /// default 7 days); `None` = never.
+    pub expiry_notice_before: Option<Duration>,
 }
 
 /// `state.*`.
@@ -612,6 +636,7 @@ impl Config {
             guest_on_removal: self.policy.guest_on_removal,
             max_deletions: self.policy.max_deletions,
             resend_after: self.policy.resend_after,
+            expiry_notice_before: self.policy.expiry_notice_before,
             force,
             replication_grace: self.tenant.replication_grace,
             hidden_fields: crate::reconcile::plan::HiddenFields {

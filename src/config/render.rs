@@ -161,6 +161,16 @@ pub(crate) fn to_yaml(config: &Config) -> String {
         "  resendAfter: {}",
         pol.resend_after.map_or_else(|| "0".to_owned(), duration)
     ));
+    line(format!(
+        "  pendingAlertAfter: {}",
+        pol.pending_alert_after
+            .map_or_else(|| "0".to_owned(), duration)
+    ));
+    line(format!(
+        "  expiryNoticeBefore: {}",
+        pol.expiry_notice_before
+            .map_or_else(|| "0".to_owned(), duration)
+    ));
 
     line("state:".into());
     line(format!("  dir: {}", path_scalar(&config.state.dir)));
@@ -173,6 +183,21 @@ pub(crate) fn to_yaml(config: &Config) -> String {
     match &config.server.webhook_secret {
         Some(source) => secret_line(&mut line, "  webhookSecretFile", source),
         None => line("  # no webhook secret: /hooks/github is off".into()),
+    }
+
+    if config.notify.is_empty() {
+        line("# notify: no notifications (docs/config.md, `notify`)".into());
+    } else {
+        line("notify:".into());
+        for n in &config.notify {
+            line(format!("  - kind: {}", n.kind.as_str()));
+            line(format!("    urlFile: {}", path_scalar(&n.url_file)));
+            if let Some(path) = &n.secret_file {
+                line(format!("    secretFile: {}", path_scalar(path)));
+            }
+            let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
+            line(format!("    events: [{}]", events.join(", ")));
+        }
     }
     out
 }

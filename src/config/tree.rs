@@ -25,6 +25,10 @@ pub(crate) enum Kind {
     List,
     /// A mapping of further keys.
     Section(&'static [(&'static str, Kind)]),
+    /// A list of mappings, each with these keys (`notify`). Set in the file only: no
+    /// environment variable overrides it. Item `i`'s keys are flattened as `key[i].name`,
+    /// and `key[i]` itself marks the item (its position, for problems about it as a whole).
+    Records(&'static [(&'static str, Kind)]),
 }
 
 /// Every key of the host configuration (design §5), by section.
@@ -111,12 +115,23 @@ pub(crate) const SCHEMA: &[(&str, Kind)] = &[
             ("guestOnRemoval", Kind::Leaf),
             ("maxDeletions", Kind::Leaf),
             ("resendAfter", Kind::Leaf),
+            ("pendingAlertAfter", Kind::Leaf),
+            ("expiryNoticeBefore", Kind::Leaf),
         ]),
     ),
     ("state", Kind::Section(&[("dir", Kind::Leaf)])),
     (
         "server",
         Kind::Section(&[("listen", Kind::Leaf), ("webhookSecretFile", Kind::Leaf)]),
+    ),
+    (
+        "notify",
+        Kind::Records(&[
+            ("kind", Kind::Leaf),
+            ("urlFile", Kind::Leaf),
+            ("secretFile", Kind::Leaf),
+            ("events", Kind::List),
+        ]),
     ),
 ];
 
@@ -289,7 +304,7 @@ pub(crate) fn flatten(text: &str, problems: &mut Vec<Problem>) -> Option<BTreeMa
         Node::Map(entries) => walk_map(text, entries, SCHEMA, "", &mut out, problems),
         _ => problems.push(At::from_location(&root.referenced).problem(
             "(file)",
-            "must be a mapping with the sections source, tenant, portal, policy, state, server",
+            "must be a mapping with the sections source, tenant, portal, policy, state, server, notify",
         )),
     }
     Some(out)
@@ -389,6 +404,34 @@ fn walk_map(
             (Kind::Section(inner), Node::Map(entries)) => {
                 walk_map(text, entries, inner, &path, out, problems);
             }
+            (Kind::Records(inner), Node::Seq(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    let item_at = At::from_location(&item.referenced);
+                    match &item.value {
+                        Node::Map(entries) => {
+                            out.insert(
+                                item_path.clone(),
+                                Leaf {
+                                    raw: Raw::Text(String::new()),
+                                    at: item_at,
+                                },
+                            );
+                            walk_map(text, entries, inner, &item_path, out, problems);
+                        }
+                        _ => {
+                            let known: Vec<&str> = inner.iter().map(|(name, _)| *name).collect();
+                            problems.push(item_at.problem(
+                                &item_path,
+                                format!(
+                                    "each item must be a mapping with the keys {}, e.g. {{ kind: teams, urlFile: /run/credentials/guestops.service/teams-url }}",
+                                    known.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
             (Kind::Leaf | Kind::Bool, _) => {
                 problems.push(at.problem(&path, "expected a single value"))
             }
@@ -403,17 +446,30 @@ fn walk_map(
                     format!("expected a mapping with the keys {}", known.join(", ")),
                 ));
             }
+            (Kind::Records(inner), _) => {
+                let known: Vec<&str> = inner.iter().map(|(name, _)| *name).collect();
+                problems.push(at.problem(
+                    &path,
+                    format!(
+                        "expected a list of mappings with the keys {}, e.g. [{{ kind: teams, urlFile: /run/credentials/guestops.service/teams-url }}]",
+                        known.join(", ")
+                    ),
+                ));
+            }
         }
     }
 }
 
-/// Every leaf key of the schema as `(dotted.key, kind)`, in schema order.
+/// Every leaf key of the schema as `(dotted.key, kind)`, in schema order: the keys an
+/// environment variable overrides (not the items of a [`Kind::Records`] list, which is set
+/// in the file only).
 pub(crate) fn leaf_keys() -> Vec<(String, Kind)> {
     fn collect(schema: &[(&str, Kind)], prefix: &str, out: &mut Vec<(String, Kind)>) {
         for (name, kind) in schema {
             let path = join(prefix, name);
             match kind {
                 Kind::Section(inner) => collect(inner, &path, out),
+                Kind::Records(_) => {}
                 _ => out.push((path, *kind)),
             }
         }

@@ -245,6 +245,15 @@ fn secret_checks(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Secre
             file,
         ));
     }
+    for (i, notifier) in config.notify.iter().enumerate() {
+        let name = crate::service::notify::send::notifier_name(i, notifier.kind);
+        let what = format!("the URL of {name} (notify[{i}].urlFile)");
+        checks.push(file_check("secret.notify", &what, &notifier.url_file));
+        if let Some(file) = &notifier.secret_file {
+            let what = format!("the HMAC key of {name} (notify[{i}].secretFile)");
+            checks.push(file_check("secret.notify", &what, file));
+        }
+    }
     SecretChecks {
         checks,
         graph_ok,

@@ -180,13 +180,26 @@ pub enum Mode<'a> {
 }
 
 /// Pending invitations of owned guests right after a reconcile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
     /// Owned guests that have not redeemed their invitation (including the ones invited just
     /// now and not visible yet).
     pub count: usize,
     /// Age of the oldest.
     pub oldest: Option<Duration>,
+    /// Each of them, by normalized address.
+    pub invitations: Vec<PendingInvitation>,
+}
+
+/// One owned guest that has not redeemed its invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInvitation {
+    /// Normalized address.
+    pub key: String,
+    /// The address as recorded.
+    pub email: String,
+    /// Since when it is pending (the guest's state change, its creation, or the invitation).
+    pub since: DateTime<Utc>,
 }
 
 /// What one reconcile did.
@@ -573,13 +586,13 @@ pub fn pending_invitations(observed: &Observed, state: &State, now: DateTime<Utc
         .chain(observed.lookups.iter())
         .map(|g| (g.id.as_str(), g))
         .collect();
-    let since: Vec<DateTime<Utc>> = state
+    let invitations: Vec<PendingInvitation> = state
         .users
-        .values()
-        .filter(|r| r.guest_owned)
-        .filter_map(|r| {
+        .iter()
+        .filter(|(_, r)| r.guest_owned)
+        .filter_map(|(key, r)| {
             let id = r.guest_id.as_deref()?;
-            match seen.get(id) {
+            let since = match seen.get(id) {
                 Some(g) if g.is_pending() => Some(
                     g.external_user_state_change_date_time
                         .or(g.created_date_time)
@@ -589,12 +602,26 @@ pub fn pending_invitations(observed: &Observed, state: &State, now: DateTime<Utc
                 Some(_) => None,
                 None if !r.guest_seen => r.invited_at,
                 None => None,
-            }
+            }?;
+            Some(PendingInvitation {
+                key: key.clone(),
+                email: if r.email.is_empty() {
+                    key.clone()
+                } else {
+                    r.email.clone()
+                },
+                since,
+            })
         })
         .collect();
     Pending {
-        count: since.len(),
-        oldest: since.iter().min().and_then(|t| (now - *t).to_std().ok()),
+        count: invitations.len(),
+        oldest: invitations
+            .iter()
+            .map(|p| p.since)
+            .min()
+            .and_then(|t| (now - t).to_std().ok()),
+        invitations,
     }
 }
 

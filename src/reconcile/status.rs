@@ -53,6 +53,10 @@ pub struct StatusRow {
     /// Whether the user's `expires` day is past: the entry grants nothing and the
     /// registration is due for removal.
     pub expired: bool,
+    /// The user's `expires` day, if any.
+    pub expires: Option<NaiveDate>,
+    /// Whether the access ends within `policy.expiryNoticeBefore` ([`mark_expiring`]).
+    pub expiring: bool,
     /// Whether tenant and portal both match users.yaml (for an expired user: whether the
     /// portal registration is gone).
     pub in_sync: bool,
@@ -132,10 +136,21 @@ pub fn rows(
                 last_change: record.and_then(|r| r.last_change),
                 owned: record.is_some_and(|r| r.guest_owned || r.portal_owned),
                 expired,
+                expires: user.expires,
+                expiring: false,
                 in_sync,
             }
         })
         .collect()
+}
+
+/// Marks the rows of the users in `expiring` (the access that ends within
+/// `policy.expiryNoticeBefore`: [`crate::reconcile::plan::expiring_access`]).
+pub fn mark_expiring(rows: &mut [StatusRow], expiring: &[crate::reconcile::plan::ExpiringAccess]) {
+    for row in rows {
+        let key = normalize_email(&row.email);
+        row.expiring = expiring.iter().any(|e| e.key == key);
+    }
 }
 
 /// How status is printed.
@@ -157,7 +172,9 @@ pub fn render(rows: &[StatusRow], format: StatusFormat, out: &mut dyn Write) -> 
         serde_json::to_writer_pretty(&mut *out, rows)?;
         return writeln!(out);
     }
-    let table: Vec<[String; 6]> = rows
+    // The EXPIRES column only when some user has an `expires` day.
+    let with_expiry = rows.iter().any(|r| r.expires.is_some());
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let guest = match r.guest {
@@ -177,41 +194,57 @@ pub fn render(rows: &[StatusRow], format: StatusFormat, out: &mut dyn Write) -> 
                 (Some(role), true, false) => format!("{role} (wants {})", r.desired_role),
                 _ => "not registered".to_owned(),
             };
-            [
-                r.email.clone(),
-                guest,
-                portal,
+            let mut row = vec![r.email.clone(), guest, portal];
+            if with_expiry {
+                row.push(match (r.expires, r.expiring) {
+                    (None, _) => "-".to_owned(),
+                    (Some(date), true) => format!("{date} (soon)"),
+                    (Some(date), false) => date.to_string(),
+                });
+            }
+            row.extend([
                 day(r.last_change),
                 if r.owned { "yes" } else { "no" }.to_owned(),
                 if r.in_sync { "yes" } else { "no" }.to_owned(),
-            ]
+            ]);
+            row
         })
         .collect();
-    let header = [
-        "USER",
-        "GUEST",
-        "PORTAL ROLE",
-        "LAST CHANGE",
-        "OWNED",
-        "IN SYNC",
-    ];
-    let mut widths = header.map(|h| h.chars().count());
+    let mut header = vec!["USER", "GUEST", "PORTAL ROLE"];
+    if with_expiry {
+        header.push("EXPIRES");
+    }
+    header.extend(["LAST CHANGE", "OWNED", "IN SYNC"]);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 6], out: &mut dyn Write| -> io::Result<()> {
+    let line = |cells: &[&str], out: &mut dyn Write| -> io::Result<()> {
         let text: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         writeln!(out, "{}", text.join("  ").trim_end())
     };
-    line(header, out)?;
+    line(&header, out)?;
     for row in &table {
-        line(row.each_ref().map(String::as_str), out)?;
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells, out)?;
+    }
+    let soon: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.expiring)
+        .map(|r| r.email.as_str())
+        .collect();
+    if !soon.is_empty() {
+        writeln!(
+            out,
+            "\nAccess ending soon (policy.expiryNoticeBefore): {}; extend `expires` in users.yaml to keep it.",
+            soon.join(", ")
+        )?;
     }
     let synced = rows.iter().filter(|r| r.in_sync).count();
     writeln!(
@@ -344,5 +377,42 @@ users:
         assert!(text.contains("viewer (wants administrator)"), "{text}");
         assert!(text.contains("not invited"), "{text}");
         assert!(text.ends_with("0 of 2 users in sync.\n"), "{text}");
+    }
+
+    #[test]
+    fn expiring_access_is_a_column_and_a_line() {
+        let text = "apiVersion: guestops/v1\nusers:\n  - email: ana@partner.example\n    name: Ana\n    expires: 2026-12-04\n  - email: bob@partner.example\n    name: Bob\n";
+        let desired = spec::parse(text.as_bytes(), &SpecPolicy::default())
+            .desired
+            .unwrap_or_default();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let mut rows = rows(
+            &desired,
+            &Observed::default(),
+            &State::default(),
+            now.date_naive(),
+        );
+        let week = Some(std::time::Duration::from_secs(7 * 86_400));
+        let expiring = crate::reconcile::plan::expiring_access(&desired, now, week);
+        mark_expiring(&mut rows, &expiring);
+        assert!(rows[0].expiring && !rows[1].expiring, "{rows:?}");
+        let mut out = Vec::new();
+        render(&rows, StatusFormat::Text, &mut out).unwrap_or_default();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.lines().next().unwrap_or_default().contains("EXPIRES"),
+            "{text}"
+        );
+        assert!(text.contains("2026-12-04 (soon)"), "{text}");
+        assert!(
+            text.contains("Access ending soon (policy.expiryNoticeBefore): ana@partner.example;"),
+            "{text}"
+        );
+        // Without any `expires`, no column.
+        let mut out = Vec::new();
+        render(&rows[1..], StatusFormat::Text, &mut out).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&out).contains("EXPIRES"));
     }
 }

@@ -168,6 +168,8 @@ pub struct Daemon<S, T, P> {
     pub health: Health,
     /// systemd notifications (disabled outside systemd).
     pub notifier: Notifier,
+    /// Notifications to Teams, Slack or webhooks (`notify`; disabled when none).
+    pub notifications: crate::service::notify::Notifications,
 }
 
 /// Exponential backoff with ±20 % jitter: `base · 2^(failures-1)`, capped; at least
@@ -423,6 +425,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 self.reconcile(&current, &shutdown).instrument(span),
             )
             .await;
+            self.notifications
+                .reconciled(&current, &outcome, (self.settings.reconcile.clock)());
             let elapsed = started.elapsed();
             let after = Instant::now();
             if let Some(p) = ping {
@@ -578,6 +582,12 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 );
                 tracing::error!(revision = %revision, errors = ?errors, "{message}");
                 self.health.set_invalid_revision(&revision.id, &message);
+                self.notifications.invalid(
+                    &revision.id,
+                    &revision.short,
+                    &message,
+                    (self.settings.reconcile.clock)(),
+                );
                 self.metrics
                     .record_reconcile(ReconcileResult::Invalid, Duration::ZERO);
                 *invalid = Some(revision.id.clone());
@@ -610,6 +620,12 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         if invalid.as_deref() != Some(revision.id.as_str()) {
             tracing::error!(revision = %revision, signer = ?refusal.signer().map(ToString::to_string), "{message}");
             self.health.set_invalid_revision(&revision.id, &message);
+            self.notifications.invalid(
+                &revision.id,
+                &revision.short,
+                &message,
+                (self.settings.reconcile.clock)(),
+            );
             self.metrics
                 .record_reconcile(ReconcileResult::Unverified, Duration::ZERO);
             *invalid = Some(revision.id.clone());
@@ -646,6 +662,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             Err(err) => return Err(err.into()),
         };
         self.record_outcome(&outcome);
+        self.notifications
+            .outcome(loaded, &outcome, (self.settings.reconcile.clock)());
         let plan = &outcome.plan;
         if plan.is_refused() {
             let reasons: Vec<&str> = plan.refusals.iter().map(|r| r.message.as_str()).collect();
@@ -701,6 +719,8 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         }
         self.metrics
             .set_pending_invitations(outcome.pending.count, outcome.pending.oldest);
+        let expiring = outcome.plan.notices.iter().filter(|n| n.code == "expiring");
+        self.metrics.set_access_expiring(expiring.count());
         let refused: Vec<&str> = outcome
             .plan
             .refusals

@@ -19,6 +19,8 @@
 //! | `guestops_tenant_full_syncs_total` | counter | — | full enumerations of the tenant through delta (first sync, expired link, `tenant.fullResyncInterval`, a lost cache); the log line says why |
 //! | `guestops_pending_invitations` | gauge | — | invited guests that have not redeemed yet |
 //! | `guestops_pending_invitation_oldest_age_seconds` | gauge | — | age of the oldest pending invitation (0 when none) |
+//! | `guestops_access_expiring` | gauge | — | desired users whose access ends within `policy.expiryNoticeBefore` (the plan's notices `expiring`) |
+//! | `guestops_notifications_sent_total`, `_failed_total`, `_dropped_total` | counter | `kind` (`teams`, `slack`, `webhook`) | notifications delivered, given up, dropped (queue full): [`crate::service::notify::NotifyMetrics`] |
 //! | `guestops_last_success_timestamp_seconds` | gauge | — | unix time of the last successful reconcile (0 = never) |
 //! | `guestops_revision_info` | gauge | `revision` | always 1; only the current revision of the desired state is kept |
 
@@ -144,6 +146,8 @@ struct Inner {
     full_syncs: Counter,
     pending_invitations: Gauge,
     pending_oldest_age: Gauge,
+    access_expiring: Gauge,
+    notifications: crate::service::notify::NotifyMetrics,
     last_success: Gauge,
     revision: Family<RevisionLabels, Gauge>,
     /// Serializes [`Metrics::set_revision`] so that only one revision series is ever kept.
@@ -256,6 +260,14 @@ impl Metrics {
             pending_oldest_age.clone(),
         );
 
+        let access_expiring = Gauge::default();
+        registry.register(
+            "guestops_access_expiring",
+            "Desired users whose access ends within policy.expiryNoticeBefore",
+            access_expiring.clone(),
+        );
+        let notifications = crate::service::notify::NotifyMetrics::register(&mut registry);
+
         let last_success = Gauge::default();
         registry.register(
             "guestops_last_success_timestamp_seconds",
@@ -284,6 +296,8 @@ impl Metrics {
                 full_syncs,
                 pending_invitations,
                 pending_oldest_age,
+                access_expiring,
+                notifications,
                 last_success,
                 revision,
                 revision_lock: std::sync::Mutex::new(()),
@@ -393,6 +407,16 @@ impl Metrics {
         self.inner
             .pending_oldest_age
             .set(saturating_i64(oldest_age.map_or(0, |age| age.as_secs())));
+    }
+
+    /// Sets `guestops_access_expiring`.
+    pub fn set_access_expiring(&self, count: usize) {
+        self.inner.access_expiring.set(saturating_i64(count as u64));
+    }
+
+    /// The notification counters (shared with the notifiers' senders).
+    pub fn notifications(&self) -> crate::service::notify::NotifyMetrics {
+        self.inner.notifications.clone()
     }
 
     /// Counts one full enumeration of the tenant.
@@ -586,6 +610,26 @@ mod tests {
                 "guestops_changes_total{system=\"portal\",kind=\"register\",result=\"success\"}"
             )
             .as_deref(),
+            Some("1")
+        );
+        metrics.set_access_expiring(2);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_access_expiring").as_deref(),
+            Some("2")
+        );
+        for kind in ["teams", "slack", "webhook"] {
+            for counter in ["sent", "failed", "dropped"] {
+                let series = format!("guestops_notifications_{counter}_total{{kind=\"{kind}\"}}");
+                assert_eq!(line_value(&text, &series).as_deref(), Some("0"), "{series}");
+            }
+        }
+        metrics
+            .notifications()
+            .failed(crate::service::notify::NotifierKind::Slack);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "guestops_notifications_failed_total{kind=\"slack\"}").as_deref(),
             Some("1")
         );
         metrics.set_pending_invitations(0, None);

@@ -1,9 +1,10 @@
 //! The long-running service (`guestops run`): the reconcile loop and its triggers
-//! ([`daemon`]), the HTTP server ([`server`]), Prometheus metrics ([`metrics`]) and systemd
-//! notifications ([`systemd`]). The loop reconciles through [`crate::reconcile`], exactly as the
+//! ([`daemon`]), the HTTP server ([`server`]), Prometheus metrics ([`metrics`]), systemd
+//! notifications ([`systemd`]) and notifications to Teams, Slack or a webhook ([`notify`]). The loop reconciles through [`crate::reconcile`], exactly as the
 //! CLI does.
 
 pub mod daemon;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod systemd;

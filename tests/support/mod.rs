@@ -289,6 +289,33 @@ impl Guestops {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    /// Waits for the process to exit on its own (at most [`PATIENCE`], then it is killed),
+    /// then the exit code and the log.
+    pub async fn terminate_when_done(mut self) -> (Option<i32>, String) {
+        let mut child = self.child.take().expect("running");
+        let status = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return Some(status),
+                    Ok(None) if started.elapsed() < PATIENCE => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return None;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("wait task");
+        let log = self.log();
+        let status = status.unwrap_or_else(|| panic!("guestops did not exit:\n{log}"));
+        (status.code(), log)
+    }
+
     /// `kill -TERM`, then the exit code and the log.
     pub async fn terminate(mut self) -> (Option<i32>, String) {
         self.signal("-TERM");

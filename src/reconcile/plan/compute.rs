@@ -536,6 +536,11 @@ pub fn plan(
     }
     refusals.append(&mut b.user_refusals);
 
+    for access in super::expiring_access(desired, now, policy.expiry_notice_before) {
+        let message = access.message(now);
+        b.notice(&access.key, "expiring", message);
+    }
+
     // `--only`: the guards above counted every user; keep only the targeted users' parts.
     if policy.only.is_some() {
         b.changes.retain(|key, _| policy.targets(key));

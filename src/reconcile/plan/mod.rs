@@ -24,12 +24,14 @@ use crate::remote::graph::DirectoryUser;
 use crate::remote::portal::PortalUser;
 
 mod compute;
+pub mod expiry;
 pub mod owned;
 mod render;
 
 pub use owned::{State, UserRecord};
 
 pub use compute::{GuestIndex, plan};
+pub use expiry::{ExpiringAccess, expiring_access};
 pub use render::{
     GITHUB_COMMENT_LIMIT, MARKDOWN_BUDGET, PLAN_JSON_VERSION, PlanFormat, PlanRevision,
     RenderOptions, Summary, render, render_with,
@@ -48,6 +50,9 @@ pub(crate) use render::{JsonPlan, json_document};
 /// *Designing for Eventual Consistency for Microsoft Entra* (2026-03-24) states no figure
 /// (`docs/specs/microsoft-graph.md` §2, `docs/config.md`).
 pub const DEFAULT_REPLICATION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// The default of `policy.expiryNoticeBefore` ([`Policy::expiry_notice_before`]): a week.
+pub const DEFAULT_EXPIRY_NOTICE_BEFORE: Duration = Duration::from_secs(7 * 86_400);
 
 /// The default grace, under its former name.
 pub const REPLICATION_GRACE: Duration = DEFAULT_REPLICATION_GRACE;
@@ -81,6 +86,9 @@ pub struct Policy {
     pub max_deletions: usize,
     /// Re-send a pending invitation after this long; `None` = never.
     pub resend_after: Option<Duration>,
+    /// Access ending within this long gets the notice `expiring` (`policy.expiryNoticeBefore`);
+    /// `None` = never.
+    pub expiry_notice_before: Option<Duration>,
     /// Overrides the `maxDeletions` and empty-desired guards (never the domain policy).
     pub force: bool,
     /// How long an invitation whose outcome is unknown waits for the guest to become visible
@@ -169,6 +177,7 @@ impl Default for Policy {
             guest_on_removal: GuestOnRemoval::Keep,
             max_deletions: 5,
             resend_after: Some(Duration::from_secs(7 * 24 * 3600)),
+            expiry_notice_before: Some(DEFAULT_EXPIRY_NOTICE_BEFORE),
             force: false,
             replication_grace: DEFAULT_REPLICATION_GRACE,
             hidden_fields: HiddenFields::default(),
@@ -387,7 +396,8 @@ pub struct Refusal {
 pub struct Notice {
     /// Normalized email, if about one user.
     pub key: Option<String>,
-    /// Stable code, e.g. `prune-disabled`, `not-owned`, `member`, `awaiting-replication`.
+    /// Stable code, e.g. `prune-disabled`, `not-owned`, `member`, `awaiting-replication`,
+    /// `expiring`.
     pub code: String,
     /// Human text.
     pub message: String,

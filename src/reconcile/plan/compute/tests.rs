@@ -1335,3 +1335,37 @@ fn an_only_address_in_neither_users_yaml_nor_state_is_unknown() {
         "a typo, and a record that owns nothing"
     );
 }
+
+// Issue 10 item 7: access ending within policy.expiryNoticeBefore is a notice, not a change.
+#[test]
+fn access_ending_within_the_notice_window_is_a_notice_expiring() {
+    let mut soon = ana();
+    soon.expires = NaiveDate::from_ymd_opt(2026, 3, 12);
+    let mut later = user("bob@partner.example", "Bob", Role::Administrator);
+    later.expires = NaiveDate::from_ymd_opt(2026, 4, 30);
+    let d = desired(vec![soon, later]);
+    let o = observed(vec![guest("g-ana", ANA)], vec![ana_portal()]);
+    let s = state(vec![owned(ANA, Some("g-ana"), Some("p-ana"))]);
+    let p = plan(&d, &o, &s, &Policy::default(), now());
+    let expiring: Vec<&Notice> = p.notices.iter().filter(|n| n.code == "expiring").collect();
+    assert_eq!(expiring.len(), 1, "{:?}", p.notices);
+    assert_eq!(expiring[0].key.as_deref(), Some(ANA));
+    assert!(
+        expiring[0]
+            .message
+            .contains("ends with 2026-03-12 (UTC), in 2 days"),
+        "{}",
+        expiring[0].message
+    );
+    assert!(
+        !p.changes.iter().any(|c| c.key == ANA),
+        "a notice changes nothing: {:?}",
+        p.changes
+    );
+    let off = Policy {
+        expiry_notice_before: None,
+        ..Policy::default()
+    };
+    let quiet = plan(&d, &o, &s, &off, now());
+    assert!(!quiet.notices.iter().any(|n| n.code == "expiring"));
+}
