@@ -39,6 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     } else {
         // Taken before reading anything, so that two instances never plan against each other.
         let mut store = StateStore::open(&config.state.dir)?;
+        super::warn_if_suspended(store.state());
         let clients = connect(&config)?;
         let settings = Settings::from_config(&config, args.target.force);
         let ctx = Context {

@@ -294,7 +294,7 @@ pub async fn apply<T: Tenant, P: Portal>(
         opts,
         cancel,
         stop: cancel.child_token(),
-        recorder: Recorder::new(store),
+        recorder: Recorder::new(store, opts.revision.clone()),
     };
     let per_user =
         futures::future::join_all(groups.into_values().map(|items| executor.run_user(items))).await;
@@ -1113,6 +1113,51 @@ fn apply_effect(
     true
 }
 
+/// Records how and when ownership was taken ([`UserRecord::guest_acquired`],
+/// [`UserRecord::portal_acquired`]) when `change` made guestops own the guest or the portal
+/// user it did not own before (`before`: the record before the change).
+fn note_acquired(
+    before: Option<&UserRecord>,
+    record: &mut UserRecord,
+    change: &Change,
+    revision: Option<String>,
+    now: DateTime<Utc>,
+) {
+    use crate::reconcile::plan::owned::{Acquired, Acquisition};
+    let acquired = |how| Acquired {
+        how,
+        at: now,
+        revision: revision.clone(),
+    };
+    let guest_before = before.filter(|b| b.guest_owned).map(|b| b.guest_id.clone());
+    if record.guest_owned && guest_before.as_ref() != Some(&record.guest_id) {
+        // An adoption that resolves guestops' own open invitation is that invitation.
+        let intended = before.is_some_and(|b| b.invitation_unconfirmed_at.is_some());
+        let how = match &change.action {
+            Action::Invite { .. } | Action::ResendInvitation { .. } => Acquisition::Invited,
+            Action::RestoreGuest { .. } => Acquisition::Restored,
+            Action::EnableGuest { .. } => Acquisition::Enabled,
+            _ if intended => Acquisition::Invited,
+            _ => Acquisition::Adopted,
+        };
+        record.guest_acquired = Some(acquired(how));
+    } else if !record.guest_owned {
+        record.guest_acquired = None;
+    }
+    let portal_before = before.is_some_and(|b| b.portal_owned);
+    if record.portal_owned && !portal_before {
+        let intended = before.is_some_and(|b| b.registration_unconfirmed_at.is_some());
+        let how = match &change.action {
+            Action::Register { .. } => Acquisition::Registered,
+            _ if intended => Acquisition::Registered,
+            _ => Acquisition::Adopted,
+        };
+        record.portal_acquired = Some(acquired(how));
+    } else if !record.portal_owned {
+        record.portal_acquired = None;
+    }
+}
+
 /// Serializes state changes and disk writes of concurrent users.
 ///
 /// Each change is one journal line (the user's record after it, [`journal`]): O(1) per change
@@ -1126,6 +1171,8 @@ struct Recorder<'s> {
 
 struct RecorderInner<'s> {
     store: &'s mut StateStore,
+    /// The revision being applied, recorded with each ownership taken.
+    revision: Option<String>,
     /// Whether the journal holds lines `state.json` does not.
     journaled: bool,
     /// The first save failure.
@@ -1133,10 +1180,11 @@ struct RecorderInner<'s> {
 }
 
 impl<'s> Recorder<'s> {
-    fn new(store: &'s mut StateStore) -> Self {
+    fn new(store: &'s mut StateStore, revision: Option<String>) -> Self {
         Self {
             inner: Mutex::new(RecorderInner {
                 store,
+                revision,
                 journaled: false,
                 error: None,
             }),
@@ -1186,8 +1234,14 @@ impl<'s> Recorder<'s> {
     ) -> Result<(), StateError> {
         let entry = {
             let mut inner = self.lock();
+            let revision = inner.revision.clone();
             let users = &mut inner.store.state_mut().users;
-            apply_effect(users, change, effect, now).then(|| Entry {
+            let before = users.get(&change.key).cloned();
+            let changed = apply_effect(users, change, effect, now);
+            if changed && let Some(record) = users.get_mut(&change.key) {
+                note_acquired(before.as_ref(), record, change, revision, now);
+            }
+            changed.then(|| Entry {
                 key: change.key.clone(),
                 intent: None,
                 record: users.get(&change.key).cloned(),

@@ -1,7 +1,8 @@
 //! One reconcile: observe both systems completely ([`observe()`]), compute the pure plan
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
-//! from the same observation.
+//! from the same observation; [`operator`] holds the operator's own edits of the state
+//! (suspend, resume, forget) and the view of what guestops owns.
 //!
 //! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
 //! (a dry run, whose `Outcome::observed` it renders), the demo and the daemon call it and
@@ -32,6 +33,7 @@ pub mod directory;
 pub mod import;
 pub mod journal;
 pub mod observe;
+pub mod operator;
 pub mod plan;
 pub mod state;
 pub mod status;
