@@ -32,9 +32,22 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 11] = [
-    "validate", "plan", "apply", "run", "status", "diff", "import", "doctor", "probe", "demo",
+const SUBCOMMANDS: [&str; 15] = [
+    "validate",
+    "plan",
+    "apply",
+    "run",
+    "status",
+    "diff",
+    "import",
+    "doctor",
+    "probe",
+    "demo",
     "sim",
+    "suspend",
+    "resume",
+    "reconcile",
+    "state",
 ];
 
 #[test]
@@ -54,6 +67,11 @@ fn help_texts() {
     let help = run_in(dir.path(), &["probe", "portal", "--help"]);
     help.expect_code(0);
     insta::assert_snapshot!("help-probe-portal", help.stdout);
+    for sub in ["list", "show", "forget"] {
+        let help = run_in(dir.path(), &["state", sub, "--help"]);
+        help.expect_code(0);
+        insta::assert_snapshot!(format!("help-state-{sub}"), help.stdout);
+    }
 }
 
 #[test]
@@ -80,9 +98,21 @@ fn help_documents_the_exit_codes() {
         ),
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
+        ("suspend", &["0 suspended", "1 error"][..]),
+        ("resume", &["0 resumed", "1 error"][..]),
+        (
+            "reconcile",
+            &["0 every change done", "1 a change failed", "3 refused"][..],
+        ),
     ];
-    for (sub, phrases) in expect {
-        let help = run_in(dir.path(), &[sub, "--help"]);
+    let state_expect = [
+        ("state list", &["0 listed", "1 error"][..]),
+        ("state show", &["0 shown", "1 guestops has no record"][..]),
+        ("state forget", &["0 forgotten", "1 refused"][..]),
+    ];
+    for (sub, phrases) in expect.into_iter().chain(state_expect) {
+        let args: Vec<&str> = sub.split(' ').chain(["--help"]).collect();
+        let help = run_in(dir.path(), &args);
         help.expect_code(0);
         assert!(help.stdout.contains("Exit codes"), "{sub} --help");
         for phrase in phrases {

@@ -42,7 +42,9 @@ pub enum Format {
 #[command(
     after_help = "Reads state.dir/state.json (and its journal) without taking the lock: \
 the file is replaced atomically, so this works beside a running daemon and writes nothing. \
-\"how unknown\" (owned) means a record older than state version 3, which did not record how.
+GUEST and PORTAL say how guestops took ownership (invited, registered, adopted, restored, \
+enabled), when, and at which revision (@commit); \"owned\" alone is a record older than state \
+version 3, which did not record how; \"-\" is not owned.
 
 Exit codes: 0 listed, 1 error (state.json unreadable or corrupt)."
 )]

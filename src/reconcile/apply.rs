@@ -1389,6 +1389,64 @@ mod tests {
         assert_send(apply(&plan, &tenant, &portal, &mut store, &opts, &cancel));
     }
 
+    // Issue 10: how and when ownership was taken, for `guestops state list`.
+    #[test]
+    fn ownership_records_how_when_and_the_revision() {
+        use crate::reconcile::plan::owned::Acquisition;
+        let rev = Some("r1".to_owned());
+        // An adoption while guestops' own invitation was open is that invitation.
+        let before = UserRecord {
+            email: "Ana@p.example".into(),
+            invitation_unconfirmed_at: Some(at(1)),
+            ..UserRecord::default()
+        };
+        let mut record = UserRecord {
+            guest_id: Some("g1".into()),
+            guest_owned: true,
+            ..before.clone()
+        };
+        let adopt = change(Action::AdoptGuest {
+            guest_id: "g1".into(),
+        });
+        note_acquired(Some(&before), &mut record, &adopt, rev.clone(), at(5));
+        let acquired = record.guest_acquired.clone().expect("recorded");
+        assert_eq!(acquired.how, Acquisition::Invited);
+        assert_eq!(
+            (acquired.at, acquired.revision.as_deref()),
+            (at(5), Some("r1"))
+        );
+        // A plain adoption; a later change of the same ownership keeps the first record.
+        let mut fresh = UserRecord {
+            portal_owned: true,
+            ..UserRecord::default()
+        };
+        let adopt_portal = change(Action::AdoptPortal {
+            portal_id: "p1".into(),
+        });
+        note_acquired(None, &mut fresh, &adopt_portal, rev.clone(), at(6));
+        assert_eq!(
+            fresh.portal_acquired.as_ref().map(|a| a.how),
+            Some(Acquisition::Adopted)
+        );
+        let before = fresh.clone();
+        let update = change(Action::UpdatePortal {
+            portal_id: "p1".into(),
+            from_name: "A".into(),
+            to_name: "B".into(),
+            from_role: None,
+            to_role: crate::desired::spec::Role::Viewer,
+        });
+        note_acquired(Some(&before), &mut fresh, &update, Some("r2".into()), at(9));
+        assert_eq!(fresh.portal_acquired, before.portal_acquired);
+        // Ownership released: the record of how it was taken goes with it.
+        fresh.portal_owned = false;
+        let unregister = change(Action::Unregister {
+            portal_id: "p1".into(),
+        });
+        note_acquired(Some(&before), &mut fresh, &unregister, rev, at(10));
+        assert_eq!(fresh.portal_acquired, None);
+    }
+
     #[test]
     fn invite_then_resend_track_times_and_count() {
         let mut users = BTreeMap::new();

@@ -233,8 +233,13 @@ pub fn entry(state: &State, email: &str) -> Option<Entry> {
     state.users.get(&normalize_email(email)).map(Entry::of)
 }
 
-fn short(revision: &str) -> &str {
-    revision.get(..7).unwrap_or(revision)
+/// A commit id cut to 7 characters; a file's content hash `sha256:…` keeps its prefix.
+fn short(revision: &str) -> String {
+    let (prefix, hash) = match revision.strip_prefix("sha256:") {
+        Some(hash) => ("sha256:", hash),
+        None => ("", revision),
+    };
+    format!("{prefix}{}", hash.get(..7).unwrap_or(hash))
 }
 
 fn minute(t: DateTime<Utc>) -> String {
@@ -268,7 +273,7 @@ pub fn write_list_text(state: &State, out: &mut dyn Write) -> std::io::Result<()
         out,
         "{} records, {owned} users owned; last applied revision {}.",
         state.users.len(),
-        state.revision.as_deref().map_or("none", short)
+        state.revision.as_deref().map_or("none".to_owned(), short)
     )?;
     if let Some(s) = &state.suspended {
         writeln!(out, "Reconciles are {}.", describe_suspension(s))?;
@@ -464,6 +469,13 @@ mod tests {
             detail.contains("guest g-1") && detail.contains("ops (uid 0)"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn revisions_are_shortened_with_their_kind() {
+        assert_eq!(short("1234567890abcdef"), "1234567");
+        assert_eq!(short("sha256:1ffbc2f3a802fc6c"), "sha256:1ffbc2f");
+        assert_eq!(short("abc"), "abc");
     }
 
     #[test]

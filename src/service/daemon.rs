@@ -1276,6 +1276,25 @@ mod tests {
     }
 
     #[test]
+    fn a_suspended_loop_wakes_only_to_poll_and_ping() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        t.next_resync = Some(now);
+        t.retry_at = Some(now + Duration::from_secs(1));
+        t.hold_until = Some(now + Duration::from_secs(2));
+        t.paused = true;
+        assert_eq!(
+            t.wake(true),
+            now + Duration::from_secs(300),
+            "an overdue resync must not spin a suspended loop"
+        );
+        t.next_ping = Some(now + Duration::from_secs(5));
+        assert_eq!(t.wake(true), now + Duration::from_secs(5));
+        t.paused = false;
+        assert_eq!(t.wake(false), now + Duration::from_secs(1));
+    }
+
+    #[test]
     fn retry_after_only_delays_a_pending_reconcile() {
         let now = Instant::now();
         let mut t = timers(now);
