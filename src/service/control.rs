@@ -159,8 +159,9 @@ impl ControlRequest {
     /// Who asked: `by` as the client named itself, with the uid the socket saw.
     pub fn who(&self, by: &str) -> String {
         match self.peer_uid {
-            Some(uid) => format!("{by} (uid {uid})"),
-            None => by.to_owned(),
+            // A client that knows no user name names itself by its uid already.
+            Some(uid) if by != format!("uid {uid}") => format!("{by} (uid {uid})"),
+            _ => by.to_owned(),
         }
     }
 }
