@@ -418,3 +418,184 @@ async fn without_a_daemon_the_commands_edit_the_state_and_a_silent_lock_holder_i
     assert_eq!(list.code, 0, "{}", list.stderr);
     assert!(list.stdout.contains(ANA.0), "{}", list.stdout);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The loop on a paused clock, with requests sent straight into its control channel
+
+mod paused {
+    use std::time::Duration;
+
+    use guestops::reconcile::state::StateStore;
+    use guestops::remote::graph::fake::{FakeTenant, TenantOp};
+    use guestops::remote::portal::fake::{FakePortal, PortalOp};
+    use guestops::service::control::{Answer, ControlRequest, Request, Response};
+    use guestops::service::daemon::{Daemon, DaemonError};
+    use guestops::service::metrics::Metrics;
+    use guestops::service::server::Health;
+    use guestops::service::systemd::Notifier;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{ANA, BOB, MemSource, RESYNC, pass, settings};
+    use super::users_yaml;
+
+    struct Controlled {
+        source: MemSource,
+        tenant: FakeTenant,
+        portal: FakePortal,
+        control: mpsc::Sender<ControlRequest>,
+        shutdown: CancellationToken,
+        task: JoinHandle<Result<(), DaemonError>>,
+    }
+
+    fn start(dir: &std::path::Path, portal: FakePortal) -> Controlled {
+        let source = MemSource::new(&users_yaml(&[ANA]));
+        let tenant = FakeTenant::new();
+        let (_triggers, trigger_rx) = mpsc::channel(4);
+        let (control, control_rx) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        let daemon = Daemon {
+            settings: settings(),
+            source: source.clone(),
+            tenant: tenant.clone(),
+            portal: portal.clone(),
+            store: StateStore::open(dir).expect("state directory"),
+            metrics: Metrics::new(),
+            health: Health::new(Duration::from_secs(3600)),
+            notifier: Notifier::disabled(),
+        };
+        let task = tokio::spawn(daemon.run_with_control(trigger_rx, control_rx, shutdown.clone()));
+        Controlled {
+            source,
+            tenant,
+            portal,
+            control,
+            shutdown,
+            task,
+        }
+    }
+
+    impl Controlled {
+        /// Sends `request`; the answer arrives on the returned receiver.
+        async fn send(&self, request: Request) -> oneshot::Receiver<Response> {
+            let (reply, answer) = oneshot::channel();
+            self.control
+                .send(ControlRequest {
+                    request,
+                    peer_uid: Some(0),
+                    reply,
+                })
+                .await
+                .expect("the loop takes requests");
+            answer
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task
+                .await
+                .expect("no panic")
+                .expect("a clean shutdown");
+        }
+    }
+
+    /// Waits (in virtual time, at most an hour) for the answer.
+    async fn answer_of(mut answer: oneshot::Receiver<Response>) -> Response {
+        for _ in 0..3600 {
+            match answer.try_recv() {
+                Ok(response) => return response,
+                Err(oneshot::error::TryRecvError::Empty) => pass(Duration::from_secs(1)).await,
+                Err(oneshot::error::TryRecvError::Closed) => panic!("the loop dropped the request"),
+            }
+        }
+        panic!("no answer within an hour of virtual time");
+    }
+
+    /// A `reconcile` asked for while a reconcile runs is answered by the next one, which
+    /// reads the source again, never by the one in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_asked_for_during_a_reconcile_is_answered_by_the_next_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let portal = FakePortal::new();
+        portal.set_latency(Duration::from_secs(30));
+        let d = start(dir.path(), portal);
+        while d.portal.calls(PortalOp::CreateUser) == 0 {
+            pass(Duration::from_secs(1)).await;
+        }
+        assert!(
+            d.portal.users().is_empty(),
+            "ana's registration is in flight"
+        );
+        let first = d.source.revision_id();
+        d.source.set(&users_yaml(&[ANA, BOB]));
+        let answer = d.send(Request::Reconcile).await;
+        let response = answer_of(answer).await;
+        assert_eq!(response.answer, Answer::Ok, "{response:?}");
+        let report = response.reconcile.expect("the reconcile's outcome");
+        assert_ne!(report.revision, first, "not the reconcile in flight");
+        assert_eq!(report.revision, d.source.revision_id());
+        assert!(
+            d.portal.user(BOB.0).is_some(),
+            "bob registered when the answer comes"
+        );
+        d.stop().await;
+    }
+
+    /// A suspension asked for during a reconcile takes effect after it; then nothing is
+    /// read or written over many resyncs, the state says so, and a restart stays suspended
+    /// until `resume`, which reconciles at once.
+    #[tokio::test(start_paused = true)]
+    async fn suspended_nothing_is_read_over_many_resyncs_and_it_outlives_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let portal = FakePortal::new();
+        portal.set_latency(Duration::from_secs(30));
+        let d = start(dir.path(), portal);
+        while d.portal.calls(PortalOp::CreateUser) == 0 {
+            pass(Duration::from_secs(1)).await;
+        }
+        let answer = d
+            .send(Request::Suspend {
+                reason: Some("freeze".into()),
+                by: "ops".into(),
+            })
+            .await;
+        let response = answer_of(answer).await;
+        assert_eq!(response.answer, Answer::Ok, "{response:?}");
+        assert!(
+            d.portal.user(ANA.0).is_some(),
+            "the reconcile in flight finished first"
+        );
+        let reads = d.tenant.calls(TenantOp::ListGuests);
+        d.source.set(&users_yaml(&[ANA, BOB]));
+        pass(RESYNC * 10).await;
+        assert_eq!(d.tenant.calls(TenantOp::ListGuests), reads, "nothing read");
+        assert!(d.portal.user(BOB.0).is_none(), "nothing written");
+        let refused = answer_of(d.send(Request::Reconcile).await).await;
+        assert_eq!(refused.answer, Answer::Suspended, "{refused:?}");
+        d.stop().await;
+        let state = StateStore::read_only(dir.path()).expect("state");
+        let suspension = state.suspended.expect("recorded in state.json");
+        assert_eq!(suspension.reason.as_deref(), Some("freeze"));
+        assert_eq!(suspension.by, "ops (uid 0)");
+
+        // Restarted (new fakes: nothing of the first run is counted): still suspended.
+        let d = start(dir.path(), FakePortal::new());
+        pass(RESYNC * 3).await;
+        assert_eq!(
+            d.tenant.calls(TenantOp::ListGuests),
+            0,
+            "a restarted daemon stays suspended"
+        );
+        let resumed = answer_of(d.send(Request::Resume { by: "ops".into() }).await).await;
+        assert_eq!(resumed.answer, Answer::Ok, "{resumed:?}");
+        pass(Duration::from_secs(1)).await;
+        assert_eq!(
+            d.tenant.calls(TenantOp::ListGuests),
+            1,
+            "resume reconciles at once, well before the next resync"
+        );
+        assert!(d.portal.user(ANA.0).is_some());
+        d.stop().await;
+    }
+}
