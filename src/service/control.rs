@@ -9,8 +9,9 @@
 //!   reach it, nobody else; it is never on the network. A stale socket (a daemon killed
 //!   with `SIGKILL`) is replaced at start; [`SocketGuard`] removes it on a clean exit.
 //! - Protocol: one connection per request; the client writes one JSON [`Request`] line, the
-//!   daemon answers one JSON [`Response`] line and closes. A line is at most [`MAX_LINE`]
-//!   bytes. The daemon handles requests between reconciles, in its loop: a request sent
+//!   daemon answers one JSON [`Response`] line and closes. A request is at most
+//!   [`MAX_REQUEST`] bytes, an answer (a reconcile's failures included) at most
+//!   [`MAX_RESPONSE`]. The daemon handles requests between reconciles, in its loop: a request sent
 //!   during a reconcile is answered after it; `reconcile` is answered when the reconcile it
 //!   asked for (never an earlier one) has finished.
 //! - The server only parses and forwards: each [`ControlRequest`] goes to the daemon loop
@@ -34,8 +35,12 @@ use crate::reconcile::state::StateStore;
 /// File name of the control socket inside the state directory.
 pub const SOCKET_FILE: &str = "control.sock";
 
-/// The longest request or response line accepted, in bytes.
-pub const MAX_LINE: usize = 64 * 1024;
+/// The longest request line the daemon reads, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The longest answer line a client reads, in bytes (a reconcile with thousands of failed
+/// changes lists each).
+pub const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// What a client asks the daemon (one JSON line, `{"command": "…", …}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +245,7 @@ pub async fn serve(
 async fn connection(stream: UnixStream, daemon: mpsc::Sender<ControlRequest>) {
     let peer_uid = stream.peer_cred().ok().map(|cred| cred.uid());
     let (read, mut write) = stream.into_split();
-    let response = match read_line(read).await {
+    let response = match read_line(read, MAX_REQUEST).await {
         Err(err) => Response::new(Answer::Error, format!("unreadable request: {err}")),
         Ok(line) => match serde_json::from_str::<Request>(&line) {
             Err(err) => Response::new(Answer::Error, format!("malformed request: {err}")),
@@ -271,14 +276,14 @@ fn stopping() -> Response {
     )
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes (without its newline).
-async fn read_line(read: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<String> {
+/// Reads one line of at most `max` bytes (without its newline).
+async fn read_line(read: impl tokio::io::AsyncRead + Unpin, max: usize) -> std::io::Result<String> {
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_LINE as u64 + 1));
+    let mut reader = BufReader::new(read.take(max as u64 + 1));
     reader.read_line(&mut line).await?;
-    if line.len() > MAX_LINE {
+    if line.len() > max {
         return Err(std::io::Error::other(format!(
-            "a line is at most {MAX_LINE} bytes"
+            "a line is at most {max} bytes"
         )));
     }
     if !line.ends_with('\n') {
@@ -353,7 +358,7 @@ pub async fn request(dir: &Path, request: &Request) -> Result<Response, ClientEr
     };
     let (read, mut write) = stream.into_split();
     write_line(&mut write, request).await.map_err(io)?;
-    let line = read_line(read).await.map_err(io)?;
+    let line = read_line(read, MAX_RESPONSE).await.map_err(io)?;
     serde_json::from_str(&line).map_err(|err| io(std::io::Error::other(err)))
 }
 
