@@ -64,6 +64,15 @@ stopped, not confirmed, or a usage error."
     Demo(cli::demo::Args),
     /// Serve the simulator (Graph, token endpoint, portal API) on a loopback port.
     Sim(cli::sim::Args),
+    /// Suspend the daemon's reconciles (recorded in state.json; health and metrics go on).
+    Suspend(cli::control::SuspendArgs),
+    /// Resume the daemon's reconciles (it reconciles at once).
+    Resume(cli::control::ResumeArgs),
+    /// Ask the running daemon to reconcile now and print that reconcile's outcome.
+    Reconcile(cli::control::ReconcileArgs),
+    /// What guestops owns and why; drop ownership of one user.
+    #[command(subcommand)]
+    State(cli::state::Command),
     /// The remote writes recorded in the audit log, by user, date or revision (offline).
     History(cli::history::Args),
     /// Print shell completions (bash, zsh, fish, powershell, elvish).
@@ -97,6 +106,18 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => cli::runtime().and_then(|rt| rt.block_on(cli::demo::run(args))),
         Command::Sim(args) => cli::runtime().and_then(|rt| rt.block_on(cli::sim::run(args))),
+        Command::Suspend(args) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::control::suspend(args)))
+        }
+        Command::Resume(args) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::control::resume(args)))
+        }
+        Command::Reconcile(args) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::control::reconcile(args)))
+        }
+        Command::State(command) => {
+            cli::runtime().and_then(|rt| rt.block_on(cli::state::run(command)))
+        }
         Command::History(args) => cli::history::run(args),
         Command::Completions(args) => cli::completions::run(&args, &mut Cli::command()),
         Command::Man(_) => cli::man::run(Cli::command()),

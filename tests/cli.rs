@@ -32,7 +32,7 @@ fn tempdir() -> tempfile::TempDir {
 // ---------------------------------------------------------------------------------------------
 // Help
 
-const SUBCOMMANDS: [&str; 14] = [
+const SUBCOMMANDS: [&str; 18] = [
     "validate",
     "plan",
     "apply",
@@ -47,6 +47,10 @@ const SUBCOMMANDS: [&str; 14] = [
     "completions",
     "man",
     "history",
+    "suspend",
+    "resume",
+    "reconcile",
+    "state",
 ];
 
 #[test]
@@ -66,6 +70,11 @@ fn help_texts() {
     let help = run_in(dir.path(), &["probe", "portal", "--help"]);
     help.expect_code(0);
     insta::assert_snapshot!("help-probe-portal", help.stdout);
+    for sub in ["list", "show", "forget"] {
+        let help = run_in(dir.path(), &["state", sub, "--help"]);
+        help.expect_code(0);
+        insta::assert_snapshot!(format!("help-state-{sub}"), help.stdout);
+    }
 }
 
 #[test]
@@ -93,12 +102,28 @@ fn help_documents_the_exit_codes() {
         ("import", &["0 written", "1 error"][..]),
         ("doctor", &["0 no check failed", "1 a check failed"][..]),
         ("history", &["0 the history was printed", "1 error"][..]),
+        ("suspend", &["0 suspended", "1 error"][..]),
+        ("resume", &["0 resumed", "1 error"][..]),
+        (
+            "reconcile",
+            &["0 every change done", "1 a change failed", "3 refused"][..],
+        ),
+    ];
+    let state_expect = [
+        ("state list", &["0 listed", "1 error"][..]),
+        ("state show", &["0 shown", "1 guestops has no record"][..]),
+        ("state forget", &["0 forgotten", "1 refused"][..]),
     ];
     // Every command lists its exit codes, not only the ones above.
     for sub in SUBCOMMANDS
         .iter()
         .map(|s| vec![*s])
-        .chain([vec!["probe", "portal"]])
+        .chain([
+            vec!["probe", "portal"],
+            vec!["state", "list"],
+            vec!["state", "show"],
+            vec!["state", "forget"],
+        ])
     {
         let mut args = sub.clone();
         args.push("--help");
@@ -118,8 +143,9 @@ fn help_documents_the_exit_codes() {
             help.stdout
         );
     }
-    for (sub, phrases) in expect {
-        let help = run_in(dir.path(), &[sub, "--help"]);
+    for (sub, phrases) in expect.into_iter().chain(state_expect) {
+        let args: Vec<&str> = sub.split(' ').chain(["--help"]).collect();
+        let help = run_in(dir.path(), &args);
         help.expect_code(0);
         assert!(help.stdout.contains("Exit codes"), "{sub} --help");
         for phrase in phrases {

@@ -8,6 +8,8 @@
 //!   with a fake `NOTIFY_SOCKET`: bounded waits for what a user would see (a guest invited,
 //!   `/readyz`, `/metrics`), never assertions on speed.
 
+#[path = "daemon/control.rs"]
+mod control;
 #[path = "daemon/notify.rs"]
 mod notify;
 #[path = "daemon/soak.rs"]

@@ -104,6 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
     }
     // Taken before reading anything, so that two instances never plan against each other.
     let mut store = StateStore::open(&config.state.dir)?;
+    super::warn_if_suspended(store.state());
     check_only(only.as_ref(), &desired, store.state())?;
     let asks = asks_confirmation(std::io::stdin().is_terminal(), args.yes, saved.is_some());
     // The plan shown at the prompt is applied as a saved plan: it needs its facts.

@@ -11,6 +11,7 @@ use guestops::reconcile::Desired;
 
 pub mod apply;
 pub mod completions;
+pub mod control;
 pub mod demo;
 pub mod diff;
 pub mod doctor;
@@ -21,6 +22,7 @@ pub mod plan;
 pub mod probe;
 pub mod run;
 pub mod sim;
+pub mod state;
 pub mod status;
 pub mod validate;
 
@@ -228,6 +230,18 @@ pub fn reading_notice() {
 pub fn warn_if_no_state(config: &guestops::config::Config) {
     if let Some(message) = guestops::reconcile::state::StateStore::warn_if_new(&config.state.dir) {
         let _ = writeln!(std::io::stderr(), "warning: {message}");
+    }
+}
+
+/// Warns on stderr when reconciles are suspended (`guestops suspend`): `apply` applies
+/// anyway, as the operator's explicit act.
+pub fn warn_if_suspended(state: &guestops::reconcile::state::State) {
+    if let Some(s) = &state.suspended {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: reconciles are {}; this apply is a manual act and applies anyway (the suspension stays: `guestops resume` lifts it)",
+            guestops::reconcile::operator::describe_suspension(s)
+        );
     }
 }
 

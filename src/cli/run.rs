@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use guestops::desired::source::AnySource;
 use guestops::desired::source::watch_file;
 use guestops::reconcile::state::StateStore;
+use guestops::service::control;
 use guestops::service::daemon::{Daemon, Settings};
 use guestops::service::metrics::Metrics;
 use guestops::service::notify::Notifications;
@@ -30,7 +31,9 @@ const NOTIFY_FLUSH: Duration = Duration::from_secs(15);
     after_help = "Runs until SIGTERM or SIGINT (then finishes the writes in flight, saves the \
 state and exits 0). SIGHUP, a verified GitHub push webhook, a new commit (polled every \
 source.pollInterval) or a changed --desired file trigger a reconcile; a full resync runs every \
-source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen.
+source.resyncInterval. Serves /healthz, /readyz, /metrics and /hooks/github on server.listen, \
+and the control socket state.dir/control.sock (mode 0600) for suspend, resume, reconcile and \
+state forget.
 
 Exit codes: 0 stopped by SIGTERM or SIGINT, 1 it cannot start (bad config, missing secret, state \
 locked by another instance) or the state directory stopped being writable (it stops rather than \
@@ -101,6 +104,24 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         trigger: trigger_tx.clone(),
     };
     let server = tasks.spawn(server::serve(listener, server_state, shutdown.clone()));
+    // The control socket (suspend, resume, reconcile, state forget); removed on return.
+    let (control_tx, control_rx) = mpsc::channel(8);
+    let _control_socket = match control::bind(&store) {
+        Ok((listener, guard)) => {
+            tracing::info!(socket = %control::socket_path(store.dir()).display(), "control socket ready");
+            tasks.spawn(control::serve(listener, control_tx, shutdown.clone()));
+            Some(guard)
+        }
+        Err(err) => {
+            // The daemon's job does not depend on it; the commands say that nothing answers.
+            tracing::warn!(
+                socket = %control::socket_path(store.dir()).display(),
+                error = %err,
+                "cannot create the control socket: suspend, resume, reconcile and state forget cannot reach this daemon"
+            );
+            None
+        }
+    };
     signals.spawn(&tasks, shutdown.clone(), trigger_tx);
 
     let daemon = Daemon {
@@ -119,7 +140,9 @@ pub async fn run(args: Args) -> anyhow::Result<Status> {
         notifier,
         notifications,
     };
-    let stopped = daemon.run(trigger_rx, shutdown.clone()).await;
+    let stopped = daemon
+        .run_with_control(trigger_rx, control_rx, shutdown.clone())
+        .await;
     // The daemon (and its handle on the queues) is gone: what it queued last goes out.
     senders.finish(NOTIFY_FLUSH).await;
     shutdown.cancel();

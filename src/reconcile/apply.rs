@@ -294,7 +294,7 @@ pub async fn apply<T: Tenant, P: Portal>(
         opts,
         cancel,
         stop: cancel.child_token(),
-        recorder: Recorder::new(store),
+        recorder: Recorder::new(store, opts.revision.clone()),
     };
     let per_user =
         futures::future::join_all(groups.into_values().map(|items| executor.run_user(items))).await;
@@ -1129,6 +1129,51 @@ fn apply_effect(
     true
 }
 
+/// Records how and when ownership was taken ([`UserRecord::guest_acquired`],
+/// [`UserRecord::portal_acquired`]) when `change` made guestops own the guest or the portal
+/// user it did not own before (`before`: the record before the change).
+fn note_acquired(
+    before: Option<&UserRecord>,
+    record: &mut UserRecord,
+    change: &Change,
+    revision: Option<String>,
+    now: DateTime<Utc>,
+) {
+    use crate::reconcile::plan::owned::{Acquired, Acquisition};
+    let acquired = |how| Acquired {
+        how,
+        at: now,
+        revision: revision.clone(),
+    };
+    let guest_before = before.filter(|b| b.guest_owned).map(|b| b.guest_id.clone());
+    if record.guest_owned && guest_before.as_ref() != Some(&record.guest_id) {
+        // An adoption that resolves guestops' own open invitation is that invitation.
+        let intended = before.is_some_and(|b| b.invitation_unconfirmed_at.is_some());
+        let how = match &change.action {
+            Action::Invite { .. } | Action::ResendInvitation { .. } => Acquisition::Invited,
+            Action::RestoreGuest { .. } => Acquisition::Restored,
+            Action::EnableGuest { .. } => Acquisition::Enabled,
+            _ if intended => Acquisition::Invited,
+            _ => Acquisition::Adopted,
+        };
+        record.guest_acquired = Some(acquired(how));
+    } else if !record.guest_owned {
+        record.guest_acquired = None;
+    }
+    let portal_before = before.is_some_and(|b| b.portal_owned);
+    if record.portal_owned && !portal_before {
+        let intended = before.is_some_and(|b| b.registration_unconfirmed_at.is_some());
+        let how = match &change.action {
+            Action::Register { .. } => Acquisition::Registered,
+            _ if intended => Acquisition::Registered,
+            _ => Acquisition::Adopted,
+        };
+        record.portal_acquired = Some(acquired(how));
+    } else if !record.portal_owned {
+        record.portal_acquired = None;
+    }
+}
+
 /// Serializes state changes and disk writes of concurrent users.
 ///
 /// Each change is one journal line (the user's record after it, [`journal`]): O(1) per change
@@ -1142,6 +1187,8 @@ struct Recorder<'s> {
 
 struct RecorderInner<'s> {
     store: &'s mut StateStore,
+    /// The revision being applied, recorded with each ownership taken.
+    revision: Option<String>,
     /// Whether the journal holds lines `state.json` does not.
     journaled: bool,
     /// The first save failure.
@@ -1149,10 +1196,11 @@ struct RecorderInner<'s> {
 }
 
 impl<'s> Recorder<'s> {
-    fn new(store: &'s mut StateStore) -> Self {
+    fn new(store: &'s mut StateStore, revision: Option<String>) -> Self {
         Self {
             inner: Mutex::new(RecorderInner {
                 store,
+                revision,
                 journaled: false,
                 error: None,
             }),
@@ -1202,8 +1250,14 @@ impl<'s> Recorder<'s> {
     ) -> Result<(), StateError> {
         let entry = {
             let mut inner = self.lock();
+            let revision = inner.revision.clone();
             let users = &mut inner.store.state_mut().users;
-            apply_effect(users, change, effect, now).then(|| Entry {
+            let before = users.get(&change.key).cloned();
+            let changed = apply_effect(users, change, effect, now);
+            if changed && let Some(record) = users.get_mut(&change.key) {
+                note_acquired(before.as_ref(), record, change, revision, now);
+            }
+            changed.then(|| Entry {
                 key: change.key.clone(),
                 intent: None,
                 record: users.get(&change.key).cloned(),
@@ -1349,6 +1403,64 @@ mod tests {
         let cancel = CancellationToken::new();
         // The daemon spawns apply on a multi-threaded runtime.
         assert_send(apply(&plan, &tenant, &portal, &mut store, &opts, &cancel));
+    }
+
+    // Issue 10: how and when ownership was taken, for `guestops state list`.
+    #[test]
+    fn ownership_records_how_when_and_the_revision() {
+        use crate::reconcile::plan::owned::Acquisition;
+        let rev = Some("r1".to_owned());
+        // An adoption while guestops' own invitation was open is that invitation.
+        let before = UserRecord {
+            email: "Ana@p.example".into(),
+            invitation_unconfirmed_at: Some(at(1)),
+            ..UserRecord::default()
+        };
+        let mut record = UserRecord {
+            guest_id: Some("g1".into()),
+            guest_owned: true,
+            ..before.clone()
+        };
+        let adopt = change(Action::AdoptGuest {
+            guest_id: "g1".into(),
+        });
+        note_acquired(Some(&before), &mut record, &adopt, rev.clone(), at(5));
+        let acquired = record.guest_acquired.clone().expect("recorded");
+        assert_eq!(acquired.how, Acquisition::Invited);
+        assert_eq!(
+            (acquired.at, acquired.revision.as_deref()),
+            (at(5), Some("r1"))
+        );
+        // A plain adoption; a later change of the same ownership keeps the first record.
+        let mut fresh = UserRecord {
+            portal_owned: true,
+            ..UserRecord::default()
+        };
+        let adopt_portal = change(Action::AdoptPortal {
+            portal_id: "p1".into(),
+        });
+        note_acquired(None, &mut fresh, &adopt_portal, rev.clone(), at(6));
+        assert_eq!(
+            fresh.portal_acquired.as_ref().map(|a| a.how),
+            Some(Acquisition::Adopted)
+        );
+        let before = fresh.clone();
+        let update = change(Action::UpdatePortal {
+            portal_id: "p1".into(),
+            from_name: "A".into(),
+            to_name: "B".into(),
+            from_role: None,
+            to_role: crate::desired::spec::Role::Viewer,
+        });
+        note_acquired(Some(&before), &mut fresh, &update, Some("r2".into()), at(9));
+        assert_eq!(fresh.portal_acquired, before.portal_acquired);
+        // Ownership released: the record of how it was taken goes with it.
+        fresh.portal_owned = false;
+        let unregister = change(Action::Unregister {
+            portal_id: "p1".into(),
+        });
+        note_acquired(Some(&before), &mut fresh, &unregister, rev, at(10));
+        assert_eq!(fresh.portal_acquired, None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! ([`plan`]), execute it ([`apply`]) and record the result ([`state`]: `state.json`,
 //! `audit.jsonl`, the instance lock). [`status`] and [`import`] are read-only views built
 //! from the same observation; [`history`] reads the audit log back; [`saved`] is the saved
-//! plan (`plan --out`, `apply FILE`).
+//! plan (`plan --out`, `apply FILE`); [`operator`] holds the operator's own edits of the state
+//! (suspend, resume, forget) and the view of what guestops owns.
 //!
 //! [`run_once`] is the only place these steps are chained: `guestops plan`, `apply`, `status`
 //! (a dry run, whose `Outcome::observed` it renders), the demo and the daemon call it and
@@ -34,6 +35,7 @@ pub mod history;
 pub mod import;
 pub mod journal;
 pub mod observe;
+pub mod operator;
 pub mod plan;
 pub mod saved;
 pub mod state;

@@ -21,6 +21,15 @@
 //! directory cannot be written. `WATCHDOG=1` is sent from the loop on its own timer (idle or
 //! reconciling, for at most [`Settings::max_reconcile_time`]), `READY=1` after the first
 //! valid load, `STATUS=` after each load and reconcile, `STOPPING=1` on the way out.
+//!
+//! Control requests ([`crate::service::control`], the socket `state.dir/control.sock`) are
+//! handled by the loop between reconciles, so the loop stays the only writer of the state:
+//! `suspend` records the suspension in `state.json` and stops reconciling (the source is
+//! still polled, so `/readyz` shows the newest revision and invalid commits are reported;
+//! health and metrics keep being served); `resume` lifts it and reconciles at once;
+//! `reconcile` reconciles now and is answered when that reconcile ends; `forget` re-reads the
+//! source and drops one record unless the desired state lists the user. A suspension in
+//! `state.json` holds across restarts.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,9 +44,11 @@ use crate::desired::source::{DesiredSource, Refusal, Revision, SourceError};
 use crate::desired::spec::{self, SpecPolicy};
 use crate::reconcile::ObserveError;
 use crate::reconcile::apply::ChangeResult;
+use crate::reconcile::operator;
 use crate::reconcile::state::{StateError, StateStore};
 use crate::remote::graph::Tenant;
 use crate::remote::portal::Portal;
+use crate::service::control::{Answer, ControlRequest, ReconcileReport, Request, Response};
 use crate::service::metrics::{Metrics, ReconcileResult};
 use crate::service::server::{Health, Trigger};
 use crate::service::systemd::Notifier;
@@ -264,6 +275,8 @@ struct Timers {
     hold_until: Option<Instant>,
     /// When the next watchdog ping is due (`None` without a watchdog).
     next_ping: Option<Instant>,
+    /// Suspended: no reconcile is due, only polls and pings.
+    paused: bool,
 }
 
 impl Timers {
@@ -271,17 +284,18 @@ impl Timers {
     fn wake(&self, reconcile_pending: bool) -> Instant {
         // While failing, the retry replaces the periodic resync: resyncs must not defeat the
         // backoff.
-        let resync = if self.retry_at.is_some() {
+        let resync = if self.retry_at.is_some() || self.paused {
             None
         } else {
             self.next_resync
         };
-        let hold = if reconcile_pending {
+        let retry = if self.paused { None } else { self.retry_at };
+        let hold = if reconcile_pending && !self.paused {
             self.hold_until
         } else {
             None
         };
-        [resync, self.retry_at, hold, self.next_ping]
+        [resync, retry, hold, self.next_ping]
             .into_iter()
             .flatten()
             .fold(self.next_poll, Instant::min)
@@ -295,8 +309,21 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
     /// saved), and an error when the daemon had to stop on its own because the state
     /// directory cannot be written.
     pub async fn run(
+        self,
+        triggers: mpsc::Receiver<Trigger>,
+        shutdown: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        // No control socket: a channel whose sender is gone at once.
+        let (_, control) = mpsc::channel(1);
+        self.run_with_control(triggers, control, shutdown).await
+    }
+
+    /// [`Daemon::run`], also answering the requests of the control socket that arrive on
+    /// `control` (module docs).
+    pub async fn run_with_control(
         mut self,
         mut triggers: mpsc::Receiver<Trigger>,
+        mut control: mpsc::Receiver<ControlRequest>,
         shutdown: CancellationToken,
     ) -> Result<(), DaemonError> {
         // Taken out of `self` so that it can ping while `self` reconciles.
@@ -311,20 +338,51 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         let mut refresh_now = false;
         let mut reconcile_pending = false;
         let mut outcome_of_run: Result<(), DaemonError> = Ok(());
+        let mut control_open = true;
+        // `reconcile` requests waiting for the next reconcile to end.
+        let mut waiters: Vec<tokio::sync::oneshot::Sender<Response>> = Vec::new();
         let mut timers = Timers {
             next_poll: Instant::now(),
             next_resync: None,
             retry_at: None,
             hold_until: None,
             next_ping: ping.map(|p| Instant::now() + p),
+            paused: false,
         };
         tracing::info!(source = %self.source.describe(), "guestops daemon started");
+        if let Some(s) = self.store.state().suspended.clone() {
+            tracing::warn!(
+                "reconciles are {}: nothing is reconciled until `guestops resume`",
+                operator::describe_suspension(&s)
+            );
+        }
+        self.show_suspension();
 
         loop {
+            timers.paused = self.store.state().suspended.is_some();
             let wake = timers.wake(reconcile_pending);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                request = recv_while_open(&mut control, control_open) => match request {
+                    Some(request) => {
+                        let mut ctl = Ctl {
+                            loaded: &mut loaded,
+                            invalid: &mut invalid,
+                            waiters: &mut waiters,
+                            reconcile_pending: &mut reconcile_pending,
+                            refresh_now: &mut refresh_now,
+                        };
+                        self.control(request, &mut ctl, &notifier).await;
+                        if !reconcile_pending {
+                            continue;
+                        }
+                    }
+                    None => {
+                        control_open = false;
+                        continue;
+                    }
+                },
                 trigger = recv_while_open(&mut triggers, triggers_open) => match trigger {
                     Some(trigger) => {
                         tracing::info!(?trigger, "reconcile requested");
@@ -396,11 +454,28 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 }
             }
             let Some(current) = loaded.clone() else {
+                if !waiters.is_empty() {
+                    let why = self.health.readiness().last_error.unwrap_or_default();
+                    answer_all(
+                        &mut waiters,
+                        &Response::new(
+                            Answer::Failed,
+                            format!(
+                                "no valid users.yaml is loaded yet, nothing was reconciled: {why}"
+                            ),
+                        ),
+                    );
+                }
                 continue;
             };
             if !ready_sent {
                 let _ = notifier.ready();
                 ready_sent = true;
+            }
+            if self.store.state().suspended.is_some() {
+                // Polled, not reconciled; `resume` reconciles at once.
+                reconcile_pending = false;
+                continue;
             }
 
             if timers.retry_at.is_some_and(|at| now >= at)
@@ -419,14 +494,47 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 revision = %current.revision.short,
                 users = current.state.users.len()
             );
+            // Only requests received before this reconcile started are answered by it.
+            let mut answering = std::mem::take(&mut waiters);
+            let mut report = None;
             let outcome = with_watchdog(
                 &notifier,
                 self.settings.max_reconcile_time,
-                self.reconcile(&current, &shutdown).instrument(span),
+                self.reconcile(&current, &shutdown, &mut report)
+                    .instrument(span),
             )
             .await;
             self.notifications
                 .reconciled(&current, &outcome, (self.settings.reconcile.clock)());
+            if !answering.is_empty() {
+                let response = match (&outcome, report) {
+                    (_, Some((answer, report))) => Response {
+                        answer,
+                        message: format!("revision {}: {}", current.revision.short, report.summary),
+                        suspended: None,
+                        reconcile: Some(report),
+                    },
+                    (Err(err), None) => {
+                        let message = crate::error::chain(err);
+                        Response {
+                            answer: Answer::Failed,
+                            message: format!(
+                                "revision {}: the reconcile failed: {message}",
+                                current.revision.short
+                            ),
+                            suspended: None,
+                            reconcile: Some(ReconcileReport {
+                                revision: current.revision.id.clone(),
+                                summary: "the reconcile failed".to_owned(),
+                                failures: vec![message],
+                                refusals: Vec::new(),
+                            }),
+                        }
+                    }
+                    (Ok((_, summary)), None) => Response::new(Answer::Ok, summary.clone()),
+                };
+                answer_all(&mut answering, &response);
+            }
             let elapsed = started.elapsed();
             let after = Instant::now();
             if let Some(p) = ping {
@@ -489,6 +597,13 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
             }
         }
 
+        answer_all(
+            &mut waiters,
+            &Response::new(
+                Answer::Error,
+                "the daemon stopped before reconciling; nothing was reconciled",
+            ),
+        );
         let _ = notifier.stopping();
         if let Err(err) = self.store.save() {
             tracing::error!(error = %err, "could not save the state on shutdown");
@@ -644,6 +759,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         &mut self,
         loaded: &Loaded,
         shutdown: &CancellationToken,
+        report: &mut Option<(Answer, ReconcileReport)>,
     ) -> Result<(Action, String), ReconcileError> {
         let ctx = crate::reconcile::Context {
             tenant: &self.tenant,
@@ -664,6 +780,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         self.record_outcome(&outcome);
         self.notifications
             .outcome(loaded, &outcome, (self.settings.reconcile.clock)());
+        *report = Some(report_of(&outcome));
         let plan = &outcome.plan;
         if plan.is_refused() {
             let reasons: Vec<&str> = plan.refusals.iter().map(|r| r.message.as_str()).collect();
@@ -745,6 +862,269 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
     }
 }
 
+/// The loop's state a control request may change.
+struct Ctl<'a> {
+    loaded: &'a mut Option<Loaded>,
+    invalid: &'a mut Option<String>,
+    waiters: &'a mut Vec<tokio::sync::oneshot::Sender<Response>>,
+    reconcile_pending: &'a mut bool,
+    refresh_now: &'a mut bool,
+}
+
+impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
+    /// Health, metrics and systemd status of the suspension in `state.json`.
+    fn show_suspension(&self) {
+        let suspended = self.store.state().suspended.as_ref();
+        self.health.set_suspended(suspended);
+        self.metrics.set_suspended(suspended.is_some());
+    }
+
+    /// Handles one control request between reconciles (module docs).
+    async fn control(&mut self, request: ControlRequest, ctl: &mut Ctl<'_>, notifier: &Notifier) {
+        let now = (self.settings.reconcile.clock)();
+        let response = match &request.request {
+            Request::Ping => {
+                let mut message = format!(
+                    "guestops daemon pid {}, enforcing {}",
+                    std::process::id(),
+                    ctl.loaded
+                        .as_ref()
+                        .map_or("nothing yet", |l| l.revision.short.as_str())
+                );
+                if let Some(s) = &self.store.state().suspended {
+                    message.push_str(&format!("; {}", operator::describe_suspension(s)));
+                }
+                Response {
+                    suspended: self.store.state().suspended.clone(),
+                    ..Response::new(Answer::Ok, message)
+                }
+            }
+            Request::Suspend { reason, by } => {
+                let who = request.who(by);
+                let mut state = self.store.state().clone();
+                match operator::suspend(&mut state, reason.clone(), who, now) {
+                    Err(already) => Response {
+                        message: format!(
+                            "already {}; nothing changed",
+                            operator::describe_suspension(&already)
+                        ),
+                        suspended: Some(already),
+                        ..Response::new(Answer::Ok, "")
+                    },
+                    Ok(suspension) => match self.save_state(state) {
+                        Err(message) => Response::new(Answer::Error, message),
+                        Ok(()) => {
+                            let text = operator::describe_suspension(&suspension);
+                            tracing::warn!("reconciles {text}");
+                            let _ = notifier.status(&format!("{text}: not reconciling"));
+                            // A `reconcile` still waiting will not run.
+                            answer_all(
+                                ctl.waiters,
+                                &Response::new(
+                                    Answer::Suspended,
+                                    format!(
+                                        "reconciles were {text} before this reconcile started; nothing was reconciled"
+                                    ),
+                                ),
+                            );
+                            *ctl.reconcile_pending = false;
+                            Response {
+                                message: format!(
+                                    "{text}; the daemon reconciles nothing until `guestops resume` (a reconcile in progress, if any, has finished)"
+                                ),
+                                suspended: Some(suspension),
+                                ..Response::new(Answer::Ok, "")
+                            }
+                        }
+                    },
+                }
+            }
+            Request::Resume { by } => {
+                let who = request.who(by);
+                let mut state = self.store.state().clone();
+                match operator::resume(&mut state) {
+                    None => Response::new(Answer::Ok, "not suspended; nothing changed"),
+                    Some(lifted) => match self.save_state(state) {
+                        Err(message) => Response::new(Answer::Error, message),
+                        Ok(()) => {
+                            tracing::info!(
+                                "reconciles resumed by {who} (they were {}); reconciling now",
+                                operator::describe_suspension(&lifted)
+                            );
+                            *ctl.reconcile_pending = true;
+                            *ctl.refresh_now = true;
+                            Response::new(
+                                Answer::Ok,
+                                format!(
+                                    "resumed (reconciles were {}); reconciling now",
+                                    operator::describe_suspension(&lifted)
+                                ),
+                            )
+                        }
+                    },
+                }
+            }
+            Request::Reconcile => match &self.store.state().suspended {
+                Some(s) => Response {
+                    suspended: Some(s.clone()),
+                    ..Response::new(
+                        Answer::Suspended,
+                        format!(
+                            "the daemon is {}: nothing was reconciled; `guestops resume` reconciles at once",
+                            operator::describe_suspension(s)
+                        ),
+                    )
+                },
+                None => {
+                    tracing::info!("reconcile requested on the control socket");
+                    ctl.waiters.push(request.reply);
+                    *ctl.reconcile_pending = true;
+                    *ctl.refresh_now = true;
+                    return;
+                }
+            },
+            Request::Forget { email, by } => {
+                let who = request.who(by);
+                self.forget(email, &who, now, ctl).await
+            }
+        };
+        let _ = request.reply.send(response);
+    }
+
+    /// `forget`: re-reads the source (a new revision is taken up as at a poll), then drops
+    /// the record unless the desired state being enforced lists the user.
+    async fn forget(
+        &mut self,
+        email: &str,
+        who: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        ctl: &mut Ctl<'_>,
+    ) -> Response {
+        match self.refresh(ctl.loaded.as_ref(), ctl.invalid).await {
+            Ok(Refresh::New(new)) => {
+                *ctl.loaded = Some(new);
+                *ctl.reconcile_pending = true;
+            }
+            Ok(Refresh::Unchanged | Refresh::Invalid(_)) => {}
+            Err(message) if ctl.loaded.is_none() => {
+                return Response::new(
+                    Answer::Error,
+                    format!(
+                        "cannot tell whether {email} is still in users.yaml: {message}; nothing was forgotten"
+                    ),
+                );
+            }
+            // The source cannot be read now: the revision being enforced decides.
+            Err(message) => tracing::warn!("{message}"),
+        }
+        let Some(desired) = ctl.loaded.as_ref() else {
+            return Response::new(
+                Answer::Error,
+                format!(
+                    "no valid users.yaml is loaded yet: cannot tell whether {email} is still listed; nothing was forgotten"
+                ),
+            );
+        };
+        let mut state = self.store.state().clone();
+        match operator::forget(&mut state, email, desired) {
+            Err(err) => Response::new(Answer::Rejected, err.to_string()),
+            Ok(record) => {
+                let audit = operator::forget_audit(&record, &desired.revision.id, who, now);
+                if let Err(message) = self.save_state(state) {
+                    return Response::new(Answer::Error, message);
+                }
+                if let Err(err) = self.store.append_audit(&audit) {
+                    tracing::error!(error = %err, "forget: the audit line could not be written");
+                    return Response::new(
+                        Answer::Error,
+                        format!(
+                            "{} was forgotten, but its audit line could not be written: {err}",
+                            record.email
+                        ),
+                    );
+                }
+                tracing::info!(user = %record.email, by = %who, "ownership forgotten");
+                Response::new(
+                    Answer::Ok,
+                    format!(
+                        "forgot {}: {}",
+                        record.email,
+                        audit.detail.unwrap_or_default()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Replaces the state by `state` and saves it; on failure the previous state stays in
+    /// memory (as on disk) and the message says why.
+    fn save_state(&mut self, state: crate::reconcile::state::State) -> Result<(), String> {
+        let previous = std::mem::replace(self.store.state_mut(), state);
+        match self.store.save() {
+            Ok(()) => {
+                self.show_suspension();
+                Ok(())
+            }
+            Err(err) => {
+                *self.store.state_mut() = previous;
+                tracing::error!(error = %err, "a control request could not be saved");
+                Err(format!("nothing changed: {}", crate::error::chain(&err)))
+            }
+        }
+    }
+}
+
+/// What a reconcile asked for on the control socket answers: the verdict as `apply`'s exit
+/// code, the summary, the failures and the refusals.
+fn report_of(outcome: &crate::reconcile::Outcome) -> (Answer, ReconcileReport) {
+    use crate::reconcile::Verdict;
+    let answer = match outcome.verdict() {
+        Verdict::Failed => Answer::Failed,
+        Verdict::Refused => Answer::Refused,
+        Verdict::Changes | Verdict::InSync => Answer::Ok,
+    };
+    let failures = outcome
+        .report
+        .iter()
+        .flat_map(|r| r.outcomes.iter())
+        .filter(|o| o.is_failed())
+        .map(|o| {
+            format!(
+                "{} {}: {}",
+                o.change.action.name(),
+                o.change.email,
+                o.detail()
+            )
+        })
+        .collect();
+    let refusals = outcome
+        .plan
+        .refusals
+        .iter()
+        .map(|r| r.message.clone())
+        .collect();
+    let mut summary = outcome.summary();
+    if outcome.interrupted {
+        summary.push_str(" (interrupted by shutdown)");
+    }
+    (
+        answer,
+        ReconcileReport {
+            revision: outcome.revision.id.clone(),
+            summary,
+            failures,
+            refusals,
+        },
+    )
+}
+
+/// Sends `response` to every waiter (a gone client is ignored).
+fn answer_all(waiters: &mut Vec<tokio::sync::oneshot::Sender<Response>>, response: &Response) {
+    for waiter in waiters.drain(..) {
+        let _ = waiter.send(response.clone());
+    }
+}
+
 /// Runs `work`, pinging the watchdog meanwhile for at most `max_time`.
 async fn with_watchdog<F: Future>(notifier: &Notifier, max_time: Duration, work: F) -> F::Output {
     let Some(ping) = notifier.watchdog_ping_interval() else {
@@ -764,8 +1144,8 @@ async fn with_watchdog<F: Future>(notifier: &Notifier, max_time: Duration, work:
     }
 }
 
-/// The next trigger; never resolves once every sender is gone (`open == false`).
-async fn recv_while_open(triggers: &mut mpsc::Receiver<Trigger>, open: bool) -> Option<Trigger> {
+/// The next message; never resolves once every sender is gone (`open == false`).
+async fn recv_while_open<M>(triggers: &mut mpsc::Receiver<M>, open: bool) -> Option<M> {
     if open {
         triggers.recv().await
     } else {
@@ -918,6 +1298,7 @@ mod tests {
             retry_at: None,
             hold_until: None,
             next_ping: None,
+            paused: false,
         }
     }
 
@@ -932,6 +1313,25 @@ mod tests {
             now + Duration::from_secs(40),
             "a resync must not retry before the backoff delay"
         );
+    }
+
+    #[test]
+    fn a_suspended_loop_wakes_only_to_poll_and_ping() {
+        let now = Instant::now();
+        let mut t = timers(now);
+        t.next_resync = Some(now);
+        t.retry_at = Some(now + Duration::from_secs(1));
+        t.hold_until = Some(now + Duration::from_secs(2));
+        t.paused = true;
+        assert_eq!(
+            t.wake(true),
+            now + Duration::from_secs(300),
+            "an overdue resync must not spin a suspended loop"
+        );
+        t.next_ping = Some(now + Duration::from_secs(5));
+        assert_eq!(t.wake(true), now + Duration::from_secs(5));
+        t.paused = false;
+        assert_eq!(t.wake(false), now + Duration::from_secs(1));
     }
 
     #[test]

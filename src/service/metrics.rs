@@ -23,6 +23,7 @@
 //! | `guestops_notifications_sent_total`, `_failed_total`, `_dropped_total` | counter | `kind` (`teams`, `slack`, `webhook`) | notifications delivered, given up, dropped (queue full): [`crate::service::notify::NotifyMetrics`] |
 //! | `guestops_last_success_timestamp_seconds` | gauge | — | unix time of the last successful reconcile (0 = never) |
 //! | `guestops_revision_info` | gauge | `revision` | always 1; only the current revision of the desired state is kept |
+//! | `guestops_suspended` | gauge | — | 1 while reconciles are suspended (`guestops suspend`), else 0 |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -152,6 +153,8 @@ struct Inner {
     revision: Family<RevisionLabels, Gauge>,
     /// Serializes [`Metrics::set_revision`] so that only one revision series is ever kept.
     revision_lock: std::sync::Mutex<()>,
+    /// 1 while suspended.
+    suspended: Gauge,
 }
 
 /// The daemon's metrics registry (module docs list every metric). `Clone` shares the registry.
@@ -282,8 +285,16 @@ impl Metrics {
             revision.clone(),
         );
 
+        let suspended = Gauge::default();
+        registry.register(
+            "guestops_suspended",
+            "1 while reconciles are suspended (guestops suspend), else 0",
+            suspended.clone(),
+        );
+
         Metrics {
             inner: Arc::new(Inner {
+                suspended,
                 registry,
                 reconciles,
                 reconcile_duration,
@@ -443,6 +454,11 @@ impl Metrics {
                 revision: revision.to_owned(),
             })
             .set(1);
+    }
+
+    /// Sets `guestops_suspended` (1 while suspended).
+    pub fn set_suspended(&self, suspended: bool) {
+        self.inner.suspended.set(i64::from(suspended));
     }
 
     /// Sets `guestops_last_success_timestamp_seconds` (unix seconds).

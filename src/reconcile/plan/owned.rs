@@ -11,8 +11,10 @@ use super::Observed;
 
 /// Current `state.json` schema version. 2 (issue 9): `registrationUnconfirmedAt` and the
 /// write-ahead journal `journal.jsonl` beside it (a version-1 guestops would ignore the
-/// journal of a crashed run); version-1 files load as they are.
-pub const STATE_VERSION: u32 = 2;
+/// journal of a crashed run). 3 (issue 10): `suspended`, and how and when each ownership was
+/// taken (`guestAcquired`, `portalAcquired`): a version-2 guestops would ignore a suspension
+/// and reconcile, so it must refuse the file. Version-1 and -2 files load as they are.
+pub const STATE_VERSION: u32 = 3;
 
 /// What guestops knows about the users it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +31,9 @@ pub struct State {
     /// Per-user records keyed by normalized email.
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
+    /// Set by `guestops suspend`: the daemon does not reconcile until `guestops resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
 }
 
 impl Default for State {
@@ -38,8 +43,67 @@ impl Default for State {
             revision: None,
             revision_info: None,
             users: BTreeMap::new(),
+            suspended: None,
         }
     }
+}
+
+/// A suspension of reconciles (`guestops suspend`), kept in `state.json` so that it outlives
+/// a restart of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Suspension {
+    /// When it was suspended.
+    pub since: DateTime<Utc>,
+    /// Why (`--reason`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who: the user name the command ran as, and the uid the daemon saw on its socket.
+    pub by: String,
+}
+
+/// How guestops came to own a guest or a portal user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Acquisition {
+    /// guestops invited the guest (`POST /invitations`), including an invitation whose
+    /// outcome was resolved by observation.
+    Invited,
+    /// guestops registered the portal user (`POST /api/user`), including a registration
+    /// resolved by the next listing or answered "already exists".
+    Registered,
+    /// It existed already and matched: guestops adopted it.
+    Adopted,
+    /// A soft-deleted guest held the address: guestops restored it.
+    Restored,
+    /// A guest guestops had disabled at a removal, enabled again when granted again.
+    Enabled,
+}
+
+impl Acquisition {
+    /// The stable name (`invited`, `registered`, `adopted`, `restored`, `enabled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Acquisition::Invited => "invited",
+            Acquisition::Registered => "registered",
+            Acquisition::Adopted => "adopted",
+            Acquisition::Restored => "restored",
+            Acquisition::Enabled => "enabled",
+        }
+    }
+}
+
+/// When and how one ownership (the guest, or the portal user) was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acquired {
+    /// How.
+    pub how: Acquisition,
+    /// When the change that took it was recorded.
+    pub at: DateTime<Utc>,
+    /// The desired-state revision being applied then (commit id or file hash), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 impl State {
@@ -125,6 +189,14 @@ pub struct UserRecord {
     /// whether Graph sent it), so a crash or a timeout never mails the guest twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resend_unconfirmed_at: Option<DateTime<Utc>>,
+    /// How and when guestops took ownership of the guest (records older than state version 3
+    /// lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_acquired: Option<Acquired>,
+    /// How and when guestops took ownership of the portal user (records older than state
+    /// version 3 lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal_acquired: Option<Acquired>,
 }
 
 impl State {

@@ -60,6 +60,10 @@ pub struct Readiness {
     pub refused: Option<String>,
     /// How long reconciles may fail before the daemon is not ready, in seconds.
     pub ready_threshold_seconds: u64,
+    /// The suspension in force (`guestops suspend`: since, reason, by), if any. A suspended
+    /// daemon reconciles nothing; it is a deliberate state, not a fault, so it does not
+    /// change `ready` by itself.
+    pub suspended: Option<crate::reconcile::plan::owned::Suspension>,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +75,7 @@ struct HealthState {
     last_error: Option<String>,
     invalid_revision: Option<InvalidRevision>,
     refused: Option<String>,
+    suspended: Option<crate::reconcile::plan::owned::Suspension>,
 }
 
 /// What the daemon tells `/readyz`. `Clone` shares the state.
@@ -151,6 +156,11 @@ impl Health {
         self.write().refused = refused.map(truncate);
     }
 
+    /// The suspension in force (`None`: reconciling).
+    pub fn set_suspended(&self, suspended: Option<&crate::reconcile::plan::owned::Suspension>) {
+        self.write().suspended = suspended.cloned();
+    }
+
     pub fn readiness(&self) -> Readiness {
         self.readiness_at((self.clock)())
     }
@@ -183,6 +193,7 @@ impl Health {
             invalid_revision: state.invalid_revision.clone(),
             refused: state.refused.clone(),
             ready_threshold_seconds: self.ready_threshold.as_secs(),
+            suspended: state.suspended.clone(),
         }
     }
 
