@@ -71,7 +71,11 @@ stopped, not confirmed, or a usage error."
     /// Ask the running daemon to reconcile now and print that reconcile's outcome.
     Reconcile(cli::control::ReconcileArgs),
     /// What guestops owns and why; drop ownership of one user.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Exit codes: 0 done, 1 an error, a user with no record, or a forget \
+refused (see the --help of each subcommand)."
+    )]
     State(cli::state::Command),
     /// The remote writes recorded in the audit log, by user, date or revision (offline).
     History(cli::history::Args),

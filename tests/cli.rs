@@ -115,16 +115,12 @@ fn help_documents_the_exit_codes() {
         ("state forget", &["0 forgotten", "1 refused"][..]),
     ];
     // Every command lists its exit codes, not only the ones above.
-    for sub in SUBCOMMANDS
-        .iter()
-        .map(|s| vec![*s])
-        .chain([
-            vec!["probe", "portal"],
-            vec!["state", "list"],
-            vec!["state", "show"],
-            vec!["state", "forget"],
-        ])
-    {
+    for sub in SUBCOMMANDS.iter().map(|s| vec![*s]).chain([
+        vec!["probe", "portal"],
+        vec!["state", "list"],
+        vec!["state", "show"],
+        vec!["state", "forget"],
+    ]) {
         let mut args = sub.clone();
         args.push("--help");
         let help = run_in(dir.path(), &args);

@@ -56,9 +56,9 @@ pub struct ResumeArgs {
 that reconcile to finish (not an earlier one; a reconcile in progress finishes first) and \
 prints its outcome: the summary line, then every failed change and every refusal.
 
-Exit codes (as apply): 0 every change done (or nothing to do), 1 a change failed, the \
-reconcile failed, the daemon is suspended, or no daemon runs (then `guestops apply` \
-reconciles once), 3 refused by policy."
+Exit codes: 0 every change done (or nothing to do), 1 a change failed, the reconcile \
+failed, the daemon is suspended, or no daemon runs (then `guestops apply` reconciles once), \
+3 refused by policy (the same codes as apply)."
 )]
 pub struct ReconcileArgs {
     #[command(flatten)]
