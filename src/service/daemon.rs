@@ -696,15 +696,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                         .as_str()),
                 );
                 tracing::error!(revision = %revision, errors = ?errors, "{message}");
-                self.health.set_invalid_revision(&revision.id, &message);
-                self.notifications.invalid(
-                    &revision.id,
-                    &revision.short,
-                    &message,
-                    (self.settings.reconcile.clock)(),
-                );
-                self.metrics
-                    .record_reconcile(ReconcileResult::Invalid, Duration::ZERO);
+                self.report_refused_revision(&revision, &message, ReconcileResult::Invalid);
                 *invalid = Some(revision.id.clone());
                 match current {
                     Some(_) => Ok(Refresh::Invalid(message)),
@@ -712,6 +704,19 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 }
             }
         }
+    }
+
+    /// A revision that is not applied (invalid, or refused by `source.verify`): `/readyz`,
+    /// the notifiers and the metric `result` say so, once per revision.
+    fn report_refused_revision(&self, revision: &Revision, message: &str, result: ReconcileResult) {
+        self.health.set_invalid_revision(&revision.id, message);
+        self.notifications.invalid(
+            &revision.id,
+            &revision.short,
+            message,
+            (self.settings.reconcile.clock)(),
+        );
+        self.metrics.record_reconcile(result, Duration::ZERO);
     }
 
     /// The tip of the branch is refused by `source.verify`: reported (log, metric, `/readyz`)
@@ -734,15 +739,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
         );
         if invalid.as_deref() != Some(revision.id.as_str()) {
             tracing::error!(revision = %revision, signer = ?refusal.signer().map(ToString::to_string), "{message}");
-            self.health.set_invalid_revision(&revision.id, &message);
-            self.notifications.invalid(
-                &revision.id,
-                &revision.short,
-                &message,
-                (self.settings.reconcile.clock)(),
-            );
-            self.metrics
-                .record_reconcile(ReconcileResult::Unverified, Duration::ZERO);
+            self.report_refused_revision(revision, &message, ReconcileResult::Unverified);
             *invalid = Some(revision.id.clone());
         } else if current.is_some() {
             return Ok(Refresh::Unchanged);
