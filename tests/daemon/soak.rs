@@ -323,14 +323,17 @@ const READS: [(&str, bool); 5] = [
     ("/api/user", false),
 ];
 
-/// Starts a random fault episode on `sim` (the previous one cleared first).
-fn inject(rng: &mut fastrand::Rng, sim: &guestops::sim::Sim) -> FaultKind {
+/// Starts a fault episode on `sim` (the previous one cleared first): a random one, or with
+/// `first` a 429 storm on Graph (every reconcile reads Graph, so the soak is sure to meet at
+/// least one fault however the dice fall later).
+fn inject(rng: &mut fastrand::Rng, sim: &guestops::sim::Sim, first: bool) -> FaultKind {
     let mut state = sim.state();
     state.graph_faults = Faults::default();
     state.portal_faults = Faults::default();
-    let graph = rng.bool();
+    let graph = first || rng.bool();
     let mut faults = Faults::default();
-    let kind = match rng.u32(..10) {
+    let roll = if first { 2 } else { rng.u32(..10) };
+    let kind = match roll {
         0 => FaultKind::Calm,
         1 => {
             faults.latency = Duration::from_millis(rng.u64(200..1500));
@@ -723,9 +726,11 @@ async fn soak(chaos: Duration) {
             next_commit = now + Duration::from_millis(driver.rng.u64(300..2000));
         }
         if now >= next_fault {
-            let kind = inject(&mut driver.rng, &setup.sim);
+            let first = faults.is_empty();
+            let kind = inject(&mut driver.rng, &setup.sim, first);
             *faults.entry(kind).or_default() += 1;
-            next_fault = now + Duration::from_millis(driver.rng.u64(500..3000));
+            let length = if first { 3000..4000 } else { 500..3000 };
+            next_fault = now + Duration::from_millis(driver.rng.u64(length));
         }
         if now >= next_trigger {
             guestops.signal("-HUP");
