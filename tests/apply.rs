@@ -58,6 +58,18 @@ fn register(email: &str) -> Change {
     )
 }
 
+fn resend(email: &str, guest_id: &str) -> Change {
+    change(
+        email,
+        Action::ResendInvitation {
+            guest_id: guest_id.to_owned(),
+            display_name: "X".into(),
+            message: None,
+            pending_since: None,
+        },
+    )
+}
+
 fn plan(mut changes: Vec<Change>) -> Plan {
     // The plan groups changes by user (sorted by key), tenant before portal.
     changes.sort_by(|a, b| a.key.cmp(&b.key));
@@ -530,18 +542,6 @@ async fn resend_bumps_the_count_and_skips_an_accepted_guest() {
     assert!(world.tenant.modify_user(&accepted, |u| {
         u.external_user_state = Some("Accepted".into());
     }));
-    let resend = |email: &str, guest_id: &str| {
-        change(
-            email,
-            Action::ResendInvitation {
-                guest_id: guest_id.to_owned(),
-                display_name: "X".into(),
-                message: None,
-                pending_since: None,
-            },
-        )
-    };
-
     let report = world
         .apply(
             &plan(vec![
@@ -651,17 +651,6 @@ async fn a_resend_with_an_unknown_outcome_stays_counted_as_sent_a_refused_one_do
     let world = World::new();
     let ana = world.tenant.add_guest("ana@partner.example", "Ana");
     let bob = world.tenant.add_guest("bob@vendor.example", "Bob");
-    let resend = |email: &str, guest_id: &str| {
-        change(
-            email,
-            Action::ResendInvitation {
-                guest_id: guest_id.to_owned(),
-                display_name: "X".into(),
-                message: None,
-                pending_since: None,
-            },
-        )
-    };
     // Ana's reminder may have left (a gateway timeout after Graph took it); Bob's was refused.
     world.tenant.inject(
         Fault::new(TenantOp::Invite, 504)

@@ -262,13 +262,7 @@ pub fn print_report(report: &ApplyReport, out: &mut dyn Write) -> std::io::Resul
         report.skipped()
     )?;
     for outcome in report.outcomes.iter().filter(|o| o.is_failed()) {
-        writeln!(
-            out,
-            "  failed: {} {}: {}",
-            outcome.change.action.name(),
-            outcome.change.email,
-            outcome.detail()
-        )?;
+        writeln!(out, "  failed: {}", outcome.line())?;
     }
     if report.failed() > 0 {
         writeln!(

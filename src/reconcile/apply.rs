@@ -135,6 +135,16 @@ impl ChangeOutcome {
         matches!(self.result, ChangeResult::Failed { .. })
     }
 
+    /// `action user: detail`, e.g. `invite ana@partner.example: …` (a failure's line).
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}: {}",
+            self.change.action.name(),
+            self.change.email,
+            self.detail()
+        )
+    }
+
     /// One line for people: the error, the reason for skipping, or what re-observation found.
     pub fn detail(&self) -> String {
         match &self.result {

@@ -43,7 +43,7 @@ use tracing::Instrument as _;
 use crate::desired::source::{DesiredSource, Refusal, Revision, SourceError};
 use crate::desired::spec::{self, SpecPolicy};
 use crate::reconcile::ObserveError;
-use crate::reconcile::apply::ChangeResult;
+use crate::reconcile::apply::{ChangeOutcome, ChangeResult};
 use crate::reconcile::operator;
 use crate::reconcile::state::{StateError, StateStore};
 use crate::remote::graph::Tenant;
@@ -789,14 +789,7 @@ impl<S: DesiredSource, T: Tenant, P: Portal> Daemon<S, T, P> {
                 .iter()
                 .flat_map(|r| r.outcomes.iter())
                 .find(|o| o.is_failed())
-                .map(|o| {
-                    format!(
-                        "{} {}: {}",
-                        o.change.action.name(),
-                        o.change.email,
-                        o.detail()
-                    )
-                })
+                .map(ChangeOutcome::line)
                 .unwrap_or_default();
             return Err(ReconcileError::ChangesFailed {
                 failed: outcome.failed(),
@@ -1085,14 +1078,7 @@ fn report_of(outcome: &crate::reconcile::Outcome) -> (Answer, ReconcileReport) {
         .iter()
         .flat_map(|r| r.outcomes.iter())
         .filter(|o| o.is_failed())
-        .map(|o| {
-            format!(
-                "{} {}: {}",
-                o.change.action.name(),
-                o.change.email,
-                o.detail()
-            )
-        })
+        .map(ChangeOutcome::line)
         .collect();
     let refusals = outcome
         .plan

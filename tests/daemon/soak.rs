@@ -330,7 +330,8 @@ fn inject(rng: &mut fastrand::Rng, sim: &guestops::sim::Sim, first: bool) -> Fau
     let mut state = sim.state();
     state.graph_faults = Faults::default();
     state.portal_faults = Faults::default();
-    let graph = first || rng.bool();
+    // Which system the episode's faults go to (a rule's path decides for rules).
+    let mut graph = first || rng.bool();
     let mut faults = Faults::default();
     let roll = if first { 2 } else { rng.u32(..10) };
     let kind = match roll {
@@ -344,93 +345,69 @@ fn inject(rng: &mut fastrand::Rng, sim: &guestops::sim::Sim, first: bool) -> Fau
             faults.retry_after = Some(["0", "1"][rng.usize(..2)].to_owned());
             FaultKind::Throttle
         }
-        3 => {
-            let (path, is_graph) = READS[rng.usize(..READS.len())];
-            let rule = FailRule {
-                method: None,
+        3 | 5 => {
+            // 5xx on a read before processing, or on a write after it.
+            let after_processing = roll == 5;
+            let (method, path, is_graph) = if after_processing {
+                WRITES[rng.usize(..WRITES.len())]
+            } else {
+                let (path, is_graph) = READS[rng.usize(..READS.len())];
+                ("", path, is_graph)
+            };
+            graph = is_graph;
+            faults.fail = vec![FailRule {
+                method: (!method.is_empty()).then(|| method.to_owned()),
                 path_prefix: path.to_owned(),
                 query_contains: None,
-                status: [500, 502, 503, 504][rng.usize(..4)],
-                times: Some(rng.u32(1..6)),
-                after_processing: false,
-            };
-            return set(
-                state,
-                is_graph,
-                Faults {
-                    fail: vec![rule],
-                    ..Faults::default()
+                status: if after_processing {
+                    [500, 503, 504][rng.usize(..3)]
+                } else {
+                    [500, 502, 503, 504][rng.usize(..4)]
                 },
-                FaultKind::ServerErrors,
-            );
+                times: Some(if after_processing {
+                    rng.u32(1..3)
+                } else {
+                    rng.u32(1..6)
+                }),
+                after_processing,
+            }];
+            if after_processing {
+                FaultKind::AfterProcessing
+            } else {
+                FaultKind::ServerErrors
+            }
         }
         4 => {
             faults.drop_every = Some(rng.u64(3..6));
             FaultKind::Drops
         }
-        5 => {
-            let (method, path, is_graph) = WRITES[rng.usize(..WRITES.len())];
-            let rule = FailRule {
-                method: Some(method.to_owned()),
-                path_prefix: path.to_owned(),
-                query_contains: None,
-                status: [500, 503, 504][rng.usize(..3)],
-                times: Some(rng.u32(1..3)),
-                after_processing: true,
-            };
-            return set(
-                state,
-                is_graph,
-                Faults {
-                    fail: vec![rule],
-                    ..Faults::default()
-                },
-                FaultKind::AfterProcessing,
-            );
-        }
         6 => {
             let (method, path, is_graph) = WRITES[rng.usize(..WRITES.len())];
-            let rule = HoldRule {
+            graph = is_graph;
+            faults.hold = vec![HoldRule {
                 method: Some(method.to_owned()),
                 path_prefix: path.to_owned(),
                 delay: Duration::from_millis(rng.u64(300..1500)),
                 times: None,
-            };
-            return set(
-                state,
-                is_graph,
-                Faults {
-                    hold: vec![rule],
-                    ..Faults::default()
-                },
-                FaultKind::Held,
-            );
+            }];
+            FaultKind::Held
         }
         7 => {
             state.graph.expire_tokens();
             state.graph.fail_token_requests(rng.u32(1..3));
-            return FaultKind::TokenOutage;
+            FaultKind::TokenOutage
         }
         8 => {
             state
                 .graph
                 .set_replication_delay(Duration::from_millis(rng.u64(..=MAX_REPLICATION_MS)));
-            return FaultKind::Replication;
+            FaultKind::Replication
         }
         _ => {
             state.graph.expire_delta_tokens();
-            return FaultKind::DeltaResync;
+            FaultKind::DeltaResync
         }
     };
-    set(state, graph, faults, kind)
-}
-
-fn set(
-    mut state: std::sync::MutexGuard<'_, guestops::sim::SimState>,
-    graph: bool,
-    faults: Faults,
-    kind: FaultKind,
-) -> FaultKind {
     if graph {
         state.graph_faults = faults;
     } else {

@@ -291,7 +291,20 @@ impl Guestops {
 
     /// Waits for the process to exit on its own (at most [`PATIENCE`], then it is killed),
     /// then the exit code and the log.
-    pub async fn terminate_when_done(mut self) -> (Option<i32>, String) {
+    pub async fn terminate_when_done(self) -> (Option<i32>, String) {
+        self.wait_for_exit("guestops did not exit").await
+    }
+
+    /// `kill -TERM`, then the exit code and the log.
+    pub async fn terminate(self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        self.wait_for_exit("guestops did not exit after SIGTERM")
+            .await
+    }
+
+    /// Waits at most [`PATIENCE`] for the process to exit (then kills it and panics with
+    /// `stuck` and the log); the exit code and the log.
+    async fn wait_for_exit(mut self, stuck: &str) -> (Option<i32>, String) {
         let mut child = self.child.take().expect("running");
         let status = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
@@ -312,35 +325,7 @@ impl Guestops {
         .await
         .expect("wait task");
         let log = self.log();
-        let status = status.unwrap_or_else(|| panic!("guestops did not exit:\n{log}"));
-        (status.code(), log)
-    }
-
-    /// `kill -TERM`, then the exit code and the log.
-    pub async fn terminate(mut self) -> (Option<i32>, String) {
-        self.signal("-TERM");
-        let mut child = self.child.take().expect("running");
-        let waited = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => return Some(status),
-                    Ok(None) if started.elapsed() < PATIENCE => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return None;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("wait task");
-        let log = self.log();
-        let status =
-            waited.unwrap_or_else(|| panic!("guestops did not exit after SIGTERM:\n{log}"));
+        let status = status.unwrap_or_else(|| panic!("{stuck}:\n{log}"));
         (status.code(), log)
     }
 }
