@@ -70,6 +70,14 @@ fn load(
 
 /// The file missing at a revision, said with the option that names it (`--path`, not the
 /// daemon's `source.path`).
+/// The error for `--path` naming something that is not a file at `revision`.
+fn not_a_file(args: &Args, revision: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`{}` at revision {revision} is not a file (a directory, a link or a submodule): check --path",
+        args.path
+    )
+}
+
 fn missing(args: &Args, revisions: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "`{}` does not exist at {revisions} in {}: check --path (the path of users.yaml inside \
@@ -90,13 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
         Ok((revision, bytes)) => Some((revision, bytes)),
         // A change that adds the file: compared with an empty file.
         Err(SourceError::PathNotFound { .. }) => None,
-        Err(SourceError::NotAFile { revision, .. }) => {
-            anyhow::bail!(
-                "`{}` at revision {revision} is not a file (a directory, a link or a \
-                 submodule): check --path",
-                args.path
-            )
-        }
+        Err(SourceError::NotAFile { revision, .. }) => return Err(not_a_file(&args, &revision)),
         Err(err) => return Err(err.into()),
     };
     let newer = match read_at(&args.repo, &args.to, &args.path) {
@@ -107,13 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<Status> {
                 Some(_) => missing(&args, &format!("revision {revision}")),
             });
         }
-        Err(SourceError::NotAFile { revision, .. }) => {
-            anyhow::bail!(
-                "`{}` at revision {revision} is not a file (a directory, a link or a \
-                 submodule): check --path",
-                args.path
-            )
-        }
+        Err(SourceError::NotAFile { revision, .. }) => return Err(not_a_file(&args, &revision)),
         Err(err) => return Err(err.into()),
     };
 
